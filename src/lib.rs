@@ -1,0 +1,15 @@
+//! nanochat in Rust with hand-written CUDA.
+//!
+//! The whole life of a small ChatGPT-like model without a tensor framework: a byte-level BPE tokenizer,
+//! GPT pretraining over one flat parameter buffer, evaluation, chat fine-tuning and serving. Every op has
+//! a plain-Rust fp32 reference (`cpu`), a CUDA kernel (`cuda/`), and an emulated run of that kernel on
+//! the CPU (`device`), so the GPU path is checked against the reference on machines without a GPU.
+
+pub mod config;
+pub mod cpu;
+pub mod data;
+pub mod device;
+pub mod params;
+pub mod rng;
+pub mod safetensors;
+pub mod tokenizer;
