@@ -9,6 +9,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod device;
+pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod safetensors;
