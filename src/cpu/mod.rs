@@ -4,4 +4,6 @@
 
 pub mod gemm;
 pub mod gpt;
+#[cfg(test)]
+mod gradcheck;
 pub mod ops;
