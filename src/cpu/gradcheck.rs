@@ -450,7 +450,12 @@ fn whole_model_gradient() {
     let mut grads = vec![0.0; params.len()];
     gpt.backward(&params, &fwd, &Gpt::mean_dloss(&fwd), &mut grads);
 
-    let loss = |p: &[f32]| gpt.forward(p, &ids, Some(&targets), b, t).unwrap().loss as f64;
+    // Mean of the per-token losses in f64: the f32 mean would drown small gradients in rounding noise.
+    let valid = fwd.valid_targets() as f64;
+    let loss = |p: &[f32]| {
+        let f = gpt.forward(p, &ids, Some(&targets), b, t).unwrap();
+        f.losses.iter().map(|&l| l as f64).sum::<f64>() / valid
+    };
     let mut worst = 0f64;
     for param in &gpt.table.params {
         // Probe the coordinate with the largest gradient of each tensor, where f32 differences are reliable.
