@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod optim;
 pub mod params;
+pub mod parity;
 pub mod rng;
 pub mod safetensors;
 pub mod tokenizer;
