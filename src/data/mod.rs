@@ -49,18 +49,7 @@ pub trait DocEncoder: Sync {
     fn vocab_size(&self) -> usize;
 }
 
-/// Root of all state: `$NANOCHAT_BASE_DIR`, else `~/.cache/nanochat`.
-pub fn base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NANOCHAT_BASE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("nanochat")
-}
+pub use crate::common::base_dir;
 
 /// Directory of the ClimbMix parquet shards (upstream's current dataset).
 pub const CLIMBMIX_DIR: &str = "base_data_climbmix";

@@ -149,3 +149,22 @@ pub fn tokenize_dir(
     manifest.save(tokens_dir)?;
     Ok(manifest)
 }
+
+/// A byte-level encoder: every UTF-8 byte is one token and BOS is 256. It needs no trained tokenizer, which
+/// makes it the encoder of the data tests and benchmarks (and a baseline for bytes-per-token figures).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByteEncoder;
+
+impl DocEncoder for ByteEncoder {
+    fn encode_batch(&self, docs: &[&str]) -> Vec<Vec<u32>> {
+        docs.iter()
+            .map(|d| d.bytes().map(u32::from).collect())
+            .collect()
+    }
+    fn bos_id(&self) -> u32 {
+        256
+    }
+    fn vocab_size(&self) -> usize {
+        257
+    }
+}
