@@ -1,0 +1,3 @@
+//! Pretraining: the plan derived from the depth dial, checkpoints and the training loop.
+
+pub mod plan;
