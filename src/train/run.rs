@@ -413,11 +413,25 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
                     .map_err(|e| e.to_string())?,
                 loop_state: loop_state.clone(),
             };
+            let params = model.params();
+            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+                let name = model
+                    .table()
+                    .params
+                    .iter()
+                    .find(|p| p.range.contains(&bad))
+                    .map_or("?", |p| &p.name);
+                return Err(format!(
+                    "parameters became non-finite ({name}) before step {step}; not saving. The last good \
+                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
+                    ckpt_dir.display()
+                ));
+            }
             checkpoint::save(
                 &ckpt_dir,
                 &meta,
                 model.table(),
-                &model.params(),
+                &params,
                 &model.optimizer_state(),
                 0,
             )?;
