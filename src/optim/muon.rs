@@ -8,8 +8,9 @@
 
 use half::bf16;
 
-/// Polar Express (a, b, c) per iteration, computed for 5 iterations with safety factor 2e-2 and cushion 2.
-pub const POLAR_EXPRESS_COEFFS: [(f32, f32, f32); 5] = [
+/// Polar Express (a, b, c) per iteration, computed for 5 iterations with safety factor 2e-2 and cushion 2
+/// (as upstream writes them; used in fp32).
+pub const POLAR_EXPRESS_COEFFS: [(f64, f64, f64); 5] = [
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
     (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
@@ -129,6 +130,7 @@ pub fn polar_express(x: &mut [f32], (m, n): (usize, usize), ns_steps: usize, bf1
     let mut y = vec![0f32; m * n];
     let xm = Mat::row_major(m, n);
     for &(ca, cb, cc) in &POLAR_EXPRESS_COEFFS[..ns_steps] {
+        let (ca, cb, cc) = (ca as f32, cb as f32, cc as f32);
         // A = XᵀX or XXᵀ (k, k).
         if tall {
             gemm(1.0, (x, xm.t()), (x, xm), 0.0, &mut a, k, k);
