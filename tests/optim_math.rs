@@ -406,3 +406,93 @@ fn muon_pieces_keep_their_invariants() {
     assert_eq!(lr_shape_factor(256, 64), 2.0);
     assert_eq!(lr_shape_factor(64, 256), 1.0);
 }
+
+#[test]
+fn d12_groups_and_peak_lrs_follow_the_spec() {
+    // Spec §2.1 and §3.2: at d12 (n_embd 768, dmodel scale 1) with base_train's lrs the peak lrs are lm_head 0.008,
+    // wte 0.3, VE 0.15, resid 0.005, x0 0.5, smear 0.2, Muon 0.02 (c_fc ×2); Muon groups by ascending shape.
+    let cfg = ModelConfig::from_depth(12, 64, 128, 2048, 32768, "SSSL");
+    let t = ParamTable::new(&cfg);
+    let args = SetupArgs {
+        unembedding_lr: 0.008,
+        embedding_lr: 0.3,
+        matrix_lr: 0.02,
+        weight_decay: 0.28,
+        scalar_lr: 0.5,
+    };
+    let opt = MuonAdamW::new(&t, &args);
+    let lrs: Vec<f64> = opt.groups().iter().map(|g| g.initial_lr).collect();
+    let want = [0.008, 0.3, 0.15, 0.005, 0.5, 0.2, 0.02, 0.02, 0.02, 0.02];
+    assert_eq!(lrs.len(), want.len());
+    for (i, (a, b)) in lrs.iter().zip(want).enumerate() {
+        assert!((a - b).abs() < 1e-15, "group {i}: lr {a}, expected {b}");
+    }
+    let muon: Vec<((usize, usize), usize, f64)> = opt
+        .groups()
+        .iter()
+        .filter_map(|g| match g.kind {
+            GroupKind::Muon {
+                shape,
+                weight_decay,
+                ..
+            } => {
+                assert_eq!(weight_decay, 0.28);
+                Some((shape, g.params.len(), lr_shape_factor(shape.0, shape.1)))
+            }
+            GroupKind::AdamW { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        muon,
+        vec![
+            ((6, 12), 6, 1.0),
+            ((768, 768), 48, 1.0),
+            ((768, 3072), 12, 1.0),
+            ((3072, 768), 12, 2.0)
+        ]
+    );
+    let square = &opt.groups()[7].params;
+    assert_eq!(
+        &square[..5],
+        &[
+            "transformer.h.0.attn.c_q.weight",
+            "transformer.h.0.attn.c_k.weight",
+            "transformer.h.0.attn.c_v.weight",
+            "transformer.h.0.attn.c_proj.weight",
+            "transformer.h.1.attn.c_q.weight"
+        ]
+    );
+    // Every parameter is in exactly one group.
+    let mut all: Vec<&String> = opt.groups().iter().flat_map(|g| &g.params).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), t.params.len());
+}
+
+#[test]
+fn gqa_splits_attention_matrices_into_two_muon_groups() {
+    let opt = MuonAdamW::new(&table(), &SetupArgs::default());
+    let kv = opt
+        .groups()
+        .iter()
+        .find(|g| {
+            matches!(
+                g.kind,
+                GroupKind::Muon {
+                    shape: (32, 64),
+                    ..
+                }
+            )
+        })
+        .expect("a (32, 64) group for c_k and c_v");
+    assert_eq!(
+        kv.params,
+        [
+            "transformer.h.0.attn.c_k.weight",
+            "transformer.h.0.attn.c_v.weight",
+            "transformer.h.1.attn.c_k.weight",
+            "transformer.h.1.attn.c_v.weight"
+        ]
+    );
+    assert_eq!(kv.slots, [Slot::AttnK, Slot::AttnV]);
+}
