@@ -31,8 +31,9 @@ pub struct MuonHyper {
     pub beta2: f32,
     /// Polar Express iterations (at most 5).
     pub ns_steps: usize,
-    /// Mirror upstream's bf16 orthogonalisation (compute dtype bf16): round the orthogonalisation input and every
-    /// intermediate of the Polar Express iterations to bf16. Off for the fp32 reference.
+    /// Mirror upstream's bf16 orthogonalisation (compute dtype bf16): the momentum output, the MuonEq and
+    /// normalisation results and every Polar Express GEMM result (fp32 accumulation, `a·X` fused into the last
+    /// GEMM) are rounded to bf16; Muon+, NorMuon and the update stay fp32. Off for the fp32 reference.
     pub bf16: bool,
 }
 
