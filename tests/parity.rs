@@ -198,3 +198,93 @@ fn the_upstream_fixture_models_group_order() {
         "transformer.h.1.attn.ve_gate.weight"
     );
 }
+
+/// Copies the shipped fixture into a temporary directory so a test can damage it.
+fn fixture_copy() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "batch.safetensors",
+        "expected.safetensors",
+    ] {
+        std::fs::copy(Path::new(FIXTURE).join(f), tmp.path().join(f)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn malformed_fixtures_give_clear_errors() {
+    // Missing parameter in the model file.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("model.safetensors");
+    let mut model = safetensors::read(&path).unwrap();
+    model.tensors.remove("transformer.h.2.mlp.c_fc.weight");
+    safetensors::write(&path, &model.tensors, &model.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("transformer.h.2.mlp.c_fc.weight") && text.contains("missing"),
+        "{text}"
+    );
+
+    // Wrong shape.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("model.safetensors");
+    let mut model = safetensors::read(&path).unwrap();
+    model.tensors.insert(
+        "smear_gate.weight".into(),
+        Tensor::from_f32(vec![1, 12], &[0.0; 12]),
+    );
+    safetensors::write(&path, &model.tensors, &model.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("smear_gate.weight") && text.contains("[1, 12]"),
+        "{text}"
+    );
+
+    // Truncated expected file.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("expected.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("expected.safetensors"), "{text}");
+
+    // An expected tensor missing, a batch with an id outside the vocabulary, a broken config.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("expected.safetensors");
+    let mut exp = safetensors::read(&path).unwrap();
+    exp.tensors.remove("grad.lm_head.weight");
+    safetensors::write(&path, &exp.tensors, &exp.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("grad.lm_head.weight is missing"), "{text}");
+
+    let tmp = fixture_copy();
+    let path = tmp.path().join("batch.safetensors");
+    let mut batch = safetensors::read(&path).unwrap();
+    let mut ids: Vec<i32> = batch
+        .get("inputs")
+        .unwrap()
+        .to_i64()
+        .iter()
+        .map(|&x| x as i32)
+        .collect();
+    ids[3] = 9999;
+    batch
+        .tensors
+        .insert("inputs".into(), Tensor::from_i32(vec![2, 256], &ids));
+    safetensors::write(&path, &batch.tensors, &batch.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("token id 9999"), "{text}");
+
+    let tmp = fixture_copy();
+    std::fs::write(tmp.path().join("config.json"), "{\"model\": {}}").unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("config.json"), "{text}");
+}
