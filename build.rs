@@ -41,6 +41,8 @@ fn main() {
         .flag("-fno-strict-aliasing")
         // cc builds with -fPIC; the emulator's thread-locals are read on every threadIdx access
         .flag("-ftls-model=initial-exec")
+        // large kernel frames probe their pages in order, so a fiber stack overflow hits the guard page
+        .flag("-fstack-clash-protection")
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-unused-parameter")
         .compile("nanochat_emu");

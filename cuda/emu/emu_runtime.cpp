@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -491,12 +492,13 @@ static bool run_block(Launch* L, std::mt19937_64& rng) {
 // ---------------------------------------------------------------------------------------------------
 static struct sigaction g_old_segv, g_old_bus;
 
-static std::string describe_fault(Launch* L, uintptr_t a) {
+static std::string describe_fault(Launch* L, uintptr_t a, uintptr_t sp) {
     char buf[256];
     Fiber* f = tl_cur;
     if (f && f->stack) {
+        // The guard page was hit, or a large frame moved the stack pointer below the stack altogether.
         uintptr_t s = reinterpret_cast<uintptr_t>(f->stack);
-        if (a >= s && a < s + kPage) {
+        if ((a >= s && a < s + kPage) || sp < s + kPage) {
             snprintf(buf, sizeof buf, "fiber stack overflow (stacks are %zu KiB; set EMU_STACK_KB to raise)",
                      stack_bytes() / 1024);
             return buf;
@@ -533,11 +535,11 @@ static void on_fault(int sig, siginfo_t* info, void* uctx) {
     if (!L || !tl_cur) {
         // Not ours: reinstall the previous handler and return, so the faulting instruction re-runs under it.
         sigaction(sig, sig == SIGSEGV ? &g_old_segv : &g_old_bus, nullptr);
-        (void)uctx;
         return;
     }
     L->failed = true;
-    L->error = where(L, tl_cur) + ": " + describe_fault(L, reinterpret_cast<uintptr_t>(info->si_addr));
+    uintptr_t sp = uintptr_t(static_cast<ucontext_t*>(uctx)->uc_mcontext.gregs[REG_RSP]);
+    L->error = where(L, tl_cur) + ": " + describe_fault(L, reinterpret_cast<uintptr_t>(info->si_addr), sp);
     tl_cur = nullptr;
     siglongjmp(L->jb, 1);
 }
