@@ -19,3 +19,18 @@ extern __shared__ __align__(16) unsigned char dyn_smem_raw_[];
 #endif
 
 #include "ptx_helpers.cuh"
+
+typedef __nv_bfloat16 bf16;
+
+// Sum of `v` over the block, returned to every thread, in a fixed order (deterministic). `scratch` is
+// 32 floats of shared memory; blockDim.x must be a multiple of 32. Every thread must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nwarps ? scratch[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+    __syncthreads();  // scratch may be reused right after
+    return t;
+}

@@ -15,6 +15,8 @@
 pub mod cuda;
 pub mod emu;
 pub mod gemm;
+pub mod kernels;
+pub mod reference;
 
 use std::fmt;
 use std::sync::Arc;
