@@ -12,6 +12,7 @@
 //! Device memory is addressed by [`DevPtr`] (a raw device address, offsettable like a C pointer);
 //! [`Buffer`] owns an allocation and frees it when dropped.
 
+pub mod check;
 pub mod cuda;
 pub mod emu;
 pub mod gemm;
