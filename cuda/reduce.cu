@@ -1,6 +1,7 @@
 // Deterministic reductions (sum, sum of squares, and from them norms) in two passes:
 //   reduce_partials_{f32,bf16}  block b sums a fixed, grid-strided subset of x into partials[b]
-//   reduce_finish               one block sums the partials; optionally takes the square root
+//   reduce_finish               one block sums the partials; optionally takes the square root, and
+//                               writes (=) or accumulates (+=, gradients across micro-steps) the result
 // The grid size is a function of n only (chosen by the launcher), and every sum has a fixed order, so
 // the result is bitwise reproducible from run to run: no float atomics.
 #include "kernel_common.cuh"
@@ -27,11 +28,14 @@ extern "C" __global__ void reduce_partials_bf16(float* partials, const bf16* x, 
 }
 KERNEL_REGISTER("reduce_partials_bf16", reduce_partials_bf16);
 
-extern "C" __global__ void reduce_finish(float* out, const float* partials, int nparts, int take_sqrt) {
+extern "C" __global__ void reduce_finish(float* out, const float* partials, int nparts, int take_sqrt, int accumulate) {
     __shared__ float scratch[32];
     float s = 0.f;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += partials[i];
     s = block_sum(s, scratch);
-    if (threadIdx.x == 0) out[0] = take_sqrt ? sqrtf(s) : s;
+    if (threadIdx.x == 0) {
+        float r = take_sqrt ? sqrtf(s) : s;
+        out[0] = accumulate ? out[0] + r : r;
+    }
 }
 KERNEL_REGISTER("reduce_finish", reduce_finish);

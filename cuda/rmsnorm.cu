@@ -6,6 +6,10 @@
 //                        y = rmsnorm(xmix); the lambdas are read from device memory (they are parameters)
 //   rmsnorm_backward     dx += rstd * (dy - y * mean(dy * y)), y = x * rstd   (+=: dx is the residual
 //                        stream's gradient, which collects every branch)
+//   mix_backward         backward of the mix: dx = lambdas[0] * dxmix (=, so dx may be dxmix itself),
+//                        dx0 += lambdas[1] * dxmix (fp32: x0 collects a gradient from every layer), and
+//                        per-row dot products dxmix.x, dxmix.x0 into partials[row], partials[n + row], which
+//                        the launcher reduces deterministically into the two lambda gradients
 #include "kernel_common.cuh"
 
 #define RMS_EPS 1.1920928955078125e-07f  // fp32 machine epsilon, PyTorch's default for fp32/bf16 inputs
@@ -61,3 +65,25 @@ extern "C" __global__ void rmsnorm_backward(bf16* dx, const bf16* dy, const bf16
     (void)n;
 }
 KERNEL_REGISTER("rmsnorm_backward", rmsnorm_backward);
+
+extern "C" __global__ void mix_backward(bf16* dx, float* dx0, float* partials, const bf16* dxmix, const bf16* x, const bf16* x0,
+                                        const float* lambdas, int n, int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float lr = lambdas[0], l0 = lambdas[1];
+    float dr = 0.f, d0 = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        float g = __bfloat162float(dxmix[off + i]);
+        dr += g * __bfloat162float(x[off + i]);
+        d0 += g * __bfloat162float(x0[off + i]);
+        dx0[off + i] += l0 * g;
+        dx[off + i] = __float2bfloat16(lr * g);  // after reading dxmix[off + i]: dx may alias dxmix
+    }
+    dr = block_sum(dr, scratch);
+    d0 = block_sum(d0, scratch);
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = dr;
+        partials[n + blockIdx.x] = d0;
+    }
+}
+KERNEL_REGISTER("mix_backward", mix_backward);

@@ -412,3 +412,71 @@ fn adamw_matches_the_optimizer_reference() {
         assert_eq!(copy, to_bf16(&gp), "{s:?} bf16 copy");
     }
 }
+
+#[test]
+fn residual_mix_backward_with_deterministic_lambda_gradients() {
+    let mut rng = Rng::new(8);
+    for (s, dev) in devices() {
+        for (n, c) in [(1usize, 40usize), (9, 300)] {
+            let d = dev.as_ref();
+            let (x, x0, dmix) = (
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 1.0),
+            );
+            let dx0_init = randn(&mut rng, n * c, 0.5);
+            let lambdas = [0.8f32, -0.4];
+            let dl_init = [0.125f32, -2.0];
+            let (bx, bx0, bl) = (
+                d.upload_new(&to_bf16(&x)).unwrap(),
+                d.upload_new(&to_bf16(&x0)).unwrap(),
+                d.upload_new(&lambdas).unwrap(),
+            );
+            let mut runs = Vec::new();
+            for _ in 0..2 {
+                // dx aliases dxmix: the in-place use the model makes of it.
+                let bmix = d.upload_new(&to_bf16(&dmix)).unwrap();
+                let (bdx0, bdl) = (
+                    d.upload_new(&dx0_init).unwrap(),
+                    d.upload_new(&dl_init).unwrap(),
+                );
+                let scratch = d.alloc(4 * rmsnorm::mix_backward_scratch(n)).unwrap();
+                rmsnorm::mix_backward(
+                    d,
+                    bmix.ptr(),
+                    bdx0.ptr(),
+                    bdl.ptr(),
+                    scratch.ptr(),
+                    bmix.ptr(),
+                    bx.ptr(),
+                    bx0.ptr(),
+                    bl.ptr(),
+                    n,
+                    c,
+                )
+                .unwrap();
+                runs.push((
+                    down_bf16(d, bmix.ptr(), n * c),
+                    d.download_vec::<f32>(bdx0.ptr(), n * c).unwrap(),
+                    d.download_vec::<f32>(bdl.ptr(), 2).unwrap(),
+                ));
+            }
+            assert_eq!(runs[0], runs[1], "{s:?} not reproducible");
+            let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0_init.clone());
+            let (dr, dz) = ops::lambda_mix_backward(
+                &mut wdx, &mut wdx0, &dmix, &x, &x0, lambdas[0], lambdas[1],
+            );
+            let (gdx, gdx0, gdl) = &runs[0];
+            assert_close(gdx, &wdx, 8e-3, 1e-30, &format!("{s:?} dx"));
+            assert_close(gdx0, &wdx0, 1e-6, 1e-6, "dx0");
+            let tol = 1e-5 * (n * c) as f32;
+            assert_close(
+                gdl,
+                &[dl_init[0] + dr, dl_init[1] + dz],
+                1e-5,
+                tol,
+                "dlambdas",
+            );
+        }
+    }
+}

@@ -32,6 +32,21 @@ pub fn reduce(
     n: usize,
     r: Reduction,
 ) -> Result<()> {
+    reduce_into(dev, out, scratch, x, dtype, n, r, false)
+}
+
+/// As [`reduce`], adding the result to `out[0]` when `accumulate` (gradients across micro-steps).
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_into(
+    dev: &dyn Device,
+    out: DevPtr,
+    scratch: DevPtr,
+    x: DevPtr,
+    dtype: Dtype,
+    n: usize,
+    r: Reduction,
+    accumulate: bool,
+) -> Result<()> {
     let parts = partials_for(n);
     blocks_for(n, BLOCK, "reduce")?;
     let name = match dtype {
@@ -39,29 +54,20 @@ pub fn reduce(
         Dtype::Bf16 => "reduce_partials_bf16",
     };
     let square = (r != Reduction::Sum) as i32;
-    dev.launch(
-        name,
-        Dim3::x(parts as u32),
-        Dim3::x(BLOCK),
-        0,
-        &[
-            Arg::Ptr(scratch),
-            Arg::Ptr(x),
-            Arg::I64(n as i64),
-            Arg::I32(square),
-        ],
-    )?;
+    let args = [
+        Arg::Ptr(scratch),
+        Arg::Ptr(x),
+        Arg::I64(n as i64),
+        Arg::I32(square),
+    ];
+    dev.launch(name, Dim3::x(parts as u32), Dim3::x(BLOCK), 0, &args)?;
     let sqrt = (r == Reduction::Norm) as i32;
-    dev.launch(
-        "reduce_finish",
-        Dim3::x(1),
-        Dim3::x(1024),
-        0,
-        &[
-            Arg::Ptr(out),
-            Arg::Ptr(scratch),
-            Arg::I32(parts as i32),
-            Arg::I32(sqrt),
-        ],
-    )
+    let args = [
+        Arg::Ptr(out),
+        Arg::Ptr(scratch),
+        Arg::I32(parts as i32),
+        Arg::I32(sqrt),
+        Arg::I32(accumulate as i32),
+    ];
+    dev.launch("reduce_finish", Dim3::x(1), Dim3::x(1024), 0, &args)
 }
