@@ -51,7 +51,7 @@ pub fn all() -> Vec<Check> {
             run: check_reduce,
         },
         Check {
-            name: "rmsnorm_forward/mix/backward",
+            name: "rmsnorm fwd/bwd, residual mix fwd/bwd",
             run: check_rmsnorm,
         },
         Check {
@@ -294,6 +294,48 @@ fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
         &wdx,
         8e-3,
         2e-3,
+    )?);
+
+    // mix backward, in place on dy as the model uses it
+    let (bdx0, bdl) = (dev.upload_new(&dx0)?, dev.upload_new(&[0f32, 0.0])?);
+    let scratch = dev.alloc(4 * rmsnorm::mix_backward_scratch(n))?;
+    rmsnorm::mix_backward(
+        dev,
+        bdy.ptr(),
+        bdx0.ptr(),
+        bdl.ptr(),
+        scratch.ptr(),
+        bdy.ptr(),
+        bx.ptr(),
+        bx0.ptr(),
+        bl.ptr(),
+        n,
+        c,
+    )?;
+    let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0.clone());
+    let (dr, dz) =
+        ops::lambda_mix_backward(&mut wdx, &mut wdx0, &dy, &x, &x0, lambdas[0], lambdas[1]);
+    worst = worst.max(compare(
+        "mix_backward dx",
+        &down_bf(dev, bdy.ptr(), n * c)?,
+        &wdx,
+        8e-3,
+        1e-30,
+    )?);
+    worst = worst.max(compare(
+        "mix_backward dx0",
+        &dev.download_vec::<f32>(bdx0.ptr(), n * c)?,
+        &wdx0,
+        1e-6,
+        1e-6,
+    )?);
+    let tol = 1e-5 * (n * c) as f32;
+    worst = worst.max(compare(
+        "mix_backward dlambdas",
+        &dev.download_vec::<f32>(bdl.ptr(), 2)?,
+        &[dr, dz],
+        1e-5,
+        tol,
     )?);
     Ok(summary(worst))
 }
