@@ -45,13 +45,16 @@ struct Args {
     iters: usize,
 }
 
+/// Launches one benchmark configuration with the given block size.
+type LaunchFn = Box<dyn Fn(&dyn Device, u32) -> Result<()>>;
+
 /// One benchmark row: a launch as a function of the block size, and the bytes or FLOPs it must move.
 struct Bench {
     name: &'static str,
     blocks: Vec<u32>,
     bytes: f64,
     flops: f64,
-    launch: Box<dyn Fn(&dyn Device, u32) -> Result<()>>,
+    launch: LaunchFn,
 }
 
 fn elementwise(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per: f64) -> Bench {

@@ -100,7 +100,7 @@ fn out_of_bounds_read_hits_the_guard_page() {
     // Buffers end against the guard page once rounded up to 16 bytes (the alignment the allocator
     // promises): 48 floats end exactly there, so the off-by-one read faults.
     let m = errors("bug_oob_read", 1, 64, 0, &|d| {
-        let inp = d.upload_new(&vec![1f32; 48]).unwrap();
+        let inp = d.upload_new(&[1f32; 48]).unwrap();
         let a = Arg::from(&inp);
         std::mem::forget(inp);
         vec![buf(d, 192), a, Arg::I32(48)]

@@ -305,9 +305,9 @@ fn bf16_rounds_to_nearest_even_like_half() {
     let d: &dyn Device = &dev;
     let x: Vec<f32> = vec![
         1.0,
-        1.00390625,
-        1.0078125 + 1e-6,
-        -3.1415927,
+        1.0 + 1.0 / 256.0, // a tie: rounds to even (down)
+        1.007_812_6,
+        -std::f32::consts::PI,
         65504.0,
         1e-40,
         f32::INFINITY,
