@@ -229,6 +229,17 @@ fn copies_outside_buffers_are_errors() {
         e.0.contains("run past the end of the 16-byte buffer"),
         "{e}"
     );
+    let c = d.alloc(32).unwrap();
+    d.upload(b.ptr(), &[7u8; 16]).unwrap();
+    d.copy(c.ptr().byte_add(8), b.ptr(), 16).unwrap();
+    assert_eq!(
+        d.download_vec::<u8>(c.ptr().byte_add(8), 16).unwrap(),
+        vec![7u8; 16]
+    );
+    let e = d.copy(c.ptr().byte_add(20), b.ptr(), 16).unwrap_err();
+    assert!(e.0.contains("copy destination"), "{e}");
+    let e = d.copy(c.ptr().byte_add(4), c.ptr(), 16).unwrap_err();
+    assert!(e.0.contains("overlap"), "{e}");
     let mut out = [0u8; 4];
     let stale = b.ptr();
     drop(b);

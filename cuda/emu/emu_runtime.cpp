@@ -373,9 +373,13 @@ namespace emu {
 // ---------------------------------------------------------------------------------------------------
 static void resume(Launch* L, Fiber* f) {
     if (!f->started) {
-        f->started = true;
         f->stack = stack_get();
-        if (!f->stack) fail("out of memory for a fiber stack");
+        if (!f->stack) {
+            L->failed = true;
+            L->error = where(L, f) + ": out of memory for a fiber stack";
+            return;
+        }
+        f->started = true;
         uintptr_t top = reinterpret_cast<uintptr_t>(f->stack) + kPage + stack_bytes() + kPage;
         top -= size_t(f->linear % 64) * 64;  // cache colouring: stack tops must not alias in L1/L2
         top &= ~uintptr_t(15);

@@ -288,6 +288,13 @@ impl Device for CudaDevice {
             .map_err(|e| driver_err("cuMemsetD8Async", e))
     }
 
+    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        let g = self.lock()?;
+        // SAFETY: asynchronous device-to-device copy on our stream; the driver validates both ranges.
+        unsafe { drv::memcpy_dtod_async(dst.0, src.0, bytes, g.stream) }
+            .map_err(|e| driver_err("cuMemcpyDtoDAsync", e))
+    }
+
     fn launch(
         &self,
         name: &str,

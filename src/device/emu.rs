@@ -127,6 +127,20 @@ impl Device for EmuDevice {
         Ok(())
     }
 
+    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.check_range(src, bytes, "copy source")?;
+        self.check_range(dst, bytes, "copy destination")?;
+        if src.0 < dst.0 + bytes as u64 && dst.0 < src.0 + bytes as u64 {
+            return err(format!(
+                "emu: copy of {bytes} bytes from {:#x} to {:#x}: the ranges overlap",
+                src.0, dst.0
+            ));
+        }
+        // SAFETY: both ranges lie inside live allocations and do not overlap (checked above).
+        unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.0 as *mut u8, bytes) };
+        Ok(())
+    }
+
     fn launch(
         &self,
         name: &str,

@@ -228,6 +228,8 @@ pub trait Device: Send + Sync {
     fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;
     /// Sets `bytes` bytes at `dst` to zero.
     fn zero(&self, dst: DevPtr, bytes: usize) -> Result<()>;
+    /// Copies `bytes` bytes from device address `src` to device address `dst` (non-overlapping).
+    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
     /// Launches kernel `name` (an `extern "C" __global__` function of `cuda/`).
     fn launch(
         &self,
