@@ -16,3 +16,4 @@ pub mod parity;
 pub mod rng;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,272 @@
+//! Train the BPE tokenizer (upstream scripts/tok_train.py).
+//!
+//! Reads the training parquet shards (every shard but the last, which is validation) row group by row
+//! group, truncates each document to `--doc-cap` characters, stops after the document that pushes the
+//! character count past `--max-chars`, trains to `--vocab-size` ids (9 of them special), and writes
+//! `tokenizer.bin`, `token_bytes.bin` and a tiktoken rank file `tokenizer.tiktoken` to the output directory.
+//! `--input-text` trains on plain text files instead (documents = blank-line separated paragraphs).
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Parser;
+use nanochat::tokenizer::{self, files, Tokenizer};
+
+#[derive(Parser, Debug)]
+#[command(about = "Train the byte-level BPE tokenizer on the pretraining data")]
+struct Args {
+    /// Maximum number of characters to train on (the document that crosses it is still included).
+    #[arg(long, default_value_t = 2_000_000_000)]
+    max_chars: u64,
+    /// Maximum characters per document; longer documents are truncated.
+    #[arg(long, default_value_t = 10_000)]
+    doc_cap: usize,
+    /// Vocabulary size, including the 9 special tokens.
+    #[arg(long, default_value_t = 32768)]
+    vocab_size: usize,
+    /// Train on these plain text files instead of the parquet shards (paragraphs become documents).
+    #[arg(long, num_args = 1..)]
+    input_text: Vec<PathBuf>,
+    /// Directory of parquet shards (default: base_data_climbmix, base_data or base_data_default under the
+    /// base directory, the first that exists).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Where to write the tokenizer (default: $NANOCHAT_BASE_DIR/tokenizer).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Documents split and counted per parallel batch.
+    #[arg(long, default_value_t = 8192)]
+    batch: usize,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("tok_train: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    let out_dir = args
+        .output_dir
+        .clone()
+        .unwrap_or_else(tokenizer::default_dir);
+    let t0 = Instant::now();
+
+    // The document stream: capped documents until the character budget is crossed.
+    let docs: Box<dyn Iterator<Item = Result<String, Box<dyn Error>>>> =
+        if args.input_text.is_empty() {
+            let dir = match &args.data_dir {
+                Some(d) => d.clone(),
+                None => default_data_dir()?,
+            };
+            println!("tok_train: reading parquet shards from {}", dir.display());
+            Box::new(parquet_docs::train_docs(&dir)?)
+        } else {
+            Box::new(text_docs(&args.input_text)?.into_iter().map(Ok))
+        };
+    let n_chars = std::cell::Cell::new(0u64);
+    let n_docs = std::cell::Cell::new(0u64);
+    let mut read_error: Option<Box<dyn Error>> = None;
+    let capped = docs
+        .map_while(|d| match d {
+            Ok(d) => Some(d),
+            Err(e) => {
+                read_error = Some(e);
+                None
+            }
+        })
+        .map(|d| cap_chars(d, args.doc_cap))
+        .take_while(|_| n_chars.get() <= args.max_chars)
+        .inspect(|d| {
+            n_chars.set(n_chars.get() + d.chars().count() as u64);
+            n_docs.set(n_docs.get() + 1);
+        });
+
+    let mut last_pct = 0;
+    let mut t_merge: Option<Instant> = None;
+    let tok = Tokenizer::train(capped, args.vocab_size, args.batch, &mut |done, total| {
+        let t = *t_merge.get_or_insert_with(Instant::now);
+        let pct = done * 100 / total.max(1);
+        if pct >= last_pct + 10 || done == total {
+            last_pct = pct;
+            println!(
+                "merges {done}/{total} ({pct}%) {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+        }
+    })?;
+    if let Some(e) = read_error {
+        return Err(format!("reading the training documents failed: {e}").into());
+    }
+    let train_s = t0.elapsed().as_secs_f64();
+    println!(
+        "trained on {} documents, {} characters: vocab {} ({} mergeable + {} special) in {train_s:.2}s",
+        n_docs.get(),
+        n_chars.get(),
+        tok.vocab_size(),
+        tok.n_mergeable(),
+        tok.specials().len()
+    );
+
+    // Sanity check, as upstream: a mixed string must round-trip.
+    let sample = "Hello world! How are you? 🙂 1234567 <|bos|> 你好 \t\n\n  end";
+    let ids = tok.encode_ordinary(sample);
+    if tok.decode(&ids) != sample.as_bytes() {
+        return Err("sanity check failed: the sample text does not round-trip".into());
+    }
+
+    tok.save(&out_dir.join(tokenizer::TOKENIZER_FILE))?;
+    files::save_token_bytes(&tok, &out_dir.join(tokenizer::TOKEN_BYTES_FILE))?;
+    files::export_tiktoken(&tok, &out_dir.join(tokenizer::TIKTOKEN_FILE))?;
+    println!("saved tokenizer to {}", out_dir.display());
+    Ok(())
+}
+
+/// Keep the first `cap` characters (Python's `doc[:cap]`).
+fn cap_chars(mut d: String, cap: usize) -> String {
+    if let Some((i, _)) = d.char_indices().nth(cap) {
+        d.truncate(i);
+    }
+    d
+}
+
+/// Documents from text files: blank-line separated paragraphs, in file order, without the paragraph's
+/// final line break.
+fn text_docs(paths: &[PathBuf]) -> Result<Vec<String>, Box<dyn Error>> {
+    let mut docs = Vec::new();
+    let mut push = |cur: &mut String| {
+        if !cur.is_empty() {
+            let mut d = std::mem::take(cur);
+            if d.ends_with('\n') {
+                d.pop();
+                if d.ends_with('\r') {
+                    d.pop();
+                }
+            }
+            docs.push(d);
+        }
+    };
+    for p in paths {
+        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut cur = String::new();
+        for line in text.split_inclusive('\n') {
+            if line.trim().is_empty() {
+                push(&mut cur);
+            } else {
+                cur.push_str(line);
+            }
+        }
+        push(&mut cur);
+    }
+    Ok(docs)
+}
+
+/// The dataset directory, in upstream's order of preference.
+fn default_data_dir() -> Result<PathBuf, Box<dyn Error>> {
+    let base = tokenizer::base_dir();
+    for name in ["base_data_climbmix", "base_data", "base_data_default"] {
+        let d = base.join(name);
+        if d.is_dir() {
+            return Ok(d);
+        }
+    }
+    Err(format!(
+        "no dataset under {} (looked for base_data_climbmix, base_data, base_data_default); \
+         download or build one, or pass --input-text",
+        base.display()
+    )
+    .into())
+}
+
+/// Minimal streaming reader of the `text` column of the training shards.
+mod parquet_docs {
+    use super::*;
+    use parquet::column::reader::{get_typed_column_reader, ColumnReader};
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// Training shards: all `*.parquet` files in name order but the last (the validation split).
+    pub fn train_docs(
+        dir: &Path,
+    ) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        shards.sort();
+        if shards.len() < 2 {
+            return Err(format!(
+                "{}: need at least 2 parquet shards (the last one is validation), found {}",
+                dir.display(),
+                shards.len()
+            )
+            .into());
+        }
+        shards.pop();
+        Ok(shards.into_iter().flat_map(|p| match row_groups(&p) {
+            Ok(it) => Box::new(it) as Box<dyn Iterator<Item = Result<String, Box<dyn Error>>>>,
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }))
+    }
+
+    /// Documents of one shard, one row group in memory at a time.
+    fn row_groups(
+        path: &Path,
+    ) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
+        let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| ctx(&e))?;
+        let reader = SerializedFileReader::new(file).map_err(|e| ctx(&e))?;
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let col = (0..schema.num_columns())
+            .find(|&i| schema.column(i).name() == "text")
+            .ok_or_else(|| ctx(&"no `text` column"))?;
+        let n_groups = reader.num_row_groups();
+        let path = path.to_path_buf();
+        Ok(
+            (0..n_groups).flat_map(move |g| match read_group(&reader, g, col) {
+                Ok(docs) => docs.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(format!("{} row group {g}: {e}", path.display()).into())],
+            }),
+        )
+    }
+
+    fn read_group(
+        reader: &SerializedFileReader<std::fs::File>,
+        g: usize,
+        col: usize,
+    ) -> Result<Vec<String>, Box<dyn Error>> {
+        let rg = reader.get_row_group(g)?;
+        let n_rows = rg.metadata().num_rows() as usize;
+        let cr: ColumnReader = rg.get_column_reader(col)?;
+        let mut typed = get_typed_column_reader::<ByteArrayType>(cr);
+        let mut values: Vec<ByteArray> = Vec::with_capacity(n_rows);
+        let mut defs: Vec<i16> = Vec::with_capacity(n_rows);
+        let mut reps: Vec<i16> = Vec::with_capacity(n_rows);
+        loop {
+            let (records, _, _) =
+                typed.read_records(n_rows.max(1), Some(&mut defs), Some(&mut reps), &mut values)?;
+            if records == 0 {
+                break;
+            }
+        }
+        values
+            .into_iter()
+            .map(|v| {
+                String::from_utf8(v.data().to_vec())
+                    .map_err(|_| "a `text` value is not UTF-8".into())
+            })
+            .collect()
+    }
+}
