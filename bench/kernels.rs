@@ -15,6 +15,7 @@ use clap::{Parser, ValueEnum};
 use nanochat::device::check::{self, Scale};
 use nanochat::device::cuda::CudaDevice;
 use nanochat::device::emu::EmuDevice;
+use nanochat::device::kernels::elementwise;
 use nanochat::device::{Arg, Buffer, Device, Dim3, Dtype, Gemm, Result, Schedule};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -57,7 +58,7 @@ struct Bench {
     launch: LaunchFn,
 }
 
-fn elementwise(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per: f64) -> Bench {
+fn elementwise_bench(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per: f64) -> Bench {
     Bench {
         name,
         blocks: vec![128, 256, 512, 1024],
@@ -68,7 +69,10 @@ fn elementwise(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per: f64) 
             args.push(Arg::I64(n as i64));
             d.launch(
                 name,
-                Dim3::x(n.div_ceil(b as usize) as u32),
+                Dim3::x(
+                    n.div_ceil(elementwise::ELEMS_PER_THREAD)
+                        .div_ceil(b as usize) as u32,
+                ),
                 Dim3::x(b),
                 0,
                 &args,
@@ -92,10 +96,10 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
     let (r, c, v) = (16384usize, 1280usize, 32768usize); // B*T rows, model width, vocab at depth 20
     let a = || d.alloc(4 * n);
     let mut out = vec![
-        elementwise("relu2_forward", vec![a()?, a()?], n, 4.0),
-        elementwise("relu2_backward", vec![a()?, a()?, a()?], n, 6.0),
-        elementwise("cast_f32_to_bf16", vec![a()?, a()?], n, 6.0),
-        elementwise("cast_bf16_to_f32", vec![a()?, a()?], n, 6.0),
+        elementwise_bench("relu2_forward", vec![a()?, a()?], n, 4.0),
+        elementwise_bench("relu2_backward", vec![a()?, a()?, a()?], n, 6.0),
+        elementwise_bench("cast_f32_to_bf16", vec![a()?, a()?], n, 6.0),
+        elementwise_bench("cast_bf16_to_f32", vec![a()?, a()?], n, 6.0),
     ];
     let (y, x, x0, dx) = (
         d.alloc(2 * r * c)?,

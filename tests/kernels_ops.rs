@@ -50,7 +50,7 @@ fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
 fn relu2_forward_and_backward() {
     let mut rng = Rng::new(1);
     for (s, dev) in devices() {
-        for n in [1usize, 1000, 4099] {
+        for n in [1usize, 7, 8, 1000, 4099] {
             let x = randn(&mut rng, n, 2.0);
             let dout = randn(&mut rng, n, 1.0);
             let (dx_, dd) = (
@@ -77,6 +77,25 @@ fn relu2_forward_and_backward() {
                 want,
                 "{s:?} backward n={n}"
             );
+
+            // Views that are not 16-byte aligned take the scalar path.
+            if n > 1 {
+                elementwise::relu2_forward(
+                    dev.as_ref(),
+                    out.at::<bf16>(1),
+                    dx_.at::<bf16>(1),
+                    n - 1,
+                )
+                .unwrap();
+                let mut want = vec![0f32; n - 1];
+                ops::relu2_forward(&mut want, &x[1..]);
+                let want: Vec<f32> = to_bf16(&want).iter().map(|v| v.to_f32()).collect();
+                assert_eq!(
+                    down_bf16(dev.as_ref(), out.at::<bf16>(1), n - 1),
+                    want,
+                    "{s:?} unaligned n={n}"
+                );
+            }
         }
     }
 }

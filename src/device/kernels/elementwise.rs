@@ -1,13 +1,16 @@
 //! `cuda/elementwise.cu`: ReLU² and casts on bf16 storage.
 
 use super::{blocks_for, ELEMENTWISE_BLOCK};
+
+/// Elements per thread of the kernels of `cuda/elementwise.cu` (`ELEMS_PER_THREAD` there).
+pub const ELEMS_PER_THREAD: usize = 8;
 use crate::device::{Arg, DevPtr, Device, Dim3, Result};
 
 fn launch1(dev: &dyn Device, name: &str, ptrs: &[DevPtr], n: usize) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let grid = blocks_for(n, ELEMENTWISE_BLOCK, name)?;
+    let grid = blocks_for(n.div_ceil(ELEMS_PER_THREAD), ELEMENTWISE_BLOCK, name)?;
     let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
     args.push(Arg::I64(n as i64));
     dev.launch(name, Dim3::x(grid), Dim3::x(ELEMENTWISE_BLOCK), 0, &args)
