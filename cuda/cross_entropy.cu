@@ -25,7 +25,13 @@ extern "C" __global__ void softcap_ce(bf16* logits, float* losses, const int* ta
     float m = -3.0e38f, s = 0.f;  // finite start: exp(-inf - -inf) would be NaN
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
         float z = SOFTCAP * tanhf(__bfloat162float(row[j]) / SOFTCAP);
-        lse_merge(m, s, z, 1.f);
+        // Online softmax with one exponential per element.
+        if (z > m) {
+            s = s * __expf(m - z) + 1.f;
+            m = z;
+        } else {
+            s += __expf(z - m);
+        }
         if (j == y) z_target = z;
     }
     for (int o = 16; o > 0; o >>= 1) {
