@@ -9,7 +9,6 @@
 
 #define ELEMS_PER_THREAD 8
 
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // First element of this thread's chunk, and whether the whole chunk can be moved as vectors.
 __device__ __forceinline__ int64_t chunk_start(int64_t n, bool aligned, bool* vec) {

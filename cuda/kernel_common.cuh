@@ -34,3 +34,6 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     __syncthreads();  // scratch may be reused right after
     return t;
 }
+
+// Whether a pointer allows 16-byte vector loads and stores.
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
