@@ -4,6 +4,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use nanochat::data::loader::open_split;
 use nanochat::data::parquet::{write_text_parquet, TextParquet};
 use nanochat::data::shards::{
     self, open_token_dir, write_shard, Manifest, TokenShard, TokenizerId,
@@ -18,7 +19,7 @@ use parquet::schema::types::Type as SchemaType;
 
 fn texts(n: usize, salt: &str) -> Vec<String> {
     (0..n)
-        .map(|i| format!("document {i} {salt}: {}", "naïve café ".repeat(i % 7)))
+        .map(|i| format!("document {i} {salt}: {}", "naïve café ".repeat(i % 50)))
         .collect()
 }
 
@@ -237,8 +238,10 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
     let base = tempfile::tempdir().expect("tempdir");
     let parquet_dir = base.path().join("base_data_default");
     std::fs::create_dir_all(&parquet_dir).expect("mkdir");
+    // Shard 0 has several row groups of larger documents, read in parallel (this once raced on one file
+    // handle and corrupted reads).
     let all: Vec<Vec<String>> = (0..3)
-        .map(|s| texts(1100 + s * 10, &format!("s{s}")))
+        .map(|s| texts(if s == 0 { 4100 } else { 1100 + s * 10 }, &format!("s{s}")))
         .collect();
     for (s, docs) in all.iter().enumerate() {
         write_text_parquet(
@@ -270,6 +273,9 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
     }
     let val = split_files(opened, Split::Val, "tokens").expect("split");
     assert_eq!(val.len(), 1);
+    let train = open_split(base.path(), &id, Split::Train).expect("open train split");
+    assert_eq!(train.len(), 2);
+    assert_eq!(train[1].num_docs(), all[1].len());
     assert_eq!(
         val[0].num_docs(),
         all[2].len(),
@@ -290,6 +296,14 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
         1024,
     )
     .expect("write");
+    let msg = open_split(base.path(), &id, Split::Train)
+        .err()
+        .expect("stale")
+        .to_string();
+    assert!(
+        msg.contains("out of date") && msg.contains("tokenize_data"),
+        "{msg}"
+    );
     let manifest = tokenize_dir(&parquet_dir, &tokens_dir, &ByteEncoder, false).expect("resume");
     assert_eq!(manifest.shards.len(), 4);
     assert_eq!(modified(&first), before, "finished shards are not redone");

@@ -223,7 +223,10 @@ fn clear_errors_for_missing_inputs_bad_checkpoints_and_divergence() {
         "0",
     ];
     let e = train(&parse(&blowup), base).unwrap_err();
-    assert!(e.contains("the loss became"), "{e}");
+    assert!(
+        e.contains("the loss became") || e.contains("non-finite"),
+        "{e}"
+    );
     let dir = base.join("base_checkpoints").join("nan");
     let step = checkpoint::last_step(&dir).expect("the checkpoint saved before the divergence");
     let loaded = checkpoint::load(&dir, Some(step), 0, None).unwrap();

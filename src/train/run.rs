@@ -7,9 +7,10 @@ use super::device::{CpuModel, ModelDevice};
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
 use crate::common::base_dir;
+use crate::data::loader::open_split;
 use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
-use crate::data::shards::{Manifest, TokenShard, TokenizerId};
-use crate::data::{self, Split};
+use crate::data::shards::{TokenShard, TokenizerId};
+use crate::data::Split;
 use crate::optim::schedule::Schedule;
 use crate::optim::StepSettings;
 use crate::tokenizer::{self, Tokenizer};
@@ -171,28 +172,6 @@ pub fn load_tokenizer(base: &Path) -> Result<Tokenizer, String> {
     Tokenizer::load(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Opens the token shards of one split, checking they were made with `tok`.
-pub fn open_split(base: &Path, tok: &Tokenizer, split: Split) -> Result<Arc<[TokenShard]>, String> {
-    let dataset = data::resolve_dataset_dir(base).map_err(|e| e.to_string())?;
-    let dir = data::tokens_dir_for(&dataset);
-    let manifest = Manifest::load(&dir)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!(
-                "no token shards in {}: run `tokenize_data` first (see the README)",
-                dir.display()
-            )
-        })?;
-    manifest
-        .check_tokenizer(&dir, &TokenizerId::of(tok))
-        .map_err(|e| e.to_string())?;
-    let files: Vec<PathBuf> = manifest.shards.iter().map(|e| dir.join(&e.file)).collect();
-    let files =
-        data::split_files(files, split, &dir.display().to_string()).map_err(|e| e.to_string())?;
-    let shards: Result<Vec<TokenShard>, _> = files.iter().map(|f| TokenShard::open(f)).collect();
-    Ok(shards.map_err(|e| e.to_string())?.into())
-}
-
 /// Validation bits per byte (spec §8.1) over `steps` batches of a fresh loader.
 pub fn evaluate_bpb(
     model: &mut dyn ModelDevice,
@@ -304,8 +283,9 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         final_lr_frac: args.final_lr_frac,
     };
 
-    let train_shards = open_split(base, &tok, Split::Train)?;
-    let val_shards = open_split(base, &tok, Split::Val)?;
+    let tok_id = TokenizerId::of(&tok);
+    let train_shards = open_split(base, &tok_id, Split::Train).map_err(|e| e.to_string())?;
+    let val_shards = open_split(base, &tok_id, Split::Val).map_err(|e| e.to_string())?;
     let loader_cfg = LoaderConfig {
         batch_size: b,
         seq_len: t,
@@ -413,11 +393,25 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
                     .map_err(|e| e.to_string())?,
                 loop_state: loop_state.clone(),
             };
+            let params = model.params();
+            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+                let name = model
+                    .table()
+                    .params
+                    .iter()
+                    .find(|p| p.range.contains(&bad))
+                    .map_or("?", |p| &p.name);
+                return Err(format!(
+                    "parameters became non-finite ({name}) before step {step}; not saving. The last good \
+                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
+                    ckpt_dir.display()
+                ));
+            }
             checkpoint::save(
                 &ckpt_dir,
                 &meta,
                 model.table(),
-                &model.params(),
+                &params,
                 &model.optimizer_state(),
                 0,
             )?;
