@@ -3,6 +3,7 @@
 //! its shape preconditions; it does not synchronise.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
