@@ -1,0 +1,292 @@
+//! Attention benchmark: the flash kernels' TFLOP/s next to FlashAttention-2's published H100 figure.
+//!
+//! ```text
+//! attention_bench                 on a GPU: check flash vs the CPU reference and vs the naive kernels
+//!                                 (the second oracle), then time forward, backward and both
+//! attention_bench --device emu    the correctness half on the kernel emulator, small shapes (no timings)
+//! ```
+//! FLOPs count the (query, key) pairs a causal window really visits: 4·d per pair forward (QK^T, PV),
+//! 2.5 times that backward (five matmuls), the convention of the FlashAttention papers. Build here
+//! (`cargo build --release --bin attention_bench`) and carry the binary to a GPU machine.
+
+use clap::{Parser, ValueEnum};
+use half::bf16;
+use nanochat::cpu::ops;
+use nanochat::device::cuda::CudaDevice;
+use nanochat::device::emu::EmuDevice;
+use nanochat::device::kernels::attention::{
+    attention_backward, attention_forward, forward_flops, AttnImpl, AttnShape,
+};
+use nanochat::device::{Buffer, Device, Result, Schedule};
+use nanochat::rng::Rng;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// FlashAttention-2 on H100 SXM, forward + backward, causal, T 2048, head_dim 128 (Dao, 2023, fig. 7).
+const FA2_FWD_BWD_TFLOPS: f64 = 265.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// the first GPU (CUDA driver API)
+    Cuda,
+    /// the kernel emulator on the CPU: correctness only
+    Emu,
+}
+
+#[derive(Parser)]
+#[command(about = "Flash attention benchmark (TFLOP/s) with correctness checks")]
+struct Args {
+    /// Device to run on.
+    #[arg(long, value_enum, default_value = "cuda")]
+    device: Which,
+    /// Timed iterations per shape (after 3 warm-up runs).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+}
+
+fn shape(b: usize, t: usize, h: usize, hkv: usize, d: usize, window: usize) -> AttnShape {
+    AttnShape {
+        b,
+        t,
+        h,
+        hkv,
+        d,
+        window,
+    }
+}
+
+/// Device buffers of one problem: inputs, forward outputs, gradients, scratch.
+struct Problem {
+    s: AttnShape,
+    q: Buffer,
+    k: Buffer,
+    v: Buffer,
+    dout: Buffer,
+    out: Buffer,
+    lse: Buffer,
+    dq: Buffer,
+    dk: Buffer,
+    dv: Buffer,
+    delta: Buffer,
+    host: [Vec<f32>; 4],
+}
+
+fn problem(d: &dyn Device, s: AttnShape, seed: u64) -> Result<Problem> {
+    let mut rng = Rng::new(seed);
+    let nq = s.b * s.t * s.h * s.d;
+    let nk = s.b * s.t * s.hkv * s.d;
+    let nl = s.b * s.h * s.t;
+    let mut gen = |n: usize, a: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| bf16::from_f32(rng.uniform(-a, a)).to_f32())
+            .collect()
+    };
+    let host = [gen(nq, 2.0), gen(nk, 1.0), gen(nk, 1.0), gen(nq, 1.0)];
+    let up = |x: &[f32]| d.upload_new(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>());
+    Ok(Problem {
+        s,
+        q: up(&host[0])?,
+        k: up(&host[1])?,
+        v: up(&host[2])?,
+        dout: up(&host[3])?,
+        out: d.alloc(2 * nq)?,
+        lse: d.alloc(4 * nl)?,
+        dq: d.alloc(2 * nq)?,
+        dk: d.alloc(2 * nk)?,
+        dv: d.alloc(2 * nk)?,
+        delta: d.alloc(4 * nl)?,
+        host,
+    })
+}
+
+fn forward(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<()> {
+    let ptr = |b: &Buffer| b.ptr();
+    attention_forward(
+        d,
+        imp,
+        ptr(&p.out),
+        ptr(&p.lse),
+        ptr(&p.q),
+        ptr(&p.k),
+        ptr(&p.v),
+        p.s,
+    )
+}
+
+fn backward(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<()> {
+    attention_backward(
+        d,
+        imp,
+        p.dq.ptr(),
+        p.dk.ptr(),
+        p.dv.ptr(),
+        p.delta.ptr(),
+        p.dout.ptr(),
+        p.out.ptr(),
+        p.lse.ptr(),
+        p.q.ptr(),
+        p.k.ptr(),
+        p.v.ptr(),
+        p.s,
+    )
+}
+
+/// out, lse, dq, dk, dv of one implementation, as f32 on the host.
+fn results(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<[Vec<f32>; 5]> {
+    forward(d, p, imp)?;
+    backward(d, p, imp)?;
+    let s = p.s;
+    let (nq, nk, nl) = (
+        s.b * s.t * s.h * s.d,
+        s.b * s.t * s.hkv * s.d,
+        s.b * s.h * s.t,
+    );
+    let h = |b: &Buffer, n: usize| -> Result<Vec<f32>> {
+        Ok(d.download_vec::<bf16>(b.ptr(), n)?
+            .iter()
+            .map(|v| v.to_f32())
+            .collect())
+    };
+    Ok([
+        h(&p.out, nq)?,
+        d.download_vec::<f32>(p.lse.ptr(), nl)?,
+        h(&p.dq, nq)?,
+        h(&p.dk, nk)?,
+        h(&p.dv, nk)?,
+    ])
+}
+
+/// Largest |a − b| relative to max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let big = b.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / big
+}
+
+/// Flash vs naive and vs the CPU reference (its backward fed the flash kernel's own bf16 out and lse).
+fn check(d: &dyn Device, s: AttnShape) -> Result<bool> {
+    let p = problem(d, s, 11)?;
+    let naive = results(d, &p, AttnImpl::Naive)?;
+    let flash = results(d, &p, AttnImpl::Flash)?;
+    let [q, k, v, go] = &p.host;
+    let (nq, nk) = (q.len(), k.len());
+    let mut out = vec![0f32; nq];
+    let mut lse = vec![0f32; s.b * s.h * s.t];
+    ops::attention_forward(&mut out, &mut lse, q, k, v, s);
+    let (mut dq, mut dk, mut dv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
+    ops::attention_backward(
+        &mut dq, &mut dk, &mut dv, go, &flash[0], &flash[1], q, k, v, s,
+    );
+    let cpu = [out, lse, dq, dk, dv];
+    let names = ["out", "lse", "dq", "dk", "dv"];
+    let mut ok = true;
+    for i in 0..5 {
+        let (vn, vc) = (rel_err(&flash[i], &naive[i]), rel_err(&flash[i], &cpu[i]));
+        // bf16 outputs: a few units of 2^-8 of the tensor's largest value.
+        let pass = vn < 2e-2 && vc < 2e-2;
+        ok &= pass;
+        println!(
+            "  {} {s:?} {:<4} flash vs naive {vn:.1e}, vs cpu {vc:.1e}",
+            if pass { "PASS" } else { "FAIL" },
+            names[i]
+        );
+    }
+    Ok(ok)
+}
+
+fn time(d: &dyn Device, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    d.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    d.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn bench(d: &dyn Device, s: AttnShape, imp: AttnImpl, iters: usize) -> Result<()> {
+    let p = problem(d, s, 5)?;
+    let fl = forward_flops(&s);
+    let tf = time(d, iters, &|| forward(d, &p, imp))?;
+    let tb = time(d, iters, &|| backward(d, &p, imp))?;
+    let w = if s.window >= s.t {
+        "causal".to_string()
+    } else {
+        format!("window {}", s.window)
+    };
+    println!(
+        "{imp:?} b{} t{} h{}/{} d{} {w:<12} fwd {:>7.2} ms {:>6.1} TF/s  bwd {:>7.2} ms {:>6.1} TF/s  fwd+bwd {:>6.1} TF/s",
+        s.b,
+        s.t,
+        s.h,
+        s.hkv,
+        s.d,
+        tf * 1e3,
+        fl / tf / 1e12,
+        tb * 1e3,
+        2.5 * fl / tb / 1e12,
+        3.5 * fl / (tf + tb) / 1e12
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let dev: Box<dyn Device> = match args.device {
+        Which::Emu => Box::new(EmuDevice::new(Schedule::Forward)),
+        Which::Cuda => match CudaDevice::open(0) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                eprintln!("attention_bench needs a GPU: {e}\n(run `attention_bench --device emu` for the correctness checks on the emulator)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let d = dev.as_ref();
+    println!("device: {}", d.name());
+    let checks: Vec<AttnShape> = if args.device == Which::Emu {
+        vec![shape(1, 77, 4, 2, 64, 20), shape(1, 70, 2, 1, 128, 1000)]
+    } else {
+        vec![
+            shape(2, 1000, 4, 2, 128, 300),
+            shape(1, 777, 8, 2, 64, 10_000),
+        ]
+    };
+    let mut ok = true;
+    for s in checks {
+        match check(d, s) {
+            Ok(pass) => ok &= pass,
+            Err(e) => {
+                println!("  FAIL {s:?}: {e}");
+                ok = false;
+            }
+        }
+    }
+    if args.device == Which::Cuda {
+        // FlashAttention-2's shape: 16k tokens, hidden 2048, causal, T 2048 (head_dim 128 and 64), then
+        // nanochat-like sliding windows and GQA; the naive kernels once, as the floor.
+        let full = usize::MAX;
+        let runs = [
+            (shape(8, 2048, 16, 16, 128, full), AttnImpl::Flash),
+            (shape(8, 2048, 32, 32, 64, full), AttnImpl::Flash),
+            (shape(8, 2048, 16, 16, 128, 512), AttnImpl::Flash),
+            (shape(8, 2048, 16, 4, 128, full), AttnImpl::Flash),
+            (shape(2, 2048, 16, 16, 128, full), AttnImpl::Naive),
+        ];
+        for (s, imp) in runs {
+            if let Err(e) = bench(d, s, imp, args.iters) {
+                println!("{imp:?} {s:?} failed: {e}");
+                ok = false;
+            }
+        }
+        println!("(FlashAttention-2, H100 SXM, causal, T 2048, head_dim 128: ~{FA2_FWD_BWD_TFLOPS:.0} TFLOP/s fwd+bwd)");
+    }
+    if !ok {
+        println!("failures");
+        return ExitCode::FAILURE;
+    }
+    println!("all checks passed");
+    ExitCode::SUCCESS
+}
