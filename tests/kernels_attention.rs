@@ -28,8 +28,7 @@ fn shape(b: usize, t: usize, h: usize, hkv: usize, d: usize, window: usize) -> A
     }
 }
 
-/// The cases every implementation runs: (shape, which schedules). The larger shapes run under one
-/// schedule only, to keep the emulator time of the file small; every kernel still sees all three.
+/// The cases every implementation runs, each under every schedule.
 fn cases() -> Vec<AttnShape> {
     vec![
         shape(1, 37, 2, 1, 64, usize::MAX), // full causal, group 2, one ragged tile
@@ -38,6 +37,9 @@ fn cases() -> Vec<AttnShape> {
         shape(1, 80, 2, 1, 128, 70),        // window between a tile and T: tile skipping edge
         shape(1, 16, 4, 2, 64, 16),         // window = T, tiny T
         shape(1, 65, 1, 1, 64, 64),         // one query past the tile, window = tile
+        shape(2, 50, 8, 2, 128, 3),         // group 4 at head_dim 128, two batches
+        shape(1, 64, 2, 2, 64, 63),         // T exactly one tile, window = T - 1
+        shape(1, 1, 2, 1, 128, 0),          // a single token
     ]
 }
 
@@ -247,4 +249,46 @@ fn flops_count_the_window() {
     assert_eq!(attention::forward_flops(&s), 4.0 * (2 * 3 * 7 * 8) as f64);
     let full = shape(1, 4, 1, 1, 8, usize::MAX);
     assert_eq!(attention::forward_flops(&full), 4.0 * (10 * 8) as f64);
+}
+
+/// The backward pass has no atomics: its gradients are bit-identical under every schedule (the
+/// schedules reorder the threads, which would reorder any racing accumulation) and across runs.
+#[test]
+fn flash_backward_is_deterministic() {
+    let s = shape(1, 75, 4, 1, 64, 30);
+    let x = inputs(&mut Rng::new(9), &s);
+    let (nq, nk, nl) = (x.q.len(), x.k.len(), s.b * s.h * s.t);
+    let mut first: Option<Vec<u16>> = None;
+    for (sched, dev) in devices().into_iter().chain(devices()) {
+        let d = dev.as_ref();
+        let up = |v: &[f32]| d.upload_new(&to_bf16(v)).unwrap();
+        let (q, k, v, go) = (up(&x.q), up(&x.k), up(&x.v), up(&x.dout));
+        let (o, l) = (d.alloc(2 * nq).unwrap(), d.alloc(4 * nl).unwrap());
+        let g = d.alloc(2 * (nq + 2 * nk)).unwrap();
+        let delta = d.alloc(4 * nl).unwrap();
+        let imp = AttnImpl::Flash;
+        attention::attention_forward(d, imp, o.ptr(), l.ptr(), q.ptr(), k.ptr(), v.ptr(), s)
+            .unwrap();
+        attention::attention_backward(
+            d,
+            imp,
+            g.ptr(),
+            g.at::<bf16>(nq),
+            g.at::<bf16>(nq + nk),
+            delta.ptr(),
+            go.ptr(),
+            o.ptr(),
+            l.ptr(),
+            q.ptr(),
+            k.ptr(),
+            v.ptr(),
+            s,
+        )
+        .unwrap();
+        let bits = d.download_vec::<u16>(g.ptr(), nq + 2 * nk).unwrap();
+        match &first {
+            None => first = Some(bits),
+            Some(f) => assert!(f == &bits, "{sched:?}: gradients differ between runs"),
+        }
+    }
 }
