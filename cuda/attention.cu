@@ -266,26 +266,40 @@ __device__ void flash_forward(bf16* out, float* lse, const bf16* q, const bf16* 
                               int window) {
     constexpr int LD = D + 8;
     DYNAMIC_SMEM(bf16, sm);
-    bf16 *sQ = sm, *sK = sm + FB * LD, *sV = sm + 2 * FB * LD;
+    // Q, then two K/V buffers: tile i + 1 is fetched while tile i is computed.
+    bf16* sQ = sm;
+    bf16* sKV[2][2] = {{sm + FB * LD, sm + 2 * FB * LD}, {sm + 3 * FB * LD, sm + 4 * FB * LD}};
     const int q0 = blockIdx.x * FB, hi = blockIdx.y, bi = blockIdx.z, kh = hi / (h / hkv);
     const int warp = threadIdx.x / 32, l = threadIdx.x & 31, g = l >> 2, tq = l & 3;
     const float sl2 = rsqrtf((float)D) * ATT_LOG2E;  // exponentials in base 2: exp(x) = exp2(x log2 e)
     const int pr[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
-    load_tile<D>(sQ, q, bi, q0, hi, t, h);
-    cp_async_commit();
     float o[D / 8][4];
     zero<D>(o);
     float m[2] = {att_neg_inf(), att_neg_inf()}, lsum[2] = {0.f, 0.f};
     const int k_first = first_key_tile(q0, window), k_last = last_key(q0, t);
-    for (int k0 = k_first; k0 <= k_last; k0 += FB) {
-        __syncthreads();  // every warp is done with the previous K/V tile
-        load_tile<D>(sK, k, bi, k0, kh, t, hkv);
-        cp_async_commit();
-        load_tile<D>(sV, v, bi, k0, kh, t, hkv);
-        cp_async_commit();
-        cp_async_wait<1>();  // Q and K landed (V may still be in flight)
-        __syncthreads();
+    // cp.async groups, in order: (Q, K_0), V_0, then per iteration i: K_{i+1}, V_{i+1} (empty groups
+    // after the last tile, so the wait counts stay fixed).
+    load_tile<D>(sQ, q, bi, q0, hi, t, h);
+    load_tile<D>(sKV[0][0], k, bi, k_first, kh, t, hkv);
+    cp_async_commit();
+    load_tile<D>(sKV[0][1], v, bi, k_first, kh, t, hkv);
+    cp_async_commit();
+    for (int k0 = k_first, buf = 0; k0 <= k_last; k0 += FB, buf ^= 1) {
+        const bf16 *sK = sKV[buf][0], *sV = sKV[buf][1];
+        cp_async_wait<1>();  // K_i landed (V_i may still be in flight)
+        __syncthreads();     // ... for every thread; and every warp is done with tile i - 1's buffers
+        if (k0 + FB <= k_last) {
+            load_tile<D>(sKV[buf ^ 1][0], k, bi, k0 + FB, kh, t, hkv);
+            cp_async_commit();
+            load_tile<D>(sKV[buf ^ 1][1], v, bi, k0 + FB, kh, t, hkv);
+            cp_async_commit();
+        } else {
+            cp_async_commit();
+            cp_async_commit();
+        }
+        // Tiles strictly inside the window and below the diagonal need no mask (block-uniform).
+        const bool mask = k0 + FB - 1 > q0 || k0 < q0 + FB - 1 - window || k0 + FB > t;
         float s[FB / 8][4];
         zero<FB>(s);
         mm_abt<D, FB, LD, LD>(s, sQ, warp * 16, sK);
@@ -297,7 +311,7 @@ __device__ void flash_forward(bf16* out, float* lse, const bf16* q, const bf16* 
 #pragma unroll
                 for (int e = 2 * r; e < 2 * r + 2; ++e) {
                     int j = k0 + nt * 8 + 2 * tq + (e & 1);
-                    bool ok = j <= pr[r] && j >= pr[r] - window && j < t;
+                    bool ok = !mask || (j <= pr[r] && j >= pr[r] - window && j < t);
                     s[nt][e] = ok ? s[nt][e] * sl2 : att_neg_inf();
                     mx = fmaxf(mx, s[nt][e]);
                 }
@@ -323,7 +337,7 @@ __device__ void flash_forward(bf16* out, float* lse, const bf16* q, const bf16* 
             }
             lsum[r] = lsum[r] * alpha + rs;
         }
-        cp_async_wait<0>();
+        cp_async_wait<2>();  // V_i landed (K_{i+1}, V_{i+1} may be in flight)
         __syncthreads();
         mm_pb<FB, D, LD>(o, s, sV);
     }
@@ -339,7 +353,7 @@ __device__ void flash_forward(bf16* out, float* lse, const bf16* q, const bf16* 
     store_rows<D>(out, o, inv, bi, q0 + warp * 16, hi, t, h);
 }
 
-// Grid (ceil(t / 64), h, b), 128 threads, dynamic shared memory 3 * 64 * (D + 8) bf16.
+// Grid (ceil(t / 64), h, b), 128 threads, dynamic shared memory 5 * 64 * (D + 8) bf16.
 extern "C" __global__ void __launch_bounds__(128) attention_flash_forward_d64(bf16* out, float* lse, const bf16* q,
                                                                              const bf16* k, const bf16* v, int b, int t,
                                                                              int h, int hkv, int d, int window) {

@@ -115,7 +115,7 @@ pub fn attention_forward(
             },
             tile_grid(s.t, s.h, s.b, FLASH_BR, "attention forward")?,
             Dim3::x(FLASH_THREADS),
-            flash_smem(3, s.d),
+            flash_smem(5, s.d),
             &args,
         ),
     }
