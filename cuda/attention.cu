@@ -267,8 +267,10 @@ __device__ void flash_forward(bf16* out, float* lse, const bf16* q, const bf16* 
     constexpr int LD = D + 8;
     DYNAMIC_SMEM(bf16, sm);
     // Q, then two K/V buffers: tile i + 1 is fetched while tile i is computed.
+    // (Pointers computed, not picked from an array: a dynamically indexed array lives in local memory.)
     bf16* sQ = sm;
-    bf16* sKV[2][2] = {{sm + FB * LD, sm + 2 * FB * LD}, {sm + 3 * FB * LD, sm + 4 * FB * LD}};
+    auto sK_of = [&](int b) { return sm + (1 + 2 * b) * FB * LD; };
+    auto sV_of = [&](int b) { return sm + (2 + 2 * b) * FB * LD; };
     const int q0 = blockIdx.x * FB, hi = blockIdx.y, bi = blockIdx.z, kh = hi / (h / hkv);
     const int warp = threadIdx.x / 32, l = threadIdx.x & 31, g = l >> 2, tq = l & 3;
     const float sl2 = rsqrtf((float)D) * ATT_LOG2E;  // exponentials in base 2: exp(x) = exp2(x log2 e)
@@ -281,18 +283,18 @@ __device__ void flash_forward(bf16* out, float* lse, const bf16* q, const bf16* 
     // cp.async groups, in order: (Q, K_0), V_0, then per iteration i: K_{i+1}, V_{i+1} (empty groups
     // after the last tile, so the wait counts stay fixed).
     load_tile<D>(sQ, q, bi, q0, hi, t, h);
-    load_tile<D>(sKV[0][0], k, bi, k_first, kh, t, hkv);
+    load_tile<D>(sK_of(0), k, bi, k_first, kh, t, hkv);
     cp_async_commit();
-    load_tile<D>(sKV[0][1], v, bi, k_first, kh, t, hkv);
+    load_tile<D>(sV_of(0), v, bi, k_first, kh, t, hkv);
     cp_async_commit();
     for (int k0 = k_first, buf = 0; k0 <= k_last; k0 += FB, buf ^= 1) {
-        const bf16 *sK = sKV[buf][0], *sV = sKV[buf][1];
+        const bf16 *sK = sK_of(buf), *sV = sV_of(buf);
         cp_async_wait<1>();  // K_i landed (V_i may still be in flight)
         __syncthreads();     // ... for every thread; and every warp is done with tile i - 1's buffers
         if (k0 + FB <= k_last) {
-            load_tile<D>(sKV[buf ^ 1][0], k, bi, k0 + FB, kh, t, hkv);
+            load_tile<D>(sK_of(buf ^ 1), k, bi, k0 + FB, kh, t, hkv);
             cp_async_commit();
-            load_tile<D>(sKV[buf ^ 1][1], v, bi, k0 + FB, kh, t, hkv);
+            load_tile<D>(sV_of(buf ^ 1), v, bi, k0 + FB, kh, t, hkv);
             cp_async_commit();
         } else {
             cp_async_commit();
