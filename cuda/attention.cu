@@ -175,12 +175,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
            ((uint32_t)__bfloat16_as_ushort(__float2bfloat16(hi)) << 16);
 }
 
-// cp.async rows [r0, r0 + FB) of head hh of a (b, t, heads, D) tensor into s; rows >= t are zero-filled
+// cp.async rows [r0, r0 + ROWS) of head hh of a (b, t, heads, D) tensor into s; rows >= t are zero-filled
 // (zeros, not poison: a zero probability times a NaN value would still be NaN).
-template <int D>
+template <int D, int ROWS = FB>
 __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int bi, int r0, int hh, int t, int heads) {
     constexpr int CH = D / 8, LD = D + 8;
-    for (int i = threadIdx.x; i < FB * CH; i += blockDim.x) {
+    for (int i = threadIdx.x; i < ROWS * CH; i += blockDim.x) {
         int r = i / CH, c = i % CH, row = r0 + r;
         bool ok = row < t;
         const bf16* src = ok ? g + (((int64_t)bi * t + row) * heads + hh) * D + c * 8 : g;
@@ -404,6 +404,7 @@ __device__ void flash_backward_dq(bf16* dq, const bf16* dout, const float* lse, 
         cp_async_commit();
         cp_async_wait<0>();
         __syncthreads();
+        const bool mask = k0 + FB - 1 > q0 || k0 < q0 + FB - 1 - window || k0 + FB > t;  // as in forward
         float s[FB / 8][4], dp[FB / 8][4];
         zero<FB>(s);
         zero<FB>(dp);
@@ -414,7 +415,7 @@ __device__ void flash_backward_dq(bf16* dq, const bf16* dout, const float* lse, 
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = e >> 1, j = k0 + nt * 8 + 2 * tq + (e & 1);
-                bool ok = j <= pr[r] && j >= pr[r] - window && j < t;
+                bool ok = !mask || (j <= pr[r] && j >= pr[r] - window && j < t);
                 float p = ok ? exp2f(s[nt][e] * scale * ATT_LOG2E - L2[r]) : 0.f;
                 s[nt][e] = p * (dp[nt][e] - Dl[r]);
             }
@@ -427,15 +428,16 @@ __device__ void flash_backward_dq(bf16* dq, const bf16* dout, const float* lse, 
 // dK, dV: grid (ceil(t / 64), hkv, b). The block holds its K and V tiles (warp w: keys 16w..16w+15) and
 // streams, for each query head of the group, the Q/dO tiles that see them: S^T = K Q^T, P^T, dV += P^T dO,
 // dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; dK * scale. The per-query lse and delta are
-// columns here, so they are staged in shared memory behind the four tiles.
-template <int D>
+// columns here, so they are staged in shared memory behind the four tiles. Queries come BQ at a time:
+// 32 at head_dim 128 keeps the two D-wide accumulators plus the score tiles within the register file.
+template <int D, int BQ>
 __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta,
                                     const bf16* q, const bf16* k, const bf16* v, int t, int h, int hkv, int window) {
     constexpr int LD = D + 8;
     DYNAMIC_SMEM(bf16, sm);
-    bf16 *sK = sm, *sV = sm + FB * LD, *sQ = sm + 2 * FB * LD, *sO = sm + 3 * FB * LD;
-    float* sL = reinterpret_cast<float*>(sm + 4 * FB * LD);
-    float* sD = sL + FB;
+    bf16 *sK = sm, *sV = sm + FB * LD, *sQ = sm + 2 * FB * LD, *sO = sm + (2 * FB + BQ) * LD;
+    float* sL = reinterpret_cast<float*>(sm + (2 * FB + 2 * BQ) * LD);
+    float* sD = sL + BQ;
     const int k0 = blockIdx.x * FB, kh = blockIdx.y, bi = blockIdx.z, group = h / hkv;
     const int warp = threadIdx.x / 32, l = threadIdx.x & 31, g = l >> 2, tq = l & 3;
     const float scale = rsqrtf((float)D);
@@ -446,16 +448,16 @@ __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const 
     float gk[D / 8][4], gv[D / 8][4];
     zero<D>(gk);
     zero<D>(gv);
-    // Queries that see a key of the tile: [k0, k0 + FB - 1 + window]; tiles start at k0 (FB-aligned).
+    // Queries that see a key of the tile: [k0, k0 + FB - 1 + window]; query tiles start at k0.
     const int q_last = k0 + FB - 1 + window < t - 1 ? k0 + FB - 1 + window : t - 1;
     for (int gi = 0; gi < group; ++gi) {
         const int hi = kh * group + gi;
-        for (int q0 = k0; q0 <= q_last; q0 += FB) {
+        for (int q0 = k0; q0 <= q_last; q0 += BQ) {
             __syncthreads();
-            load_tile<D>(sQ, q, bi, q0, hi, t, h);
-            load_tile<D>(sO, dout, bi, q0, hi, t, h);
+            load_tile<D, BQ>(sQ, q, bi, q0, hi, t, h);
+            load_tile<D, BQ>(sO, dout, bi, q0, hi, t, h);
             cp_async_commit();
-            if (threadIdx.x < FB) {
+            if (threadIdx.x < BQ) {
                 int p = q0 + threadIdx.x;
                 int64_t i = ((int64_t)bi * h + hi) * t + p;
                 sL[threadIdx.x] = p < t ? lse[i] * ATT_LOG2E : 0.f;
@@ -463,26 +465,28 @@ __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const 
             }
             cp_async_wait<0>();
             __syncthreads();
-            float s[FB / 8][4];
-            zero<FB>(s);
-            mm_abt<D, FB, LD, LD>(s, sK, warp * 16, sQ);
+            // Keys [k0, k0 + FB) against queries [q0, q0 + BQ): no mask when every pair is visible.
+            const bool mask = k0 + FB - 1 > q0 || k0 < q0 + BQ - 1 - window || q0 + BQ > t;
+            float s[BQ / 8][4];
+            zero<BQ>(s);
+            mm_abt<D, BQ, LD, LD>(s, sK, warp * 16, sQ);
 #pragma unroll
-            for (int nt = 0; nt < FB / 8; ++nt)
+            for (int nt = 0; nt < BQ / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     int c = nt * 8 + 2 * tq + (e & 1), p = q0 + c, j = kj[e >> 1];
-                    bool ok = j <= p && j >= p - window && p < t;
+                    bool ok = !mask || (j <= p && j >= p - window && p < t);
                     s[nt][e] = ok ? exp2f(s[nt][e] * scale * ATT_LOG2E - sL[c]) : 0.f;
                 }
-            mm_pb<FB, D, LD>(gv, s, sO);
-            float dp[FB / 8][4];
-            zero<FB>(dp);
-            mm_abt<D, FB, LD, LD>(dp, sV, warp * 16, sO);
+            mm_pb<BQ, D, LD>(gv, s, sO);
+            float dp[BQ / 8][4];
+            zero<BQ>(dp);
+            mm_abt<D, BQ, LD, LD>(dp, sV, warp * 16, sO);
 #pragma unroll
-            for (int nt = 0; nt < FB / 8; ++nt)
+            for (int nt = 0; nt < BQ / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - sD[nt * 8 + 2 * tq + (e & 1)];
-            mm_pb<FB, D, LD>(gk, s, sQ);
+            mm_pb<BQ, D, LD>(gk, s, sQ);
         }
     }
     const float one[2] = {1.f, 1.f}, mul[2] = {scale, scale};
@@ -490,7 +494,7 @@ __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const 
     store_rows<D>(dv, gv, one, bi, k0 + warp * 16, kh, t, hkv);
 }
 
-#define FLASH_BWD(D)                                                                                             \
+#define FLASH_BWD(D, BQ)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         attention_flash_backward_dq_d##D(bf16* dq, const bf16* dout, const float* lse, const float* delta,       \
                                          const bf16* q, const bf16* k, const bf16* v, int b, int t, int h,       \
@@ -503,11 +507,12 @@ __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const 
         attention_flash_backward_dkdv_d##D(bf16* dk, bf16* dv, const bf16* dout, const float* lse,               \
                                            const float* delta, const bf16* q, const bf16* k, const bf16* v,      \
                                            int b, int t, int h, int hkv, int d, int window) {                    \
-        flash_backward_dkdv<D>(dk, dv, dout, lse, delta, q, k, v, t, h, hkv, window);                            \
+        flash_backward_dkdv<D, BQ>(dk, dv, dout, lse, delta, q, k, v, t, h, hkv, window);                        \
         (void)b, (void)d;                                                                                        \
     }                                                                                                            \
     KERNEL_REGISTER("attention_flash_backward_dkdv_d" #D, attention_flash_backward_dkdv_d##D);
 
-// Grids as in the comments above, 128 threads, dynamic shared memory 4 * 64 * (D + 8) bf16 + 2 * 64 fp32.
-FLASH_BWD(64)
-FLASH_BWD(128)
+// Grids as in the comments above, 128 threads. Dynamic shared memory: dQ 4 * 64 * (D + 8) bf16; dK/dV
+// (2 * 64 + 2 * BQ) * (D + 8) bf16 + 2 * BQ fp32.
+FLASH_BWD(64, 64)
+FLASH_BWD(128, 32)

@@ -41,6 +41,7 @@ fn cases() -> Vec<AttnShape> {
         shape(1, 64, 2, 2, 64, 63),         // T exactly one tile, window = T - 1
         shape(1, 1, 2, 1, 128, 0),          // a single token
         shape(1, 130, 1, 1, 64, 127), // unmasked tiles (below the diagonal, inside the window)
+        shape(1, 100, 1, 1, 128, usize::MAX), // the same at head_dim 128 (32-query dK/dV steps)
     ]
 }
 
