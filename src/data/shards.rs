@@ -202,8 +202,8 @@ impl TokenShard {
                 ));
             }
         }
-        for d in 0..self.num_docs {
-            if self.token(offsets[d] as usize) != self.bos_id {
+        for (d, &start) in offsets[..self.num_docs].iter().enumerate() {
+            if self.token(start as usize) != self.bos_id {
                 return Err(data_err!(
                     "token shard {name}: document {d} does not start with BOS {}",
                     self.bos_id
