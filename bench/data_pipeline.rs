@@ -80,11 +80,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 3. Best-fit packing from the mapped shards (one thread, as one rank's loader runs).
+    // Opening maps and validates every shard (one pass over the tokens), as training start-up does.
+    let t0 = Instant::now();
     let shards: Vec<TokenShard> = manifest
         .shards
         .iter()
         .map(|s| TokenShard::open(&out.path().join(&s.file)))
         .collect::<Result<_, _>>()?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "open + validate shards:   {:>12.0} tokens/s  ({secs:.3}s)",
+        tokens as f64 / secs
+    );
     let shards: Arc<[TokenShard]> = shards.into();
     for (b, t) in [(16, 2048), (32, 2048)] {
         let cfg = LoaderConfig {
