@@ -346,6 +346,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     };
     let mut val_bpb = None;
     let stop_at = args.max_steps_this_run.map(|k| start + k);
+    let peak_flops = crate::common::peak_bf16_flops(&model.device_name()).unwrap_or(f64::INFINITY);
 
     for step in start..=n_iter {
         let last_step = step == n_iter;
@@ -451,6 +452,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             loop_state.total_training_time += dt;
         }
         let done = step + 1 - start;
+        let mfu = 100.0 * plan.flops_per_token * tokens_per_step / dt / peak_flops;
         let avg = if step > 10 {
             loop_state.total_training_time / (step - 10) as f64
         } else {
@@ -458,7 +460,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         };
         let eta = avg * (n_iter - step - 1) as f64;
         println!(
-            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: - | epoch: {} | eta: {}",
+            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: {mfu:.2} | epoch: {} | eta: {}",
             100.0 * (step + 1) as f64 / n_iter as f64,
             settings.lr_multiplier,
             dt * 1e3,
@@ -468,7 +470,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         );
         metrics.log(json!({
             "kind": "train", "step": step, "loss": loss, "smooth_loss": smooth, "lrm": settings.lr_multiplier,
-            "dt": dt, "tok_per_sec": tokens_per_step / dt, "total_training_time": loop_state.total_training_time,
+            "dt": dt, "tok_per_sec": tokens_per_step / dt, "mfu": mfu, "total_training_time": loop_state.total_training_time,
         }))?;
         if done % 10 == 0 || step + 1 == n_iter {
             metrics.write_svg()?;
