@@ -496,3 +496,88 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
 pub fn main_with(args: &TrainArgs) -> Result<Summary, String> {
     train(args, &base_dir())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::data::shards::write_shard;
+    use crate::params::ParamTable;
+    use crate::safetensors::Tensor;
+    use std::collections::BTreeMap;
+
+    /// A device whose per-token loss is the target id + 1 in nats, so bpb can be computed by hand.
+    struct Stub(ModelConfig, ParamTable);
+    impl ModelDevice for Stub {
+        fn config(&self) -> &ModelConfig {
+            &self.0
+        }
+        fn device_name(&self) -> String {
+            "stub".into()
+        }
+        fn table(&self) -> &ParamTable {
+            &self.1
+        }
+        fn forward_backward(
+            &mut self,
+            _: &[u32],
+            _: &[i32],
+            _: usize,
+            _: usize,
+            _: f32,
+        ) -> Result<f32, String> {
+            unreachable!()
+        }
+        fn token_losses(
+            &mut self,
+            _: &[u32],
+            targets: &[i32],
+            _: usize,
+            _: usize,
+        ) -> Result<Vec<f32>, String> {
+            Ok(targets.iter().map(|&y| y as f32 + 1.0).collect())
+        }
+        fn last_logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {
+            unreachable!()
+        }
+        fn step(&mut self, _: &StepSettings) {}
+        fn params(&self) -> Vec<f32> {
+            Vec::new()
+        }
+        fn optimizer_state(&self) -> BTreeMap<String, Tensor> {
+            BTreeMap::new()
+        }
+        fn load_optimizer_state(&mut self, _: &BTreeMap<String, Tensor>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bits_per_byte_skips_zero_byte_tokens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.tokens");
+        // BOS = 0 has 0 bytes; tokens 1..=3 have 1, 2 and 3 bytes.
+        write_shard(&path, &[vec![0, 1, 2], vec![0, 3]], 4, 0).unwrap();
+        let shards: Arc<[TokenShard]> = vec![TokenShard::open(&path).unwrap()].into();
+        let cfg = ModelConfig {
+            sequence_len: 4,
+            vocab_size: 4,
+            n_layer: 1,
+            n_head: 1,
+            n_kv_head: 1,
+            n_embd: 32,
+            window_pattern: "L".into(),
+        };
+        let mut dev = Stub(cfg.clone(), ParamTable::new(&cfg));
+        let lc = LoaderConfig {
+            batch_size: 1,
+            seq_len: 4,
+            ..LoaderConfig::default()
+        };
+        let token_bytes = [0, 1, 2, 3];
+        let bpb = evaluate_bpb(&mut dev, shards, lc, 1, &token_bytes).unwrap();
+        // Best fit packs the row [0 1 2 0 3]: targets 1, 2, 0, 3 with losses 2, 3, 1, 4; the BOS target has no
+        // bytes and is skipped: 9 nats over 1 + 2 + 3 = 6 bytes.
+        assert!((bpb - 1.5 / std::f64::consts::LN_2).abs() < 1e-9, "{bpb}");
+    }
+}
