@@ -248,8 +248,8 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         } else {
             DeviceKind::Emu
         };
-        let dev =
-            crate::device::open(kind).map_err(|e| format!("--device {:?}: {e}", args.device))?;
+        let flag = format!("--device {}", format!("{:?}", args.device).to_lowercase());
+        let dev = crate::device::open(kind).map_err(|e| format!("{flag}: {e}"))?;
         return Err(format!(
             "{flag} ({}): the kernel devices run individual kernels but not the full model yet; use --device cpu",
             dev.name()
