@@ -428,16 +428,19 @@ __device__ void flash_backward_dq(bf16* dq, const bf16* dout, const float* lse, 
 // dK, dV: grid (ceil(t / 64), hkv, b). The block holds its K and V tiles (warp w: keys 16w..16w+15) and
 // streams, for each query head of the group, the Q/dO tiles that see them: S^T = K Q^T, P^T, dV += P^T dO,
 // dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += dS^T Q; dK * scale. The per-query lse and delta are
-// columns here, so they are staged in shared memory behind the four tiles. Queries come BQ at a time:
+// columns here, so they are staged in shared memory behind the tiles. Q/dO/lse/delta are double-buffered:
+// step i + 1's are fetched while step i is computed. Queries come BQ at a time:
 // 32 at head_dim 128 keeps the two D-wide accumulators plus the score tiles within the register file.
 template <int D, int BQ>
 __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta,
                                     const bf16* q, const bf16* k, const bf16* v, int t, int h, int hkv, int window) {
     constexpr int LD = D + 8;
     DYNAMIC_SMEM(bf16, sm);
-    bf16 *sK = sm, *sV = sm + FB * LD, *sQ = sm + 2 * FB * LD, *sO = sm + (2 * FB + BQ) * LD;
-    float* sL = reinterpret_cast<float*>(sm + (2 * FB + 2 * BQ) * LD);
-    float* sD = sL + BQ;
+    // K, V, then per buffer b: Q, dO (BQ rows each), and after all tiles lse, delta (BQ f32 each).
+    bf16 *sK = sm, *sV = sm + FB * LD;
+    auto sQ_of = [&](int b) { return sm + (2 * FB + 2 * b * BQ) * LD; };
+    auto sO_of = [&](int b) { return sm + (2 * FB + (2 * b + 1) * BQ) * LD; };
+    auto sL_of = [&](int b) { return reinterpret_cast<float*>(sm + (2 * FB + 4 * BQ) * LD) + 2 * b * BQ; };
     const int k0 = blockIdx.x * FB, kh = blockIdx.y, bi = blockIdx.z, group = h / hkv;
     const int warp = threadIdx.x / 32, l = threadIdx.x & 31, g = l >> 2, tq = l & 3;
     const float scale = rsqrtf((float)D);
@@ -450,44 +453,50 @@ __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const 
     zero<D>(gv);
     // Queries that see a key of the tile: [k0, k0 + FB - 1 + window]; query tiles start at k0.
     const int q_last = k0 + FB - 1 + window < t - 1 ? k0 + FB - 1 + window : t - 1;
-    for (int gi = 0; gi < group; ++gi) {
-        const int hi = kh * group + gi;
-        for (int q0 = k0; q0 <= q_last; q0 += BQ) {
-            __syncthreads();
-            load_tile<D, BQ>(sQ, q, bi, q0, hi, t, h);
-            load_tile<D, BQ>(sO, dout, bi, q0, hi, t, h);
-            cp_async_commit();
-            if (threadIdx.x < BQ) {
-                int p = q0 + threadIdx.x;
-                int64_t i = ((int64_t)bi * h + hi) * t + p;
-                sL[threadIdx.x] = p < t ? lse[i] * ATT_LOG2E : 0.f;
-                sD[threadIdx.x] = p < t ? delta[i] : 0.f;
-            }
-            cp_async_wait<0>();
-            __syncthreads();
-            // Keys [k0, k0 + FB) against queries [q0, q0 + BQ): no mask when every pair is visible.
-            const bool mask = k0 + FB - 1 > q0 || k0 < q0 + BQ - 1 - window || q0 + BQ > t;
-            float s[BQ / 8][4];
-            zero<BQ>(s);
-            mm_abt<D, BQ, LD, LD>(s, sK, warp * 16, sQ);
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    int c = nt * 8 + 2 * tq + (e & 1), p = q0 + c, j = kj[e >> 1];
-                    bool ok = !mask || (j <= p && j >= p - window && p < t);
-                    s[nt][e] = ok ? exp2f(s[nt][e] * scale * ATT_LOG2E - sL[c]) : 0.f;
-                }
-            mm_pb<BQ, D, LD>(gv, s, sO);
-            float dp[BQ / 8][4];
-            zero<BQ>(dp);
-            mm_abt<D, BQ, LD, LD>(dp, sV, warp * 16, sO);
-#pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - sD[nt * 8 + 2 * tq + (e & 1)];
-            mm_pb<BQ, D, LD>(gk, s, sQ);
+    // One step per (query head of the group, query tile); step i's inputs land in buffer i % 2.
+    const int tiles = (q_last - k0) / BQ + 1, steps = group * tiles;
+    auto fetch = [&](int i, int b) {
+        const int hi = kh * group + i / tiles, q0 = k0 + (i % tiles) * BQ;
+        load_tile<D, BQ>(sQ_of(b), q, bi, q0, hi, t, h);
+        load_tile<D, BQ>(sO_of(b), dout, bi, q0, hi, t, h);
+        cp_async_commit();
+        if (threadIdx.x < BQ) {
+            int p = q0 + threadIdx.x;
+            int64_t r = ((int64_t)bi * h + hi) * t + p;
+            sL_of(b)[threadIdx.x] = p < t ? lse[r] * ATT_LOG2E : 0.f;
+            sL_of(b)[BQ + threadIdx.x] = p < t ? delta[r] : 0.f;
         }
+    };
+    fetch(0, 0);
+    for (int i = 0; i < steps; ++i) {
+        const int buf = i & 1, q0 = k0 + (i % tiles) * BQ;
+        const bf16 *sQ = sQ_of(buf), *sO = sO_of(buf);
+        const float *sL = sL_of(buf), *sD = sL + BQ;
+        cp_async_wait<0>();  // step i's tiles (the only group in flight)
+        __syncthreads();     // ... for every thread; and every warp is done with step i - 1's buffer
+        if (i + 1 < steps) fetch(i + 1, buf ^ 1);
+        // Keys [k0, k0 + FB) against queries [q0, q0 + BQ): no mask when every pair is visible.
+        const bool mask = k0 + FB - 1 > q0 || k0 < q0 + BQ - 1 - window || q0 + BQ > t;
+        float s[BQ / 8][4];
+        zero<BQ>(s);
+        mm_abt<D, BQ, LD, LD>(s, sK, warp * 16, sQ);
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int c = nt * 8 + 2 * tq + (e & 1), p = q0 + c, j = kj[e >> 1];
+                bool ok = !mask || (j <= p && j >= p - window && p < t);
+                s[nt][e] = ok ? exp2f(s[nt][e] * scale * ATT_LOG2E - sL[c]) : 0.f;
+            }
+        mm_pb<BQ, D, LD>(gv, s, sO);
+        float dp[BQ / 8][4];
+        zero<BQ>(dp);
+        mm_abt<D, BQ, LD, LD>(dp, sV, warp * 16, sO);
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] *= dp[nt][e] - sD[nt * 8 + 2 * tq + (e & 1)];
+        mm_pb<BQ, D, LD>(gk, s, sQ);
     }
     const float one[2] = {1.f, 1.f}, mul[2] = {scale, scale};
     store_rows<D>(dk, gk, mul, bi, k0 + warp * 16, kh, t, hkv);

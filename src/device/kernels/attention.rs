@@ -75,11 +75,12 @@ fn flash_smem(tiles: usize, d: usize) -> u32 {
     (tiles * FLASH_BR * (d + 8) * 2) as u32
 }
 
-/// Dynamic shared memory of the dK/dV kernel: the K and V tiles (64 rows), the Q and dO tiles of
-/// `bq` rows (64 at head_dim 64, 32 at 128: see `cuda/attention.cu`) and `bq` f32 of lse and of delta.
+/// Dynamic shared memory of the dK/dV kernel: the K and V tiles (64 rows), then two buffers of the
+/// Q and dO tiles of `bq` rows (64 at head_dim 64, 32 at 128: see `cuda/attention.cu`) and of `bq` f32
+/// of lse and of delta.
 fn dkdv_smem(d: usize) -> u32 {
     let bq = if d == 64 { 64 } else { 32 };
-    ((2 * FLASH_BC + 2 * bq) * (d + 8) * 2 + 2 * bq * 4) as u32
+    ((2 * FLASH_BC + 4 * bq) * (d + 8) * 2 + 4 * bq * 4) as u32
 }
 
 /// `out (b, t, h, d)` bf16 and `lse (b, h, t)` f32 of causal attention with a left window.
