@@ -379,7 +379,10 @@ __device__ void flash_backward_dq(bf16* dq, const bf16* dout, const float* lse, 
                                   const bf16* k, const bf16* v, int t, int h, int hkv, int window) {
     constexpr int LD = D + 8;
     DYNAMIC_SMEM(bf16, sm);
-    bf16 *sQ = sm, *sO = sm + FB * LD, *sK = sm + 2 * FB * LD, *sV = sm + 3 * FB * LD;
+    // Q, dO, then two K/V buffers: tile i + 1 is fetched while tile i is computed.
+    bf16 *sQ = sm, *sO = sm + FB * LD;
+    auto sK_of = [&](int b) { return sm + (2 + 2 * b) * FB * LD; };
+    auto sV_of = [&](int b) { return sm + (3 + 2 * b) * FB * LD; };
     const int q0 = blockIdx.x * FB, hi = blockIdx.y, bi = blockIdx.z, kh = hi / (h / hkv);
     const int warp = threadIdx.x / 32, l = threadIdx.x & 31, g = l >> 2, tq = l & 3;
     const float scale = rsqrtf((float)D);
@@ -391,19 +394,23 @@ __device__ void flash_backward_dq(bf16* dq, const bf16* dout, const float* lse, 
         L2[r] = pr[r] < t ? lse[i] * ATT_LOG2E : 0.f;
         Dl[r] = pr[r] < t ? delta[i] : 0.f;
     }
-    load_tile<D>(sQ, q, bi, q0, hi, t, h);
-    load_tile<D>(sO, dout, bi, q0, hi, t, h);
-    cp_async_commit();
     float acc[D / 8][4];
     zero<D>(acc);
     const int k_first = first_key_tile(q0, window), k_last = last_key(q0, t);
-    for (int k0 = k_first; k0 <= k_last; k0 += FB) {
-        __syncthreads();
-        load_tile<D>(sK, k, bi, k0, kh, t, hkv);
-        load_tile<D>(sV, v, bi, k0, kh, t, hkv);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
+    load_tile<D>(sQ, q, bi, q0, hi, t, h);
+    load_tile<D>(sO, dout, bi, q0, hi, t, h);
+    load_tile<D>(sK_of(0), k, bi, k_first, kh, t, hkv);
+    load_tile<D>(sV_of(0), v, bi, k_first, kh, t, hkv);
+    cp_async_commit();
+    for (int k0 = k_first, buf = 0; k0 <= k_last; k0 += FB, buf ^= 1) {
+        const bf16 *sK = sK_of(buf), *sV = sV_of(buf);
+        cp_async_wait<0>();  // tile i (the only group in flight)
+        __syncthreads();     // ... for every thread; and every warp is done with tile i - 1's buffer
+        if (k0 + FB <= k_last) {
+            load_tile<D>(sK_of(buf ^ 1), k, bi, k0 + FB, kh, t, hkv);
+            load_tile<D>(sV_of(buf ^ 1), v, bi, k0 + FB, kh, t, hkv);
+            cp_async_commit();
+        }
         const bool mask = k0 + FB - 1 > q0 || k0 < q0 + FB - 1 - window || k0 + FB > t;  // as in forward
         float s[FB / 8][4], dp[FB / 8][4];
         zero<FB>(s);
@@ -521,7 +528,7 @@ __device__ void flash_backward_dkdv(bf16* dk, bf16* dv, const bf16* dout, const 
     }                                                                                                            \
     KERNEL_REGISTER("attention_flash_backward_dkdv_d" #D, attention_flash_backward_dkdv_d##D);
 
-// Grids as in the comments above, 128 threads. Dynamic shared memory: dQ 4 * 64 * (D + 8) bf16; dK/dV
-// (2 * 64 + 2 * BQ) * (D + 8) bf16 + 2 * BQ fp32.
+// Grids as in the comments above, 128 threads. Dynamic shared memory: dQ 6 * 64 * (D + 8) bf16; dK/dV
+// (2 * 64 + 4 * BQ) * (D + 8) bf16 + 4 * BQ fp32.
 FLASH_BWD(64, 64)
 FLASH_BWD(128, 32)

@@ -189,7 +189,7 @@ pub fn attention_backward(
                 &format!("attention_flash_backward_dq_{sfx}"),
                 tile_grid(s.t, s.h, s.b, FLASH_BR, "attention backward dq")?,
                 Dim3::x(FLASH_THREADS),
-                flash_smem(4, s.d),
+                flash_smem(6, s.d),
                 &dq_args,
             )?;
             dev.launch(
