@@ -101,6 +101,9 @@ impl ChunkCounts {
     }
 }
 
+/// Pair counts, and per pair the ascending list of words that contain it.
+type PairTables = (FastMap<u64, i64>, FastMap<u64, Vec<u32>>);
+
 /// All chunks with at least two bytes, as id sequences in one arena, with their counts.
 struct Words {
     ids: Vec<u32>,
@@ -181,10 +184,10 @@ impl Words {
     }
 
     /// Pair counts and, per pair, the ascending list of words containing it.
-    fn initial_pairs(&self) -> (FastMap<u64, i64>, FastMap<u64, Vec<u32>>) {
+    fn initial_pairs(&self) -> PairTables {
         let n = self.len.len();
         let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(1);
-        let parts: Vec<(FastMap<u64, i64>, FastMap<u64, Vec<u32>>)> = (0..n)
+        let parts: Vec<PairTables> = (0..n)
             .into_par_iter()
             .chunks(chunk)
             .map(|idx| {
