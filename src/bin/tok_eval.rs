@@ -160,6 +160,14 @@ fn bench(
         "single_thread_mb_s {:.2} tokens {n_tokens} mb {mb:.2}",
         mb / best
     );
+    // The pre-tokenization split alone, for reference.
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(tok.splitter().split(text.as_bytes()).count());
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("split_only_mb_s {:.2}", mb / best);
     let docs: Vec<&str> = text.split("\n\n").collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.unwrap_or(0))
