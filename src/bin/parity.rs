@@ -1,0 +1,50 @@
+//! `parity <fixture-dir> [--device cpu]`: compares loss, logits, every gradient and two optimizer steps with a
+//! reference fixture produced by upstream nanochat; prints one row per tensor and exits non-zero on a mismatch.
+
+use clap::{Parser, ValueEnum};
+use nanochat::parity::{self, Tolerances};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Device {
+    /// The fp32 CPU reference.
+    Cpu,
+    /// The CUDA kernels run by the CPU emulator (bf16 tolerances).
+    Emu,
+    /// The CUDA kernels on a GPU (bf16 tolerances).
+    Cuda,
+}
+
+#[derive(Parser)]
+#[command(about = "Check numerical parity with an upstream nanochat fixture")]
+struct Args {
+    /// Fixture directory (config.json, model.safetensors, batch.safetensors, expected.safetensors).
+    fixture: PathBuf,
+    /// Which implementation to check.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.device {
+        Device::Cpu => parity::run_cpu(&args.fixture, Tolerances::FP32),
+        Device::Emu | Device::Cuda => {
+            Err(format!("--device {:?}: the full model does not run on the kernel devices yet; use --device cpu", args.device))
+        }
+    };
+    match result {
+        Ok(rows) => {
+            if parity::print_rows(&rows) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("parity: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

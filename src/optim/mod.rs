@@ -1,0 +1,504 @@
+//! MuonAdamW (upstream `nanochat/optim.py` + `GPT.setup_optimizer`, spec §2): AdamW for the embeddings, the
+//! head and the scalars, Muon for every matrix inside the transformer blocks, over the flat parameter buffer.
+//!
+//! Groups are built exactly as upstream (six AdamW groups, then one Muon group per distinct matrix shape,
+//! ascending) so they can be compared with a fixture's `optimizer_param_groups`. Optimizer state lives in flat
+//! fp32 buffers: Adam moments for the AdamW slots, the Muon momentum for the Muon slots (both in slot order, like
+//! the parameter buffer) and the factored NorMuon second moment, one row or column vector per matrix.
+
+pub mod adamw;
+pub mod muon;
+pub mod schedule;
+mod state;
+
+use crate::params::{Group, ParamRef, ParamTable, Slot};
+use adamw::{adamw_update, AdamHyper};
+use muon::{lr_shape_factor, muon_update, second_moment_len, MuonHyper};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+pub use schedule::Schedule;
+
+/// Upstream's Muon momentum default (base_train overrides it every step through `StepSettings`).
+pub const MUON_MOMENTUM: f64 = 0.95;
+/// Polar Express iterations.
+pub const MUON_NS_STEPS: usize = 5;
+/// NorMuon second-moment EMA coefficient.
+pub const MUON_BETA2: f64 = 0.9;
+/// All AdamW groups use this eps.
+pub const ADAM_EPS: f64 = 1e-10;
+
+/// The arguments of upstream's `setup_optimizer`; `Default` gives its function defaults (base_train passes its
+/// own, batch-scaled values).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetupArgs {
+    pub unembedding_lr: f64,
+    pub embedding_lr: f64,
+    pub matrix_lr: f64,
+    /// Muon weight decay (the AdamW groups have fixed ones).
+    pub weight_decay: f64,
+    pub scalar_lr: f64,
+}
+
+impl Default for SetupArgs {
+    fn default() -> SetupArgs {
+        SetupArgs {
+            unembedding_lr: 0.004,
+            embedding_lr: 0.2,
+            matrix_lr: 0.02,
+            weight_decay: 0.0,
+            scalar_lr: 0.5,
+        }
+    }
+}
+
+/// What the schedules set before each step (spec §2.5): every group's lr is `initial_lr × lr_multiplier`; the
+/// Muon groups take this momentum and weight decay; AdamW groups keep their own weight decay.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepSettings {
+    pub lr_multiplier: f64,
+    pub muon_momentum: f64,
+    pub muon_weight_decay: f64,
+}
+
+/// The kind and fixed hyperparameters of a group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GroupKind {
+    AdamW {
+        betas: [f64; 2],
+        eps: f64,
+        weight_decay: f64,
+    },
+    Muon {
+        /// (rows, cols) of every matrix in the group.
+        shape: (usize, usize),
+        ns_steps: usize,
+        beta2: f64,
+        /// The group's initial momentum and weight decay as upstream stores them; `step` uses `StepSettings`.
+        momentum: f64,
+        weight_decay: f64,
+    },
+}
+
+/// One parameter group.
+#[derive(Clone, Debug)]
+pub struct ParamGroup {
+    pub kind: GroupKind,
+    pub initial_lr: f64,
+    /// Upstream parameter names, in upstream's order within the group.
+    pub params: Vec<String>,
+    /// The layer-stacked slots the group updates.
+    pub slots: Vec<Slot>,
+}
+
+/// A group as upstream's fixtures list it (`optimizer_param_groups` of a fixture's config.json).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum GroupSummary {
+    Adamw {
+        betas: [f64; 2],
+        eps: f64,
+        weight_decay: f64,
+        initial_lr: f64,
+        params: Vec<String>,
+    },
+    Muon {
+        ns_steps: usize,
+        beta2: f64,
+        initial_lr: f64,
+        params: Vec<String>,
+    },
+}
+
+/// Where one slot lives in the state buffers.
+#[derive(Clone, Debug)]
+struct SlotState {
+    slot: Slot,
+    /// The slot's whole stack in the parameter (and gradient) buffer.
+    range: Range<usize>,
+    /// Offset of the slot in `exp_avg`/`exp_avg_sq` (AdamW) or `momentum` (Muon).
+    state: usize,
+    /// Offset in `second_moment` (Muon only).
+    second: usize,
+    /// Stack size and (rows, cols) of each copy.
+    count: usize,
+    dims: (usize, usize),
+    muon: bool,
+}
+
+/// The optimizer: groups, step count and state.
+pub struct MuonAdamW {
+    groups: Vec<ParamGroup>,
+    slots: Vec<SlotState>,
+    /// Every upstream parameter (names and places), for the checkpoint state.
+    params: Vec<ParamRef>,
+    numel: usize,
+    /// Steps taken (upstream's per-parameter `step`, identical for all AdamW parameters).
+    step: u64,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    momentum: Vec<f32>,
+    second_moment: Vec<f32>,
+    /// Round the Muon orthogonalisation to bf16 as upstream does when the compute dtype is bf16.
+    pub bf16_orthogonalization: bool,
+}
+
+/// The AdamW groups in upstream order: (group, slots in upstream's parameter order, betas, weight decay).
+const ADAMW_GROUPS: [(Group, &[Slot], [f64; 2], f64); 6] = [
+    (Group::AdamLmHead, &[Slot::LmHead], [0.8, 0.96], 0.01),
+    (Group::AdamEmbedding, &[Slot::Wte], [0.8, 0.995], 0.001),
+    (
+        Group::AdamValueEmbeds,
+        &[Slot::ValueEmbeds],
+        [0.8, 0.995],
+        0.01,
+    ),
+    (Group::AdamResid, &[Slot::ResidLambdas], [0.8, 0.95], 0.05),
+    (Group::AdamX0, &[Slot::X0Lambdas], [0.96, 0.95], 0.0),
+    (
+        Group::AdamSmear,
+        &[Slot::SmearLambda, Slot::BackoutLambda, Slot::SmearGate],
+        [0.8, 0.95],
+        0.0,
+    ),
+];
+
+impl MuonAdamW {
+    pub fn new(table: &ParamTable, args: &SetupArgs) -> MuonAdamW {
+        let dmodel_lr_scale = (table.config.n_embd as f64 / 768.0).powf(-0.5);
+        let names_of = |slots: &[Slot]| -> Vec<String> {
+            let mut names = Vec::new();
+            for &slot in slots {
+                let of_slot = table.params.iter().filter(|p| p.slot == slot);
+                names.extend(of_slot.map(|p| p.name.clone()));
+            }
+            names
+        };
+        let mut groups = Vec::new();
+        for (group, slots, betas, weight_decay) in ADAMW_GROUPS {
+            for &s in slots {
+                assert_eq!(table.slot(s).group, group, "slot {s:?} is in another group");
+            }
+            let initial_lr = match group {
+                Group::AdamLmHead => args.unembedding_lr * dmodel_lr_scale,
+                Group::AdamEmbedding => args.embedding_lr * dmodel_lr_scale,
+                Group::AdamValueEmbeds => args.embedding_lr * dmodel_lr_scale * 0.5,
+                Group::AdamResid => args.scalar_lr * 0.01,
+                Group::AdamX0 => args.scalar_lr,
+                // Fixed: neither the model width nor the batch size scales it.
+                _ => 0.2,
+            };
+            groups.push(ParamGroup {
+                kind: GroupKind::AdamW {
+                    betas,
+                    eps: ADAM_EPS,
+                    weight_decay,
+                },
+                initial_lr,
+                params: names_of(slots),
+                slots: slots.to_vec(),
+            });
+        }
+        for shape in table.muon_shapes() {
+            let slots: Vec<Slot> = table
+                .slots
+                .iter()
+                .filter(|s| s.group == Group::Muon && s.count() > 0 && s.matrix_dims() == shape)
+                .map(|s| s.slot)
+                .collect();
+            // Upstream module order (layer by layer), not slot order.
+            let params = table
+                .params
+                .iter()
+                .filter(|p| slots.contains(&p.slot))
+                .map(|p| p.name.clone())
+                .collect();
+            groups.push(ParamGroup {
+                kind: GroupKind::Muon {
+                    shape,
+                    ns_steps: MUON_NS_STEPS,
+                    beta2: MUON_BETA2,
+                    momentum: MUON_MOMENTUM,
+                    weight_decay: args.weight_decay,
+                },
+                initial_lr: args.matrix_lr,
+                params,
+                slots,
+            });
+        }
+
+        // State offsets, in slot (= flat buffer) order.
+        let (mut adam_len, mut muon_len, mut second_len) = (0, 0, 0);
+        let mut slots = Vec::new();
+        for spec in &table.slots {
+            let dims = spec.matrix_dims();
+            let muon = spec.group == Group::Muon;
+            slots.push(SlotState {
+                slot: spec.slot,
+                range: spec.range(),
+                state: if muon { muon_len } else { adam_len },
+                second: second_len,
+                count: spec.count(),
+                dims,
+                muon,
+            });
+            if muon {
+                muon_len += spec.numel();
+                second_len += spec.count() * second_moment_len(dims.0, dims.1);
+            } else {
+                adam_len += spec.numel();
+            }
+        }
+        MuonAdamW {
+            groups,
+            slots,
+            params: table.params.clone(),
+            numel: table.numel,
+            step: 0,
+            exp_avg: vec![0.0; adam_len],
+            exp_avg_sq: vec![0.0; adam_len],
+            momentum: vec![0.0; muon_len],
+            second_moment: vec![0.0; second_len],
+            bf16_orthogonalization: false,
+        }
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Sets the NorMuon beta2 of every Muon group (upstream's is 0.9; 1 disables the variance reduction).
+    pub fn set_muon_beta2(&mut self, value: f64) {
+        for g in &mut self.groups {
+            if let GroupKind::Muon { beta2, .. } = &mut g.kind {
+                *beta2 = value;
+            }
+        }
+    }
+
+    /// The groups in the format of a fixture's `optimizer_param_groups`.
+    pub fn group_summaries(&self) -> Vec<GroupSummary> {
+        self.groups
+            .iter()
+            .map(|g| match g.kind {
+                GroupKind::AdamW {
+                    betas,
+                    eps,
+                    weight_decay,
+                } => GroupSummary::Adamw {
+                    betas,
+                    eps,
+                    weight_decay,
+                    initial_lr: g.initial_lr,
+                    params: g.params.clone(),
+                },
+                GroupKind::Muon {
+                    ns_steps, beta2, ..
+                } => GroupSummary::Muon {
+                    ns_steps,
+                    beta2,
+                    initial_lr: g.initial_lr,
+                    params: g.params.clone(),
+                },
+            })
+            .collect()
+    }
+
+    /// Compares our groups with `expected` (e.g. a fixture's): same order, kinds, parameter names and, within a
+    /// relative 1e-9, the same numbers. The error names the first group and field that differ.
+    pub fn check_groups(&self, expected: &[GroupSummary]) -> Result<(), String> {
+        let ours = self.group_summaries();
+        if ours.len() != expected.len() {
+            return Err(format!(
+                "{} optimizer groups, expected {}",
+                ours.len(),
+                expected.len()
+            ));
+        }
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+        for (i, (o, e)) in ours.iter().zip(expected).enumerate() {
+            let problem = match (o, e) {
+                (
+                    GroupSummary::Adamw {
+                        betas: b0,
+                        eps: e0,
+                        weight_decay: w0,
+                        initial_lr: l0,
+                        params: p0,
+                    },
+                    GroupSummary::Adamw {
+                        betas: b1,
+                        eps: e1,
+                        weight_decay: w1,
+                        initial_lr: l1,
+                        params: p1,
+                    },
+                ) => {
+                    if p0 != p1 {
+                        Some(format!("params {p0:?}, expected {p1:?}"))
+                    } else if !close(*l0, *l1) {
+                        Some(format!("initial_lr {l0}, expected {l1}"))
+                    } else if !(close(b0[0], b1[0]) && close(b0[1], b1[1])) {
+                        Some(format!("betas {b0:?}, expected {b1:?}"))
+                    } else if !close(*e0, *e1) {
+                        Some(format!("eps {e0}, expected {e1}"))
+                    } else if !close(*w0, *w1) {
+                        Some(format!("weight_decay {w0}, expected {w1}"))
+                    } else {
+                        None
+                    }
+                }
+                (
+                    GroupSummary::Muon {
+                        ns_steps: n0,
+                        beta2: b0,
+                        initial_lr: l0,
+                        params: p0,
+                    },
+                    GroupSummary::Muon {
+                        ns_steps: n1,
+                        beta2: b1,
+                        initial_lr: l1,
+                        params: p1,
+                    },
+                ) => {
+                    if p0 != p1 {
+                        Some(format!("params {p0:?}, expected {p1:?}"))
+                    } else if !close(*l0, *l1) {
+                        Some(format!("initial_lr {l0}, expected {l1}"))
+                    } else if n0 != n1 {
+                        Some(format!("ns_steps {n0}, expected {n1}"))
+                    } else if !close(*b0, *b1) {
+                        Some(format!("beta2 {b0}, expected {b1}"))
+                    } else {
+                        None
+                    }
+                }
+                _ => Some("kind differs".to_string()),
+            };
+            if let Some(p) = problem {
+                return Err(format!("optimizer group {i}: {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn slot_state(&self, slot: Slot) -> &SlotState {
+        self.slots
+            .iter()
+            .find(|s| s.slot == slot)
+            .expect("every slot of the table has state")
+    }
+
+    /// One optimizer step: `params ← update(params, grads)` for every group, state advanced.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], s: &StepSettings) {
+        assert!(
+            params.len() == self.numel && grads.len() == self.numel,
+            "MuonAdamW::step: params {} and grads {} must both have the table's {} elements",
+            params.len(),
+            grads.len(),
+            self.numel
+        );
+        self.step += 1;
+        let mut muon_jobs: Vec<(SlotState, MuonHyper)> = Vec::new();
+        for g in &self.groups {
+            let lr = g.initial_lr * s.lr_multiplier;
+            match g.kind {
+                GroupKind::AdamW {
+                    betas,
+                    eps,
+                    weight_decay,
+                } => {
+                    let h = AdamHyper {
+                        lr: lr as f32,
+                        beta1: betas[0] as f32,
+                        beta2: betas[1] as f32,
+                        eps: eps as f32,
+                        weight_decay: weight_decay as f32,
+                        step: self.step,
+                    };
+                    for &slot in &g.slots {
+                        let st = self.slot_state(slot).clone();
+                        let state = st.state..st.state + st.range.len();
+                        adamw_update(
+                            &mut params[st.range.clone()],
+                            &grads[st.range],
+                            &mut self.exp_avg[state.clone()],
+                            &mut self.exp_avg_sq[state],
+                            &h,
+                        );
+                    }
+                }
+                GroupKind::Muon {
+                    shape: (m, n),
+                    ns_steps,
+                    beta2,
+                    ..
+                } => {
+                    let h = MuonHyper {
+                        lr: (lr * lr_shape_factor(m, n)) as f32,
+                        momentum: s.muon_momentum as f32,
+                        weight_decay: s.muon_weight_decay as f32,
+                        beta2: beta2 as f32,
+                        ns_steps,
+                        bf16: self.bf16_orthogonalization,
+                    };
+                    for &slot in &g.slots {
+                        muon_jobs.push((self.slot_state(slot).clone(), h));
+                    }
+                }
+            }
+        }
+        self.step_muon(params, grads, muon_jobs);
+    }
+
+    /// Runs every Muon matrix in parallel: each job gets disjoint slices of the parameter and state buffers.
+    fn step_muon(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        mut jobs: Vec<(SlotState, MuonHyper)>,
+    ) {
+        jobs.sort_by_key(|(st, _)| st.range.start);
+        let mut matrices = Vec::new();
+        let (mut p_rest, mut m_rest, mut s_rest) = (
+            params,
+            self.momentum.as_mut_slice(),
+            self.second_moment.as_mut_slice(),
+        );
+        let (mut p_at, mut m_at, mut s_at) = (0, 0, 0);
+        for (st, h) in &jobs {
+            let (m, n) = st.dims;
+            let s_len = st.count * second_moment_len(m, n);
+            let p_slot;
+            (p_slot, p_rest) =
+                std::mem::take(&mut p_rest)[st.range.start - p_at..].split_at_mut(st.range.len());
+            let m_slot;
+            (m_slot, m_rest) =
+                std::mem::take(&mut m_rest)[st.state - m_at..].split_at_mut(st.range.len());
+            let s_slot;
+            (s_slot, s_rest) = std::mem::take(&mut s_rest)[st.second - s_at..].split_at_mut(s_len);
+            p_at = st.range.end;
+            m_at = st.state + st.range.len();
+            s_at = st.second + s_len;
+            let g_slot = &grads[st.range.clone()];
+            for (((p, g), mom), sec) in p_slot
+                .chunks_exact_mut(m * n)
+                .zip(g_slot.chunks_exact(m * n))
+                .zip(m_slot.chunks_exact_mut(m * n))
+                .zip(s_slot.chunks_exact_mut(second_moment_len(m, n)))
+            {
+                matrices.push((p, g, mom, sec, (m, n), *h));
+            }
+        }
+        matrices
+            .into_par_iter()
+            .for_each(|(p, g, mom, sec, dims, h)| muon_update(p, g, mom, sec, dims, &h));
+    }
+}

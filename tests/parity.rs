@@ -1,0 +1,290 @@
+//! Parity with upstream nanochat on the shipped fixture, and the `parity` binary on fixtures of other shapes
+//! (GQA, odd depth, padded vocabulary, pattern "SL", T = 320) written in the same format.
+
+use nanochat::config::ModelConfig;
+use nanochat::cpu::gpt::Gpt;
+use nanochat::optim::{MuonAdamW, SetupArgs, StepSettings};
+use nanochat::parity::{self, Tolerances};
+use nanochat::rng::Rng;
+use nanochat::safetensors::{self, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+const FIXTURE: &str = "tests/fixtures/nanochat-ref-a";
+
+#[test]
+fn upstream_fixture_passes_on_cpu() {
+    let rows = parity::run_cpu(Path::new(FIXTURE), Tolerances::FP32).unwrap();
+    // loss, logits, 35 grads, groups, 2 x 35 steps, loss_after_step1
+    assert_eq!(rows.len(), 1 + 1 + 35 + 1 + 70 + 1);
+    let failed: Vec<_> = rows.iter().filter(|r| !r.ok).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// Writes a fixture for `cfg` in upstream's format with this implementation's own numbers.
+fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
+    let gpt = Gpt::new(cfg).unwrap();
+    let mut rng = Rng::new(3);
+    let mut p0 = vec![0.0; gpt.table.numel];
+    gpt.table.init(&mut p0, 1);
+    p0.iter_mut().for_each(|p| *p += 0.02 * rng.normal());
+    let v = cfg.vocab_size as u64;
+    let ids: Vec<i32> = (0..b * t).map(|_| rng.below(v) as i32).collect();
+    let targets: Vec<i32> = (0..b * t)
+        .map(|i| if i < 4 { -1 } else { rng.below(v) as i32 })
+        .collect();
+    let ids_u: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+
+    let args = SetupArgs {
+        unembedding_lr: 0.008,
+        embedding_lr: 0.3,
+        matrix_lr: 0.02,
+        weight_decay: 0.28,
+        scalar_lr: 0.5,
+    };
+    let steps = [
+        StepSettings {
+            lr_multiplier: 0.025,
+            muon_momentum: 0.85,
+            muon_weight_decay: 0.28,
+        },
+        StepSettings {
+            lr_multiplier: 0.05,
+            muon_momentum: 0.8503,
+            muon_weight_decay: 0.2799993,
+        },
+    ];
+    let mut opt = MuonAdamW::new(&gpt.table, &args);
+    let mut exp = BTreeMap::new();
+    let mut params = p0.clone();
+    for k in 0..=2 {
+        let fwd = gpt.forward(&params, &ids_u, Some(&targets), b, t).unwrap();
+        let mut grads = vec![0.0; params.len()];
+        gpt.backward(&params, &fwd, &Gpt::mean_dloss(&fwd), &mut grads);
+        match k {
+            0 => {
+                exp.insert("loss".to_string(), Tensor::from_f32(vec![1], &[fwd.loss]));
+                exp.insert(
+                    "logits".into(),
+                    Tensor::from_f32(
+                        vec![b, t, cfg.vocab_size],
+                        &fwd.logits_unpadded(cfg.vocab_size),
+                    ),
+                );
+                for p in &gpt.table.params {
+                    exp.insert(
+                        format!("grad.{}", p.name),
+                        Tensor::from_f32(p.shape.clone(), &grads[p.range.clone()]),
+                    );
+                }
+            }
+            1 => {
+                exp.insert(
+                    "loss_after_step1".into(),
+                    Tensor::from_f32(vec![1], &[fwd.loss]),
+                );
+            }
+            _ => break,
+        }
+        opt.step(&mut params, &grads, &steps[k]);
+        for p in &gpt.table.params {
+            exp.insert(
+                format!("step{}.{}", k + 1, p.name),
+                Tensor::from_f32(p.shape.clone(), &params[p.range.clone()]),
+            );
+        }
+    }
+    let none = BTreeMap::new();
+    safetensors::write(&dir.join("expected.safetensors"), &exp, &none).unwrap();
+    safetensors::export_params(
+        &gpt.table,
+        &p0,
+        &dir.join("model.safetensors"),
+        safetensors::ExportDtype::F32,
+    )
+    .unwrap();
+    let mut batch = BTreeMap::new();
+    batch.insert("inputs".to_string(), Tensor::from_i32(vec![b, t], &ids));
+    batch.insert(
+        "targets".to_string(),
+        Tensor::from_i32(vec![b, t], &targets),
+    );
+    safetensors::write(&dir.join("batch.safetensors"), &batch, &none).unwrap();
+    let config = serde_json::json!({
+        "model": cfg, "batch": b, "seq": t,
+        "setup_optimizer_args": args,
+        "optimizer_param_groups": opt_groups(&gpt, &args),
+        "steps": [
+            {"it": 0, "lr_multiplier": 0.025, "muon_momentum": 0.85, "muon_weight_decay": 0.28},
+            {"it": 1, "lr_multiplier": 0.05, "muon_momentum": 0.8503, "muon_weight_decay": 0.2799993}
+        ],
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+}
+
+fn opt_groups(gpt: &Gpt, args: &SetupArgs) -> serde_json::Value {
+    serde_json::to_value(MuonAdamW::new(&gpt.table, args).group_summaries()).unwrap()
+}
+
+fn run_parity(dir: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_parity"))
+        .arg(dir)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn binary_accepts_other_fixture_shapes_and_detects_mismatches() {
+    let cfg = ModelConfig {
+        sequence_len: 320,
+        vocab_size: 700,
+        n_layer: 3,
+        n_head: 4,
+        n_kv_head: 2,
+        n_embd: 64,
+        window_pattern: "SL".into(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_fixture(dir, &cfg, 2, 320);
+    let (code, text) = run_parity(dir);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("grad.transformer.h.0.attn.ve_gate.weight"),
+        "{text}"
+    );
+    assert!(text.contains("value_embeds.2.weight"), "{text}");
+
+    // A wrong gradient in the reference makes that row, and the run, fail.
+    let path = dir.join("expected.safetensors");
+    let mut exp = safetensors::read(&path).unwrap();
+    let name = "grad.transformer.h.1.mlp.c_fc.weight";
+    let mut g = exp.get(name).unwrap().to_f32();
+    g[7] += 1.0;
+    let shape = exp.get(name).unwrap().shape.clone();
+    exp.tensors.insert(name.into(), Tensor::from_f32(shape, &g));
+    safetensors::write(&path, &exp.tensors, &exp.metadata).unwrap();
+    let (code, text) = run_parity(dir);
+    assert_eq!(code, 1, "{text}");
+    let bad = text.lines().find(|l| l.starts_with(name)).unwrap();
+    assert!(bad.ends_with("NO"), "{bad}");
+
+    // A missing file is a clear error naming it.
+    std::fs::remove_file(dir.join("batch.safetensors")).unwrap();
+    let (code, text) = run_parity(dir);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("batch.safetensors"), "{text}");
+}
+
+#[test]
+fn the_upstream_fixture_models_group_order() {
+    // Muon groups sorted by shape; ve_gate (Hkv, 12) first.
+    let text = std::fs::read_to_string(Path::new(FIXTURE).join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cfg: ModelConfig = serde_json::from_value(v["model"].clone()).unwrap();
+    let gpt = Gpt::new(&cfg).unwrap();
+    let args: SetupArgs = serde_json::from_value(v["setup_optimizer_args"].clone()).unwrap();
+    assert_eq!(
+        opt_groups(&gpt, &args)[6]["params"][0],
+        "transformer.h.1.attn.ve_gate.weight"
+    );
+}
+
+/// Copies the shipped fixture into a temporary directory so a test can damage it.
+fn fixture_copy() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "batch.safetensors",
+        "expected.safetensors",
+    ] {
+        std::fs::copy(Path::new(FIXTURE).join(f), tmp.path().join(f)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn malformed_fixtures_give_clear_errors() {
+    // Missing parameter in the model file.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("model.safetensors");
+    let mut model = safetensors::read(&path).unwrap();
+    model.tensors.remove("transformer.h.2.mlp.c_fc.weight");
+    safetensors::write(&path, &model.tensors, &model.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("transformer.h.2.mlp.c_fc.weight") && text.contains("missing"),
+        "{text}"
+    );
+
+    // Wrong shape.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("model.safetensors");
+    let mut model = safetensors::read(&path).unwrap();
+    model.tensors.insert(
+        "smear_gate.weight".into(),
+        Tensor::from_f32(vec![1, 12], &[0.0; 12]),
+    );
+    safetensors::write(&path, &model.tensors, &model.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("smear_gate.weight") && text.contains("[1, 12]"),
+        "{text}"
+    );
+
+    // Truncated expected file.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("expected.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("expected.safetensors"), "{text}");
+
+    // An expected tensor missing, a batch with an id outside the vocabulary, a broken config.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("expected.safetensors");
+    let mut exp = safetensors::read(&path).unwrap();
+    exp.tensors.remove("grad.lm_head.weight");
+    safetensors::write(&path, &exp.tensors, &exp.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("grad.lm_head.weight is missing"), "{text}");
+
+    let tmp = fixture_copy();
+    let path = tmp.path().join("batch.safetensors");
+    let mut batch = safetensors::read(&path).unwrap();
+    let mut ids: Vec<i32> = batch
+        .get("inputs")
+        .unwrap()
+        .to_i64()
+        .iter()
+        .map(|&x| x as i32)
+        .collect();
+    ids[3] = 9999;
+    batch
+        .tensors
+        .insert("inputs".into(), Tensor::from_i32(vec![2, 256], &ids));
+    safetensors::write(&path, &batch.tensors, &batch.metadata).unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("token id 9999"), "{text}");
+
+    let tmp = fixture_copy();
+    std::fs::write(tmp.path().join("config.json"), "{\"model\": {}}").unwrap();
+    let (code, text) = run_parity(tmp.path());
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("config.json"), "{text}");
+}
