@@ -46,38 +46,42 @@ impl ChunkCounts {
     /// Split and count a batch of documents on all cores.
     pub fn add_batch<S: AsRef<str> + Sync>(&mut self, docs: &[S]) {
         let splitter = self.splitter;
-        // Each worker counts a slice of the batch into its own shard maps...
-        let per_worker: Vec<Vec<FastMap<Box<[u8]>, u64>>> = docs
+        // Each worker counts a slice of the batch into one map keyed by borrowed pieces (one hash per
+        // piece), then deals its distinct pieces out to the shards...
+        let per_worker: Vec<Vec<Vec<(&[u8], u64)>>> = docs
             .par_chunks(docs.len().div_ceil(rayon::current_num_threads() * 4).max(1))
             .map(|part| {
-                let mut local: Vec<FastMap<&[u8], u64>> =
-                    (0..SHARDS).map(|_| FastMap::default()).collect();
+                let mut local: FastMap<&[u8], u64> = FastMap::default();
                 for doc in part {
                     for piece in splitter.split(doc.as_ref().as_bytes()) {
-                        *local[shard_of(piece)].entry(piece).or_insert(0) += 1;
+                        *local.entry(piece).or_insert(0) += 1;
                     }
                 }
-                local
-                    .into_iter()
-                    .map(|m| m.into_iter().map(|(k, v)| (Box::from(k), v)).collect())
-                    .collect()
+                let mut dealt: Vec<Vec<(&[u8], u64)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+                for (k, v) in local {
+                    dealt[shard_of(k)].push((k, v));
+                }
+                dealt
             })
             .collect();
-        // ...and then every shard folds in its part from every worker, shards in parallel.
-        let mut columns: Vec<Vec<FastMap<Box<[u8]>, u64>>> =
-            (0..SHARDS).map(|_| Vec::new()).collect();
+        let mut columns: Vec<Vec<Vec<(&[u8], u64)>>> = (0..SHARDS).map(|_| Vec::new()).collect();
         for worker in per_worker {
-            for (s, m) in worker.into_iter().enumerate() {
-                columns[s].push(m);
+            for (s, part) in worker.into_iter().enumerate() {
+                columns[s].push(part);
             }
         }
+        // ...and every shard folds in its pieces from every worker, shards in parallel. Only pieces never
+        // seen before are copied out of the batch.
         self.shards
             .par_iter_mut()
             .zip(columns.into_par_iter())
             .for_each(|(global, parts)| {
-                for m in parts {
-                    for (k, v) in m {
-                        *global.entry(k).or_insert(0) += v;
+                for (k, v) in parts.into_iter().flatten() {
+                    match global.get_mut(k) {
+                        Some(c) => *c += v,
+                        None => {
+                            global.insert(Box::from(k), v);
+                        }
                     }
                 }
             });
