@@ -110,7 +110,9 @@ fn trains_from_parquet_with_upstream_budget_semantics() {
         report.contains("all texts round-trip losslessly"),
         "{report}"
     );
-    assert!(report.contains("korean"));
+    assert!(
+        report.contains("korean") && report.contains("data-train") && report.contains("data-val")
+    );
 }
 
 #[test]

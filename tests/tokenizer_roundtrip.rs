@@ -23,6 +23,7 @@ fn tricky_char() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => "[a-zA-Z]{1,6}",
         2 => "[ \t\n\r]{1,8}",
+        1 => "[ \t]{20,200}",
         1 => Just("\u{a0}".to_string()),
         1 => Just("\u{3000}".to_string()),
         1 => Just("\u{2028}".to_string()),
