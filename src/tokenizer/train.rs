@@ -23,6 +23,9 @@ use std::hash::{BuildHasher, BuildHasherDefault};
 /// Number of hash shards for chunk counts; lets the merge of per-thread counts run in parallel.
 const SHARDS: usize = 64;
 
+/// Distinct pieces of a batch with their counts, dealt out by shard (index = shard).
+type Dealt<'a> = Vec<Vec<(&'a [u8], u64)>>;
+
 /// Counts of unique pre-tokenization chunks over a stream of documents.
 pub struct ChunkCounts {
     splitter: Splitter,
@@ -48,7 +51,7 @@ impl ChunkCounts {
         let splitter = self.splitter;
         // Each worker counts a slice of the batch into one map keyed by borrowed pieces (one hash per
         // piece), then deals its distinct pieces out to the shards...
-        let per_worker: Vec<Vec<Vec<(&[u8], u64)>>> = docs
+        let per_worker: Vec<Dealt> = docs
             .par_chunks(docs.len().div_ceil(rayon::current_num_threads() * 4).max(1))
             .map(|part| {
                 let mut local: FastMap<&[u8], u64> = FastMap::default();
@@ -57,14 +60,15 @@ impl ChunkCounts {
                         *local.entry(piece).or_insert(0) += 1;
                     }
                 }
-                let mut dealt: Vec<Vec<(&[u8], u64)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+                let mut dealt: Dealt = (0..SHARDS).map(|_| Vec::new()).collect();
                 for (k, v) in local {
                     dealt[shard_of(k)].push((k, v));
                 }
                 dealt
             })
             .collect();
-        let mut columns: Vec<Vec<Vec<(&[u8], u64)>>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        // Regrouped by shard: columns[s] holds every worker's part for shard s.
+        let mut columns: Vec<Dealt> = (0..SHARDS).map(|_| Vec::new()).collect();
         for worker in per_worker {
             for (s, part) in worker.into_iter().enumerate() {
                 columns[s].push(part);
