@@ -91,6 +91,14 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         .inspect(|d| {
             n_chars.set(n_chars.get() + d.chars().count() as u64);
             n_docs.set(n_docs.get() + 1);
+            if n_docs.get() % 1_000_000 == 0 {
+                println!(
+                    "read {} documents, {} characters, {:.1}s",
+                    n_docs.get(),
+                    n_chars.get(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
         });
 
     let mut last_pct = 0;
