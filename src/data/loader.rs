@@ -13,12 +13,13 @@
 //! Resume is exact: the state is the stream position plus the identities of the buffered documents (always
 //! whole documents, since cropped remainders are discarded), so a resumed loader yields the very next batch.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::shards::TokenShard;
-use super::Result;
+use super::shards::{open_token_dir, Manifest, TokenShard, TokenizerId};
+use super::{list_parquet, resolve_dataset_dir, split_files, tokens_dir_for, Result, Split};
 
 /// Loader geometry and sharding. `Default` gives upstream's constants with one rank; set the batch shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,4 +379,39 @@ impl DataLoader {
         }
         self.stats.rows += 1;
     }
+}
+
+/// The token shards of `split` for training under `base`: resolves the dataset directory (ClimbMix, legacy,
+/// default), checks its token shards were made with `tokenizer` from every parquet shard present, and maps
+/// them. The last shard is the validation split.
+pub fn open_split(base: &Path, tokenizer: &TokenizerId, split: Split) -> Result<Arc<[TokenShard]>> {
+    let dataset = resolve_dataset_dir(base)?;
+    let tokens = tokens_dir_for(&dataset);
+    let manifest = Manifest::load(&tokens)?.ok_or_else(|| {
+        data_err!(
+            "{} has no token shards ({} missing): run `tokenize_data`",
+            dataset.display(),
+            tokens.join(super::shards::MANIFEST).display()
+        )
+    })?;
+    let sources: Vec<String> = list_parquet(&dataset)?
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let tokenized: Vec<&str> = manifest.shards.iter().map(|s| s.source.as_str()).collect();
+    if sources
+        .iter()
+        .map(String::as_str)
+        .ne(tokenized.iter().copied())
+    {
+        return Err(data_err!(
+            "token shards in {} are out of date: {} parquet shards in {}, {} tokenized; run `tokenize_data`",
+            tokens.display(),
+            sources.len(),
+            dataset.display(),
+            tokenized.len()
+        ));
+    }
+    let shards = open_token_dir(&tokens, tokenizer)?;
+    Ok(split_files(shards, split, &tokens.display().to_string())?.into())
 }

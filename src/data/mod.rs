@@ -49,18 +49,7 @@ pub trait DocEncoder: Sync {
     fn vocab_size(&self) -> usize;
 }
 
-/// Root of all state: `$NANOCHAT_BASE_DIR`, else `~/.cache/nanochat`.
-pub fn base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NANOCHAT_BASE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("nanochat")
-}
+pub use crate::common::base_dir;
 
 /// Directory of the ClimbMix parquet shards (upstream's current dataset).
 pub const CLIMBMIX_DIR: &str = "base_data_climbmix";
@@ -135,16 +124,16 @@ pub enum Split {
 
 /// Applies the split rule to a sorted list of shards. Fails when there are fewer than two shards, since the
 /// split would then be empty.
-pub fn split_files<T: Clone>(files: &[T], split: Split, what: &str) -> Result<Vec<T>> {
+pub fn split_files<T>(mut files: Vec<T>, split: Split, what: &str) -> Result<Vec<T>> {
     if files.len() < 2 {
         return Err(data_err!(
             "{what}: need at least 2 shards (the last one is the validation split), found {}",
             files.len()
         ));
     }
-    let (train, val) = files.split_at(files.len() - 1);
+    let val = files.split_off(files.len() - 1);
     Ok(match split {
-        Split::Train => train.to_vec(),
-        Split::Val => val.to_vec(),
+        Split::Train => files,
+        Split::Val => val,
     })
 }

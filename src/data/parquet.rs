@@ -5,7 +5,9 @@
 //! 100 MB shard never sits in memory as a whole; a missing `text` column or a damaged file is an error that
 //! names the file.
 
+use std::cell::Cell;
 use std::fs::File;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,11 +25,16 @@ use super::Result;
 pub const ROW_GROUP_DOCS: usize = 1024;
 
 /// An open parquet shard whose `text` column is read one row group at a time.
+///
+/// Not `Sync`: parquet reads a `File` through clones of its handle that share one file offset, so two
+/// threads reading row groups of the same `TextParquet` would corrupt each other's reads. Open one per
+/// thread instead (opening reads only the footer).
 pub struct TextParquet {
     path: PathBuf,
     reader: SerializedFileReader<File>,
     text_column: usize,
     nullable: bool,
+    _not_sync: PhantomData<Cell<()>>,
 }
 
 impl TextParquet {
@@ -64,6 +71,7 @@ impl TextParquet {
             reader,
             text_column,
             nullable,
+            _not_sync: PhantomData,
         })
     }
 

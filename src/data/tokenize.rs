@@ -31,10 +31,11 @@ pub fn encode_docs(encoder: &dyn DocEncoder, docs: &[&str]) -> Vec<Vec<u32>> {
 /// Tokenizes one parquet shard into a token shard at `out`. Row groups are read and encoded in parallel.
 pub fn tokenize_file(parquet: &Path, out: &Path, encoder: &dyn DocEncoder) -> Result<ShardEntry> {
     let file = TextParquet::open(parquet)?;
+    // Each task opens its own reader: one parquet file handle cannot serve concurrent reads.
     let groups: Vec<Result<(Vec<Vec<u32>>, usize)>> = (0..file.num_row_groups())
         .into_par_iter()
         .map(|rg| {
-            let texts = file.read_row_group(rg)?;
+            let texts = TextParquet::open(parquet)?.read_row_group(rg)?;
             let bytes = texts.iter().map(String::len).sum();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             Ok((encode_docs(encoder, &refs), bytes))
@@ -148,4 +149,36 @@ pub fn tokenize_dir(
     }
     manifest.save(tokens_dir)?;
     Ok(manifest)
+}
+
+/// A byte-level encoder: every UTF-8 byte is one token and BOS is 256. It needs no trained tokenizer, which
+/// makes it the encoder of the data tests and benchmarks (and a baseline for bytes-per-token figures).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByteEncoder;
+
+impl DocEncoder for ByteEncoder {
+    fn encode_batch(&self, docs: &[&str]) -> Vec<Vec<u32>> {
+        docs.iter()
+            .map(|d| d.bytes().map(u32::from).collect())
+            .collect()
+    }
+    fn bos_id(&self) -> u32 {
+        256
+    }
+    fn vocab_size(&self) -> usize {
+        257
+    }
+}
+
+/// The BPE tokenizer, as the pipeline sees it.
+impl DocEncoder for crate::tokenizer::Tokenizer {
+    fn encode_batch(&self, docs: &[&str]) -> Vec<Vec<u32>> {
+        self.encode_ordinary_batch(docs)
+    }
+    fn bos_id(&self) -> u32 {
+        crate::tokenizer::Tokenizer::bos_id(self)
+    }
+    fn vocab_size(&self) -> usize {
+        crate::tokenizer::Tokenizer::vocab_size(self)
+    }
 }

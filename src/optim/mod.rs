@@ -7,6 +7,7 @@
 //! the parameter buffer) and the factored NorMuon second moment, one row or column vector per matrix.
 
 pub mod adamw;
+mod groups;
 pub mod muon;
 pub mod schedule;
 mod state;
@@ -18,6 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
+pub use groups::GroupSummary;
 pub use schedule::Schedule;
 
 /// Upstream's Muon momentum default (base_train overrides it every step through `StepSettings`).
@@ -90,25 +92,6 @@ pub struct ParamGroup {
     pub params: Vec<String>,
     /// The layer-stacked slots the group updates.
     pub slots: Vec<Slot>,
-}
-
-/// A group as upstream's fixtures list it (`optimizer_param_groups` of a fixture's config.json).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum GroupSummary {
-    Adamw {
-        betas: [f64; 2],
-        eps: f64,
-        weight_decay: f64,
-        initial_lr: f64,
-        params: Vec<String>,
-    },
-    Muon {
-        ns_steps: usize,
-        beta2: f64,
-        initial_lr: f64,
-        params: Vec<String>,
-    },
 }
 
 /// Where one slot lives in the state buffers.
@@ -282,113 +265,6 @@ impl MuonAdamW {
         }
     }
 
-    /// The groups in the format of a fixture's `optimizer_param_groups`.
-    pub fn group_summaries(&self) -> Vec<GroupSummary> {
-        self.groups
-            .iter()
-            .map(|g| match g.kind {
-                GroupKind::AdamW {
-                    betas,
-                    eps,
-                    weight_decay,
-                } => GroupSummary::Adamw {
-                    betas,
-                    eps,
-                    weight_decay,
-                    initial_lr: g.initial_lr,
-                    params: g.params.clone(),
-                },
-                GroupKind::Muon {
-                    ns_steps, beta2, ..
-                } => GroupSummary::Muon {
-                    ns_steps,
-                    beta2,
-                    initial_lr: g.initial_lr,
-                    params: g.params.clone(),
-                },
-            })
-            .collect()
-    }
-
-    /// Compares our groups with `expected` (e.g. a fixture's): same order, kinds, parameter names and, within a
-    /// relative 1e-9, the same numbers. The error names the first group and field that differ.
-    pub fn check_groups(&self, expected: &[GroupSummary]) -> Result<(), String> {
-        let ours = self.group_summaries();
-        if ours.len() != expected.len() {
-            return Err(format!(
-                "{} optimizer groups, expected {}",
-                ours.len(),
-                expected.len()
-            ));
-        }
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
-        for (i, (o, e)) in ours.iter().zip(expected).enumerate() {
-            let problem = match (o, e) {
-                (
-                    GroupSummary::Adamw {
-                        betas: b0,
-                        eps: e0,
-                        weight_decay: w0,
-                        initial_lr: l0,
-                        params: p0,
-                    },
-                    GroupSummary::Adamw {
-                        betas: b1,
-                        eps: e1,
-                        weight_decay: w1,
-                        initial_lr: l1,
-                        params: p1,
-                    },
-                ) => {
-                    if p0 != p1 {
-                        Some(format!("params {p0:?}, expected {p1:?}"))
-                    } else if !close(*l0, *l1) {
-                        Some(format!("initial_lr {l0}, expected {l1}"))
-                    } else if !(close(b0[0], b1[0]) && close(b0[1], b1[1])) {
-                        Some(format!("betas {b0:?}, expected {b1:?}"))
-                    } else if !close(*e0, *e1) {
-                        Some(format!("eps {e0}, expected {e1}"))
-                    } else if !close(*w0, *w1) {
-                        Some(format!("weight_decay {w0}, expected {w1}"))
-                    } else {
-                        None
-                    }
-                }
-                (
-                    GroupSummary::Muon {
-                        ns_steps: n0,
-                        beta2: b0,
-                        initial_lr: l0,
-                        params: p0,
-                    },
-                    GroupSummary::Muon {
-                        ns_steps: n1,
-                        beta2: b1,
-                        initial_lr: l1,
-                        params: p1,
-                    },
-                ) => {
-                    if p0 != p1 {
-                        Some(format!("params {p0:?}, expected {p1:?}"))
-                    } else if !close(*l0, *l1) {
-                        Some(format!("initial_lr {l0}, expected {l1}"))
-                    } else if n0 != n1 {
-                        Some(format!("ns_steps {n0}, expected {n1}"))
-                    } else if !close(*b0, *b1) {
-                        Some(format!("beta2 {b0}, expected {b1}"))
-                    } else {
-                        None
-                    }
-                }
-                _ => Some("kind differs".to_string()),
-            };
-            if let Some(p) = problem {
-                return Err(format!("optimizer group {i}: {p}"));
-            }
-        }
-        Ok(())
-    }
-
     fn slot_state(&self, slot: Slot) -> &SlotState {
         self.slots
             .iter()
@@ -465,34 +341,24 @@ impl MuonAdamW {
         grads: &[f32],
         mut jobs: Vec<(SlotState, MuonHyper)>,
     ) {
+        // Slot order is buffer order for the parameters and for both state buffers.
         jobs.sort_by_key(|(st, _)| st.range.start);
+        let mut p_all = Carver::new(params);
+        let mut m_all = Carver::new(&mut self.momentum);
+        let mut s_all = Carver::new(&mut self.second_moment);
         let mut matrices = Vec::new();
-        let (mut p_rest, mut m_rest, mut s_rest) = (
-            params,
-            self.momentum.as_mut_slice(),
-            self.second_moment.as_mut_slice(),
-        );
-        let (mut p_at, mut m_at, mut s_at) = (0, 0, 0);
         for (st, h) in &jobs {
             let (m, n) = st.dims;
-            let s_len = st.count * second_moment_len(m, n);
-            let p_slot;
-            (p_slot, p_rest) =
-                std::mem::take(&mut p_rest)[st.range.start - p_at..].split_at_mut(st.range.len());
-            let m_slot;
-            (m_slot, m_rest) =
-                std::mem::take(&mut m_rest)[st.state - m_at..].split_at_mut(st.range.len());
-            let s_slot;
-            (s_slot, s_rest) = std::mem::take(&mut s_rest)[st.second - s_at..].split_at_mut(s_len);
-            p_at = st.range.end;
-            m_at = st.state + st.range.len();
-            s_at = st.second + s_len;
+            let s_len = second_moment_len(m, n);
+            let p_slot = p_all.take(st.range.clone());
+            let m_slot = m_all.take(st.state..st.state + st.range.len());
+            let s_slot = s_all.take(st.second..st.second + st.count * s_len);
             let g_slot = &grads[st.range.clone()];
             for (((p, g), mom), sec) in p_slot
                 .chunks_exact_mut(m * n)
                 .zip(g_slot.chunks_exact(m * n))
                 .zip(m_slot.chunks_exact_mut(m * n))
-                .zip(s_slot.chunks_exact_mut(second_moment_len(m, n)))
+                .zip(s_slot.chunks_exact_mut(s_len))
             {
                 matrices.push((p, g, mom, sec, (m, n), *h));
             }
@@ -500,5 +366,27 @@ impl MuonAdamW {
         matrices
             .into_par_iter()
             .for_each(|(p, g, mom, sec, dims, h)| muon_update(p, g, mom, sec, dims, &h));
+    }
+}
+
+/// Hands out ascending, non-overlapping ranges of a buffer as disjoint `&mut` slices.
+struct Carver<'a> {
+    rest: &'a mut [f32],
+    /// Buffer index of `rest[0]`.
+    at: usize,
+}
+
+impl<'a> Carver<'a> {
+    fn new(buf: &'a mut [f32]) -> Carver<'a> {
+        Carver { rest: buf, at: 0 }
+    }
+
+    fn take(&mut self, r: Range<usize>) -> &'a mut [f32] {
+        let rest = std::mem::take(&mut self.rest);
+        let (_, tail) = rest.split_at_mut(r.start - self.at);
+        let (out, tail) = tail.split_at_mut(r.len());
+        self.rest = tail;
+        self.at = r.end;
+        out
     }
 }

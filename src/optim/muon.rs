@@ -8,8 +8,9 @@
 
 use half::bf16;
 
-/// Polar Express (a, b, c) per iteration, computed for 5 iterations with safety factor 2e-2 and cushion 2.
-pub const POLAR_EXPRESS_COEFFS: [(f32, f32, f32); 5] = [
+/// Polar Express (a, b, c) per iteration, computed for 5 iterations with safety factor 2e-2 and cushion 2
+/// (as upstream writes them; used in fp32).
+pub const POLAR_EXPRESS_COEFFS: [(f64, f64, f64); 5] = [
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
     (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
@@ -30,8 +31,9 @@ pub struct MuonHyper {
     pub beta2: f32,
     /// Polar Express iterations (at most 5).
     pub ns_steps: usize,
-    /// Mirror upstream's bf16 orthogonalisation (compute dtype bf16): round the orthogonalisation input and every
-    /// intermediate of the Polar Express iterations to bf16. Off for the fp32 reference.
+    /// Mirror upstream's bf16 orthogonalisation (compute dtype bf16): the momentum output, the MuonEq and
+    /// normalisation results and every Polar Express GEMM result (fp32 accumulation, `a·X` fused into the last
+    /// GEMM) are rounded to bf16; Muon+, NorMuon and the update stay fp32. Off for the fp32 reference.
     pub bf16: bool,
 }
 
@@ -129,6 +131,7 @@ pub fn polar_express(x: &mut [f32], (m, n): (usize, usize), ns_steps: usize, bf1
     let mut y = vec![0f32; m * n];
     let xm = Mat::row_major(m, n);
     for &(ca, cb, cc) in &POLAR_EXPRESS_COEFFS[..ns_steps] {
+        let (ca, cb, cc) = (ca as f32, cb as f32, cc as f32);
         // A = XᵀX or XXᵀ (k, k).
         if tall {
             gemm(1.0, (x, xm.t()), (x, xm), 0.0, &mut a, k, k);

@@ -1,0 +1,130 @@
+//! `base_eval`: evaluate a base checkpoint (upstream scripts/base_eval.py): bits per byte on the train and
+//! validation splits, and samples (greedy continuations of fixed prompts, unconditioned samples from BOS).
+
+use clap::Parser;
+use nanochat::common::base_dir;
+use nanochat::data::loader::{open_split, LoaderConfig};
+use nanochat::data::shards::TokenizerId;
+use nanochat::data::Split;
+use nanochat::rng::Rng;
+use nanochat::train::checkpoint;
+use nanochat::train::device::{CpuModel, ModelDevice};
+use nanochat::train::run::{evaluate_bpb, load_tokenizer, sample_greedy, SAMPLE_PROMPTS};
+
+#[derive(Parser)]
+#[command(about = "Evaluate a base model checkpoint: bits per byte and samples")]
+struct Args {
+    /// Comma-separated parts to run: bpb, sample (core is not part of this build).
+    #[arg(long, default_value = "bpb,sample")]
+    eval: String,
+    /// Checkpoint directory name under base_checkpoints (default: the largest d<N>).
+    #[arg(long)]
+    model_tag: Option<String>,
+    /// Checkpoint step (default: the latest).
+    #[arg(long)]
+    step: Option<usize>,
+    /// Rows per evaluation batch.
+    #[arg(long, default_value_t = 32)]
+    device_batch_size: usize,
+    /// Tokens evaluated per split (rounded down to whole batches).
+    #[arg(long, default_value_t = 40 * 524_288)]
+    split_tokens: usize,
+    /// Seed of the unconditioned samples.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let base = base_dir();
+    let parts: Vec<&str> = args.eval.split(',').map(str::trim).collect();
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| !matches!(**p, "bpb" | "sample" | "core"))
+    {
+        return Err(format!(
+            "--eval: unknown part {bad:?} (choose from bpb, sample, core)"
+        ));
+    }
+    let phase_dir = base.join("base_checkpoints");
+    let tag = match &args.model_tag {
+        Some(t) => t.clone(),
+        None => checkpoint::find_largest_model(&phase_dir).ok_or_else(|| {
+            format!(
+                "no checkpoints under {}: run train_gpt first",
+                phase_dir.display()
+            )
+        })?,
+    };
+    let dir = phase_dir.join(&tag);
+    let loaded = checkpoint::load(&dir, args.step, 0, None)?;
+    let tok = load_tokenizer(&base)?;
+    if tok.vocab_size() != loaded.meta.model_config.vocab_size {
+        return Err(format!(
+            "the tokenizer has {} tokens but the checkpoint was trained with {}",
+            tok.vocab_size(),
+            loaded.meta.model_config.vocab_size
+        ));
+    }
+    let cfg = loaded.meta.model_config.clone();
+    println!(
+        "model {tag} step {} ({} parameters)",
+        loaded.meta.step,
+        loaded.params.len()
+    );
+    let mut model = CpuModel::new(&cfg, loaded.params, &Default::default())?;
+
+    if parts.contains(&"core") {
+        println!("core: not part of this build; skipped");
+    }
+    if parts.contains(&"bpb") {
+        let t = loaded.meta.max_seq_len.min(cfg.sequence_len);
+        let b = args.device_batch_size;
+        let steps = (args.split_tokens / (b * t)).max(1);
+        let id = TokenizerId::of(&tok);
+        for split in [Split::Train, Split::Val] {
+            let shards = open_split(&base, &id, split).map_err(|e| e.to_string())?;
+            let cfg = LoaderConfig {
+                batch_size: b,
+                seq_len: t,
+                ..LoaderConfig::default()
+            };
+            let bpb = evaluate_bpb(&mut model, shards, cfg, steps, &tok.token_bytes())?;
+            println!("{split:?} bpb: {bpb:.6} ({} tokens)", steps * b * t);
+        }
+    }
+    if parts.contains(&"sample") {
+        for prompt in SAMPLE_PROMPTS {
+            println!("{prompt}{}", sample_greedy(&mut model, &tok, prompt, 16)?);
+        }
+        println!("-- unconditioned samples (temperature 1.0, 128 tokens)");
+        let mut rng = Rng::new(args.seed);
+        for _ in 0..8 {
+            let mut ids = vec![tok.bos_id()];
+            for _ in 0..128 {
+                let ctx = &ids[ids.len().saturating_sub(cfg.sequence_len)..];
+                let logits = model.last_logits(ctx, 1, ctx.len())?;
+                let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let probs: Vec<f64> = logits.iter().map(|&z| ((z - m) as f64).exp()).collect();
+                let mut u = rng.next_f64() * probs.iter().sum::<f64>();
+                let mut next = probs.len() - 1;
+                for (i, p) in probs.iter().enumerate() {
+                    if u < *p {
+                        next = i;
+                        break;
+                    }
+                    u -= p;
+                }
+                ids.push(next as u32);
+            }
+            println!("{}\n--", tok.decode_lossy(&ids[1..]));
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run(&Args::parse()) {
+        eprintln!("base_eval: {e}");
+        std::process::exit(1);
+    }
+}

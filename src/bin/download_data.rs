@@ -1,0 +1,121 @@
+//! Fetch pretraining data: parquet shards of the real datasets, or the offline default corpus.
+//!
+//! `download_data -n 8` fetches ClimbMix shards 0..7 plus the validation shard (the dataset's last) into
+//! `$NANOCHAT_BASE_DIR/base_data_climbmix/`, as upstream's `python -m nanochat.dataset -n 8`.
+//! `download_data --default-corpus` needs no network: it builds a small corpus of real English text from
+//! Debian packages (see `tools/setup_default_data.sh`) into `base_data_default/`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nanochat::data::corpus::{build_default_corpus, CorpusSources};
+use nanochat::data::download::{download_shards, shard_indices, Dataset, DownloadOptions};
+use nanochat::data::{base_dir, DEFAULT_DIR};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Download parquet shards of the pretraining dataset, or build the offline default corpus"
+)]
+struct Args {
+    /// Number of training shards to fetch, starting at 0 (-1: all); the validation shard is always fetched.
+    #[arg(short = 'n', long, default_value_t = -1, allow_negative_numbers = true)]
+    num_shards: i64,
+    /// Parallel downloads.
+    #[arg(short = 'w', long, default_value_t = 4)]
+    workers: usize,
+    /// Which dataset: ClimbMix (upstream's current) or FineWeb-Edu (its previous one).
+    #[arg(long, value_enum, default_value_t = Dataset::Climbmix)]
+    dataset: Dataset,
+    /// Attempts per file, with exponential backoff between them.
+    #[arg(long, default_value_t = 5)]
+    attempts: u32,
+    /// Connect/read timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Serve the shards from this URL instead of the dataset's (a mirror).
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Write here instead of the dataset's directory under $NANOCHAT_BASE_DIR.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Build the offline default corpus from installed Debian packages instead of downloading.
+    #[arg(long)]
+    default_corpus: bool,
+    /// Number of parquet shards of the default corpus (the last is validation).
+    #[arg(long, default_value_t = 8)]
+    corpus_shards: usize,
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    if args.default_corpus {
+        let dir = args.dir.unwrap_or_else(|| base_dir().join(DEFAULT_DIR));
+        let report = build_default_corpus(&dir, &CorpusSources::default(), args.corpus_shards)?;
+        for note in &report.notes {
+            println!("download_data: note: {note}");
+        }
+        println!(
+            "download_data: default corpus: {} documents, {:.1} MB of text in {} shards in {} ({:.1}s)",
+            report.docs,
+            report.bytes as f64 / 1e6,
+            report.shards.len(),
+            dir.display(),
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let dir = args
+        .dir
+        .unwrap_or_else(|| base_dir().join(args.dataset.dir_name()));
+    let num = usize::try_from(args.num_shards).ok();
+    let indices = shard_indices(num, args.dataset.max_shard());
+    let base_url = args
+        .base_url
+        .unwrap_or_else(|| args.dataset.base_url().to_string());
+    println!(
+        "download_data: {} shards from {base_url} into {}",
+        indices.len(),
+        dir.display()
+    );
+    let opts = DownloadOptions {
+        workers: args.workers,
+        attempts: args.attempts,
+        timeout: Duration::from_secs(args.timeout),
+        ..DownloadOptions::default()
+    };
+    let report = download_shards(&base_url, &dir, &indices, &opts)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "download_data: {} downloaded ({:.1} MB, {:.1} MB/s), {} already present, {} failed",
+        report.downloaded.len(),
+        report.bytes as f64 / 1e6,
+        report.bytes as f64 / 1e6 / secs.max(1e-9),
+        report.skipped.len(),
+        report.failed.len()
+    );
+    if !report.failed.is_empty() {
+        let list: Vec<String> = report
+            .failed
+            .iter()
+            .map(|(i, e)| format!("shard {i}: {e}"))
+            .collect();
+        return Err(format!(
+            "some shards failed (re-run to retry):\n  {}",
+            list.join("\n  ")
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("download_data: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! `train_gpt`: upstream base_train as a linear story. Build the plan from the depth dial, load the tokenizer
+//! and token shards, build (or resume) the model and optimizer, then loop: evaluate, sample, checkpoint,
+//! train one step of `grad_accum` micro-batches, log.
+
+use super::checkpoint::{self, LoopState, Meta};
+use super::device::{CpuModel, ModelDevice};
+use super::metrics::Metrics;
+use super::plan::{Plan, PlanArgs};
+use crate::common::base_dir;
+use crate::data::loader::open_split;
+use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
+use crate::data::shards::{TokenShard, TokenizerId};
+use crate::data::Split;
+use crate::optim::schedule::Schedule;
+use crate::optim::StepSettings;
+use crate::tokenizer::{self, Tokenizer};
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The fp32 CPU reference (trains tiny models; no GPU needed).
+    Cpu,
+    /// The CUDA kernels run by the CPU emulator.
+    Emu,
+    /// The CUDA kernels on a GPU.
+    Cuda,
+}
+
+/// Pretrain a GPT (upstream base_train's flags).
+#[derive(Parser, Clone, Debug, Serialize, Deserialize)]
+#[command(
+    name = "train_gpt",
+    about = "Pretrain a GPT sized by one dial, --depth",
+    args_override_self = true
+)]
+pub struct TrainArgs {
+    /// Run name (upstream logs to wandb; here it is recorded in the metadata; "dummy" = unnamed).
+    #[arg(long, default_value = "dummy")]
+    pub run: String,
+    /// Where the model computes.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Number of transformer layers: the one dial that sizes everything else.
+    #[arg(long, default_value_t = 20)]
+    pub depth: usize,
+    /// model_dim = depth × aspect ratio (rounded up to a multiple of the head dim).
+    #[arg(long, default_value_t = 64)]
+    pub aspect_ratio: usize,
+    /// Dimension of each attention head.
+    #[arg(long, default_value_t = 128)]
+    pub head_dim: usize,
+    /// Context length in tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub max_seq_len: usize,
+    /// Sliding-window pattern tiled over layers: S = short window (a quarter context), L = full; last layer L.
+    #[arg(long, default_value = "SSSL")]
+    pub window_pattern: String,
+    /// Explicit number of optimizer steps (highest precedence; -1 = derive).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub num_iterations: i64,
+    /// Horizon from a FLOPs budget (second precedence; -1 = unused).
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub target_flops: f64,
+    /// Horizon from training tokens per scaling parameter (the default horizon).
+    #[arg(long, default_value_t = 12.0)]
+    pub target_param_data_ratio: f64,
+    /// Rows per micro-batch on each rank.
+    #[arg(long, default_value_t = 32)]
+    pub device_batch_size: usize,
+    /// Tokens per optimizer step (-1 = derived from the data budget).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub total_batch_size: i64,
+    /// AdamW lr of the token embedding (value embeddings get half).
+    #[arg(long, default_value_t = 0.3)]
+    pub embedding_lr: f64,
+    /// AdamW lr of lm_head.
+    #[arg(long, default_value_t = 0.008)]
+    pub unembedding_lr: f64,
+    /// Muon cautious weight decay at the d12 reference (scaled by batch and data).
+    #[arg(long, default_value_t = 0.28)]
+    pub weight_decay: f64,
+    /// Muon lr of the block matrices.
+    #[arg(long, default_value_t = 0.02)]
+    pub matrix_lr: f64,
+    /// AdamW lr of the residual (×0.01) and x0 lambdas.
+    #[arg(long, default_value_t = 0.5)]
+    pub scalar_lr: f64,
+    /// Linear lr warmup steps.
+    #[arg(long, default_value_t = 40)]
+    pub warmup_steps: usize,
+    /// Fraction of the run spent decaying the lr.
+    #[arg(long, default_value_t = 0.65)]
+    pub warmdown_ratio: f64,
+    /// lr multiplier at the end of the warmdown.
+    #[arg(long, default_value_t = 0.05)]
+    pub final_lr_frac: f64,
+    /// Resume from this step's checkpoint (-1 = start fresh unless --resume).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub resume_from_step: i64,
+    /// Resume from the latest complete checkpoint of this model tag, if there is one.
+    #[arg(long)]
+    pub resume: bool,
+    /// Evaluate validation bits per byte every this many steps (and at the end; 0 = never).
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: usize,
+    /// Tokens per validation evaluation.
+    #[arg(long, default_value_t = 80 * 524_288)]
+    pub eval_tokens: usize,
+    /// CORE metric cadence (the CORE evaluation is not part of this build; 0 silences the notice).
+    #[arg(long, default_value_t = 2000)]
+    pub core_metric_every: usize,
+    /// Examples per CORE task.
+    #[arg(long, default_value_t = 500)]
+    pub core_metric_max_per_task: usize,
+    /// Print greedy samples of the fixed prompts every this many steps (and at the end; 0 = never).
+    #[arg(long, default_value_t = 2000)]
+    pub sample_every: usize,
+    /// Save a checkpoint every this many steps (-1 = only at the end).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub save_every: i64,
+    /// Checkpoint directory name (default d<depth>).
+    #[arg(long)]
+    pub model_tag: Option<String>,
+    /// Seed of the weight initialisation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// FP8 matmuls (GPU only; ignored with a warning elsewhere).
+    #[arg(long)]
+    pub fp8: bool,
+    /// Stop after this many steps of this invocation (the plan and schedules are unchanged; for tests and
+    /// time-boxed runs; resume later).
+    #[arg(long)]
+    pub max_steps_this_run: Option<usize>,
+}
+
+/// What a run reports at its end.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// (step, train loss of that step) for every step this invocation ran.
+    pub losses: Vec<(usize, f32)>,
+    pub min_val_bpb: Option<f64>,
+    pub last_step: usize,
+    pub checkpoint_dir: PathBuf,
+}
+
+/// The fixed prompts of upstream's sampling.
+pub const SAMPLE_PROMPTS: [&str; 7] = [
+    "The capital of France is",
+    "The chemical symbol of gold is",
+    "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is",
+    "The planets of the solar system are:",
+    "My favorite color is",
+    "If 5*x + 3 = 13, then x is",
+];
+
+/// Loads the tokenizer, with a message naming the command that makes it.
+pub fn load_tokenizer(base: &Path) -> Result<Tokenizer, String> {
+    let path = base.join("tokenizer").join(tokenizer::TOKENIZER_FILE);
+    if !path.exists() {
+        return Err(format!(
+            "no tokenizer at {}: run `tok_train` first (see the README)",
+            path.display()
+        ));
+    }
+    Tokenizer::load(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Validation bits per byte (spec §8.1) over `steps` batches of a fresh loader.
+pub fn evaluate_bpb(
+    model: &mut dyn ModelDevice,
+    shards: Arc<[TokenShard]>,
+    cfg: LoaderConfig,
+    steps: usize,
+    token_bytes: &[u32],
+) -> Result<f64, String> {
+    let mut loader = DataLoader::new(shards, cfg).map_err(|e| e.to_string())?;
+    let (mut nats, mut bytes) = (0f64, 0u64);
+    for _ in 0..steps {
+        let batch = loader.next_batch();
+        let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
+        let losses = model.token_losses(&batch.inputs, &targets, cfg.batch_size, cfg.seq_len)?;
+        for (&y, &l) in batch.targets.iter().zip(&losses) {
+            let nb = token_bytes.get(y as usize).copied().unwrap_or(0);
+            if nb > 0 {
+                nats += l as f64;
+                bytes += nb as u64;
+            }
+        }
+    }
+    Ok(if bytes == 0 {
+        f64::INFINITY
+    } else {
+        nats / (std::f64::consts::LN_2 * bytes as f64)
+    })
+}
+
+/// Greedy continuation of `prompt` (BOS prepended) by `max_tokens` tokens, re-running the full forward.
+pub fn sample_greedy(
+    model: &mut dyn ModelDevice,
+    tok: &Tokenizer,
+    prompt: &str,
+    max_tokens: usize,
+) -> Result<String, String> {
+    let mut ids = vec![tok.bos_id()];
+    ids.extend(tok.encode_ordinary(prompt));
+    let start = ids.len();
+    let window = model.config().sequence_len;
+    for _ in 0..max_tokens {
+        let ctx = &ids[ids.len().saturating_sub(window)..];
+        let logits = model.last_logits(ctx, 1, ctx.len())?;
+        let next = logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0;
+        ids.push(next as u32);
+    }
+    Ok(tok.decode_lossy(&ids[start..]))
+}
+
+fn fmt_duration(secs: f64) -> String {
+    if secs < 90.0 {
+        format!("{secs:.0}s")
+    } else if secs < 5400.0 {
+        format!("{:.1}m", secs / 60.0)
+    } else {
+        format!("{:.2}h", secs / 3600.0)
+    }
+}
+
+/// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
+pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
+    if args.device != Device::Cpu {
+        return Err(format!(
+            "--device {:?}: the kernel devices do not run the full model yet; use --device cpu",
+            args.device
+        ));
+    }
+    if args.fp8 {
+        eprintln!("warning: --fp8 needs a GPU; ignored on the CPU");
+    }
+    let tok = load_tokenizer(base)?;
+    let plan = Plan::derive(&PlanArgs {
+        depth: args.depth,
+        aspect_ratio: args.aspect_ratio,
+        head_dim: args.head_dim,
+        max_seq_len: args.max_seq_len,
+        window_pattern: args.window_pattern.clone(),
+        vocab_size: tok.vocab_size(),
+        num_iterations: args.num_iterations,
+        target_flops: args.target_flops,
+        target_param_data_ratio: args.target_param_data_ratio,
+        device_batch_size: args.device_batch_size,
+        total_batch_size: args.total_batch_size,
+        embedding_lr: args.embedding_lr,
+        unembedding_lr: args.unembedding_lr,
+        matrix_lr: args.matrix_lr,
+        scalar_lr: args.scalar_lr,
+        weight_decay: args.weight_decay,
+        world_size: 1,
+    })?;
+    println!("{}", plan.describe());
+    let (b, t, n_iter, accum) = (
+        args.device_batch_size,
+        args.max_seq_len,
+        plan.num_iterations,
+        plan.grad_accum_steps,
+    );
+    let schedule = Schedule {
+        num_iterations: n_iter,
+        warmup_steps: args.warmup_steps,
+        warmdown_ratio: args.warmdown_ratio,
+        final_lr_frac: args.final_lr_frac,
+    };
+
+    let tok_id = TokenizerId::of(&tok);
+    let train_shards = open_split(base, &tok_id, Split::Train).map_err(|e| e.to_string())?;
+    let val_shards = open_split(base, &tok_id, Split::Val).map_err(|e| e.to_string())?;
+    let loader_cfg = LoaderConfig {
+        batch_size: b,
+        seq_len: t,
+        ..LoaderConfig::default()
+    };
+    let tag = args
+        .model_tag
+        .clone()
+        .unwrap_or_else(|| format!("d{}", args.depth));
+    let ckpt_dir = checkpoint::checkpoint_dir(base, "base", &tag);
+
+    // Fresh start or resume.
+    let resume_step = if args.resume_from_step >= 0 {
+        Some(args.resume_from_step as usize)
+    } else if args.resume {
+        checkpoint::last_step(&ckpt_dir)
+    } else {
+        None
+    };
+    let (mut model, mut loader, mut loop_state, start) = match resume_step {
+        Some(step) => {
+            let l = checkpoint::load(&ckpt_dir, Some(step), 0, Some(&plan.model))?;
+            let mut model = CpuModel::new(&plan.model, l.params, &plan.optimizer)?;
+            let state = l.optim.ok_or_else(|| {
+                format!(
+                    "checkpoint step {step} in {} has no optimizer state",
+                    ckpt_dir.display()
+                )
+            })?;
+            model.load_optimizer_state(&state)?;
+            let ls: LoaderState = serde_json::from_value(l.meta.dataloader_state_dict.clone())
+                .map_err(|e| format!("checkpoint step {step}: bad loader state: {e}"))?;
+            let loader = DataLoader::resume(train_shards.clone(), loader_cfg, &ls)
+                .map_err(|e| e.to_string())?;
+            println!("resuming from step {step} in {}", ckpt_dir.display());
+            (model, loader, l.meta.loop_state, step)
+        }
+        None => {
+            let table = crate::params::ParamTable::new(&plan.model);
+            let mut params = vec![0.0; table.numel];
+            table.init(&mut params, args.seed);
+            let model = CpuModel::new(&plan.model, params, &plan.optimizer)?;
+            let loader =
+                DataLoader::new(train_shards.clone(), loader_cfg).map_err(|e| e.to_string())?;
+            (model, loader, LoopState::default(), 0)
+        }
+    };
+    let mut metrics = Metrics::open(&ckpt_dir, Some(start))?;
+    let token_bytes = tok.token_bytes();
+    let eval_steps = (args.eval_tokens / (b * t)).max(1);
+    let tokens_per_step = plan.total_batch_size as f64;
+    let user_config = serde_json::to_value(args).map_err(|e| e.to_string())?;
+    let mut summary = Summary {
+        losses: Vec::new(),
+        min_val_bpb: loop_state.min_val_bpb,
+        last_step: start,
+        checkpoint_dir: ckpt_dir.clone(),
+    };
+    let mut val_bpb = None;
+    let stop_at = args.max_steps_this_run.map(|k| start + k);
+
+    for step in start..=n_iter {
+        let last_step = step == n_iter;
+        if args.eval_every > 0 && (last_step || step % args.eval_every == 0) {
+            let bpb = evaluate_bpb(
+                &mut model,
+                val_shards.clone(),
+                loader_cfg,
+                eval_steps,
+                &token_bytes,
+            )?;
+            println!("step {step:05} | validation bpb: {bpb:.6}");
+            loop_state.min_val_bpb = Some(loop_state.min_val_bpb.map_or(bpb, |m: f64| m.min(bpb)));
+            val_bpb = Some(bpb);
+            metrics.log(json!({"kind": "eval", "step": step, "val_bpb": bpb}))?;
+        }
+        if args.core_metric_every > 0
+            && step > 0
+            && (last_step || step % args.core_metric_every == 0)
+        {
+            println!("step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)");
+        }
+        if args.sample_every > 0 && (last_step || (step > 0 && step % args.sample_every == 0)) {
+            for prompt in SAMPLE_PROMPTS {
+                println!(
+                    "sample | {prompt}{}",
+                    sample_greedy(&mut model, &tok, prompt, 16)?
+                );
+            }
+        }
+        let periodic = args.save_every > 0
+            && step > 0
+            && step != start
+            && step % args.save_every as usize == 0;
+        if last_step || periodic {
+            let meta = Meta {
+                step,
+                val_bpb,
+                model_config: plan.model.clone(),
+                user_config: user_config.clone(),
+                device_batch_size: b,
+                max_seq_len: t,
+                total_batch_size: plan.total_batch_size,
+                dataloader_state_dict: serde_json::to_value(loader.state())
+                    .map_err(|e| e.to_string())?,
+                loop_state: loop_state.clone(),
+            };
+            let params = model.params();
+            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+                let name = model
+                    .table()
+                    .params
+                    .iter()
+                    .find(|p| p.range.contains(&bad))
+                    .map_or("?", |p| &p.name);
+                return Err(format!(
+                    "parameters became non-finite ({name}) before step {step}; not saving. The last good \
+                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
+                    ckpt_dir.display()
+                ));
+            }
+            checkpoint::save(
+                &ckpt_dir,
+                &meta,
+                model.table(),
+                &params,
+                &model.optimizer_state(),
+                0,
+            )?;
+            println!("saved checkpoint step {step} to {}", ckpt_dir.display());
+        }
+        if last_step || stop_at == Some(step) {
+            summary.last_step = step;
+            break;
+        }
+
+        // One optimizer step: grad_accum micro-batches, gradients averaged.
+        let t0 = Instant::now();
+        let mut loss = 0.0;
+        for _ in 0..accum {
+            let batch = loader.next_batch();
+            let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
+            loss = model.forward_backward(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?;
+            if !loss.is_finite() {
+                return Err(format!(
+                    "the loss became {loss} at step {step}; stopping without saving. The last good checkpoint \
+                     (if any) is intact in {}: resume from it with a lower learning rate",
+                    ckpt_dir.display()
+                ));
+            }
+        }
+        let settings = StepSettings {
+            lr_multiplier: schedule.lr_multiplier(step),
+            muon_momentum: schedule.muon_momentum(step),
+            muon_weight_decay: schedule.muon_weight_decay(plan.weight_decay_scaled, step),
+        };
+        model.step(&settings);
+        let dt = t0.elapsed().as_secs_f64();
+
+        loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * loss as f64;
+        let smooth = loop_state.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
+        if step > 10 {
+            loop_state.total_training_time += dt;
+        }
+        let done = step + 1 - start;
+        let avg = if step > 10 {
+            loop_state.total_training_time / (step - 10) as f64
+        } else {
+            dt
+        };
+        let eta = avg * (n_iter - step - 1) as f64;
+        println!(
+            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: - | epoch: {} | eta: {}",
+            100.0 * (step + 1) as f64 / n_iter as f64,
+            settings.lr_multiplier,
+            dt * 1e3,
+            tokens_per_step / dt,
+            loader.state().pos.epoch,
+            fmt_duration(eta)
+        );
+        metrics.log(json!({
+            "kind": "train", "step": step, "loss": loss, "smooth_loss": smooth, "lrm": settings.lr_multiplier,
+            "dt": dt, "tok_per_sec": tokens_per_step / dt, "total_training_time": loop_state.total_training_time,
+        }))?;
+        if done % 10 == 0 || step + 1 == n_iter {
+            metrics.write_svg()?;
+        }
+        summary.losses.push((step, loss));
+        summary.last_step = step + 1;
+    }
+    metrics.write_svg()?;
+    summary.min_val_bpb = loop_state.min_val_bpb;
+    let crop = loader.stats().crop_fraction();
+    println!(
+        "done: {} steps this run, min validation bpb {}, crop fraction {:.1}%, total training time {}; run record in {}",
+        summary.losses.len(),
+        loop_state.min_val_bpb.map_or("-".into(), |v| format!("{v:.6}")),
+        100.0 * crop,
+        fmt_duration(loop_state.total_training_time),
+        ckpt_dir.display()
+    );
+    Ok(summary)
+}
+
+/// Entry point of the binary.
+pub fn main_with(args: &TrainArgs) -> Result<Summary, String> {
+    train(args, &base_dir())
+}

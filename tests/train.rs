@@ -1,0 +1,234 @@
+//! `train_gpt` end to end on the CPU reference, on a generated corpus: exact resume after SIGKILL, gradient
+//! accumulation, clear errors for missing inputs, incompatible checkpoints and a diverging loss.
+
+use clap::Parser;
+use nanochat::data::{self, parquet::write_text_parquet};
+use nanochat::rng::Rng;
+use nanochat::tokenizer::{Tokenizer, TOKENIZER_FILE};
+use nanochat::train::checkpoint;
+use nanochat::train::run::{train, TrainArgs};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const WORDS: &[&str] = &[
+    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small",
+    "red", "blue", "green", "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird",
+    "sky", "river", "stone", "light", "day",
+];
+
+/// A base directory with 3 parquet shards of generated sentences, a tokenizer and token shards.
+fn prepare(base: &Path) {
+    let mut rng = Rng::new(7);
+    let docs: Vec<String> = (0..900)
+        .map(|_| {
+            let n = 5 + rng.below(60) as usize;
+            let words: Vec<&str> = (0..n)
+                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                .collect();
+            format!("{}.", words.join(" "))
+        })
+        .collect();
+    let dir = base.join(data::DEFAULT_DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, chunk) in docs.chunks(300).enumerate() {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        write_text_parquet(&dir.join(format!("shard_{i:05}.parquet")), &refs, 100).unwrap();
+    }
+    let tok = Tokenizer::train(docs.iter().cloned(), 320, 64, &mut |_, _| {}).unwrap();
+    std::fs::create_dir_all(base.join("tokenizer")).unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
+        .unwrap();
+    data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), &tok, false).unwrap();
+}
+
+fn args(extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "train_gpt",
+        "--depth",
+        "2",
+        "--aspect-ratio",
+        "32",
+        "--head-dim",
+        "32",
+        "--max-seq-len",
+        "64",
+        "--device-batch-size",
+        "4",
+        "--total-batch-size",
+        "256",
+        "--num-iterations",
+        "8",
+        "--eval-every",
+        "4",
+        "--eval-tokens",
+        "512",
+        "--sample-every",
+        "0",
+        "--core-metric-every",
+        "0",
+        "--warmup-steps",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn parse(extra: &[&str]) -> TrainArgs {
+    TrainArgs::try_parse_from(args(extra)).unwrap()
+}
+
+/// Train losses by step from a run directory's metrics.jsonl.
+fn logged_losses(dir: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn sigkill_and_resume_reproduce_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    let reference = train(&parse(&["--model-tag", "straight"]), base).unwrap();
+    assert_eq!(reference.losses.len(), 8);
+    let first = reference.losses[0].1;
+    let last = reference.losses[7].1;
+    assert!(last < first, "loss should fall: {first} -> {last}");
+
+    // Kill the binary at a random moment after a random step, then resume from the latest checkpoint.
+    let mut rng = Rng::new(std::process::id() as u64);
+    let kill_after = 2 + rng.below(5) as usize;
+    let bin = env!("CARGO_BIN_EXE_train_gpt");
+    let mut child = Command::new(bin)
+        .args(&args(&["--model-tag", "killed", "--save-every", "2"])[1..])
+        .env("NANOCHAT_BASE_DIR", base)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with(&format!("step {kill_after:05}/")) {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(rng.below(40)));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let dir = base.join("base_checkpoints").join("killed");
+    // Whatever the moment, every complete checkpoint loads.
+    for step in checkpoint::complete_steps(&dir) {
+        checkpoint::load(&dir, Some(step), 0, None).unwrap();
+    }
+    let resumed = train(
+        &parse(&["--model-tag", "killed", "--save-every", "2", "--resume"]),
+        base,
+    )
+    .unwrap();
+    assert!(
+        resumed.losses.len() < 8,
+        "the resumed run should not start from scratch"
+    );
+    let straight = logged_losses(&base.join("base_checkpoints").join("straight"));
+    let killed = logged_losses(&dir);
+    assert_eq!(straight.len(), 8);
+    assert_eq!(
+        killed, straight,
+        "loss trajectory after kill + resume differs (killed after step {kill_after})"
+    );
+}
+
+#[test]
+fn gradient_accumulation_equals_the_big_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    let one = ["--num-iterations", "1", "--eval-every", "0"];
+    let mut a = one.to_vec();
+    a.extend(["--model-tag", "accum", "--device-batch-size", "2"]); // 2 rows x 2 micro-steps
+    let mut b = one.to_vec();
+    b.extend(["--model-tag", "big", "--device-batch-size", "4"]); // 4 rows x 1
+    train(&parse(&a), base).unwrap();
+    train(&parse(&b), base).unwrap();
+    let load = |tag: &str| {
+        checkpoint::load(&base.join("base_checkpoints").join(tag), Some(1), 0, None).unwrap()
+    };
+    let (pa, pb) = (load("accum").params, load("big").params);
+    // The same initialisation; compare the updates.
+    let table = nanochat::params::ParamTable::new(&load("big").meta.model_config);
+    let mut p0 = vec![0.0; table.numel];
+    table.init(&mut p0, 42);
+    let (mut num, mut den) = (0f64, 0f64);
+    for i in 0..p0.len() {
+        num += ((pa[i] - pb[i]) as f64).powi(2);
+        den += ((pb[i] - p0[i]) as f64).powi(2);
+    }
+    let rel = (num / den).sqrt();
+    assert!(
+        den > 0.0 && rel < 1e-4,
+        "accumulated update differs from the big-batch update: {rel:e}"
+    );
+}
+
+#[test]
+fn clear_errors_for_missing_inputs_bad_checkpoints_and_divergence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    let e = train(&parse(&[]), base).unwrap_err();
+    assert!(e.contains("tok_train"), "{e}");
+    prepare(base);
+    std::fs::remove_dir_all(data::tokens_dir_for(&base.join(data::DEFAULT_DIR))).unwrap();
+    let e = train(&parse(&[]), base).unwrap_err();
+    assert!(e.contains("tokenize_data"), "{e}");
+    prepare(base);
+
+    // A checkpoint of another depth under the same tag.
+    train(
+        &parse(&[
+            "--model-tag",
+            "t",
+            "--num-iterations",
+            "1",
+            "--eval-every",
+            "0",
+        ]),
+        base,
+    )
+    .unwrap();
+    let e = train(
+        &parse(&["--model-tag", "t", "--depth", "3", "--resume"]),
+        base,
+    )
+    .unwrap_err();
+    assert!(e.contains("was made for model"), "{e}");
+
+    // A diverging run stops with a message and leaves its last checkpoint loadable.
+    let blowup = [
+        "--model-tag",
+        "nan",
+        "--save-every",
+        "1",
+        "--embedding-lr",
+        "1e30",
+        "--unembedding-lr",
+        "1e30",
+        "--eval-every",
+        "0",
+    ];
+    let e = train(&parse(&blowup), base).unwrap_err();
+    assert!(
+        e.contains("the loss became") || e.contains("non-finite"),
+        "{e}"
+    );
+    let dir = base.join("base_checkpoints").join("nan");
+    let step = checkpoint::last_step(&dir).expect("the checkpoint saved before the divergence");
+    let loaded = checkpoint::load(&dir, Some(step), 0, None).unwrap();
+    assert!(loaded.params.iter().all(|p| p.is_finite()));
+}
