@@ -203,11 +203,8 @@ const SAMPLES: &[(&str, &str)] = &[
 fn dataset_samples() -> Vec<(String, String)> {
     let sample = |split: data::Split| -> Result<String, Box<dyn Error>> {
         let dir = data::resolve_dataset_dir(&tokenizer::base_dir())?;
-        let shards = data::split_files(
-            &data::list_parquet(&dir)?,
-            split,
-            &dir.display().to_string(),
-        )?;
+        let shards =
+            data::split_files(data::list_parquet(&dir)?, split, &dir.display().to_string())?;
         let first = shards.first().ok_or("no shard")?;
         let docs = TextParquet::open(first)?.read_row_group(0)?;
         Ok(docs

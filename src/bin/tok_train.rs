@@ -186,7 +186,7 @@ fn parquet_train_docs(
     dir: &Path,
 ) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
     let shards = data::split_files(
-        &data::list_parquet(dir)?,
+        data::list_parquet(dir)?,
         data::Split::Train,
         &dir.display().to_string(),
     )?;
