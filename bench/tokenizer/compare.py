@@ -165,9 +165,9 @@ def train_ours(docs, vocab, workdir):
 
 
 def paragraphs(text):
-    """tok_train --input-text's documents: blank-line separated paragraphs minus their final line break."""
-    docs, cur = [], []
-    cur = ""
+    """tok_train --input-text's documents: blank-line separated paragraphs minus their final line break
+    (a line is blank when it holds only White_Space characters, as Rust's str::trim sees them)."""
+    docs, cur = [], ""
     for line in regex.findall(r"[^\n]*\n|[^\n]+$", text):
         if line.strip(" \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
                       "\u200a\u2028\u2029\u202f\u205f\u3000") == "":
