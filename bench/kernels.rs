@@ -301,7 +301,7 @@ fn cross_check(gpu: &dyn Device) -> Result<usize> {
         let ok = outs[0] == outs[1];
         failures += !ok as usize;
         println!(
-            "  {} {name}: GPU vs emulator",
+            "  {} {name}: this device vs the emulator",
             if ok { "PASS" } else { "FAIL" }
         );
     };
