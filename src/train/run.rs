@@ -11,6 +11,7 @@ use crate::data::loader::open_split;
 use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
 use crate::data::shards::{TokenShard, TokenizerId};
 use crate::data::Split;
+use crate::device::DeviceKind;
 use crate::optim::schedule::Schedule;
 use crate::optim::StepSettings;
 use crate::tokenizer::{self, Tokenizer};
@@ -241,9 +242,17 @@ fn fmt_duration(secs: f64) -> String {
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
 pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     if args.device != Device::Cpu {
+        // Open the device first, so a machine without a driver or GPU hears exactly that.
+        let kind = if args.device == Device::Cuda {
+            DeviceKind::Cuda
+        } else {
+            DeviceKind::Emu
+        };
+        let flag = format!("--device {}", format!("{:?}", args.device).to_lowercase());
+        let dev = crate::device::open(kind).map_err(|e| format!("{flag}: {e}"))?;
         return Err(format!(
-            "--device {:?}: the kernel devices do not run the full model yet; use --device cpu",
-            args.device
+            "{flag} ({}): the kernel devices run individual kernels but not the full model yet; use --device cpu",
+            dev.name()
         ));
     }
     if args.fp8 {
