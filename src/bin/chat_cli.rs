@@ -130,7 +130,7 @@ fn run(args: &Args) -> Result<(), String> {
             args.device_type
         ));
     }
-    if !(args.temperature >= 0.0) {
+    if args.temperature.is_nan() || args.temperature < 0.0 {
         return Err(format!(
             "--temperature must be >= 0, got {}",
             args.temperature

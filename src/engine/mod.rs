@@ -82,7 +82,7 @@ pub fn sample_next_token(
     temperature: f64,
     top_k: Option<usize>,
 ) -> Result<u32, String> {
-    if !(temperature >= 0.0) {
+    if temperature.is_nan() || temperature < 0.0 {
         return Err(format!("temperature must be >= 0, got {temperature}"));
     }
     if logits.is_empty() {
@@ -162,6 +162,9 @@ struct RowState {
     expr: Vec<u32>,
     completed: bool,
 }
+
+/// Sequences and their masks, one per row.
+pub type Batch = (Vec<Vec<u32>>, Vec<Vec<u8>>);
 
 /// A model and its tokenizer.
 pub struct Engine<M: InferModel> {
@@ -265,11 +268,7 @@ impl<M: InferModel> Engine<M> {
 
     /// Runs `generate` to the end: per row the prompt plus its tokens up to (excluding) the first
     /// `<|assistant_end|>` / `<|bos|>`, and masks (0 prompt, 1 sampled, 0 forced).
-    pub fn generate_batch(
-        &self,
-        prompt: &[u32],
-        cfg: &GenConfig,
-    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<u8>>), String> {
+    pub fn generate_batch(&self, prompt: &[u32], cfg: &GenConfig) -> Result<Batch, String> {
         let sp = Specials::of(&self.tokenizer)?;
         let rows = cfg.num_samples;
         let mut seqs = vec![prompt.to_vec(); rows];
