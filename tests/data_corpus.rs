@@ -192,8 +192,7 @@ fn missing_packages_are_a_clear_error() {
         bible_program: Some(out.path().join("no-bible").display().to_string()),
     };
     let msg = build_default_corpus(&out.path().join("corpus"), &sources, 4)
-        .err()
-        .expect("no text")
+        .expect_err("no text")
         .to_string();
     assert!(
         msg.contains("apt-get install") && msg.contains("fortunes"),

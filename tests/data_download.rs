@@ -21,11 +21,14 @@ enum Behaviour {
     HalfFirst,
 }
 
+/// (path, Range header) of a request.
+type Request = (String, Option<String>);
+
 struct Server {
     url: String,
     stop: Arc<AtomicBool>,
     /// (path, Range header) of every request, in arrival order.
-    log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    log: Arc<Mutex<Vec<Request>>>,
     thread: Option<JoinHandle<()>>,
 }
 

@@ -332,8 +332,7 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
 fn dataset_resolution_order_and_split() {
     let base = tempfile::tempdir().expect("tempdir");
     let msg = resolve_dataset_dir(base.path())
-        .err()
-        .expect("nothing there")
+        .expect_err("nothing there")
         .to_string();
     assert!(msg.contains("download_data"), "{msg}");
     let put = |name: &str| {

@@ -183,6 +183,9 @@ fn clear_errors_for_missing_inputs_bad_checkpoints_and_divergence() {
     let base = tmp.path();
     let e = train(&parse(&[]), base).unwrap_err();
     assert!(e.contains("tok_train"), "{e}");
+    // Without a GPU (or until the kernel devices run the model) --device cuda is a clear error, not a panic.
+    let e = train(&parse(&["--device", "cuda"]), base).unwrap_err();
+    assert!(e.starts_with("--device cuda"), "{e}");
     prepare(base);
     std::fs::remove_dir_all(data::tokens_dir_for(&base.join(data::DEFAULT_DIR))).unwrap();
     let e = train(&parse(&[]), base).unwrap_err();

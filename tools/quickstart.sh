@@ -36,7 +36,7 @@ step "tokenizer (vocab 4096) -> $NANOCHAT_BASE_DIR/tokenizer"
 $bin/tok_train --vocab-size 4096
 
 step "token shards"
-$bin/tokenize_data
+$bin/tokenize_data --overwrite
 
 step "pretraining a tiny GPT on the CPU (depth 4, 256 channels, context 256)"
 $bin/train_gpt --device cpu --depth 4 --head-dim 64 --max-seq-len 256 \

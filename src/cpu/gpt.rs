@@ -21,6 +21,16 @@ pub struct Gpt {
     windows: Vec<usize>,
 }
 
+/// One layer's matrices, (out, in): q (H·D, C), k/v (Hkv·D, C), attention proj (C, H·D), fc (4C, C), mlp proj (C, 4C).
+struct LayerWeights<'a> {
+    wq: &'a [f32],
+    wk: &'a [f32],
+    wv: &'a [f32],
+    wo: &'a [f32],
+    wfc: &'a [f32],
+    wmp: &'a [f32],
+}
+
 /// What one layer's forward saves for its backward. Shapes with N = B·T rows.
 struct LayerActs {
     x_in: Vec<f32>,                   // (N, C) residual stream entering the layer
@@ -101,6 +111,18 @@ impl Gpt {
         &params[self.table.range(slot, k)]
     }
 
+    /// Layer i's slices of the stacked weights.
+    fn layer<'a>(&self, params: &'a [f32], i: usize) -> LayerWeights<'a> {
+        LayerWeights {
+            wq: self.p(params, Slot::AttnQ, i),
+            wk: self.p(params, Slot::AttnK, i),
+            wv: self.p(params, Slot::AttnV, i),
+            wo: self.p(params, Slot::AttnProj, i),
+            wfc: self.p(params, Slot::MlpFc, i),
+            wmp: self.p(params, Slot::MlpProj, i),
+        }
+    }
+
     fn scalar(&self, params: &[f32], slot: Slot, i: usize) -> f32 {
         params[self.table.slot(slot).offset + i]
     }
@@ -176,17 +198,14 @@ impl Gpt {
         let mut x_mid = Vec::new();
         for i in 0..cfg.n_layer {
             let mut a = LayerActs::zeros(n, c, nh, nkv, d, b, t);
-            // Layer i's slices of the stacked weights.
-            let (wq, wk, wv, wo) = (
-                self.p(params, Slot::AttnQ, i),
-                self.p(params, Slot::AttnK, i),
-                self.p(params, Slot::AttnV, i),
-                self.p(params, Slot::AttnProj, i),
-            );
-            let (wfc, wmp) = (
-                self.p(params, Slot::MlpFc, i),
-                self.p(params, Slot::MlpProj, i),
-            );
+            let LayerWeights {
+                wq,
+                wk,
+                wv,
+                wo,
+                wfc,
+                wmp,
+            } = self.layer(params, i);
             let (rl, xl) = (
                 self.scalar(params, Slot::ResidLambdas, i),
                 self.scalar(params, Slot::X0Lambdas, i),
@@ -360,16 +379,14 @@ impl Gpt {
             if i == cfg.backout_layer() {
                 dx.iter_mut().zip(&dx_mid).for_each(|(g, m)| *g += m);
             }
-            let (wq, wk, wv, wo) = (
-                self.p(params, Slot::AttnQ, i),
-                self.p(params, Slot::AttnK, i),
-                self.p(params, Slot::AttnV, i),
-                self.p(params, Slot::AttnProj, i),
-            );
-            let (wfc, wmp) = (
-                self.p(params, Slot::MlpFc, i),
-                self.p(params, Slot::MlpProj, i),
-            );
+            let LayerWeights {
+                wq,
+                wk,
+                wv,
+                wo,
+                wfc,
+                wmp,
+            } = self.layer(params, i);
 
             // MLP: out = xb + relu²(xn2 · Wfcᵀ) · Wmpᵀ; dx is the gradient of `out`.
             let mut act = vec![0.0; n * 4 * c];

@@ -16,8 +16,21 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// Dot product with 8 independent partial sums, so the compiler can keep them in one SIMD register (a single
+/// running sum is a serial dependency chain that cannot be vectorised without reordering).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -301,6 +314,34 @@ pub fn rope_forward(
     d: usize,
     pos0: usize,
 ) {
+    rotate(x, cos, sin, 1.0, t, heads, d, pos0);
+}
+
+/// In place on the gradient: the transpose rotation (the same rotation by the opposite angle).
+pub fn rope_backward(
+    dx: &mut [f32],
+    cos: &[f32],
+    sin: &[f32],
+    t: usize,
+    heads: usize,
+    d: usize,
+    pos0: usize,
+) {
+    rotate(dx, cos, sin, -1.0, t, heads, d, pos0);
+}
+
+/// Rotates each half-split pair by the table angle; `sign = -1` rotates by the opposite angle.
+#[allow(clippy::too_many_arguments)]
+fn rotate(
+    x: &mut [f32],
+    cos: &[f32],
+    sin: &[f32],
+    sign: f32,
+    t: usize,
+    heads: usize,
+    d: usize,
+    pos0: usize,
+) {
     let half = d / 2;
     x.par_chunks_mut(heads * d)
         .enumerate()
@@ -312,38 +353,9 @@ pub fn rope_forward(
             );
             for hx in xr.chunks_exact_mut(d) {
                 for j in 0..half {
-                    let (x1, x2) = (hx[j], hx[j + half]);
-                    hx[j] = x1 * cs[j] + x2 * sn[j];
-                    hx[j + half] = -x1 * sn[j] + x2 * cs[j];
-                }
-            }
-        });
-}
-
-/// In place on the gradient: the transpose rotation.
-pub fn rope_backward(
-    dx: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    t: usize,
-    heads: usize,
-    d: usize,
-    pos0: usize,
-) {
-    let half = d / 2;
-    dx.par_chunks_mut(heads * d)
-        .enumerate()
-        .for_each(|(row, xr)| {
-            let p = pos0 + row % t;
-            let (cs, sn) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
-            for hx in xr.chunks_exact_mut(d) {
-                for j in 0..half {
-                    let (g1, g2) = (hx[j], hx[j + half]);
-                    hx[j] = g1 * cs[j] - g2 * sn[j];
-                    hx[j + half] = g1 * sn[j] + g2 * cs[j];
+                    let (x1, x2, s) = (hx[j], hx[j + half], sign * sn[j]);
+                    hx[j] = x1 * cs[j] + x2 * s;
+                    hx[j + half] = -x1 * s + x2 * cs[j];
                 }
             }
         });

@@ -202,22 +202,40 @@ impl TokenShard {
                 ));
             }
         }
-        for d in 0..self.num_docs {
-            if self.token(offsets[d] as usize) != self.bos_id {
+        for (d, &start) in offsets[..self.num_docs].iter().enumerate() {
+            if self.token(start as usize) != self.bos_id {
                 return Err(data_err!(
                     "token shard {name}: document {d} does not start with BOS {}",
                     self.bos_id
                 ));
             }
         }
-        // The vocabulary check is the only full pass; it runs in parallel chunks.
+        // The vocabulary check is the only full pass: parallel chunks, each first scanned with a branch-free
+        // maximum (vectorised), and searched for the culprit only when it fails.
         let vocab = self.vocab_size as u32;
-        let bad = (0..self.num_tokens.div_ceil(1 << 20))
-            .into_par_iter()
-            .find_map_first(|chunk| {
-                let lo = chunk << 20;
-                let hi = (lo + (1 << 20)).min(self.num_tokens);
-                (lo..hi)
+        let width = self.width as usize;
+        let tokens = &self.map[self.tokens_start()..];
+        let chunk_tokens = 1 << 20;
+        let bad = tokens
+            .par_chunks(chunk_tokens * width)
+            .enumerate()
+            .find_map_first(|(c, bytes)| {
+                let max = if width == 2 {
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                        .max()
+                } else {
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .max()
+                };
+                if max.unwrap_or(0) < vocab {
+                    return None;
+                }
+                let lo = c * chunk_tokens;
+                (lo..lo + bytes.len() / width)
                     .find(|&i| self.token(i) >= vocab)
                     .map(|i| (i, self.token(i)))
             });

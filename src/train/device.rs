@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 /// A model with its parameters, gradients and optimizer, on some device.
 pub trait ModelDevice {
     fn config(&self) -> &ModelConfig;
+    /// The device's name as its driver reports it (looked up in the peak-FLOPs table for MFU).
+    fn device_name(&self) -> String;
     fn table(&self) -> &ParamTable;
     /// Forward and backward of one micro-batch `(b, t)`; adds `scale ×` the gradient of the mean loss into the
     /// gradient buffer and returns the mean loss.
@@ -80,6 +82,10 @@ impl CpuModel {
 impl ModelDevice for CpuModel {
     fn config(&self) -> &ModelConfig {
         &self.gpt.config
+    }
+
+    fn device_name(&self) -> String {
+        "cpu".to_string()
     }
 
     fn table(&self) -> &ParamTable {

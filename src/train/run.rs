@@ -11,6 +11,7 @@ use crate::data::loader::open_split;
 use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
 use crate::data::shards::{TokenShard, TokenizerId};
 use crate::data::Split;
+use crate::device::DeviceKind;
 use crate::optim::schedule::Schedule;
 use crate::optim::StepSettings;
 use crate::tokenizer::{self, Tokenizer};
@@ -241,9 +242,17 @@ fn fmt_duration(secs: f64) -> String {
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
 pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     if args.device != Device::Cpu {
+        // Open the device first, so a machine without a driver or GPU hears exactly that.
+        let kind = if args.device == Device::Cuda {
+            DeviceKind::Cuda
+        } else {
+            DeviceKind::Emu
+        };
+        let flag = format!("--device {}", format!("{:?}", args.device).to_lowercase());
+        let dev = crate::device::open(kind).map_err(|e| format!("{flag}: {e}"))?;
         return Err(format!(
-            "--device {:?}: the kernel devices do not run the full model yet; use --device cpu",
-            args.device
+            "{flag} ({}): the kernel devices run individual kernels but not the full model yet; use --device cpu",
+            dev.name()
         ));
     }
     if args.fp8 {
@@ -346,6 +355,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     };
     let mut val_bpb = None;
     let stop_at = args.max_steps_this_run.map(|k| start + k);
+    let peak_flops = crate::common::peak_bf16_flops(&model.device_name()).unwrap_or(f64::INFINITY);
 
     for step in start..=n_iter {
         let last_step = step == n_iter;
@@ -451,6 +461,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             loop_state.total_training_time += dt;
         }
         let done = step + 1 - start;
+        let mfu = 100.0 * plan.flops_per_token * tokens_per_step / dt / peak_flops;
         let avg = if step > 10 {
             loop_state.total_training_time / (step - 10) as f64
         } else {
@@ -458,7 +469,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         };
         let eta = avg * (n_iter - step - 1) as f64;
         println!(
-            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: - | epoch: {} | eta: {}",
+            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: {mfu:.2} | epoch: {} | eta: {}",
             100.0 * (step + 1) as f64 / n_iter as f64,
             settings.lr_multiplier,
             dt * 1e3,
@@ -468,7 +479,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         );
         metrics.log(json!({
             "kind": "train", "step": step, "loss": loss, "smooth_loss": smooth, "lrm": settings.lr_multiplier,
-            "dt": dt, "tok_per_sec": tokens_per_step / dt, "total_training_time": loop_state.total_training_time,
+            "dt": dt, "tok_per_sec": tokens_per_step / dt, "mfu": mfu, "total_training_time": loop_state.total_training_time,
         }))?;
         if done % 10 == 0 || step + 1 == n_iter {
             metrics.write_svg()?;
@@ -493,4 +504,89 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
 /// Entry point of the binary.
 pub fn main_with(args: &TrainArgs) -> Result<Summary, String> {
     train(args, &base_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::data::shards::write_shard;
+    use crate::params::ParamTable;
+    use crate::safetensors::Tensor;
+    use std::collections::BTreeMap;
+
+    /// A device whose per-token loss is the target id + 1 in nats, so bpb can be computed by hand.
+    struct Stub(ModelConfig, ParamTable);
+    impl ModelDevice for Stub {
+        fn config(&self) -> &ModelConfig {
+            &self.0
+        }
+        fn device_name(&self) -> String {
+            "stub".into()
+        }
+        fn table(&self) -> &ParamTable {
+            &self.1
+        }
+        fn forward_backward(
+            &mut self,
+            _: &[u32],
+            _: &[i32],
+            _: usize,
+            _: usize,
+            _: f32,
+        ) -> Result<f32, String> {
+            unreachable!()
+        }
+        fn token_losses(
+            &mut self,
+            _: &[u32],
+            targets: &[i32],
+            _: usize,
+            _: usize,
+        ) -> Result<Vec<f32>, String> {
+            Ok(targets.iter().map(|&y| y as f32 + 1.0).collect())
+        }
+        fn last_logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {
+            unreachable!()
+        }
+        fn step(&mut self, _: &StepSettings) {}
+        fn params(&self) -> Vec<f32> {
+            Vec::new()
+        }
+        fn optimizer_state(&self) -> BTreeMap<String, Tensor> {
+            BTreeMap::new()
+        }
+        fn load_optimizer_state(&mut self, _: &BTreeMap<String, Tensor>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bits_per_byte_skips_zero_byte_tokens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.tokens");
+        // BOS = 0 has 0 bytes; tokens 1..=3 have 1, 2 and 3 bytes.
+        write_shard(&path, &[vec![0, 1, 2], vec![0, 3]], 4, 0).unwrap();
+        let shards: Arc<[TokenShard]> = vec![TokenShard::open(&path).unwrap()].into();
+        let cfg = ModelConfig {
+            sequence_len: 4,
+            vocab_size: 4,
+            n_layer: 1,
+            n_head: 1,
+            n_kv_head: 1,
+            n_embd: 32,
+            window_pattern: "L".into(),
+        };
+        let mut dev = Stub(cfg.clone(), ParamTable::new(&cfg));
+        let lc = LoaderConfig {
+            batch_size: 1,
+            seq_len: 4,
+            ..LoaderConfig::default()
+        };
+        let token_bytes = [0, 1, 2, 3];
+        let bpb = evaluate_bpb(&mut dev, shards, lc, 1, &token_bytes).unwrap();
+        // Best fit packs the row [0 1 2 0 3]: targets 1, 2, 0, 3 with losses 2, 3, 1, 4; the BOS target has no
+        // bytes and is skipped: 9 nats over 1 + 2 + 3 = 6 bytes.
+        assert!((bpb - 1.5 / std::f64::consts::LN_2).abs() < 1e-9, "{bpb}");
+    }
 }

@@ -1,0 +1,66 @@
+//! Compiles the CUDA kernels of `cuda/` for the CPU against the kernel emulator (`cuda/emu/`), as one
+//! translation unit so that the kernels' static registrars are linked with the runtime. The GPU build of
+//! the same sources is `tools/build_ptx.sh` (checked in under `ptx/`).
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn cu_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|e| e == "cu"));
+    v.sort();
+    v
+}
+
+fn main() {
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let cuda = root.join("cuda");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut unity = format!(
+        "#include \"{}\"\n",
+        cuda.join("emu/emu_runtime.cpp").display()
+    );
+    for f in cu_files(&cuda)
+        .into_iter()
+        .chain(cu_files(&cuda.join("tests")))
+    {
+        unity += &format!("#include \"{}\"\n", f.display());
+    }
+    let tu = out.join("emu_all.cpp");
+    fs::write(&tu, unity).expect("writing the emulator's unity translation unit");
+    cc::Build::new()
+        .cpp(true)
+        .file(&tu)
+        .include(&cuda)
+        .flag("-std=c++17")
+        .opt_level(2)
+        .debug(false)
+        // kernels pun uint4 <-> bf16x2 like all CUDA code
+        .flag("-fno-strict-aliasing")
+        // cc builds with -fPIC; the emulator's thread-locals are read on every threadIdx access
+        .flag("-ftls-model=initial-exec")
+        // large kernel frames probe their pages in order, so a fiber stack overflow hits the guard page
+        .flag("-fstack-clash-protection")
+        .flag("-Wno-unknown-pragmas")
+        .flag("-Wno-unused-parameter")
+        .compile("nanochat_emu");
+    println!("cargo:rerun-if-changed=cuda");
+    for f in cu_files(&cuda)
+        .into_iter()
+        .chain(cu_files(&cuda.join("tests")))
+    {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    for h in [
+        "emu/cuda_emu.h",
+        "emu/emu_bf16.h",
+        "emu/emu_registry.h",
+        "emu/emu_runtime.cpp",
+        "kernel_common.cuh",
+        "ptx_helpers.cuh",
+    ] {
+        println!("cargo:rerun-if-changed={}", cuda.join(h).display());
+    }
+}

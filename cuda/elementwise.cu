@@ -1,0 +1,95 @@
+// Elementwise ops on bf16 storage with fp32 math:
+//   relu2_forward   out = relu(x)^2
+//   relu2_backward  dx = (x > 0) * 2x * dout          (=, not +=: dx feeds the next GEMM backward directly)
+//   cast_f32_to_bf16 / cast_bf16_to_f32              round to nearest even / exact widening
+// Each thread handles ELEMS_PER_THREAD consecutive elements with 16-byte loads and stores when all its
+// pointers are 16-byte aligned (the usual case: buffers are), so that enough bytes are in flight to
+// saturate HBM; the last partial chunk and unaligned views take a scalar path.
+#include "kernel_common.cuh"
+
+#define ELEMS_PER_THREAD 8
+
+
+// First element of this thread's chunk, and whether the whole chunk can be moved as vectors.
+__device__ __forceinline__ int64_t chunk_start(int64_t n, bool aligned, bool* vec) {
+    int64_t i0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * ELEMS_PER_THREAD;
+    *vec = aligned && i0 + ELEMS_PER_THREAD <= n;
+    return i0;
+}
+
+__device__ __forceinline__ float relu2(float v) { return v > 0.f ? v * v : 0.f; }
+
+extern "C" __global__ void relu2_forward(bf16* out, const bf16* x, int64_t n) {
+    bool vec;
+    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
+    if (vec) {
+        uint4 xv = *reinterpret_cast<const uint4*>(x + i0);
+        uint4 ov;
+        const bf16* xs = reinterpret_cast<const bf16*>(&xv);
+        bf16* os = reinterpret_cast<bf16*>(&ov);
+#pragma unroll
+        for (int k = 0; k < ELEMS_PER_THREAD; ++k) os[k] = __float2bfloat16(relu2(__bfloat162float(xs[k])));
+        *reinterpret_cast<uint4*>(out + i0) = ov;
+    } else {
+        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(relu2(__bfloat162float(x[i])));
+    }
+}
+KERNEL_REGISTER("relu2_forward", relu2_forward);
+
+__device__ __forceinline__ float relu2_grad(float v, float g) { return v > 0.f ? 2.f * v * g : 0.f; }
+
+extern "C" __global__ void relu2_backward(bf16* dx, const bf16* dout, const bf16* x, int64_t n) {
+    bool vec;
+    int64_t i0 = chunk_start(n, aligned16(dx) && aligned16(dout) && aligned16(x), &vec);
+    if (vec) {
+        uint4 xv = *reinterpret_cast<const uint4*>(x + i0);
+        uint4 gv = *reinterpret_cast<const uint4*>(dout + i0);
+        uint4 ov;
+        const bf16* xs = reinterpret_cast<const bf16*>(&xv);
+        const bf16* gs = reinterpret_cast<const bf16*>(&gv);
+        bf16* os = reinterpret_cast<bf16*>(&ov);
+#pragma unroll
+        for (int k = 0; k < ELEMS_PER_THREAD; ++k)
+            os[k] = __float2bfloat16(relu2_grad(__bfloat162float(xs[k]), __bfloat162float(gs[k])));
+        *reinterpret_cast<uint4*>(dx + i0) = ov;
+    } else {
+        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i)
+            dx[i] = __float2bfloat16(relu2_grad(__bfloat162float(x[i]), __bfloat162float(dout[i])));
+    }
+}
+KERNEL_REGISTER("relu2_backward", relu2_backward);
+
+extern "C" __global__ void cast_f32_to_bf16(bf16* out, const float* x, int64_t n) {
+    bool vec;
+    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
+    if (vec) {
+        float4 a = *reinterpret_cast<const float4*>(x + i0);
+        float4 b = *reinterpret_cast<const float4*>(x + i0 + 4);
+        uint4 ov;
+        __nv_bfloat162* os = reinterpret_cast<__nv_bfloat162*>(&ov);
+        os[0] = __floats2bfloat162_rn(a.x, a.y);
+        os[1] = __floats2bfloat162_rn(a.z, a.w);
+        os[2] = __floats2bfloat162_rn(b.x, b.y);
+        os[3] = __floats2bfloat162_rn(b.z, b.w);
+        *reinterpret_cast<uint4*>(out + i0) = ov;
+    } else {
+        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(x[i]);
+    }
+}
+KERNEL_REGISTER("cast_f32_to_bf16", cast_f32_to_bf16);
+
+extern "C" __global__ void cast_bf16_to_f32(float* out, const bf16* x, int64_t n) {
+    bool vec;
+    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
+    if (vec) {
+        uint4 xv = *reinterpret_cast<const uint4*>(x + i0);
+        const bf16* xs = reinterpret_cast<const bf16*>(&xv);
+        float4 a = make_float4(__bfloat162float(xs[0]), __bfloat162float(xs[1]), __bfloat162float(xs[2]), __bfloat162float(xs[3]));
+        float4 b = make_float4(__bfloat162float(xs[4]), __bfloat162float(xs[5]), __bfloat162float(xs[6]), __bfloat162float(xs[7]));
+        *reinterpret_cast<float4*>(out + i0) = a;
+        *reinterpret_cast<float4*>(out + i0 + 4) = b;
+    } else {
+        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __bfloat162float(x[i]);
+    }
+}
+KERNEL_REGISTER("cast_bf16_to_f32", cast_bf16_to_f32);

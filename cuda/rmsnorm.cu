@@ -1,0 +1,163 @@
+// RMSNorm without weight over rows of width c: y = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps).
+// One block per row; the row is read once for the sum of squares and once more (from L1/L2) to scale.
+// Rows move as 16-byte vectors (8 bf16 per thread per step) when the width is a multiple of 8 and the
+// pointers are aligned (the block-uniform choice between the two instantiations), else element by element.
+//   rmsnorm_forward      y (n, c) bf16, rstd (n) fp32 saved for backward, x (n, c) bf16
+//   mix_rmsnorm_forward  the residual mix before each block fused in front:
+//                        xmix = lambdas[0] * x + lambdas[1] * x0 (written, it is the new residual),
+//                        y = rmsnorm(xmix); the lambdas are read from device memory (they are parameters)
+//   rmsnorm_backward     dx += rstd * (dy - y * mean(dy * y)), y = x * rstd   (+=: dx is the residual
+//                        stream's gradient, which collects every branch)
+//   mix_backward         backward of the mix: dx = lambdas[0] * dxmix (=, so dx may be dxmix itself),
+//                        dx0 += lambdas[1] * dxmix (fp32: x0 collects a gradient from every layer), and
+//                        per-row dot products dxmix.x, dxmix.x0 into partials[row], partials[n + row], which
+//                        the launcher reduces deterministically into the two lambda gradients
+#include "kernel_common.cuh"
+
+#define RMS_EPS 1.1920928955078125e-07f  // fp32 machine epsilon, PyTorch's default for fp32/bf16 inputs
+
+
+// W = 8: one 16-byte vector; W = 1: one element.
+template <int W>
+__device__ __forceinline__ void load_bf16(float* f, const bf16* p) {
+    if (W == 8) {
+        uint4 v = *reinterpret_cast<const uint4*>(p);
+        const bf16* s = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) f[k] = __bfloat162float(s[k]);
+    } else {
+        f[0] = __bfloat162float(p[0]);
+    }
+}
+template <int W>
+__device__ __forceinline__ void store_bf16(bf16* p, const float* f) {
+    if (W == 8) {
+        uint4 v;
+        bf16* s = reinterpret_cast<bf16*>(&v);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) s[k] = __float2bfloat16(f[k]);
+        *reinterpret_cast<uint4*>(p) = v;
+    } else {
+        p[0] = __float2bfloat16(f[0]);
+    }
+}
+
+template <int W>
+__device__ void rmsnorm_fwd(bf16* y, float* rstd, const bf16* x, int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float f[W];
+    float ss = 0.f;
+    for (int i = threadIdx.x * W; i < c; i += blockDim.x * W) {
+        load_bf16<W>(f, x + off + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) ss += f[k] * f[k];
+    }
+    float r = rsqrtf(block_sum(ss, scratch) / c + RMS_EPS);
+    for (int i = threadIdx.x * W; i < c; i += blockDim.x * W) {
+        load_bf16<W>(f, x + off + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) f[k] *= r;
+        store_bf16<W>(y + off + i, f);
+    }
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+}
+
+extern "C" __global__ void rmsnorm_forward(bf16* y, float* rstd, const bf16* x, int n, int c) {
+    if (c % 8 == 0 && aligned16(x) && aligned16(y)) rmsnorm_fwd<8>(y, rstd, x, c);
+    else rmsnorm_fwd<1>(y, rstd, x, c);
+    (void)n;
+}
+KERNEL_REGISTER("rmsnorm_forward", rmsnorm_forward);
+
+template <int W>
+__device__ void mix_rmsnorm_fwd(bf16* xmix, bf16* y, float* rstd, const bf16* x, const bf16* x0, const float* lambdas, int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float lr = lambdas[0], l0 = lambdas[1];
+    float a[W], b[W];
+    float ss = 0.f;
+    for (int i = threadIdx.x * W; i < c; i += blockDim.x * W) {
+        load_bf16<W>(a, x + off + i);
+        load_bf16<W>(b, x0 + off + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) {
+            // Round the mix to bf16 first: the norm must see exactly the residual that is stored.
+            a[k] = __bfloat162float(__float2bfloat16(lr * a[k] + l0 * b[k]));
+            ss += a[k] * a[k];
+        }
+        store_bf16<W>(xmix + off + i, a);
+    }
+    float r = rsqrtf(block_sum(ss, scratch) / c + RMS_EPS);
+    // Each thread rereads only the elements it wrote itself: no barrier needed.
+    for (int i = threadIdx.x * W; i < c; i += blockDim.x * W) {
+        load_bf16<W>(a, xmix + off + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) a[k] *= r;
+        store_bf16<W>(y + off + i, a);
+    }
+    if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+}
+
+extern "C" __global__ void mix_rmsnorm_forward(bf16* xmix, bf16* y, float* rstd, const bf16* x, const bf16* x0,
+                                               const float* lambdas, int n, int c) {
+    if (c % 8 == 0 && aligned16(xmix) && aligned16(y) && aligned16(x) && aligned16(x0))
+        mix_rmsnorm_fwd<8>(xmix, y, rstd, x, x0, lambdas, c);
+    else
+        mix_rmsnorm_fwd<1>(xmix, y, rstd, x, x0, lambdas, c);
+    (void)n;
+}
+KERNEL_REGISTER("mix_rmsnorm_forward", mix_rmsnorm_forward);
+
+template <int W>
+__device__ void rmsnorm_bwd(bf16* dx, const bf16* dy, const bf16* x, const float* rstd, int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float r = rstd[blockIdx.x];
+    float xv[W], g[W], d[W];
+    float dot = 0.f;
+    for (int i = threadIdx.x * W; i < c; i += blockDim.x * W) {
+        load_bf16<W>(xv, x + off + i);
+        load_bf16<W>(g, dy + off + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) dot += xv[k] * r * g[k];
+    }
+    float mean = block_sum(dot, scratch) / c;
+    for (int i = threadIdx.x * W; i < c; i += blockDim.x * W) {
+        load_bf16<W>(xv, x + off + i);
+        load_bf16<W>(g, dy + off + i);
+        load_bf16<W>(d, dx + off + i);
+#pragma unroll
+        for (int k = 0; k < W; ++k) d[k] += r * (g[k] - xv[k] * r * mean);
+        store_bf16<W>(dx + off + i, d);
+    }
+}
+
+extern "C" __global__ void rmsnorm_backward(bf16* dx, const bf16* dy, const bf16* x, const float* rstd, int n, int c) {
+    if (c % 8 == 0 && aligned16(dx) && aligned16(dy) && aligned16(x)) rmsnorm_bwd<8>(dx, dy, x, rstd, c);
+    else rmsnorm_bwd<1>(dx, dy, x, rstd, c);
+    (void)n;
+}
+KERNEL_REGISTER("rmsnorm_backward", rmsnorm_backward);
+
+extern "C" __global__ void mix_backward(bf16* dx, float* dx0, float* partials, const bf16* dxmix, const bf16* x, const bf16* x0,
+                                        const float* lambdas, int n, int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float lr = lambdas[0], l0 = lambdas[1];
+    float dr = 0.f, d0 = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        float g = __bfloat162float(dxmix[off + i]);
+        dr += g * __bfloat162float(x[off + i]);
+        d0 += g * __bfloat162float(x0[off + i]);
+        dx0[off + i] += l0 * g;
+        dx[off + i] = __float2bfloat16(lr * g);  // after reading dxmix[off + i]: dx may alias dxmix
+    }
+    dr = block_sum(dr, scratch);
+    d0 = block_sum(d0, scratch);
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = dr;
+        partials[n + blockIdx.x] = d0;
+    }
+}
+KERNEL_REGISTER("mix_backward", mix_backward);

@@ -1,0 +1,28 @@
+//! Rust launchers of the kernels of `cuda/`, one module per `.cu` file, same names and argument order
+//! (outputs, saved statistics, inputs, weights, sizes). A launcher owns the launch geometry and checks
+//! its shape preconditions; it does not synchronise.
+
+pub mod adamw;
+pub mod cross_entropy;
+pub mod elementwise;
+pub mod embedding;
+pub mod reduce;
+pub mod rmsnorm;
+
+use super::{err, Result};
+
+/// Threads per block of the one-element-per-thread kernels.
+pub const ELEMENTWISE_BLOCK: u32 = 256;
+/// Threads per block of the one-row-per-block kernels (RMSNorm, cross-entropy).
+pub const ROW_BLOCK: u32 = 256;
+
+/// Blocks covering `n` elements at `block` threads each, as a grid x dimension.
+pub(crate) fn blocks_for(n: usize, block: u32, what: &str) -> Result<u32> {
+    let b = n.div_ceil(block as usize);
+    u32::try_from(b).or_else(|_| err(format!("{what}: {n} elements need more than 2^32 blocks")))
+}
+
+/// A row count or width as the kernels' `int`.
+pub(crate) fn as_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).or_else(|_| err(format!("{what}: {v} does not fit a 32-bit kernel argument")))
+}

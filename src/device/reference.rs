@@ -1,0 +1,29 @@
+//! CPU references of the device-only ops (the model ops' references live in `crate::cpu`):
+//! precision casts and reductions.
+
+use half::bf16;
+
+/// f32 -> bf16, round to nearest even (what `__float2bfloat16` does).
+pub fn cast_f32_to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// bf16 -> f32, exact.
+pub fn cast_bf16_to_f32(x: &[bf16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+/// Sum in f64 (the device sums in fp32 in a fixed tree order; compare with a tolerance).
+pub fn sum(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64).sum()
+}
+
+/// Sum of squares in f64.
+pub fn sum_of_squares(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64 * v as f64).sum()
+}
+
+/// L2 norm in f64.
+pub fn norm(x: &[f32]) -> f64 {
+    sum_of_squares(x).sqrt()
+}

@@ -1,0 +1,501 @@
+//! Every kernel of `cuda/*.cu` on the Emu device against its CPU reference (`nanochat::cpu::ops`,
+//! `nanochat::optim::adamw`, `nanochat::device::reference`), under the three thread schedules, on ragged
+//! shapes (not multiples of the block size, single rows, ignored targets, repeated ids).
+
+use half::bf16;
+use nanochat::cpu::ops;
+use nanochat::device::emu::EmuDevice;
+use nanochat::device::kernels::{adamw, cross_entropy, elementwise, embedding, reduce, rmsnorm};
+use nanochat::device::{reference, Device, Dtype, Schedule};
+use nanochat::optim::adamw::{adamw_update, AdamHyper};
+use nanochat::rng::Rng;
+
+fn devices() -> Vec<(Schedule, Box<dyn Device>)> {
+    Schedule::ALL
+        .iter()
+        .map(|&s| (s, Box::new(EmuDevice::new(s)) as Box<dyn Device>))
+        .collect()
+}
+
+/// Values in [-scale, scale), rounded to bf16 (so the device and the reference see the same inputs).
+fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| bf16::from_f32(rng.uniform(-scale, scale)).to_f32())
+        .collect()
+}
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+fn down_bf16(dev: &dyn Device, p: nanochat::device::DevPtr, n: usize) -> Vec<f32> {
+    dev.download_vec::<bf16>(p, n)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= abs + rel * w.abs(),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn relu2_forward_and_backward() {
+    let mut rng = Rng::new(1);
+    for (s, dev) in devices() {
+        for n in [1usize, 7, 8, 1000, 4099] {
+            let x = randn(&mut rng, n, 2.0);
+            let dout = randn(&mut rng, n, 1.0);
+            let (dx_, dd) = (
+                dev.upload_new(&to_bf16(&x)).unwrap(),
+                dev.upload_new(&to_bf16(&dout)).unwrap(),
+            );
+            let out = dev.alloc(2 * n).unwrap();
+            elementwise::relu2_forward(dev.as_ref(), out.ptr(), dx_.ptr(), n).unwrap();
+            let mut want = vec![0f32; n];
+            ops::relu2_forward(&mut want, &x);
+            let want: Vec<f32> = to_bf16(&want).iter().map(|v| v.to_f32()).collect();
+            assert_eq!(
+                down_bf16(dev.as_ref(), out.ptr(), n),
+                want,
+                "{s:?} forward n={n}"
+            );
+
+            elementwise::relu2_backward(dev.as_ref(), out.ptr(), dd.ptr(), dx_.ptr(), n).unwrap();
+            let mut want = vec![0f32; n];
+            ops::relu2_backward(&mut want, &dout, &x);
+            let want: Vec<f32> = to_bf16(&want).iter().map(|v| v.to_f32()).collect();
+            assert_eq!(
+                down_bf16(dev.as_ref(), out.ptr(), n),
+                want,
+                "{s:?} backward n={n}"
+            );
+
+            // Views that are not 16-byte aligned take the scalar path.
+            if n > 1 {
+                elementwise::relu2_forward(
+                    dev.as_ref(),
+                    out.at::<bf16>(1),
+                    dx_.at::<bf16>(1),
+                    n - 1,
+                )
+                .unwrap();
+                let mut want = vec![0f32; n - 1];
+                ops::relu2_forward(&mut want, &x[1..]);
+                let want: Vec<f32> = to_bf16(&want).iter().map(|v| v.to_f32()).collect();
+                assert_eq!(
+                    down_bf16(dev.as_ref(), out.at::<bf16>(1), n - 1),
+                    want,
+                    "{s:?} unaligned n={n}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn casts_round_like_the_reference() {
+    let mut rng = Rng::new(2);
+    for (s, dev) in devices() {
+        let n = 777;
+        let x: Vec<f32> = (0..n).map(|_| rng.uniform(-500.0, 500.0)).collect();
+        let dx = dev.upload_new(&x).unwrap();
+        let b = dev.alloc(2 * n).unwrap();
+        let f = dev.alloc(4 * n).unwrap();
+        elementwise::cast_f32_to_bf16(dev.as_ref(), b.ptr(), dx.ptr(), n).unwrap();
+        let got: Vec<bf16> = dev.download_vec(b.ptr(), n).unwrap();
+        assert_eq!(got, reference::cast_f32_to_bf16(&x), "{s:?}");
+        elementwise::cast_bf16_to_f32(dev.as_ref(), f.ptr(), b.ptr(), n).unwrap();
+        let back: Vec<f32> = dev.download_vec(f.ptr(), n).unwrap();
+        assert_eq!(back, reference::cast_bf16_to_f32(&got), "{s:?}");
+    }
+}
+
+#[test]
+fn reductions_are_accurate_and_deterministic() {
+    use reduce::Reduction::*;
+    let rng = Rng::new(3);
+    let mut first: Vec<u32> = Vec::new();
+    for (s, dev) in devices() {
+        let mut bits = Vec::new();
+        for n in [1usize, 1000, 70_001] {
+            let x = randn(&mut rng.clone(), n, 3.0);
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                let dx = match dtype {
+                    Dtype::F32 => dev.upload_new(&x).unwrap(),
+                    Dtype::Bf16 => dev.upload_new(&to_bf16(&x)).unwrap(),
+                };
+                let scratch = dev.alloc(4 * reduce::partials_for(n)).unwrap();
+                let out = dev.alloc(4).unwrap();
+                for (r, want) in [
+                    (Sum, reference::sum(&x)),
+                    (SumOfSquares, reference::sum_of_squares(&x)),
+                    (Norm, reference::norm(&x)),
+                ] {
+                    reduce::reduce(
+                        dev.as_ref(),
+                        out.ptr(),
+                        scratch.ptr(),
+                        dx.ptr(),
+                        dtype,
+                        n,
+                        r,
+                    )
+                    .unwrap();
+                    let got = dev.download_vec::<f32>(out.ptr(), 1).unwrap()[0];
+                    let scale = reference::sum_of_squares(&x).sqrt().max(1.0) * (n as f64).sqrt();
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-6 * scale,
+                        "{s:?} {dtype:?} {r:?} n={n}: {got} vs {want}"
+                    );
+                    reduce::reduce(
+                        dev.as_ref(),
+                        out.ptr(),
+                        scratch.ptr(),
+                        dx.ptr(),
+                        dtype,
+                        n,
+                        r,
+                    )
+                    .unwrap();
+                    let again = dev.download_vec::<f32>(out.ptr(), 1).unwrap()[0];
+                    assert_eq!(got.to_bits(), again.to_bits(), "{s:?} not reproducible");
+                    bits.push(got.to_bits());
+                }
+            }
+        }
+        // The summation order does not depend on the thread schedule either.
+        if first.is_empty() {
+            first = bits;
+        } else {
+            assert_eq!(bits, first, "{s:?} differs from the forward schedule");
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_forward_mixed_forward_and_backward() {
+    let mut rng = Rng::new(4);
+    for (s, dev) in devices() {
+        for (n, c) in [(1usize, 32usize), (5, 100), (3, 768)] {
+            let x = randn(&mut rng, n * c, 2.0);
+            let x0 = randn(&mut rng, n * c, 2.0);
+            let dy = randn(&mut rng, n * c, 1.0);
+            let dx0 = randn(&mut rng, n * c, 0.5);
+            let lambdas = [0.75f32, 0.3];
+            let d = dev.as_ref();
+            let (bx, bx0, bdy, bl) = (
+                d.upload_new(&to_bf16(&x)).unwrap(),
+                d.upload_new(&to_bf16(&x0)).unwrap(),
+                d.upload_new(&to_bf16(&dy)).unwrap(),
+                d.upload_new(&lambdas).unwrap(),
+            );
+            let (y, xmix, rstd) = (
+                d.alloc(2 * n * c).unwrap(),
+                d.alloc(2 * n * c).unwrap(),
+                d.alloc(4 * n).unwrap(),
+            );
+
+            // plain forward
+            rmsnorm::rmsnorm_forward(d, y.ptr(), rstd.ptr(), bx.ptr(), n, c).unwrap();
+            let (mut wy, mut wr) = (vec![0f32; n * c], vec![0f32; n]);
+            ops::rmsnorm_forward(&mut wy, &mut wr, &x, c);
+            assert_close(
+                &down_bf16(d, y.ptr(), n * c),
+                &wy,
+                8e-3,
+                1e-6,
+                &format!("{s:?} y {n}x{c}"),
+            );
+            assert_close(
+                &d.download_vec::<f32>(rstd.ptr(), n).unwrap(),
+                &wr,
+                1e-5,
+                0.0,
+                "rstd",
+            );
+
+            // mix + forward
+            rmsnorm::mix_rmsnorm_forward(
+                d,
+                xmix.ptr(),
+                y.ptr(),
+                rstd.ptr(),
+                bx.ptr(),
+                bx0.ptr(),
+                bl.ptr(),
+                n,
+                c,
+            )
+            .unwrap();
+            let mut wmix = vec![0f32; n * c];
+            ops::lambda_mix_forward(&mut wmix, &x, &x0, lambdas[0], lambdas[1]);
+            let wmix: Vec<f32> = to_bf16(&wmix).iter().map(|v| v.to_f32()).collect();
+            assert_eq!(down_bf16(d, xmix.ptr(), n * c), wmix, "{s:?} xmix");
+            ops::rmsnorm_forward(&mut wy, &mut wr, &wmix, c);
+            assert_close(&down_bf16(d, y.ptr(), n * c), &wy, 8e-3, 1e-6, "mixed y");
+            assert_close(
+                &d.download_vec::<f32>(rstd.ptr(), n).unwrap(),
+                &wr,
+                1e-5,
+                0.0,
+                "mixed rstd",
+            );
+
+            // backward accumulates into dx
+            rmsnorm::rmsnorm_forward(d, y.ptr(), rstd.ptr(), bx.ptr(), n, c).unwrap();
+            let bdx = d.upload_new(&to_bf16(&dx0)).unwrap();
+            rmsnorm::rmsnorm_backward(d, bdx.ptr(), bdy.ptr(), bx.ptr(), rstd.ptr(), n, c).unwrap();
+            ops::rmsnorm_forward(&mut wy, &mut wr, &x, c);
+            let mut wdx = dx0.clone();
+            ops::rmsnorm_backward(&mut wdx, &dy, &x, &wr, c);
+            assert_close(
+                &down_bf16(d, bdx.ptr(), n * c),
+                &wdx,
+                8e-3,
+                2e-3,
+                &format!("{s:?} dx {n}x{c}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn softcap_cross_entropy_loss_and_in_place_gradient() {
+    let mut rng = Rng::new(5);
+    for (s, dev) in devices() {
+        for (n, v, vp) in [(7usize, 300usize, 320usize), (1, 5, 5), (4, 1000, 1024)] {
+            let logits = randn(&mut rng, n * vp, 20.0);
+            let targets: Vec<i32> = (0..n)
+                .map(|t| {
+                    if t % 3 == 2 {
+                        -1
+                    } else {
+                        ((t * 37) % v) as i32
+                    }
+                })
+                .collect();
+            let dloss = 0.25f32;
+            let d = dev.as_ref();
+            let (bl, bt, bloss) = (
+                d.upload_new(&to_bf16(&logits)).unwrap(),
+                d.upload_new(&targets).unwrap(),
+                d.alloc(4 * n).unwrap(),
+            );
+
+            // forward only: logits untouched
+            cross_entropy::softcap_ce(d, bl.ptr(), bloss.ptr(), bt.ptr(), 0.0, n, v, vp).unwrap();
+            let mut capped = logits.clone();
+            let mut wloss = vec![0f32; n];
+            ops::softcap_ce_forward(&mut wloss, &mut capped, &targets, v, vp);
+            assert_close(
+                &d.download_vec::<f32>(bloss.ptr(), n).unwrap(),
+                &wloss,
+                1e-4,
+                1e-5,
+                &format!("{s:?} loss"),
+            );
+            assert_eq!(
+                down_bf16(d, bl.ptr(), n * vp),
+                logits,
+                "forward-only pass changed the logits"
+            );
+
+            // fused forward + backward
+            cross_entropy::softcap_ce(d, bl.ptr(), bloss.ptr(), bt.ptr(), dloss, n, v, vp).unwrap();
+            assert_close(
+                &d.download_vec::<f32>(bloss.ptr(), n).unwrap(),
+                &wloss,
+                1e-4,
+                1e-5,
+                "fused loss",
+            );
+            let mut wd = vec![0f32; n * vp];
+            ops::softcap_ce_backward(&mut wd, &capped, &targets, &vec![dloss; n], v, vp);
+            assert_close(
+                &down_bf16(d, bl.ptr(), n * vp),
+                &wd,
+                1e-2,
+                1e-6,
+                &format!("{s:?} dlogits {n}x{v}/{vp}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn embedding_gather_and_deterministic_backward() {
+    let mut rng = Rng::new(6);
+    for (s, dev) in devices() {
+        let (vocab, c, n) = (50usize, 70usize, 200usize);
+        let table = randn(&mut rng, vocab * c, 1.0);
+        let ids: Vec<u32> = (0..n).map(|t| ((t * t * 7 + 3) % 23) as u32).collect(); // repeats, unused rows
+        let d = dev.as_ref();
+        let (bt, bids, out) = (
+            d.upload_new(&to_bf16(&table)).unwrap(),
+            d.upload_new(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())
+                .unwrap(),
+            d.alloc(2 * n * c).unwrap(),
+        );
+        embedding::embedding_forward(d, out.ptr(), bids.ptr(), bt.ptr(), &ids, vocab, c).unwrap();
+        let mut want = vec![0f32; n * c];
+        ops::embedding_forward(&mut want, &ids, &table, c);
+        assert_eq!(down_bf16(d, out.ptr(), n * c), want, "{s:?} gather");
+
+        let dout = randn(&mut rng, n * c, 1.0);
+        let dtable0 = randn(&mut rng, vocab * c, 0.1);
+        let bdout = d.upload_new(&to_bf16(&dout)).unwrap();
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let bdt = d.upload_new(&dtable0).unwrap();
+            embedding::embedding_backward(d, bdt.ptr(), bdout.ptr(), &ids, vocab, c).unwrap();
+            results.push(d.download_vec::<f32>(bdt.ptr(), vocab * c).unwrap());
+        }
+        assert_eq!(results[0], results[1], "{s:?} backward not reproducible");
+        let mut want = dtable0.clone();
+        ops::embedding_backward(&mut want, &dout, &ids, c);
+        assert_close(&results[0], &want, 1e-5, 1e-5, &format!("{s:?} dtable"));
+
+        let bad = [0u32, 50];
+        let e = embedding::embedding_forward(d, out.ptr(), bids.ptr(), bt.ptr(), &bad, vocab, c)
+            .unwrap_err();
+        assert!(
+            e.0.contains("token 1 has id 50 but the vocabulary has 50 rows"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn adamw_matches_the_optimizer_reference() {
+    let mut rng = Rng::new(7);
+    for (s, dev) in devices() {
+        let n = 1001;
+        let mut p = randn(&mut rng, n, 1.0);
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let d = dev.as_ref();
+        let (bp, bm, bv, bpb) = (
+            d.upload_new(&p).unwrap(),
+            d.upload_new(&m).unwrap(),
+            d.upload_new(&v).unwrap(),
+            d.alloc(2 * n).unwrap(),
+        );
+        for step in 1..=3u64 {
+            let g = randn(&mut rng, n, 0.5);
+            let bg = d.upload_new(&g).unwrap();
+            let h = AdamHyper {
+                lr: 0.01,
+                beta1: 0.8,
+                beta2: 0.95,
+                eps: 1e-10,
+                weight_decay: 0.1,
+                step,
+            };
+            adamw::adamw_step(
+                d,
+                bp.ptr(),
+                Some(bpb.ptr()),
+                bg.ptr(),
+                bm.ptr(),
+                bv.ptr(),
+                n,
+                &h,
+            )
+            .unwrap();
+            adamw_update(&mut p, &g, &mut m, &mut v, &h);
+        }
+        let gp: Vec<f32> = d.download_vec(bp.ptr(), n).unwrap();
+        assert_close(&gp, &p, 1e-5, 1e-7, &format!("{s:?} params"));
+        assert_close(
+            &d.download_vec::<f32>(bm.ptr(), n).unwrap(),
+            &m,
+            1e-5,
+            1e-8,
+            "exp_avg",
+        );
+        assert_close(
+            &d.download_vec::<f32>(bv.ptr(), n).unwrap(),
+            &v,
+            1e-5,
+            1e-10,
+            "exp_avg_sq",
+        );
+        let copy: Vec<bf16> = d.download_vec(bpb.ptr(), n).unwrap();
+        assert_eq!(copy, to_bf16(&gp), "{s:?} bf16 copy");
+    }
+}
+
+#[test]
+fn residual_mix_backward_with_deterministic_lambda_gradients() {
+    let mut rng = Rng::new(8);
+    for (s, dev) in devices() {
+        for (n, c) in [(1usize, 40usize), (9, 300)] {
+            let d = dev.as_ref();
+            let (x, x0, dmix) = (
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 1.0),
+            );
+            let dx0_init = randn(&mut rng, n * c, 0.5);
+            let lambdas = [0.8f32, -0.4];
+            let dl_init = [0.125f32, -2.0];
+            let (bx, bx0, bl) = (
+                d.upload_new(&to_bf16(&x)).unwrap(),
+                d.upload_new(&to_bf16(&x0)).unwrap(),
+                d.upload_new(&lambdas).unwrap(),
+            );
+            let mut runs = Vec::new();
+            for _ in 0..2 {
+                // dx aliases dxmix: the in-place use the model makes of it.
+                let bmix = d.upload_new(&to_bf16(&dmix)).unwrap();
+                let (bdx0, bdl) = (
+                    d.upload_new(&dx0_init).unwrap(),
+                    d.upload_new(&dl_init).unwrap(),
+                );
+                let scratch = d.alloc(4 * rmsnorm::mix_backward_scratch(n)).unwrap();
+                rmsnorm::mix_backward(
+                    d,
+                    bmix.ptr(),
+                    bdx0.ptr(),
+                    bdl.ptr(),
+                    scratch.ptr(),
+                    bmix.ptr(),
+                    bx.ptr(),
+                    bx0.ptr(),
+                    bl.ptr(),
+                    n,
+                    c,
+                )
+                .unwrap();
+                runs.push((
+                    down_bf16(d, bmix.ptr(), n * c),
+                    d.download_vec::<f32>(bdx0.ptr(), n * c).unwrap(),
+                    d.download_vec::<f32>(bdl.ptr(), 2).unwrap(),
+                ));
+            }
+            assert_eq!(runs[0], runs[1], "{s:?} not reproducible");
+            let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0_init.clone());
+            let (dr, dz) = ops::lambda_mix_backward(
+                &mut wdx, &mut wdx0, &dmix, &x, &x0, lambdas[0], lambdas[1],
+            );
+            let (gdx, gdx0, gdl) = &runs[0];
+            assert_close(gdx, &wdx, 8e-3, 1e-30, &format!("{s:?} dx"));
+            assert_close(gdx0, &wdx0, 1e-6, 1e-6, "dx0");
+            let tol = 1e-5 * (n * c) as f32;
+            assert_close(
+                gdl,
+                &[dl_init[0] + dr, dl_init[1] + dz],
+                1e-5,
+                tol,
+                "dlambdas",
+            );
+        }
+    }
+}
