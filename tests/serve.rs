@@ -362,3 +362,40 @@ fn queue_timeout_gives_503() {
     assert_eq!(first.join().unwrap(), 200);
     srv.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn long_conversations_drop_the_oldest_messages() {
+    use nanochat::serve::api::{render_prompt, ChatMessage};
+    let tok = tokenizer();
+    let msg = |role: &str, content: &str| ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let conv: Vec<ChatMessage> = (0..20)
+        .map(|i| {
+            msg(
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "the cat sat on the mat",
+            )
+        })
+        .collect();
+    let (ids, dropped) = render_prompt(&tok, &conv, 100, 20).unwrap();
+    let (ids_odd, _) = render_prompt(&tok, &conv[..19], 100, 20).unwrap();
+    assert_eq!(ids_odd[1], tok.special_id("<|user_start|>").unwrap());
+    assert!(dropped > 0 && ids.len() <= 80, "{dropped} {}", ids.len());
+    assert_eq!(ids[0], tok.bos_id());
+    assert_eq!(ids[1], tok.special_id("<|user_start|>").unwrap());
+    assert_eq!(
+        *ids.last().unwrap(),
+        tok.special_id("<|assistant_start|>").unwrap()
+    );
+    let (all, none) = render_prompt(&tok, &conv, 4096, 20).unwrap();
+    assert_eq!(none, 0);
+    assert!(
+        all.ends_with(&ids[1..]),
+        "the kept messages are the latest ones"
+    );
+    // A last message that cannot fit is an error, not a panic.
+    let huge = vec![msg("user", &"word ".repeat(500))];
+    assert!(render_prompt(&tok, &huge, 100, 20).is_err());
+}

@@ -194,7 +194,11 @@ pub fn render_prompt(
             parts.last().map_or(0, Vec::len)
         ));
     }
-    let dropped = parts.len() - keep;
+    let mut dropped = parts.len() - keep;
+    // Start at a user message, so the model sees whole exchanges.
+    while dropped > 0 && dropped + 1 < parts.len() && messages[dropped].role != "user" {
+        dropped += 1;
+    }
     let mut ids = vec![tok.bos_id()];
     for p in &parts[dropped..] {
         ids.extend_from_slice(p);

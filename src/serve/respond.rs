@@ -139,6 +139,14 @@ fn generate<M: InferModel>(
     })
 }
 
+/// The last step of a chat answer, done after the worker is released.
+enum Finish {
+    /// Send this whole answer.
+    Respond(Box<(Request, Response<std::io::Cursor<Vec<u8>>>)>),
+    /// Close the stream (the end of its body).
+    Close(Box<dyn Write + Send>),
+}
+
 fn stream_head(w: &mut dyn Write) -> std::io::Result<()> {
     w.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n\
@@ -193,7 +201,7 @@ fn chat_reply<M: InferModel + Sync>(
         }
     };
     let t_gen = Instant::now();
-    let result = if openai && !chat.stream {
+    let (result, stream) = if openai && !chat.stream {
         let r = generate(engine, &chat, prepared, seed, &mut |_| true);
         let resp = match &r {
             Ok(g) => json_response(
@@ -206,8 +214,7 @@ fn chat_reply<M: InferModel + Sync>(
             ),
             Err(e) => json_response(400, &json!({ "error": e })),
         };
-        let _ = req.respond(resp);
-        r
+        (r, Finish::Respond(Box::new((req, resp))))
     } else {
         let mut w = req.into_writer();
         if stream_head(&mut *w).is_err() {
@@ -236,12 +243,23 @@ fn chat_reply<M: InferModel + Sync>(
                 event(&mut *w, &json!({ "error": e }).to_string());
             }
         }
-        r
+        (r, Finish::Close(w))
     };
+    // Free the worker and count the request before the client sees the end, so /health and /stats agree with
+    // what the client has seen.
     drop(lease);
+    if result.is_ok() {
+        sh.counters.completions.fetch_add(1, Ordering::Relaxed);
+    }
+    match stream {
+        Finish::Respond(answer) => {
+            let (req, resp) = *answer;
+            let _ = req.respond(resp);
+        }
+        Finish::Close(w) => drop(w),
+    }
     match result {
         Ok(g) => {
-            sh.counters.completions.fetch_add(1, Ordering::Relaxed);
             sh.counters
                 .tokens
                 .fetch_add(g.tokens as u64, Ordering::Relaxed);
