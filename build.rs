@@ -30,7 +30,13 @@ fn main() {
     }
     let tu = out.join("emu_all.cpp");
     fs::write(&tu, unity).expect("writing the emulator's unity translation unit");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // EMU_USE_UCONTEXT=1: glibc's ucontext instead of the x86-64 context switch (portable, slower).
+    println!("cargo:rerun-if-env-changed=EMU_USE_UCONTEXT");
+    if std::env::var_os("EMU_USE_UCONTEXT").is_some_and(|v| v != "0") {
+        build.define("EMU_USE_UCONTEXT", None);
+    }
+    build
         .cpp(true)
         .file(&tu)
         .include(&cuda)

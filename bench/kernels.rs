@@ -6,7 +6,8 @@
 //! kernel_bench --selfcheck        on a GPU: every kernel vs the CPU reference at training-like sizes, the
 //!                                 GEMM wrapper vs the CPU GEMM, the PTX helpers asm vs reference, and the
 //!                                 emulator's self-test kernels GPU vs emulator; a report, exit 1 on failure
-//! kernel_bench --device emu       the correctness half on the kernel emulator, CI-sized (no timings)
+//! kernel_bench --device emu       the correctness half on the kernel emulator, CI-sized (no timings);
+//!                                 with --selfcheck also reverse vs forward schedule on the self-test kernels
 //! ```
 //! Build it here (`cargo build --release --bin kernel_bench`) and carry the binary to a GPU machine: the
 //! kernels are embedded. cuBLASLt must be on `LD_LIBRARY_PATH` there for the GEMM rows.
@@ -266,42 +267,132 @@ fn run_checks(d: &dyn Device, scale: Scale) -> usize {
     failures
 }
 
-/// The emulator's self-test kernels on the GPU and on the emulator: outputs must agree bit for bit.
+/// Runs `kernel` on `d` with `inputs` uploaded (as i32 words) and an output of `out_words` i32, and
+/// returns the output.
+fn run_words(
+    d: &dyn Device,
+    kernel: &str,
+    grid: Dim3,
+    block: Dim3,
+    smem: u32,
+    inputs: &[Vec<i32>],
+    scalars: &[Arg],
+    out_words: usize,
+) -> Result<Vec<i32>> {
+    let out = d.alloc(4 * out_words)?;
+    d.zero(out.ptr(), 4 * out_words)?;
+    let bufs = inputs
+        .iter()
+        .map(|v| d.upload_new(v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut args: Vec<Arg> = vec![(&out).into()];
+    args.extend(bufs.iter().map(Arg::from));
+    args.extend_from_slice(scalars);
+    d.launch(kernel, grid, block, smem, &args)?;
+    d.download_vec::<i32>(out.ptr(), out_words)
+}
+
+/// The emulator's self-test kernels on the GPU and on the emulator: outputs must agree bit for bit
+/// (integer-valued data, so no rounding differences).
 fn cross_check(gpu: &dyn Device) -> Result<usize> {
     let emu = EmuDevice::new(Schedule::Forward);
     let mut failures = 0;
+    let mut report = |name: String, outs: Vec<Vec<i32>>| {
+        let ok = outs[0] == outs[1];
+        failures += !ok as usize;
+        println!(
+            "  {} {name}: this device vs the emulator",
+            if ok { "PASS" } else { "FAIL" }
+        );
+    };
+    let both = |f: &dyn Fn(&dyn Device) -> Result<Vec<i32>>| -> Result<Vec<Vec<i32>>> {
+        Ok(vec![f(gpu)?, f(&emu)?])
+    };
     for (mode, arg, width) in [(0, 5, 32), (1, 3, 16), (2, 1, 8), (3, 16, 32), (3, 5, 4)] {
-        let mut outs = Vec::new();
-        for d in [gpu, &emu as &dyn Device] {
-            let out = d.alloc(4 * 64)?;
-            d.launch(
+        let scalars = [Arg::I32(mode), Arg::I32(arg), Arg::I32(width)];
+        let outs = both(&|d| {
+            run_words(
+                d,
                 "emu_shuffle",
                 Dim3::x(1),
                 Dim3::x(64),
                 0,
-                &[
-                    (&out).into(),
-                    Arg::I32(mode),
-                    Arg::I32(arg),
-                    Arg::I32(width),
-                ],
-            )?;
-            outs.push(d.download_vec::<i32>(out.ptr(), 64)?);
-        }
-        let ok = outs[0] == outs[1];
-        failures += !ok as usize;
-        println!(
-            "  {} emu_shuffle mode {mode} arg {arg} width {width}: GPU vs emulator",
-            if ok { "PASS" } else { "FAIL" }
+                &[],
+                &scalars,
+                64,
+            )
+        })?;
+        report(
+            format!("emu_shuffle mode {mode} arg {arg} width {width}"),
+            outs,
         );
     }
+    let pred: Vec<i32> = (0..96).map(|i| ((i % 3 == 0) || i >= 64) as i32).collect();
+    let outs = both(&|d| {
+        run_words(
+            d,
+            "emu_votes",
+            Dim3::x(1),
+            Dim3::x(96),
+            0,
+            &[pred.clone()],
+            &[],
+            6 * 96,
+        )
+    })?;
+    report(
+        "emu_votes (ballot, any, all, __syncthreads_count/and/or)".into(),
+        outs,
+    );
+    let outs = both(&|d| {
+        run_words(
+            d,
+            "emu_half_warps",
+            Dim3::x(1),
+            Dim3::x(64),
+            0,
+            &[],
+            &[],
+            64,
+        )
+    })?;
+    report(
+        "emu_half_warps (half-warp masks, __syncwarp, __reduce_add_sync)".into(),
+        outs,
+    );
+    let (m, n, k) = (33usize, 20usize, 48usize);
+    let a: Vec<i32> = (0..m * k)
+        .map(|i| (((i * 7) % 11) as f32 - 5.0).to_bits() as i32)
+        .collect();
+    let b: Vec<i32> = (0..k * n)
+        .map(|i| (((i * 5) % 13) as f32 - 6.0).to_bits() as i32)
+        .collect();
+    let dims = [Arg::I32(m as i32), Arg::I32(n as i32), Arg::I32(k as i32)];
+    let grid = Dim3::xy(n.div_ceil(16) as u32, m.div_ceil(16) as u32);
+    let outs = both(&|d| {
+        run_words(
+            d,
+            "emu_tiled_matmul",
+            grid,
+            Dim3::xy(16, 16),
+            1024,
+            &[a.clone(), b.clone()],
+            &dims,
+            m * n,
+        )
+    })?;
+    report(
+        "emu_tiled_matmul (static + dynamic shared memory, 2-D blocks)".into(),
+        outs,
+    );
     Ok(failures)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let dev: Box<dyn Device> = match args.device {
-        Which::Emu => Box::new(EmuDevice::new(Schedule::Forward)),
+        // Reverse, so that the self-check's comparison with the (forward) emulator means something.
+        Which::Emu => Box::new(EmuDevice::new(Schedule::Reverse)),
         Which::Cuda => match CudaDevice::open(0) {
             Ok(d) => Box::new(d),
             Err(e) => {
@@ -319,8 +410,8 @@ fn main() -> ExitCode {
     println!("device: {}", d.name());
     println!("kernel checks against the CPU reference ({scale:?} shapes):");
     let mut failures = run_checks(d, scale);
-    if args.device == Which::Cuda && args.selfcheck {
-        println!("self-test kernels, GPU vs emulator:");
+    if args.selfcheck {
+        println!("self-test kernels, this device vs the emulator (forward schedule):");
         match cross_check(d) {
             Ok(f) => failures += f,
             Err(e) => {

@@ -277,3 +277,38 @@ fn the_emulator_keeps_working_after_a_failed_launch() {
     let y: Vec<f32> = d.download_vec(out.ptr(), 64).unwrap();
     assert_eq!(y[0], 63.0);
 }
+
+#[test]
+fn divergent_warp_collectives_name_both_sites() {
+    let m = errors("bug_divergent_shuffle", 1, 32, 0, &|d| vec![buf(d, 128)]);
+    assert_all_contain(
+        &m,
+        &[
+            "divergent warp collectives: __shfl_xor_sync at emu_bugs.cu:",
+            "wait at emu_bugs.cu:",
+        ],
+    );
+    for msg in &m {
+        assert!(
+            msg.contains("emu_bugs.cu:95") && msg.contains("emu_bugs.cu:97"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn misaligned_cp_async_is_reported() {
+    let m = errors("bug_cp_async_misaligned", 1, 16, 0, &|d| {
+        let inp = d.upload_new(&[1f32; 64]).unwrap();
+        let a = Arg::from(&inp);
+        std::mem::forget(inp);
+        vec![buf(d, 64), a]
+    });
+    assert_all_contain(
+        &m,
+        &[
+            "cp.async (shared address): address",
+            "is not 16-byte aligned",
+        ],
+    );
+}

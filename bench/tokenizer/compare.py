@@ -157,16 +157,17 @@ def train_ours(docs, vocab, workdir):
     path = os.path.join(workdir, "docs.txt")
     write_docs(path, docs)
     out = os.path.join(workdir, "ours")
-    run_ours(["tok_train", "--input-text", path, "--vocab-size", str(vocab), "--output-dir", out])
+    run_ours(["tok_train", "--input-text", path, "--vocab-size", str(vocab), "--output-dir", out,
+              "--doc-cap", "1000000000"])
     with open(os.path.join(out, "tokenizer.tiktoken")) as f:
         ranks = [(base64.b64decode(l.split()[0]), int(l.split()[1])) for l in f if l.strip()]
     return os.path.join(out, "tokenizer.bin"), ranks
 
 
 def paragraphs(text):
-    """tok_train --input-text's documents: blank-line separated paragraphs minus their final line break."""
-    docs, cur = [], []
-    cur = ""
+    """tok_train --input-text's documents: blank-line separated paragraphs minus their final line break
+    (a line is blank when it holds only White_Space characters, as Rust's str::trim sees them)."""
+    docs, cur = [], ""
     for line in regex.findall(r"[^\n]*\n|[^\n]+$", text):
         if line.strip(" \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
                       "\u200a\u2028\u2029\u202f\u205f\u3000") == "":
@@ -264,8 +265,33 @@ def default_bench_text():
     return "\n\n".join(parts)
 
 
+def synthetic_text(mb, seed=5):
+    """Web-like text at scale: a 300k-word pseudo-lexicon with Zipf frequencies, so the number of unique
+    chunks grows with the corpus as it does on real data (repeating a small text would not)."""
+    rng = random.Random(seed)
+    syl = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["th", "ch", "st", "er", "ing", "ed", "tion"]
+    lex = list(dict.fromkeys(WORDS + ["".join(rng.choices(syl, k=rng.randint(1, 4))) for _ in range(300_000)]))
+    cum, acc = [], 0.0
+    for i in range(len(lex)):
+        acc += 1.0 / (i + 1) ** 1.07
+        cum.append(acc)
+    out, size = [], 0
+    while size < mb * 1e6:
+        words = rng.choices(lex, cum_weights=cum, k=2000)
+        for i in range(0, 2000, 12):
+            s = " ".join(words[i:i + 12])
+            s = s[0].upper() + s[1:] + rng.choice([". ", ". ", ", ", "! ", "? ", f" {rng.randint(0, 99999)}. "])
+            out.append(s)
+            size += len(s)
+            if rng.random() < 0.15:
+                out.append("\n\n" if rng.random() < 0.7 else "\n")
+    return "".join(out)
+
+
 def bench(args):
-    if args.text:
+    if args.synthetic_mb:
+        text = synthetic_text(args.synthetic_mb)
+    elif args.text:
         text = "\n\n".join(open(p, encoding="utf-8", errors="replace").read() for p in args.text)
     else:
         text = default_bench_text()
@@ -319,6 +345,7 @@ def main():
     sub.add_parser("fixtures", help="regenerate tests/fixtures/tokenizer from the references")
     b = sub.add_parser("bench", help="encode throughput and training time against tiktoken / rustbpe")
     b.add_argument("--text", nargs="*", help="UTF-8 text files (default: the fortunes package)")
+    b.add_argument("--synthetic-mb", type=float, default=0, help="use this many MB of synthetic text")
     b.add_argument("--scale", type=int, default=1, help="repeat the text this many times")
     b.add_argument("--threads", type=int, default=0, help="threads for batch encoding (default: all)")
     b.add_argument("--vocab", type=int, default=8192, help="training vocab size incl. 9 specials")

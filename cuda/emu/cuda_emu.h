@@ -25,10 +25,6 @@
 #include <utility>
 #include <vector>
 
-#if !defined(__x86_64__)
-#error "the kernel emulator's context switch is written for x86-64"
-#endif
-
 // ---------------------------------------------------------------------------------------------------
 // Qualifiers and launch-geometry variables
 // ---------------------------------------------------------------------------------------------------

@@ -19,10 +19,19 @@
 // the other one and pop. 10 ns instead of swapcontext's 200 ns (which makes a sigprocmask syscall).
 // A new fiber's stack is prepared so that the `ret` lands in the trampoline with an aligned stack.
 // ---------------------------------------------------------------------------------------------------
+// Elsewhere (or with -DEMU_USE_UCONTEXT, e.g. EMU_USE_UCONTEXT=1 cargo test), glibc's ucontext is used:
+// portable, about 10x slower.
+#if defined(__x86_64__) && !defined(EMU_USE_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#endif
+
+extern "C" {
+__attribute__((visibility("hidden"), used, noreturn)) void emu_fiber_entry();
+}
+#if EMU_ASM_SWITCH
 extern "C" {
 __attribute__((visibility("hidden"))) void emu_switch(void** save_sp, void* new_sp);
 __attribute__((visibility("hidden"))) void emu_fiber_trampoline();
-__attribute__((visibility("hidden"), used, noreturn)) void emu_fiber_entry();
 }
 asm(R"(
     .text
@@ -57,6 +66,7 @@ emu_fiber_trampoline:
     ud2
     .size emu_fiber_trampoline, .-emu_fiber_trampoline
 )");
+#endif
 
 namespace emu {
 
@@ -169,10 +179,58 @@ struct Launch {
     Alloc smem_map{};
     unsigned char* smem_ptr = nullptr;
     void* sched_sp = nullptr;
+#if !EMU_ASM_SWITCH
+    std::vector<ucontext_t> uctx;  // per thread of the block
+    ucontext_t sched_uctx;
+#endif
     bool failed = false;
     std::string error;
     sigjmp_buf jb;
 };
+
+// The three moves between the scheduler and a fiber.
+static void fiber_to_scheduler(Launch* L, Fiber* f) {
+#if EMU_ASM_SWITCH
+    emu_switch(&f->sp, L->sched_sp);
+#else
+    swapcontext(&L->uctx[f->linear], &L->sched_uctx);
+#endif
+}
+[[noreturn]] static void leave_to_scheduler(Launch* L) {
+#if EMU_ASM_SWITCH
+    void* dummy;
+    emu_switch(&dummy, L->sched_sp);
+#else
+    setcontext(&L->sched_uctx);
+#endif
+    __builtin_unreachable();
+}
+static void scheduler_to_fiber(Launch* L, Fiber* f) {
+#if EMU_ASM_SWITCH
+    emu_switch(&L->sched_sp, f->sp);
+#else
+    swapcontext(&L->sched_uctx, &L->uctx[f->linear]);
+#endif
+}
+// Prepares a new fiber whose usable stack is [lo, top) (top 16-byte aligned).
+static void prepare_fiber(Launch* L, Fiber* f, uintptr_t lo, uintptr_t top) {
+#if EMU_ASM_SWITCH
+    (void)L;
+    (void)lo;
+    // emu_switch pops r15 r14 r13 r12 rbx rbp and returns into the trampoline with rsp = top.
+    void** sp = reinterpret_cast<void**>(top - 56);
+    for (int i = 0; i < 6; ++i) sp[i] = nullptr;
+    sp[6] = reinterpret_cast<void*>(&emu_fiber_trampoline);
+    f->sp = sp;
+#else
+    ucontext_t& c = L->uctx[f->linear];
+    getcontext(&c);
+    c.uc_stack.ss_sp = reinterpret_cast<void*>(lo);
+    c.uc_stack.ss_size = top - lo;
+    c.uc_link = nullptr;
+    makecontext(&c, emu_fiber_entry, 0);
+#endif
+}
 
 static std::string site_str(Site s) {
     if (!s.file) return "?";
@@ -195,10 +253,7 @@ static std::string where(const Launch* L, const Fiber* f) {
     return s;
 }
 
-static void park() {
-    Fiber* f = tl_cur;
-    emu_switch(&f->sp, tl_launch->sched_sp);
-}
+static void park() { fiber_to_scheduler(tl_launch, tl_cur); }
 
 void fail(const std::string& msg) {
     Launch* L = tl_launch;
@@ -210,9 +265,7 @@ void fail(const std::string& msg) {
         L->failed = true;
         L->error = where(L, tl_cur) + ": " + msg;
     }
-    void* dummy;
-    emu_switch(&dummy, L->sched_sp);
-    __builtin_unreachable();
+    leave_to_scheduler(L);
 }
 
 unsigned char* dynamic_smem() { return tl_launch->smem_ptr; }
@@ -360,9 +413,7 @@ extern "C" void emu_fiber_entry() {
     Fiber* f = tl_cur;
     on_exit(L, f);
     f->done = true;
-    void* dummy;
-    emu_switch(&dummy, L->sched_sp);
-    __builtin_unreachable();
+    leave_to_scheduler(L);
 }
 
 namespace emu {
@@ -383,13 +434,10 @@ static void resume(Launch* L, Fiber* f) {
         uintptr_t top = reinterpret_cast<uintptr_t>(f->stack) + kPage + stack_bytes() + kPage;
         top -= size_t(f->linear % 64) * 64;  // cache colouring: stack tops must not alias in L1/L2
         top &= ~uintptr_t(15);
-        void** sp = reinterpret_cast<void**>(top - 56);
-        for (int i = 0; i < 6; ++i) sp[i] = nullptr;  // r15 r14 r13 r12 rbx rbp
-        sp[6] = reinterpret_cast<void*>(&emu_fiber_trampoline);
-        f->sp = sp;
+        prepare_fiber(L, f, reinterpret_cast<uintptr_t>(f->stack) + kPage, top);
     }
     tl_cur = f;
-    emu_switch(&L->sched_sp, f->sp);
+    scheduler_to_fiber(L, f);
     tl_cur = nullptr;
     if (f->done) {
         stack_put(f->stack);
@@ -542,7 +590,13 @@ static void on_fault(int sig, siginfo_t* info, void* uctx) {
         return;
     }
     L->failed = true;
+#if defined(__x86_64__)
     uintptr_t sp = uintptr_t(static_cast<ucontext_t*>(uctx)->uc_mcontext.gregs[REG_RSP]);
+#elif defined(__aarch64__)
+    uintptr_t sp = uintptr_t(static_cast<ucontext_t*>(uctx)->uc_mcontext.sp);
+#else
+    uintptr_t sp = ~uintptr_t(0);
+#endif
     L->error = where(L, tl_cur) + ": " + describe_fault(L, reinterpret_cast<uintptr_t>(info->si_addr), sp);
     tl_cur = nullptr;
     siglongjmp(L->jb, 1);
@@ -698,6 +752,9 @@ int emu_launch(const char* name, const unsigned* grid, const unsigned* block, un
         L->order.push_back(schedule == 1 ? int(threads) - 1 - i : i);
     }
     L->warps.resize((threads + 31) / 32);
+#if !EMU_ASM_SWITCH
+    L->uctx.resize(threads);
+#endif
     if (!guarded_map(smem, &L->smem_map)) {
         set_err(err, errlen, "out of memory for dynamic shared memory");
         return -1;

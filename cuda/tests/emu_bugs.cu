@@ -87,3 +87,26 @@ extern "C" __global__ void bug_ldmatrix_misaligned(unsigned* out) {
     out[threadIdx.x] = r[0];
 }
 KERNEL_REGISTER("bug_ldmatrix_misaligned", bug_ldmatrix_misaligned);
+
+// divergent warp collectives: even and odd lanes shuffle with the same full mask at different call sites
+extern "C" __global__ void bug_divergent_shuffle(float* out) {
+    float v = 1.f;
+    if (threadIdx.x % 2 == 0) {
+        v = __shfl_xor_sync(0xffffffffu, v, 2);
+    } else {
+        v = __shfl_xor_sync(0xffffffffu, v, 2);
+    }
+    out[threadIdx.x] = v;
+}
+KERNEL_REGISTER("bug_divergent_shuffle", bug_divergent_shuffle);
+
+// misaligned cp.async destination
+extern "C" __global__ void bug_cp_async_misaligned(float* out, const float* in) {
+    __shared__ __align__(16) float s[64];
+    cp_async_16(s + 4 * threadIdx.x + 1, in + 4 * threadIdx.x);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    out[threadIdx.x] = s[4 * threadIdx.x];
+}
+KERNEL_REGISTER("bug_cp_async_misaligned", bug_cp_async_misaligned);

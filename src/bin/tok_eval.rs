@@ -2,7 +2,7 @@
 //! the benchmark under bench/tokenizer drive.
 //!
 //! `tok_eval` (or `tok_eval report`) prints bytes per token on fixed sample texts (and on the first
-//! training and validation documents when shards are present) and fails if any text does not round-trip.
+//! training and validation documents when a dataset is present) and fails if any text does not round-trip.
 
 use std::error::Error;
 use std::io::Read;
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use nanochat::data::{self, parquet::TextParquet};
 use nanochat::tokenizer::{self, files, pattern, Tokenizer, SPECIAL_TOKENS};
 
 #[derive(Parser, Debug)]
@@ -160,6 +161,14 @@ fn bench(
         "single_thread_mb_s {:.2} tokens {n_tokens} mb {mb:.2}",
         mb / best
     );
+    // The pre-tokenization split alone, for reference.
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(tok.splitter().split(text.as_bytes()).count());
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("split_only_mb_s {:.2}", mb / best);
     let docs: Vec<&str> = text.split("\n\n").collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.unwrap_or(0))
@@ -189,11 +198,41 @@ const SAMPLES: &[(&str, &str)] = &[
     ("science", "Photosynthesis is a photochemical energy transduction process in which light-harvesting pigment-protein complexes within the thylakoid membranes of oxygenic phototrophs absorb photons and initiate charge separation at the reaction center, driving the linear electron transport chain from water to NADP\u{207A} via photosystem II, the cytochrome b\u{2086}f complex, and photosystem I, concomitantly generating a trans-thylakoid proton motive force utilized by chloroplastic ATP synthase."),
 ];
 
+/// Upstream's two data samples, when a dataset is present: the first 128 documents of the first row group
+/// of the first training shard and of the validation shard, joined by newlines.
+fn dataset_samples() -> Vec<(String, String)> {
+    let sample = |split: data::Split| -> Result<String, Box<dyn Error>> {
+        let dir = data::resolve_dataset_dir(&tokenizer::base_dir())?;
+        let shards =
+            data::split_files(data::list_parquet(&dir)?, split, &dir.display().to_string())?;
+        let first = shards.first().ok_or("no shard")?;
+        let docs = TextParquet::open(first)?.read_row_group(0)?;
+        Ok(docs
+            .iter()
+            .take(128)
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    let mut out = Vec::new();
+    for (name, split) in [
+        ("data-train", data::Split::Train),
+        ("data-val", data::Split::Val),
+    ] {
+        match sample(split) {
+            Ok(text) => out.push((name.to_string(), text)),
+            Err(e) => println!("({name} skipped: {e})"),
+        }
+    }
+    out
+}
+
 fn report(tok: &Tokenizer, gpt4: Option<&Path>, extra: &[PathBuf]) -> Result<(), Box<dyn Error>> {
     let mut texts: Vec<(String, String)> = SAMPLES
         .iter()
         .map(|(n, t)| (n.to_string(), t.to_string()))
         .collect();
+    texts.extend(dataset_samples());
     for p in extra {
         let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         texts.push((p.display().to_string(), t));

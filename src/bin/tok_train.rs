@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
+use nanochat::data::{self, parquet::TextParquet};
 use nanochat::tokenizer::{self, files, Tokenizer};
 
 #[derive(Parser, Debug)]
@@ -67,10 +68,10 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         if args.input_text.is_empty() {
             let dir = match &args.data_dir {
                 Some(d) => d.clone(),
-                None => default_data_dir()?,
+                None => data::resolve_dataset_dir(&tokenizer::base_dir())?,
             };
             println!("tok_train: reading parquet shards from {}", dir.display());
-            Box::new(parquet_docs::train_docs(&dir)?)
+            Box::new(parquet_train_docs(&dir)?)
         } else {
             Box::new(text_docs(&args.input_text)?.into_iter().map(Ok))
         };
@@ -90,6 +91,14 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         .inspect(|d| {
             n_chars.set(n_chars.get() + d.chars().count() as u64);
             n_docs.set(n_docs.get() + 1);
+            if n_docs.get() % 1_000_000 == 0 {
+                println!(
+                    "read {} documents, {} characters, {:.1}s",
+                    n_docs.get(),
+                    n_chars.get(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
         });
 
     let mut last_pct = 0;
@@ -172,101 +181,27 @@ fn text_docs(paths: &[PathBuf]) -> Result<Vec<String>, Box<dyn Error>> {
     Ok(docs)
 }
 
-/// The dataset directory, in upstream's order of preference.
-fn default_data_dir() -> Result<PathBuf, Box<dyn Error>> {
-    let base = tokenizer::base_dir();
-    for name in ["base_data_climbmix", "base_data", "base_data_default"] {
-        let d = base.join(name);
-        if d.is_dir() {
-            return Ok(d);
-        }
-    }
-    Err(format!(
-        "no dataset under {} (looked for base_data_climbmix, base_data, base_data_default); \
-         download or build one, or pass --input-text",
-        base.display()
-    )
-    .into())
-}
-
-/// Minimal streaming reader of the `text` column of the training shards.
-mod parquet_docs {
-    use super::*;
-    use parquet::column::reader::{get_typed_column_reader, ColumnReader};
-    use parquet::data_type::{ByteArray, ByteArrayType};
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-
-    /// Training shards: all `*.parquet` files in name order but the last (the validation split).
-    pub fn train_docs(
-        dir: &Path,
-    ) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-            .collect();
-        shards.sort();
-        if shards.len() < 2 {
-            return Err(format!(
-                "{}: need at least 2 parquet shards (the last one is validation), found {}",
-                dir.display(),
-                shards.len()
-            )
-            .into());
-        }
-        shards.pop();
-        Ok(shards.into_iter().flat_map(|p| match row_groups(&p) {
-            Ok(it) => Box::new(it) as Box<dyn Iterator<Item = Result<String, Box<dyn Error>>>>,
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }))
-    }
-
-    /// Documents of one shard, one row group in memory at a time.
-    fn row_groups(
-        path: &Path,
-    ) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
-        let ctx = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-        let file = std::fs::File::open(path).map_err(|e| ctx(&e))?;
-        let reader = SerializedFileReader::new(file).map_err(|e| ctx(&e))?;
-        let schema = reader.metadata().file_metadata().schema_descr_ptr();
-        let col = (0..schema.num_columns())
-            .find(|&i| schema.column(i).name() == "text")
-            .ok_or_else(|| ctx(&"no `text` column"))?;
-        let n_groups = reader.num_row_groups();
-        let path = path.to_path_buf();
-        Ok(
-            (0..n_groups).flat_map(move |g| match read_group(&reader, g, col) {
-                Ok(docs) => docs.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(format!("{} row group {g}: {e}", path.display()).into())],
-            }),
-        )
-    }
-
-    fn read_group(
-        reader: &SerializedFileReader<std::fs::File>,
-        g: usize,
-        col: usize,
-    ) -> Result<Vec<String>, Box<dyn Error>> {
-        let rg = reader.get_row_group(g)?;
-        let n_rows = rg.metadata().num_rows() as usize;
-        let cr: ColumnReader = rg.get_column_reader(col)?;
-        let mut typed = get_typed_column_reader::<ByteArrayType>(cr);
-        let mut values: Vec<ByteArray> = Vec::with_capacity(n_rows);
-        let mut defs: Vec<i16> = Vec::with_capacity(n_rows);
-        let mut reps: Vec<i16> = Vec::with_capacity(n_rows);
-        loop {
-            let (records, _, _) =
-                typed.read_records(n_rows.max(1), Some(&mut defs), Some(&mut reps), &mut values)?;
-            if records == 0 {
-                break;
-            }
-        }
-        values
-            .into_iter()
-            .map(|v| {
-                String::from_utf8(v.data().to_vec())
-                    .map_err(|_| "a `text` value is not UTF-8".into())
-            })
-            .collect()
-    }
+/// Training documents from the parquet shards (all but the last), row group by row group, in order.
+fn parquet_train_docs(
+    dir: &Path,
+) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
+    let shards = data::split_files(
+        data::list_parquet(dir)?,
+        data::Split::Train,
+        &dir.display().to_string(),
+    )?;
+    Ok(shards.into_iter().flat_map(|path| {
+        let groups: Box<dyn Iterator<Item = Result<Vec<String>, Box<dyn Error>>>> =
+            match TextParquet::open(&path) {
+                Ok(file) => Box::new(
+                    (0..file.num_row_groups())
+                        .map(move |g| file.read_row_group(g).map_err(|e| e.into())),
+                ),
+                Err(e) => Box::new(std::iter::once(Err(e.into()))),
+            };
+        groups.flat_map(|g| match g {
+            Ok(docs) => docs.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    }))
 }

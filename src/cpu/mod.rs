@@ -6,4 +6,5 @@ pub mod gemm;
 pub mod gpt;
 #[cfg(test)]
 mod gradcheck;
+pub mod infer;
 pub mod ops;

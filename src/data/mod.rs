@@ -74,7 +74,7 @@ pub fn resolve_dataset_dir(base: &Path) -> Result<PathBuf> {
     }
     Err(data_err!(
         "no parquet shards in {}/{{{CLIMBMIX_DIR},{LEGACY_DIR},{DEFAULT_DIR}}}: run `download_data` \
-         (ClimbMix, needs the network) or `download_data --source default` (offline default corpus)",
+         (ClimbMix, needs the network) or `download_data --default-corpus` (offline default corpus)",
         base.display()
     ))
 }

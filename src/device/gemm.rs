@@ -148,7 +148,7 @@ impl Gemm {
     }
 
     /// Runs the GEMM on host copies of the operands (`a`, `b`, `c` start at the respective pointers and
-    /// span [`Gemm::extents`]). fp32 accumulation in k order per output element.
+    /// span [`Gemm::extents`]). fp32 accumulation (blocked, like the GPU's: not in plain k order).
     pub fn run_on_host(&self, a: &[u8], b: &[u8], c: &mut [u8]) {
         let (m, n, k) = (self.m, self.n, self.k);
         let rd = |s: &[u8], i: usize| {
@@ -177,15 +177,24 @@ impl Gemm {
                     opb[p * n + j] = rd(b, ob + idx);
                 }
             }
-            acc.iter_mut().for_each(|x| *x = 0.0);
-            for i in 0..m {
-                let row = &mut acc[i * n..(i + 1) * n];
-                for p in 0..k {
-                    let x = opa[i * k + p];
-                    for (r, &y) in row.iter_mut().zip(&opb[p * n..(p + 1) * n]) {
-                        *r += x * y;
-                    }
-                }
+            // SAFETY: opa is (m, k), opb (k, n) and acc (m, n), dense row-major, as the strides say.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    opa.as_ptr(),
+                    k as isize,
+                    1,
+                    opb.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    acc.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
             }
             for i in 0..m {
                 for j in 0..n {

@@ -26,7 +26,22 @@ pub struct Vocab {
     tokens: Vec<Vec<u8>>,
     byte_id: [u32; 256],
     by_bytes: FastMap<Vec<u8>, u32>,
+    /// Tokens of up to 7 bytes keyed by their packed bytes: most pieces are short, and a u64 key avoids
+    /// hashing and comparing byte strings.
+    short: FastMap<u64, u32>,
     pairs: FastMap<u64, u32>,
+    /// Rank of the two-byte token for every byte pair (u32::MAX if none): the first round of merging
+    /// looks only at byte pairs, so it needs no hashing.
+    byte_pairs: Vec<u32>,
+}
+
+/// Pack a byte string of at most 7 bytes, with its length, into a u64.
+#[inline(always)]
+fn pack_short(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..b.len()].copy_from_slice(b);
+    w[7] = b.len() as u8;
+    u64::from_le_bytes(w)
 }
 
 /// Reusable buffers for encoding, so the hot loop does not allocate.
@@ -70,11 +85,23 @@ impl Vocab {
                 }
             }
         }
+        let mut short: FastMap<u64, u32> = FastMap::default();
+        let mut byte_pairs = vec![u32::MAX; 1 << 16];
+        for (id, t) in tokens.iter().enumerate() {
+            if t.len() <= 7 {
+                short.insert(pack_short(t), id as u32);
+            }
+            if t.len() == 2 {
+                byte_pairs[(t[0] as usize) << 8 | t[1] as usize] = id as u32;
+            }
+        }
         Ok(Vocab {
             tokens,
             byte_id,
             by_bytes,
+            short,
             pairs,
+            byte_pairs,
         })
     }
 
@@ -115,10 +142,15 @@ impl Vocab {
         match piece.len() {
             0 => {}
             1 => out.push(self.byte_id[piece[0] as usize]),
-            _ => {
-                if let Some(&id) = self.by_bytes.get(piece) {
+            n => {
+                let whole = if n <= 7 {
+                    self.short.get(&pack_short(piece))
+                } else {
+                    self.by_bytes.get(piece)
+                };
+                if let Some(&id) = whole {
                     out.push(id);
-                } else if piece.len() <= LONG_PIECE {
+                } else if n <= LONG_PIECE {
                     self.merge_scan(piece, out, scratch);
                 } else {
                     self.merge_heap(piece, out);
@@ -134,7 +166,11 @@ impl Vocab {
         parts.clear();
         parts.extend(piece.iter().map(|&b| self.byte_id[b as usize]));
         ranks.clear();
-        ranks.extend(parts.windows(2).map(|w| self.rank(w[0], w[1])));
+        ranks.extend(
+            piece
+                .windows(2)
+                .map(|w| self.byte_pairs[(w[0] as usize) << 8 | w[1] as usize]),
+        );
         loop {
             let mut best = u32::MAX;
             let mut at = 0;

@@ -132,6 +132,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The fields of our format: pattern, mergeable tokens, special tokens.
+type Fields = (String, Vec<Vec<u8>>, Vec<String>);
+
 /// Parse our format; `path` only labels errors.
 pub fn from_bytes(data: &[u8], path: &Path) -> Result<Tokenizer, TokenizerError> {
     let fmt_err = |msg: String| TokenizerError::Format {
@@ -167,7 +170,7 @@ pub fn from_bytes(data: &[u8], path: &Path) -> Result<Tokenizer, TokenizerError>
             "checksum mismatch: the file is corrupt or truncated".into(),
         ));
     }
-    let parse = |r: &mut Reader| -> Result<(String, Vec<Vec<u8>>, Vec<String>), String> {
+    let parse = |r: &mut Reader| -> Result<Fields, String> {
         let pattern = String::from_utf8(r.bytes("the pattern")?.to_vec())
             .map_err(|_| "the pattern is not UTF-8".to_string())?;
         let n = r.u32("the token count")? as usize;

@@ -83,15 +83,7 @@ impl std::error::Error for TokenizerError {
 }
 
 /// `$NANOCHAT_BASE_DIR`, else `~/.cache/nanochat`.
-pub fn base_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NANOCHAT_BASE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("nanochat")
-}
+pub use crate::common::base_dir;
 
 /// The default tokenizer directory, `<base dir>/tokenizer`.
 pub fn default_dir() -> PathBuf {

@@ -23,6 +23,9 @@ use std::hash::{BuildHasher, BuildHasherDefault};
 /// Number of hash shards for chunk counts; lets the merge of per-thread counts run in parallel.
 const SHARDS: usize = 64;
 
+/// Distinct pieces of a batch with their counts, dealt out by shard (index = shard).
+type Dealt<'a> = Vec<Vec<(&'a [u8], u64)>>;
+
 /// Counts of unique pre-tokenization chunks over a stream of documents.
 pub struct ChunkCounts {
     splitter: Splitter,
@@ -46,38 +49,43 @@ impl ChunkCounts {
     /// Split and count a batch of documents on all cores.
     pub fn add_batch<S: AsRef<str> + Sync>(&mut self, docs: &[S]) {
         let splitter = self.splitter;
-        // Each worker counts a slice of the batch into its own shard maps...
-        let per_worker: Vec<Vec<FastMap<Box<[u8]>, u64>>> = docs
+        // Each worker counts a slice of the batch into one map keyed by borrowed pieces (one hash per
+        // piece), then deals its distinct pieces out to the shards...
+        let per_worker: Vec<Dealt> = docs
             .par_chunks(docs.len().div_ceil(rayon::current_num_threads() * 4).max(1))
             .map(|part| {
-                let mut local: Vec<FastMap<&[u8], u64>> =
-                    (0..SHARDS).map(|_| FastMap::default()).collect();
+                let mut local: FastMap<&[u8], u64> = FastMap::default();
                 for doc in part {
                     for piece in splitter.split(doc.as_ref().as_bytes()) {
-                        *local[shard_of(piece)].entry(piece).or_insert(0) += 1;
+                        *local.entry(piece).or_insert(0) += 1;
                     }
                 }
-                local
-                    .into_iter()
-                    .map(|m| m.into_iter().map(|(k, v)| (Box::from(k), v)).collect())
-                    .collect()
+                let mut dealt: Dealt = (0..SHARDS).map(|_| Vec::new()).collect();
+                for (k, v) in local {
+                    dealt[shard_of(k)].push((k, v));
+                }
+                dealt
             })
             .collect();
-        // ...and then every shard folds in its part from every worker, shards in parallel.
-        let mut columns: Vec<Vec<FastMap<Box<[u8]>, u64>>> =
-            (0..SHARDS).map(|_| Vec::new()).collect();
+        // Regrouped by shard: columns[s] holds every worker's part for shard s.
+        let mut columns: Vec<Dealt> = (0..SHARDS).map(|_| Vec::new()).collect();
         for worker in per_worker {
-            for (s, m) in worker.into_iter().enumerate() {
-                columns[s].push(m);
+            for (s, part) in worker.into_iter().enumerate() {
+                columns[s].push(part);
             }
         }
+        // ...and every shard folds in its pieces from every worker, shards in parallel. Only pieces never
+        // seen before are copied out of the batch.
         self.shards
             .par_iter_mut()
             .zip(columns.into_par_iter())
             .for_each(|(global, parts)| {
-                for m in parts {
-                    for (k, v) in m {
-                        *global.entry(k).or_insert(0) += v;
+                for (k, v) in parts.into_iter().flatten() {
+                    match global.get_mut(k) {
+                        Some(c) => *c += v,
+                        None => {
+                            global.insert(Box::from(k), v);
+                        }
                     }
                 }
             });
@@ -100,6 +108,9 @@ impl ChunkCounts {
         words.train(n_merges, progress)
     }
 }
+
+/// Pair counts, and per pair the ascending list of words that contain it.
+type PairTables = (FastMap<u64, i64>, FastMap<u64, Vec<u32>>);
 
 /// All chunks with at least two bytes, as id sequences in one arena, with their counts.
 struct Words {
@@ -181,10 +192,10 @@ impl Words {
     }
 
     /// Pair counts and, per pair, the ascending list of words containing it.
-    fn initial_pairs(&self) -> (FastMap<u64, i64>, FastMap<u64, Vec<u32>>) {
+    fn initial_pairs(&self) -> PairTables {
         let n = self.len.len();
         let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(1);
-        let parts: Vec<(FastMap<u64, i64>, FastMap<u64, Vec<u32>>)> = (0..n)
+        let parts: Vec<PairTables> = (0..n)
             .into_par_iter()
             .chunks(chunk)
             .map(|idx| {

@@ -1,0 +1,355 @@
+//! The KV-cached forward of the CPU reference (spec §1.5): prefill a chunk of tokens at cache position T0, or
+//! decode one token per row, attending to every cached key inside each layer's window.
+//!
+//! It is the training forward of `gpt.rs` op for op, with three differences: RoPE starts at T0, keys and values
+//! are written into the cache and read back from it, and the smear of a one-token decode step mixes in the
+//! previous position's embedding kept in the cache (a prefill chunk smears within itself only, so its first
+//! position is never smeared, as upstream).
+
+use rayon::prelude::*;
+
+use super::ops;
+use crate::config::{ModelConfig, ROPE_BASE, SOFTCAP};
+use crate::params::{ParamTable, Slot};
+
+/// Keys and values of every layer for `rows` sequences of up to `t_max` positions, all rows at one position.
+/// Sliding-window layers still keep every position (no ring buffer), as upstream.
+#[derive(Clone)]
+pub struct KvCache {
+    pub rows: usize,
+    pub t_max: usize,
+    n_layer: usize,
+    kv_dim: usize,
+    /// (n_layer, rows, t_max, kv_dim)
+    k: Vec<f32>,
+    v: Vec<f32>,
+    pos: usize,
+    /// (rows, C): the normalized, pre-smear embedding of the last position, for the smear of a decode step.
+    prev_embedding: Option<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, rows: usize, t_max: usize) -> KvCache {
+        let kv_dim = cfg.kv_dim();
+        let len = cfg.n_layer * rows * t_max * kv_dim;
+        KvCache {
+            rows,
+            t_max,
+            n_layer: cfg.n_layer,
+            kv_dim,
+            k: vec![0.0; len],
+            v: vec![0.0; len],
+            pos: 0,
+            prev_embedding: None,
+        }
+    }
+
+    /// Positions filled so far (shared by all rows).
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.prev_embedding = None;
+    }
+
+    fn at(&self, layer: usize, row: usize, p: usize) -> usize {
+        ((layer * self.rows + row) * self.t_max + p) * self.kv_dim
+    }
+
+    /// A cache of `rows` rows and `t_max` positions holding a copy of this batch-1 cache in every row
+    /// (upstream `KVCache.prefill`): positions, keys, values and the smear state.
+    pub fn expand(&self, rows: usize, t_max: usize) -> Result<KvCache, String> {
+        if self.rows != 1 {
+            return Err(format!(
+                "only a batch-1 cache can be expanded (this one has {} rows)",
+                self.rows
+            ));
+        }
+        if t_max < self.pos {
+            return Err(format!(
+                "cannot expand a cache holding {} positions into one of {t_max}",
+                self.pos
+            ));
+        }
+        let mut out = KvCache {
+            rows,
+            t_max,
+            n_layer: self.n_layer,
+            kv_dim: self.kv_dim,
+            k: vec![0.0; self.n_layer * rows * t_max * self.kv_dim],
+            v: vec![0.0; self.n_layer * rows * t_max * self.kv_dim],
+            pos: self.pos,
+            prev_embedding: self.prev_embedding.as_ref().map(|p| p.repeat(rows)),
+        };
+        let n = self.pos * self.kv_dim;
+        for l in 0..self.n_layer {
+            let src = self.at(l, 0, 0);
+            for r in 0..rows {
+                let dst = out.at(l, r, 0);
+                out.k[dst..dst + n].copy_from_slice(&self.k[src..src + n]);
+                out.v[dst..dst + n].copy_from_slice(&self.v[src..src + n]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The model for inference on the CPU: configuration, parameters and RoPE tables.
+pub struct CpuInfer {
+    pub config: ModelConfig,
+    table: ParamTable,
+    params: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    windows: Vec<usize>,
+}
+
+impl CpuInfer {
+    pub fn new(config: &ModelConfig, params: Vec<f32>) -> Result<CpuInfer, String> {
+        config.validate()?;
+        let table = ParamTable::new(config);
+        if params.len() != table.numel {
+            return Err(format!(
+                "parameter buffer has {} elements, the model needs {}",
+                params.len(),
+                table.numel
+            ));
+        }
+        let (cos, sin) = ops::rope_tables(10 * config.sequence_len, config.head_dim(), ROPE_BASE);
+        Ok(CpuInfer {
+            config: config.clone(),
+            table,
+            params,
+            cos,
+            sin,
+            windows: config.window_sizes(),
+        })
+    }
+
+    fn p(&self, slot: Slot, k: usize) -> &[f32] {
+        &self.params[self.table.range(slot, k)]
+    }
+
+    fn scalar(&self, slot: Slot, i: usize) -> f32 {
+        self.params[self.table.slot(slot).offset + i]
+    }
+
+    /// Runs `ids (rows, t)` at the cache position and advances the cache by `t`. Returns softcapped logits
+    /// sliced to the vocabulary: of every position `(rows·t, V)` when `all_positions`, else of the last `(rows, V)`.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        t: usize,
+        all_positions: bool,
+    ) -> Result<Vec<f32>, String> {
+        let cfg = &self.config;
+        let (c, nh, nkv, d, vp, v) = (
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.head_dim(),
+            cfg.padded_vocab(),
+            cfg.vocab_size,
+        );
+        let b = cache.rows;
+        let n = b * t;
+        let t0 = cache.pos;
+        if t == 0 || ids.len() != n {
+            return Err(format!(
+                "expected {b}x{t} = {n} token ids for a cache of {b} rows, got {}",
+                ids.len()
+            ));
+        }
+        if t0 + t > cache.t_max {
+            return Err(format!(
+                "the KV cache holds {} positions; {t0} are used and {t} more do not fit",
+                cache.t_max
+            ));
+        }
+        if t0 + t > self.cos.len() / (d / 2) {
+            return Err(format!(
+                "position {} exceeds the RoPE table ({} positions)",
+                t0 + t,
+                self.cos.len() / (d / 2)
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(format!("token id {bad} is outside the vocabulary of {v}"));
+        }
+
+        // Embedding, norm, smear (within the chunk for t > 1; with the cached previous embedding for t = 1).
+        let mut emb = vec![0.0; n * c];
+        ops::embedding_forward(&mut emb, ids, self.p(Slot::Wte, 0), c);
+        let (mut xe, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+        ops::rmsnorm_forward(&mut xe, &mut rstd, &emb, c);
+        let (gate, lambda) = (
+            self.p(Slot::SmearGate, 0),
+            self.scalar(Slot::SmearLambda, 0),
+        );
+        let mut x0 = vec![0.0; n * c];
+        if t > 1 {
+            let mut g = vec![0.0; n];
+            ops::smear_forward(&mut x0, &mut g, &xe, gate, lambda, b, t, c);
+        } else if let Some(prev) = &cache.prev_embedding {
+            // A two-position sequence [prev, x]: the smear of its second position is the decode rule.
+            let (mut pair, mut out, mut g) = (vec![0.0; 2 * c], vec![0.0; 2 * c], [0.0; 2]);
+            for r in 0..b {
+                pair[..c].copy_from_slice(&prev[r * c..(r + 1) * c]);
+                pair[c..].copy_from_slice(&xe[r * c..(r + 1) * c]);
+                ops::smear_forward(&mut out, &mut g, &pair, gate, lambda, 1, 2, c);
+                x0[r * c..(r + 1) * c].copy_from_slice(&out[c..]);
+            }
+        } else {
+            x0.copy_from_slice(&xe);
+        }
+        let mut prev = vec![0.0; b * c];
+        for r in 0..b {
+            let last = (r * t + t - 1) * c;
+            prev[r * c..(r + 1) * c].copy_from_slice(&xe[last..last + c]);
+        }
+
+        let mut x = x0.clone();
+        let mut x_mid = Vec::new();
+        let (mut xa, mut xn, mut rs) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n]);
+        let (mut q, mut k, mut vv) = (
+            vec![0.0; n * nh * d],
+            vec![0.0; n * nkv * d],
+            vec![0.0; n * nkv * d],
+        );
+        let (mut qn, mut kn, mut rq, mut rk) = (
+            vec![0.0; n * nh * d],
+            vec![0.0; n * nkv * d],
+            vec![0.0; n * nh],
+            vec![0.0; n * nkv],
+        );
+        for i in 0..cfg.n_layer {
+            ops::lambda_mix_forward(
+                &mut xa,
+                &x,
+                &x0,
+                self.scalar(Slot::ResidLambdas, i),
+                self.scalar(Slot::X0Lambdas, i),
+            );
+            ops::rmsnorm_forward(&mut xn, &mut rs, &xa, c);
+            ops::linear_forward(&mut q, &xn, self.p(Slot::AttnQ, i), n, c, nh * d);
+            ops::linear_forward(&mut k, &xn, self.p(Slot::AttnK, i), n, c, nkv * d);
+            ops::linear_forward(&mut vv, &xn, self.p(Slot::AttnV, i), n, c, nkv * d);
+            if let Some(kv) = cfg.ve_index(i) {
+                let mut ve = vec![0.0; n * nkv * d];
+                ops::embedding_forward(&mut ve, ids, self.p(Slot::ValueEmbeds, kv), nkv * d);
+                let mut g = vec![0.0; n * nkv];
+                let wg = self.p(Slot::VeGate, kv);
+                ops::ve_gate_forward(&mut vv, &mut g, &xn, &ve, wg, n, c, nkv, d);
+            }
+            ops::rope_forward(&mut q, &self.cos, &self.sin, t, nh, d, t0);
+            ops::rope_forward(&mut k, &self.cos, &self.sin, t, nkv, d, t0);
+            ops::qk_norm_forward(&mut qn, &mut rq, &q, d);
+            ops::qk_norm_forward(&mut kn, &mut rk, &k, d);
+            // Write this chunk's keys and values at positions t0.. of every row.
+            for r in 0..b {
+                let dst = cache.at(i, r, t0);
+                let src = r * t * nkv * d;
+                let len = t * nkv * d;
+                cache.k[dst..dst + len].copy_from_slice(&kn[src..src + len]);
+                cache.v[dst..dst + len].copy_from_slice(&vv[src..src + len]);
+            }
+            let y = self.cached_attention(cache, i, &qn, b, t, t0);
+            let mut xb = vec![0.0; n * c];
+            ops::linear_forward(&mut xb, &y, self.p(Slot::AttnProj, i), n, nh * d, c);
+            xb.iter_mut().zip(&xa).for_each(|(o, r)| *o += r);
+
+            ops::rmsnorm_forward(&mut xn, &mut rs, &xb, c);
+            let mut h = vec![0.0; n * 4 * c];
+            ops::linear_forward(&mut h, &xn, self.p(Slot::MlpFc, i), n, c, 4 * c);
+            let mut act = vec![0.0; n * 4 * c];
+            ops::relu2_forward(&mut act, &h);
+            let mut out = vec![0.0; n * c];
+            ops::linear_forward(&mut out, &act, self.p(Slot::MlpProj, i), n, 4 * c, c);
+            out.iter_mut().zip(&xb).for_each(|(o, r)| *o += r);
+            if i == cfg.backout_layer() {
+                x_mid = out.clone();
+            }
+            x = out;
+        }
+        cache.pos += t;
+        cache.prev_embedding = Some(prev);
+
+        // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
+        let keep: Vec<usize> = if all_positions {
+            (0..n).collect()
+        } else {
+            (0..b).map(|r| r * t + t - 1).collect()
+        };
+        let m = keep.len();
+        let backout = self.scalar(Slot::BackoutLambda, 0);
+        let mut xf = vec![0.0; m * c];
+        for (j, &row) in keep.iter().enumerate() {
+            let (src, dst) = (&x[row * c..(row + 1) * c], &x_mid[row * c..(row + 1) * c]);
+            ops::backout_forward(&mut xf[j * c..(j + 1) * c], src, dst, backout);
+        }
+        let (mut xnf, mut rf) = (vec![0.0; m * c], vec![0.0; m]);
+        ops::rmsnorm_forward(&mut xnf, &mut rf, &xf, c);
+        let mut logits = vec![0.0; m * vp];
+        ops::linear_forward(&mut logits, &xnf, self.p(Slot::LmHead, 0), m, c, vp);
+        Ok(logits
+            .chunks_exact(vp)
+            .flat_map(|r| r[..v].iter().map(|&z| SOFTCAP * (z / SOFTCAP).tanh()))
+            .collect())
+    }
+
+    /// Attention of the chunk's queries `q (b, t, h, d)` (absolute positions t0..t0+t) against the cached keys
+    /// of layer `layer`: query p sees keys `[p − window, p]`.
+    fn cached_attention(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        q: &[f32],
+        b: usize,
+        t: usize,
+        t0: usize,
+    ) -> Vec<f32> {
+        let (h, hkv, d) = (
+            self.config.n_head,
+            self.config.n_kv_head,
+            self.config.head_dim(),
+        );
+        let (group, window) = (h / hkv, self.windows[layer]);
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0.0f32; b * t * h * d];
+        // One task per (row, position): it owns one (h, d) block of the output.
+        out.par_chunks_mut(h * d)
+            .enumerate()
+            .for_each(|(rt, orow)| {
+                let (r, ti) = (rt / t, rt % t);
+                let p = t0 + ti;
+                let k0 = p.saturating_sub(window);
+                let base = cache.at(layer, r, 0);
+                let mut scores = vec![0.0f32; p + 1 - k0];
+                for hi in 0..h {
+                    let kh = hi / group;
+                    let qv = &q[(rt * h + hi) * d..][..d];
+                    let mut mx = f32::NEG_INFINITY;
+                    for (s, j) in scores.iter_mut().zip(k0..=p) {
+                        let kv = &cache.k[base + j * cache.kv_dim + kh * d..][..d];
+                        *s = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        mx = mx.max(*s);
+                    }
+                    let mut sum = 0.0f32;
+                    for s in scores.iter_mut() {
+                        *s = (*s - mx).exp();
+                        sum += *s;
+                    }
+                    let o = &mut orow[hi * d..(hi + 1) * d];
+                    for (s, j) in scores.iter().zip(k0..=p) {
+                        let w = s / sum;
+                        let vv = &cache.v[base + j * cache.kv_dim + kh * d..][..d];
+                        o.iter_mut().zip(vv).for_each(|(o, v)| *o += w * v);
+                    }
+                }
+            });
+        out
+    }
+}

@@ -1,0 +1,66 @@
+//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, sft, rl) plus the tokenizer.
+
+use std::path::Path;
+
+use super::Engine;
+use crate::cpu::infer::CpuInfer;
+use crate::train::checkpoint;
+use crate::train::run::load_tokenizer;
+
+/// The checkpoint phase directory of a source.
+fn phase_dir_name(source: &str) -> Result<&'static str, String> {
+    match source {
+        "base" => Ok("base_checkpoints"),
+        "sft" => Ok("chatsft_checkpoints"),
+        "rl" => Ok("chatrl_checkpoints"),
+        other => Err(format!("unknown source {other:?}: choose base, sft or rl")),
+    }
+}
+
+/// Loads the engine for `source` from `base`. When the source is sft and no sft checkpoint exists yet, falls back
+/// to the base checkpoints and says so in the returned notice. Returns (engine, description, notice).
+pub fn load_engine(
+    base: &Path,
+    source: &str,
+    model_tag: Option<&str>,
+    step: Option<usize>,
+) -> Result<(Engine<CpuInfer>, String, Option<String>), String> {
+    let mut source = source;
+    let mut notice = None;
+    let mut phase = base.join(phase_dir_name(source)?);
+    if source == "sft" && checkpoint::find_largest_model(&phase).is_none() {
+        notice = Some(format!(
+            "no sft checkpoint under {}: using the base model instead (pass -i base to silence this)",
+            phase.display()
+        ));
+        source = "base";
+        phase = base.join(phase_dir_name(source)?);
+    }
+    let tag = match model_tag {
+        Some(t) => t.to_string(),
+        None => checkpoint::find_largest_model(&phase).ok_or_else(|| {
+            format!(
+                "no {source} checkpoints under {}: train a model first (train_gpt)",
+                phase.display()
+            )
+        })?,
+    };
+    let dir = phase.join(&tag);
+    let loaded = checkpoint::load(&dir, step, 0, None)?;
+    let tok = load_tokenizer(base)?;
+    let cfg = loaded.meta.model_config.clone();
+    if tok.vocab_size() != cfg.vocab_size {
+        return Err(format!(
+            "the tokenizer has {} tokens but checkpoint {} was trained with {}",
+            tok.vocab_size(),
+            dir.display(),
+            cfg.vocab_size
+        ));
+    }
+    let desc = format!(
+        "{source} model {tag} step {} ({} layers, {} dim, context {})",
+        loaded.meta.step, cfg.n_layer, cfg.n_embd, cfg.sequence_len
+    );
+    let model = CpuInfer::new(&cfg, loaded.params)?;
+    Ok((Engine::new(model, tok), desc, notice))
+}

@@ -1,0 +1,331 @@
+//! The inference engine (spec §6): prefill the prompt once at batch 1, copy the cache into `num_samples` rows,
+//! then decode all rows together with temperature / top-k sampling from one seeded RNG, forcing the calculator's
+//! output tokens into a row after it closes a `<|python_start|>`..`<|python_end|>` block.
+//!
+//! The model is anything implementing [`InferModel`]; the CPU reference implements it here, kernel devices
+//! implement it with their own cache type.
+
+pub mod calc;
+pub mod load;
+
+use std::collections::VecDeque;
+
+use crate::config::ModelConfig;
+use crate::cpu::infer::{CpuInfer, KvCache};
+use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+
+/// A model that runs with a KV cache.
+pub trait InferModel: Send {
+    type Cache: Send;
+    fn config(&self) -> &ModelConfig;
+    /// An empty cache for `rows` sequences of up to `t_max` positions.
+    fn new_cache(&self, rows: usize, t_max: usize) -> Self::Cache;
+    /// A `rows`-row cache of `t_max` positions holding copies of the batch-1 cache `one`.
+    fn expand(&self, one: &Self::Cache, rows: usize, t_max: usize) -> Result<Self::Cache, String>;
+    /// Runs `ids (rows, t)` at the cache position, advancing it by `t`; returns the last position's
+    /// softcapped logits per row, `(rows, vocab_size)`.
+    fn forward_last(
+        &self,
+        cache: &mut Self::Cache,
+        ids: &[u32],
+        t: usize,
+    ) -> Result<Vec<f32>, String>;
+}
+
+impl InferModel for CpuInfer {
+    type Cache = KvCache;
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> KvCache {
+        KvCache::new(&self.config, rows, t_max)
+    }
+    fn expand(&self, one: &KvCache, rows: usize, t_max: usize) -> Result<KvCache, String> {
+        one.expand(rows, t_max)
+    }
+    fn forward_last(&self, cache: &mut KvCache, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
+        self.forward(cache, ids, t, false)
+    }
+}
+
+/// Sampling settings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenConfig {
+    pub num_samples: usize,
+    /// None: until the context is full.
+    pub max_tokens: Option<usize>,
+    /// 0 is greedy (argmax).
+    pub temperature: f64,
+    /// None or 0: no top-k.
+    pub top_k: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        GenConfig {
+            num_samples: 1,
+            max_tokens: None,
+            temperature: 1.0,
+            top_k: None,
+            seed: 42,
+        }
+    }
+}
+
+/// Draws the next token from one row of logits: argmax at temperature 0, else softmax(logits / temperature)
+/// over all tokens or the top k.
+pub fn sample_next_token(
+    logits: &[f32],
+    rng: &mut Rng,
+    temperature: f64,
+    top_k: Option<usize>,
+) -> Result<u32, String> {
+    if temperature.is_nan() || temperature < 0.0 {
+        return Err(format!("temperature must be >= 0, got {temperature}"));
+    }
+    if logits.is_empty() {
+        return Err("no logits to sample from".into());
+    }
+    let argmax = |idx: &mut dyn Iterator<Item = usize>| {
+        idx.fold(None, |best: Option<usize>, i| match best {
+            Some(b) if logits[b] >= logits[i] => Some(b),
+            _ => Some(i),
+        })
+        .unwrap_or(0) as u32
+    };
+    if temperature == 0.0 {
+        return Ok(argmax(&mut (0..logits.len())));
+    }
+    let mut cand: Vec<usize> = (0..logits.len()).collect();
+    if let Some(k) = top_k.filter(|&k| k > 0 && k < logits.len()) {
+        // Stable by id among equal logits, like a stable top-k.
+        cand.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        cand.truncate(k);
+    }
+    let mx = cand
+        .iter()
+        .map(|&i| logits[i] as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = cand
+        .iter()
+        .map(|&i| ((logits[i] as f64 - mx) / temperature).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    if !total.is_finite() || total <= 0.0 {
+        return Ok(argmax(&mut cand.into_iter()));
+    }
+    let mut u = rng.next_f64() * total;
+    for (j, &wj) in w.iter().enumerate() {
+        if u < wj {
+            return Ok(cand[j] as u32);
+        }
+        u -= wj;
+    }
+    Ok(cand[cand.len() - 1] as u32)
+}
+
+/// Special token ids the engine reacts to.
+#[derive(Clone, Copy, Debug)]
+struct Specials {
+    bos: u32,
+    assistant_end: u32,
+    python_start: Option<u32>,
+    python_end: Option<u32>,
+    output_start: Option<u32>,
+    output_end: Option<u32>,
+}
+
+impl Specials {
+    fn of(tok: &Tokenizer) -> Result<Specials, String> {
+        let need = |name: &str| {
+            tok.special_id(name)
+                .ok_or_else(|| format!("the tokenizer has no special token {name}"))
+        };
+        Ok(Specials {
+            bos: tok.bos_id(),
+            assistant_end: need("<|assistant_end|>")?,
+            python_start: tok.special_id("<|python_start|>"),
+            python_end: tok.special_id("<|python_end|>"),
+            output_start: tok.special_id("<|output_start|>"),
+            output_end: tok.special_id("<|output_end|>"),
+        })
+    }
+}
+
+/// Per-row state of the tool-use state machine.
+#[derive(Default)]
+struct RowState {
+    forced: VecDeque<u32>,
+    in_python: bool,
+    expr: Vec<u32>,
+    completed: bool,
+}
+
+/// Sequences and their masks, one per row.
+pub type Batch = (Vec<Vec<u32>>, Vec<Vec<u8>>);
+
+/// A model and its tokenizer.
+pub struct Engine<M: InferModel> {
+    pub model: M,
+    pub tokenizer: Tokenizer,
+}
+
+impl<M: InferModel> Engine<M> {
+    pub fn new(model: M, tokenizer: Tokenizer) -> Engine<M> {
+        Engine { model, tokenizer }
+    }
+
+    /// Streams generation: calls `on_column(tokens, masks)` once per step with one token per row (mask 1 sampled,
+    /// 0 forced by the tool). Stops after `max_tokens` steps, when every row has produced `<|assistant_end|>` or
+    /// `<|bos|>` (rows keep being fed until all finish), or when `on_column` returns false.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        cfg: &GenConfig,
+        on_column: &mut dyn FnMut(&[u32], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let mc = self.model.config();
+        let ctx = mc.sequence_len * 10;
+        if prompt.is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        if cfg.num_samples == 0 {
+            return Err("num_samples must be at least 1".into());
+        }
+        let max_tokens = cfg
+            .max_tokens
+            .unwrap_or(mc.sequence_len.saturating_sub(prompt.len()));
+        if prompt.len() + max_tokens > ctx {
+            return Err(format!(
+                "prompt of {} tokens plus {max_tokens} new ones exceeds the model's {ctx} positions",
+                prompt.len()
+            ));
+        }
+        let sp = Specials::of(&self.tokenizer)?;
+        let rows = cfg.num_samples;
+        let mut rng = Rng::new(cfg.seed);
+
+        // 1. Batch-1 prefill; its last logits are shared by all rows.
+        let mut one = self.model.new_cache(1, prompt.len());
+        let last = self.model.forward_last(&mut one, prompt, prompt.len())?;
+        let mut logits: Vec<f32> = last.repeat(rows);
+        // 2. The decode cache.
+        let mut cache = self.model.expand(&one, rows, prompt.len() + max_tokens)?;
+        drop(one);
+        let v = last.len();
+        let mut state: Vec<RowState> = (0..rows).map(|_| RowState::default()).collect();
+        let (mut col, mut mask) = (vec![0u32; rows], vec![0u8; rows]);
+        for step in 0..max_tokens {
+            if state.iter().all(|s| s.completed) {
+                break;
+            }
+            for r in 0..rows {
+                let sampled = sample_next_token(
+                    &logits[r * v..(r + 1) * v],
+                    &mut rng,
+                    cfg.temperature,
+                    cfg.top_k,
+                )?;
+                let st = &mut state[r];
+                let (tok, m) = match st.forced.pop_front() {
+                    Some(f) => (f, 0),
+                    None => (sampled, 1),
+                };
+                col[r] = tok;
+                mask[r] = m;
+                if tok == sp.assistant_end || tok == sp.bos {
+                    st.completed = true;
+                }
+                if Some(tok) == sp.python_start {
+                    st.in_python = true;
+                    st.expr.clear();
+                } else if Some(tok) == sp.python_end && st.in_python {
+                    st.in_python = false;
+                    let expr = self.tokenizer.decode_lossy(&st.expr);
+                    if let (Some(result), Some(os), Some(oe)) =
+                        (calc::use_calculator(&expr), sp.output_start, sp.output_end)
+                    {
+                        st.forced.push_back(os);
+                        st.forced.extend(self.tokenizer.encode_ordinary(&result));
+                        st.forced.push_back(oe);
+                    }
+                } else if st.in_python {
+                    st.expr.push(tok);
+                }
+            }
+            if !on_column(&col, &mask) {
+                break;
+            }
+            // The last column needs no forward: nothing samples from it.
+            if step + 1 < max_tokens && !state.iter().all(|s| s.completed) {
+                logits = self.model.forward_last(&mut cache, &col, 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `generate` to the end: per row the prompt plus its tokens up to (excluding) the first
+    /// `<|assistant_end|>` / `<|bos|>`, and masks (0 prompt, 1 sampled, 0 forced).
+    pub fn generate_batch(&self, prompt: &[u32], cfg: &GenConfig) -> Result<Batch, String> {
+        let sp = Specials::of(&self.tokenizer)?;
+        let rows = cfg.num_samples;
+        let mut seqs = vec![prompt.to_vec(); rows];
+        let mut masks = vec![vec![0u8; prompt.len()]; rows];
+        let mut done = vec![false; rows];
+        self.generate(prompt, cfg, &mut |col, m| {
+            for r in 0..rows {
+                if done[r] {
+                    continue;
+                }
+                if col[r] == sp.assistant_end || col[r] == sp.bos {
+                    done[r] = true;
+                } else {
+                    seqs[r].push(col[r]);
+                    masks[r].push(m[r]);
+                }
+            }
+            !done.iter().all(|&d| d)
+        })?;
+        Ok((seqs, masks))
+    }
+}
+
+/// Incremental UTF-8-safe detokenizer for streaming: re-decodes all tokens so far and hands out only the new
+/// text, holding it back while the decoded bytes end in an incomplete character (upstream's U+FFFD rule).
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl Default for TextStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TextStream {
+    pub fn new() -> TextStream {
+        TextStream {
+            ids: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Adds a token; returns the newly complete text (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
+        self.ids.push(id);
+        let text = tok.decode_lossy(&self.ids);
+        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+            return String::new();
+        }
+        let new = text.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = text.len();
+        new
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.ids
+    }
+}

@@ -1,0 +1,253 @@
+//! The chat server on tiny_http (spec §7.2): `GET /` (the page of `web/`), `POST /chat/completions` (Server-Sent
+//! Events as upstream), an OpenAI-compatible `POST /v1/chat/completions` (streaming or not), `GET /health` and
+//! `GET /stats`. One engine per device in a worker pool with a bounded wait queue; a thread per connection.
+
+pub mod api;
+pub mod pool;
+mod respond;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tiny_http::{Method, Request};
+
+use crate::engine::{Engine, InferModel};
+use api::Defaults;
+use pool::Pool;
+use respond::{json_response, Reply};
+
+/// Server settings (chat_web's flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub defaults: Defaults,
+    /// Requests allowed to wait for a busy worker; more get 503 at once.
+    pub max_queue: usize,
+    /// How long a request may wait for a worker before it gets 503.
+    pub queue_timeout: Duration,
+    /// Largest request body accepted (413 beyond).
+    pub max_body: usize,
+    /// Connections handled at once; more get 503 at once.
+    pub max_connections: usize,
+    /// Log each request to stderr.
+    pub log: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            defaults: Defaults {
+                temperature: 0.8,
+                top_k: 50,
+                max_tokens: 512,
+            },
+            max_queue: 16,
+            queue_timeout: Duration::from_secs(30),
+            max_body: 1 << 20,
+            max_connections: 256,
+            log: true,
+        }
+    }
+}
+
+/// Counters reported by `/stats`.
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    completions: AtomicU64,
+    rejected_busy: AtomicU64,
+    tokens: AtomicU64,
+}
+
+struct Shared<M: InferModel> {
+    pool: Pool<Engine<M>>,
+    opts: Options,
+    /// Device names, one per worker.
+    devices: Vec<String>,
+    counters: Counters,
+    seed: AtomicU64,
+}
+
+/// A running server; `shutdown` stops it.
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Binds `addr` (e.g. "127.0.0.1:0") and serves in background threads. `devices` names each engine's device.
+    pub fn start<M>(
+        engines: Vec<Engine<M>>,
+        devices: Vec<String>,
+        opts: Options,
+        addr: &str,
+    ) -> Result<Server, String>
+    where
+        M: InferModel + Sync + 'static,
+    {
+        if engines.is_empty() {
+            return Err("the server needs at least one engine".into());
+        }
+        let http = Arc::new(
+            tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        );
+        let addr = http
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| format!("{addr} is not an IP address"))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let shared = Arc::new(Shared {
+            pool: Pool::new(engines, opts.max_queue, opts.queue_timeout),
+            opts,
+            devices,
+            counters: Counters::default(),
+            seed: AtomicU64::new(seed),
+        });
+        let active = Arc::new(AtomicUsize::new(0));
+        let (h, act) = (http.clone(), active.clone());
+        let accept = std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || {
+                for req in h.incoming_requests() {
+                    if act.load(Ordering::SeqCst) >= shared.opts.max_connections {
+                        let r = json_response(503, &serde_json::json!({"error": "server busy"}));
+                        let _ = req.respond(r);
+                        continue;
+                    }
+                    act.fetch_add(1, Ordering::SeqCst);
+                    let (sh, a) = (shared.clone(), act.clone());
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("http-conn".into())
+                            .spawn(move || {
+                                handle(&sh, req);
+                                a.fetch_sub(1, Ordering::SeqCst);
+                            });
+                    if let Err(e) = spawned {
+                        act.fetch_sub(1, Ordering::SeqCst);
+                        eprintln!("cannot start a connection thread: {e}");
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the accept thread: {e}"))?;
+        Ok(Server {
+            http,
+            addr,
+            accept: Some(accept),
+            active,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests being handled now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting, then waits up to `grace` for requests in flight to finish.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.http.unblock();
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        let end = Instant::now() + grace;
+        while self.active() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Reads the body, at most `max` bytes: None when it is larger.
+fn read_body(req: &mut Request, max: usize) -> Result<Option<Vec<u8>>, String> {
+    if req.body_length().is_some_and(|n| n > max) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    req.as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading the request body: {e}"))?;
+    Ok((body.len() <= max).then_some(body))
+}
+
+fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
+    let t0 = Instant::now();
+    sh.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let reply = match (&method, path.as_str()) {
+        (Method::Options, _) => Reply::Preflight,
+        (Method::Get, "/") | (Method::Get, "/index.html") => Reply::Page,
+        (Method::Get, "/logo.svg") => Reply::Logo,
+        (Method::Get, "/health") => {
+            let (free, _) = sh.pool.counts();
+            Reply::Json(
+                200,
+                serde_json::json!({"status": "ok", "ready": true, "num_gpus": sh.pool.total(),
+                    "available_workers": free}),
+            )
+        }
+        (Method::Get, "/stats") => {
+            let (free, waiting) = sh.pool.counts();
+            let workers: Vec<_> = sh
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| serde_json::json!({"gpu_id": i, "device": d}))
+                .collect();
+            let c = &sh.counters;
+            Reply::Json(
+                200,
+                serde_json::json!({"total_workers": sh.pool.total(), "available_workers": free,
+                    "busy_workers": sh.pool.total() - free, "waiting_requests": waiting,
+                    "workers": workers, "requests": c.requests.load(Ordering::Relaxed),
+                    "completions": c.completions.load(Ordering::Relaxed),
+                    "rejected_busy": c.rejected_busy.load(Ordering::Relaxed),
+                    "generated_tokens": c.tokens.load(Ordering::Relaxed)}),
+            )
+        }
+        (Method::Post, "/chat/completions") | (Method::Post, "/v1/chat/completions") => {
+            let openai = path.starts_with("/v1/");
+            match read_body(&mut req, sh.opts.max_body) {
+                Err(e) => Reply::error(400, &e),
+                Ok(None) => Reply::error(
+                    413,
+                    &format!("request body exceeds {} bytes", sh.opts.max_body),
+                ),
+                Ok(Some(body)) => match api::parse_request(&body, sh.opts.defaults, openai) {
+                    Err(e) => Reply::error(400, &e),
+                    Ok(chat) => {
+                        let seed =
+                            sh.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) % (1 << 31);
+                        Reply::Chat { chat, openai, seed }
+                    }
+                },
+            }
+        }
+        (_, "/" | "/index.html" | "/logo.svg" | "/health" | "/stats") => {
+            Reply::error(405, "method not allowed")
+        }
+        (_, "/chat/completions" | "/v1/chat/completions") => {
+            Reply::error(405, "method not allowed (use POST)")
+        }
+        _ => Reply::error(404, &format!("no route for {method} {path}")),
+    };
+    let summary = respond::send(sh, req, reply);
+    if sh.opts.log {
+        eprintln!(
+            "{method} {path} -> {summary} ({:.1} ms)",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
