@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod reduce;
 pub mod rmsnorm;
+pub mod rope_qknorm;
 
 use super::{err, Result};
 
