@@ -5,6 +5,7 @@
 use half::bf16;
 use nanochat::cpu::ops;
 use nanochat::device::emu::EmuDevice;
+use nanochat::device::kernels::model_ops::{self, GateShape};
 use nanochat::device::kernels::rope_qknorm::{self, RopeShape};
 use nanochat::device::{DevPtr, Device, Schedule};
 use nanochat::rng::Rng;
@@ -276,4 +277,330 @@ fn rope_qknorm_rejects_bad_shapes() {
         assert!(e.is_err(), "{s:?} accepted");
     }
     assert!(rope_qknorm::rope_qknorm_backward(dev, p, p, p, p, p, p, ok, 15, false).is_err());
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Value-embedding gate, smear, backout
+
+/// The gate on the v columns of a fused QKV output, GQA head counts, head dims below and above a warp,
+/// forward and backward (adding into dxn and into nonzero dwg, as across micro-steps).
+#[test]
+fn ve_gate_matches_reference() {
+    let mut rng = Rng::new(73);
+    let k = 12;
+    // (n, c, h, hkv, d)
+    let shapes = [
+        (5usize, 20usize, 2usize, 1usize, 16usize),
+        (7, 40, 6, 3, 64),
+        (1, 12, 2, 2, 128),
+        (33, 24, 1, 1, 40),
+    ];
+    for (s, dev) in devices() {
+        let dev = dev.as_ref();
+        for &(n, c, h, hkv, d) in &shapes {
+            let what = format!("{s:?} n={n} c={c} h={h} hkv={hkv} d={d}");
+            let stride = (h + 2 * hkv) * d;
+            let vcol = (h + hkv) * d;
+            let shape = GateShape {
+                n,
+                c,
+                hkv,
+                d,
+                k,
+                v_stride: stride,
+            };
+            let qkv = randn(&mut rng, n * stride, 1.0);
+            let xn = randn(&mut rng, n * c, 2.0);
+            let ve = randn(&mut rng, n * hkv * d, 1.0);
+            let wg = randn(&mut rng, hkv * k, 0.5);
+            let (dqkv, dxn_in, dve_in, dwg_in) = (
+                dev.upload_new(&to_bf16(&qkv)).unwrap(),
+                dev.upload_new(&to_bf16(&xn)).unwrap(),
+                dev.upload_new(&to_bf16(&ve)).unwrap(),
+                dev.upload_new(&wg).unwrap(),
+            );
+            let gate = dev.alloc(4 * n * hkv).unwrap();
+            model_ops::ve_gate_forward(
+                dev,
+                dqkv.at::<bf16>(vcol),
+                gate.ptr(),
+                dxn_in.ptr(),
+                dve_in.ptr(),
+                dwg_in.ptr(),
+                shape,
+            )
+            .unwrap();
+            let mut want_v = columns(&qkv, stride, vcol, hkv * d);
+            let mut want_gate = vec![0.0; n * hkv];
+            ops::ve_gate_forward(&mut want_v, &mut want_gate, &xn, &ve, &wg, n, c, hkv, d);
+            let got_gate: Vec<f32> = dev.download_vec(gate.ptr(), n * hkv).unwrap();
+            assert_close(&got_gate, &want_gate, 1e-4, 1e-6, &format!("{what} gate"));
+            let got = down_bf16(dev, dqkv.ptr(), n * stride);
+            assert_close(
+                &columns(&got, stride, vcol, hkv * d),
+                &want_v,
+                8e-3,
+                1e-3,
+                &format!("{what} v"),
+            );
+            assert_eq!(
+                columns(&got, stride, 0, vcol),
+                columns(&qkv, stride, 0, vcol),
+                "{what}: q and k columns"
+            );
+
+            // Backward from a strided dv; dxn and dwg start nonzero.
+            let dqkv_grad = randn(&mut rng, n * stride, 1.0);
+            let dxn0 = randn(&mut rng, n * c, 0.5);
+            let dwg0 = randn(&mut rng, hkv * k, 0.5);
+            let (ddv, ddxn, ddwg) = (
+                dev.upload_new(&to_bf16(&dqkv_grad)).unwrap(),
+                dev.upload_new(&to_bf16(&dxn0)).unwrap(),
+                dev.upload_new(&dwg0).unwrap(),
+            );
+            let dve = dev.alloc(2 * n * hkv * d).unwrap();
+            let scratch = dev.alloc(4 * model_ops::ve_gate_scratch(&shape)).unwrap();
+            model_ops::ve_gate_backward(
+                dev,
+                dve.ptr(),
+                ddxn.ptr(),
+                ddwg.ptr(),
+                scratch.ptr(),
+                ddv.at::<bf16>(vcol),
+                gate.ptr(),
+                dxn_in.ptr(),
+                dve_in.ptr(),
+                dwg_in.ptr(),
+                shape,
+            )
+            .unwrap();
+            let dv = columns(&dqkv_grad, stride, vcol, hkv * d);
+            let (mut want_dve, mut want_dwg, mut want_dxn) =
+                (vec![0.0; n * hkv * d], dwg0.clone(), dxn0.clone());
+            ops::ve_gate_backward(
+                &mut want_dve,
+                &mut want_dwg,
+                &mut want_dxn,
+                &dv,
+                &want_gate,
+                &xn,
+                &ve,
+                &wg,
+                n,
+                c,
+                hkv,
+                d,
+            );
+            let got_dve = down_bf16(dev, dve.ptr(), n * hkv * d);
+            assert_close(&got_dve, &want_dve, 8e-3, 1e-4, &format!("{what} dve"));
+            let got_dxn = down_bf16(dev, ddxn.ptr(), n * c);
+            assert_close(&got_dxn, &want_dxn, 1e-2, 1e-2, &format!("{what} dxn"));
+            let got_dwg: Vec<f32> = dev.download_vec(ddwg.ptr(), hkv * k).unwrap();
+            assert_close(&got_dwg, &want_dwg, 1e-3, 1e-3, &format!("{what} dwg"));
+        }
+    }
+}
+
+/// Smear within sequences (a sequence of length 1, rows wider than the block), forward and backward
+/// with the gate-weight and lambda gradients added to nonzero values.
+#[test]
+fn smear_matches_reference() {
+    let mut rng = Rng::new(74);
+    let k = 24;
+    // (b, t, c)
+    for (s, dev) in devices() {
+        let dev = dev.as_ref();
+        for &(b, t, c) in &[(2usize, 5usize, 40usize), (3, 1, 30), (1, 4, 300)] {
+            let what = format!("{s:?} b={b} t={t} c={c}");
+            let n = b * t;
+            let x = randn(&mut rng, n * c, 1.5);
+            let w = randn(&mut rng, k, 0.4);
+            let lambda = 0.7f32;
+            let (dxp, dw_, dl_) = (
+                dev.upload_new(&to_bf16(&x)).unwrap(),
+                dev.upload_new(&w).unwrap(),
+                dev.upload_new(&[lambda]).unwrap(),
+            );
+            let (out, g) = (dev.alloc(2 * n * c).unwrap(), dev.alloc(4 * n).unwrap());
+            model_ops::smear_forward(
+                dev,
+                out.ptr(),
+                g.ptr(),
+                dxp.ptr(),
+                dw_.ptr(),
+                dl_.ptr(),
+                n,
+                t,
+                c,
+                k,
+            )
+            .unwrap();
+            let (mut want, mut want_g) = (vec![0.0; n * c], vec![0.0; n]);
+            ops::smear_forward(&mut want, &mut want_g, &x, &w, lambda, b, t, c);
+            let got_g: Vec<f32> = dev.download_vec(g.ptr(), n).unwrap();
+            assert_close(&got_g, &want_g, 1e-4, 1e-6, &format!("{what} g"));
+            assert_close(
+                &down_bf16(dev, out.ptr(), n * c),
+                &want,
+                8e-3,
+                1e-3,
+                &format!("{what} out"),
+            );
+
+            let dout = randn(&mut rng, n * c, 1.0);
+            let dx0 = randn(&mut rng, n * c, 0.5);
+            let dw0 = randn(&mut rng, k, 0.5);
+            let dl0 = 0.25f32;
+            let (ddout, ddx, ddw, ddl) = (
+                dev.upload_new(&to_bf16(&dout)).unwrap(),
+                dev.upload_new(&to_bf16(&dx0)).unwrap(),
+                dev.upload_new(&dw0).unwrap(),
+                dev.upload_new(&[dl0]).unwrap(),
+            );
+            let scratch = dev.alloc(4 * model_ops::smear_scratch(n, k)).unwrap();
+            model_ops::smear_backward(
+                dev,
+                ddx.ptr(),
+                ddw.ptr(),
+                ddl.ptr(),
+                scratch.ptr(),
+                ddout.ptr(),
+                dxp.ptr(),
+                dw_.ptr(),
+                dl_.ptr(),
+                n,
+                t,
+                c,
+                k,
+            )
+            .unwrap();
+            let (mut want_dx, mut want_dw, mut want_dl) = (dx0.clone(), dw0.clone(), dl0);
+            ops::smear_backward(
+                &mut want_dx,
+                &mut want_dw,
+                &mut want_dl,
+                &dout,
+                &x,
+                &w,
+                lambda,
+                b,
+                t,
+                c,
+            );
+            assert_close(
+                &down_bf16(dev, ddx.ptr(), n * c),
+                &want_dx,
+                1e-2,
+                1e-2,
+                &format!("{what} dx"),
+            );
+            let got_dw: Vec<f32> = dev.download_vec(ddw.ptr(), k).unwrap();
+            assert_close(&got_dw, &want_dw, 1e-3, 1e-3, &format!("{what} dw"));
+            let got_dl: Vec<f32> = dev.download_vec(ddl.ptr(), 1).unwrap();
+            assert_close(&got_dl, &[want_dl], 1e-3, 1e-3, &format!("{what} dlambda"));
+        }
+    }
+}
+
+#[test]
+fn backout_matches_reference() {
+    let mut rng = Rng::new(75);
+    for (s, dev) in devices() {
+        let dev = dev.as_ref();
+        for &(n, c) in &[(3usize, 300usize), (1, 7), (9, 33)] {
+            let what = format!("{s:?} n={n} c={c}");
+            let len = n * c;
+            let (x, xm) = (randn(&mut rng, len, 2.0), randn(&mut rng, len, 2.0));
+            let lambda = 0.35f32;
+            let (dxp, dxm, dl_) = (
+                dev.upload_new(&to_bf16(&x)).unwrap(),
+                dev.upload_new(&to_bf16(&xm)).unwrap(),
+                dev.upload_new(&[lambda]).unwrap(),
+            );
+            let out = dev.alloc(2 * len).unwrap();
+            model_ops::backout_forward(dev, out.ptr(), dxp.ptr(), dxm.ptr(), dl_.ptr(), len)
+                .unwrap();
+            let mut want = vec![0.0; len];
+            ops::backout_forward(&mut want, &x, &xm, lambda);
+            assert_close(
+                &down_bf16(dev, out.ptr(), len),
+                &want,
+                8e-3,
+                1e-3,
+                &format!("{what} out"),
+            );
+
+            let dout = randn(&mut rng, len, 1.0);
+            let (g0, gm0) = (randn(&mut rng, len, 0.5), randn(&mut rng, len, 0.5));
+            let dl0 = -0.5f32;
+            let (ddout, dg, dgm, ddl) = (
+                dev.upload_new(&to_bf16(&dout)).unwrap(),
+                dev.upload_new(&to_bf16(&g0)).unwrap(),
+                dev.upload_new(&to_bf16(&gm0)).unwrap(),
+                dev.upload_new(&[dl0]).unwrap(),
+            );
+            let scratch = dev.alloc(4 * model_ops::backout_scratch(n)).unwrap();
+            model_ops::backout_backward(
+                dev,
+                dg.ptr(),
+                dgm.ptr(),
+                ddl.ptr(),
+                scratch.ptr(),
+                ddout.ptr(),
+                dxm.ptr(),
+                dl_.ptr(),
+                n,
+                c,
+            )
+            .unwrap();
+            let (mut want_dx, mut want_dm) = (g0.clone(), gm0.clone());
+            let want_dl =
+                dl0 + ops::backout_backward(&mut want_dx, &mut want_dm, &dout, &xm, lambda);
+            assert_close(
+                &down_bf16(dev, dg.ptr(), len),
+                &want_dx,
+                8e-3,
+                1e-3,
+                &format!("{what} dx"),
+            );
+            assert_close(
+                &down_bf16(dev, dgm.ptr(), len),
+                &want_dm,
+                8e-3,
+                1e-3,
+                &format!("{what} dx_mid"),
+            );
+            let got_dl: Vec<f32> = dev.download_vec(ddl.ptr(), 1).unwrap();
+            assert_close(&got_dl, &[want_dl], 1e-4, 1e-3, &format!("{what} dlambda"));
+        }
+    }
+}
+
+/// Shapes the gate and smear kernels cannot take are errors, not launches.
+#[test]
+fn model_ops_reject_bad_shapes() {
+    let dev: Box<dyn Device> = Box::new(EmuDevice::new(Schedule::Forward));
+    let dev = dev.as_ref();
+    let buf = dev.alloc(1 << 16).unwrap();
+    let p = buf.ptr();
+    let ok = GateShape {
+        n: 2,
+        c: 16,
+        hkv: 2,
+        d: 8,
+        k: 12,
+        v_stride: 16,
+    };
+    for s in [
+        GateShape { k: 33, c: 64, ..ok },
+        GateShape { k: 17, ..ok },
+        GateShape { v_stride: 15, ..ok },
+    ] {
+        assert!(
+            model_ops::ve_gate_forward(dev, p, p, p, p, p, s).is_err(),
+            "{s:?}"
+        );
+    }
+    assert!(model_ops::smear_forward(dev, p, p, p, p, p, 5, 2, 8, 4).is_err());
+    assert!(model_ops::smear_forward(dev, p, p, p, p, p, 4, 2, 8, 9).is_err());
 }

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
+pub mod model_ops;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope_qknorm;
