@@ -1,0 +1,455 @@
+//! Benchmark of the fused RoPE + QK-norm kernels and the gated model ops (value-embedding gate, smear,
+//! backout): time per call and GB/s against the H100 SXM memory bandwidth, at a depth-20 nanochat shape.
+//!
+//! ```text
+//! model_ops_bench                 on a GPU: check the forward kernels against the CPU reference, then time
+//!                                 every kernel, forward and backward
+//! model_ops_bench --device emu    the correctness half on the kernel emulator, small shapes (no timings)
+//! ```
+//! Bytes are the compulsory traffic of each call (every tensor read or written once). Build here
+//! (`cargo build --release --bin model_ops_bench`) and carry the binary to a GPU machine.
+
+use clap::{Parser, ValueEnum};
+use half::bf16;
+use nanochat::cpu::ops;
+use nanochat::device::cuda::CudaDevice;
+use nanochat::device::emu::EmuDevice;
+use nanochat::device::kernels::model_ops::{self, GateShape};
+use nanochat::device::kernels::rope_qknorm::{self, RopeShape};
+use nanochat::device::{Buffer, Device, Result, Schedule};
+use nanochat::rng::Rng;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// H100 SXM memory bandwidth the percentages refer to.
+const PEAK_BYTES_PER_S: f64 = 3.35e12;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// the first GPU (CUDA driver API)
+    Cuda,
+    /// the kernel emulator on the CPU: correctness only
+    Emu,
+}
+
+#[derive(Parser)]
+#[command(
+    about = "RoPE + QK-norm, value-embedding gate, smear and backout kernels: GB/s and checks"
+)]
+struct Args {
+    /// Device to run on.
+    #[arg(long, value_enum, default_value = "cuda")]
+    device: Which,
+    /// Timed iterations per kernel (after 3 warm-up launches).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+}
+
+/// Model shape: rows (batch · sequence), sequence length, width, heads, kv heads, head dim.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    n: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    hkv: usize,
+    d: usize,
+}
+
+/// Device buffers of one problem, and the host copies the checks need.
+struct Problem {
+    s: Shape,
+    qkv: Buffer,
+    dqkv: Buffer,
+    q: Buffer,
+    rstd: Buffer,
+    cos: Buffer,
+    sin: Buffer,
+    x: Buffer,
+    x2: Buffer,
+    out: Buffer,
+    dx: Buffer,
+    ve: Buffer,
+    dve: Buffer,
+    gate: Buffer,
+    params: Buffer,
+    dparams: Buffer,
+    scratch: Buffer,
+    host_qkv: Vec<f32>,
+    host_x: Vec<f32>,
+    host_x2: Vec<f32>,
+    host_cos: Vec<f32>,
+    host_sin: Vec<f32>,
+}
+
+const K_VE: usize = 12;
+const K_SMEAR: usize = 24;
+const LAMBDA: f32 = 0.5;
+
+fn problem(d: &dyn Device, s: Shape) -> Result<Problem> {
+    let mut rng = Rng::new(3);
+    let mut gen = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0)).to_f32())
+            .collect()
+    };
+    let stride = (s.h + 2 * s.hkv) * s.d;
+    let (host_qkv, host_x, host_x2) = (gen(s.n * stride), gen(s.n * s.c), gen(s.n * s.c));
+    let ve = gen(s.n * s.hkv * s.d);
+    // Gate weights (ve, then smear), then the smear lambda.
+    let mut params: Vec<f32> = gen(s.hkv * K_VE + K_SMEAR)
+        .iter()
+        .map(|v| 0.3 * v)
+        .collect();
+    params.push(LAMBDA);
+    let (host_cos, host_sin) = ops::rope_tables(s.t, s.d, 10000.0);
+    let up = |x: &[f32]| d.upload_new(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>());
+    let scratch = model_ops::ve_gate_scratch(&gate_shape(s))
+        .max(model_ops::smear_scratch(s.n, K_SMEAR))
+        .max(model_ops::backout_scratch(s.n));
+    Ok(Problem {
+        s,
+        qkv: up(&host_qkv)?,
+        dqkv: up(&host_qkv)?,
+        q: d.alloc(2 * s.n * s.h * s.d)?,
+        rstd: d.alloc(4 * s.n * s.h)?,
+        cos: d.upload_new(&host_cos)?,
+        sin: d.upload_new(&host_sin)?,
+        x: up(&host_x)?,
+        x2: up(&host_x2)?,
+        out: d.alloc(2 * s.n * s.c)?,
+        dx: up(&host_x2)?,
+        ve: up(&ve)?,
+        dve: d.alloc(2 * s.n * s.hkv * s.d)?,
+        gate: d.alloc(4 * s.n * s.hkv)?,
+        dparams: d.upload_new(&vec![0f32; params.len()])?,
+        params: d.upload_new(&params)?,
+        scratch: d.alloc(4 * scratch)?,
+        host_qkv,
+        host_x,
+        host_x2,
+        host_cos,
+        host_sin,
+    })
+}
+
+fn rope_shape(s: Shape) -> RopeShape {
+    RopeShape {
+        n: s.n,
+        t: s.t,
+        heads: s.h,
+        d: s.d,
+        pos0: 0,
+        x_stride: (s.h + 2 * s.hkv) * s.d,
+        positions: s.t,
+    }
+}
+
+fn gate_shape(s: Shape) -> GateShape {
+    GateShape {
+        n: s.n,
+        c: s.c,
+        hkv: s.hkv,
+        d: s.d,
+        k: K_VE,
+        v_stride: (s.h + 2 * s.hkv) * s.d,
+    }
+}
+
+type Run<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+
+/// (name, bytes moved, launch) for every kernel.
+fn kernels<'a>(d: &'a dyn Device, p: &'a Problem) -> Vec<(&'static str, f64, Run<'a>)> {
+    let s = p.s;
+    let (rs, gs) = (rope_shape(s), gate_shape(s));
+    let (q_elems, v_elems, x_elems) = (
+        (s.n * s.h * s.d) as f64,
+        (s.n * s.hkv * s.d) as f64,
+        (s.n * s.c) as f64,
+    );
+    let vcol = (s.h + s.hkv) * s.d;
+    let (wve, wsm, lam) = (
+        p.params.ptr(),
+        p.params.at::<f32>(s.hkv * K_VE),
+        p.params.at::<f32>(s.hkv * K_VE + K_SMEAR),
+    );
+    let stride = (s.h + 2 * s.hkv) * s.d;
+    vec![
+        (
+            "rope_qknorm_forward (q)",
+            4.0 * q_elems,
+            Box::new(move || {
+                rope_qknorm::rope_qknorm_forward(
+                    d,
+                    p.q.ptr(),
+                    p.rstd.ptr(),
+                    p.qkv.ptr(),
+                    p.cos.ptr(),
+                    p.sin.ptr(),
+                    rs,
+                )
+            }),
+        ),
+        (
+            "rope_qknorm_backward (q)",
+            6.0 * q_elems,
+            Box::new(move || {
+                rope_qknorm::rope_qknorm_backward(
+                    d,
+                    p.dqkv.ptr(),
+                    p.q.ptr(),
+                    p.qkv.ptr(),
+                    p.rstd.ptr(),
+                    p.cos.ptr(),
+                    p.sin.ptr(),
+                    rs,
+                    stride,
+                    false,
+                )
+            }),
+        ),
+        (
+            "ve_gate_forward",
+            6.0 * v_elems,
+            Box::new(move || {
+                model_ops::ve_gate_forward(
+                    d,
+                    p.dqkv.at::<bf16>(vcol),
+                    p.gate.ptr(),
+                    p.x.ptr(),
+                    p.ve.ptr(),
+                    wve,
+                    gs,
+                )
+            }),
+        ),
+        (
+            "ve_gate_backward",
+            6.0 * v_elems,
+            Box::new(move || {
+                model_ops::ve_gate_backward(
+                    d,
+                    p.dve.ptr(),
+                    p.dx.ptr(),
+                    p.dparams.ptr(),
+                    p.scratch.ptr(),
+                    p.qkv.at::<bf16>(vcol),
+                    p.gate.ptr(),
+                    p.x.ptr(),
+                    p.ve.ptr(),
+                    wve,
+                    gs,
+                )
+            }),
+        ),
+        (
+            "smear_forward",
+            4.0 * x_elems,
+            Box::new(move || {
+                model_ops::smear_forward(
+                    d,
+                    p.out.ptr(),
+                    p.gate.ptr(),
+                    p.x.ptr(),
+                    wsm,
+                    lam,
+                    s.n,
+                    s.t,
+                    s.c,
+                    K_SMEAR,
+                )
+            }),
+        ),
+        (
+            "smear_backward",
+            8.0 * x_elems,
+            Box::new(move || {
+                model_ops::smear_backward(
+                    d,
+                    p.dx.ptr(),
+                    p.dparams.at::<f32>(s.hkv * K_VE),
+                    p.dparams.at::<f32>(s.hkv * K_VE + K_SMEAR),
+                    p.scratch.ptr(),
+                    p.x2.ptr(),
+                    p.x.ptr(),
+                    wsm,
+                    lam,
+                    s.n,
+                    s.t,
+                    s.c,
+                    K_SMEAR,
+                )
+            }),
+        ),
+        (
+            "backout_forward",
+            6.0 * x_elems,
+            Box::new(move || {
+                model_ops::backout_forward(d, p.out.ptr(), p.x.ptr(), p.x2.ptr(), lam, s.n * s.c)
+            }),
+        ),
+        (
+            "backout_backward",
+            12.0 * x_elems,
+            Box::new(move || {
+                model_ops::backout_backward(
+                    d,
+                    p.dx.ptr(),
+                    p.out.ptr(),
+                    p.dparams.at::<f32>(s.hkv * K_VE + K_SMEAR),
+                    p.scratch.ptr(),
+                    p.x2.ptr(),
+                    p.x.ptr(),
+                    lam,
+                    s.n,
+                    s.c,
+                )
+            }),
+        ),
+    ]
+}
+
+/// Largest |a − b| relative to max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let big = b.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / big
+}
+
+fn down(d: &dyn Device, b: &Buffer, n: usize) -> Result<Vec<f32>> {
+    Ok(d.download_vec::<bf16>(b.ptr(), n)?
+        .iter()
+        .map(|v| v.to_f32())
+        .collect())
+}
+
+/// The forward kernels against the CPU reference: RoPE + QK-norm on q, smear, backout.
+fn check(d: &dyn Device, p: &Problem) -> Result<bool> {
+    let s = p.s;
+    let stride = (s.h + 2 * s.hkv) * s.d;
+    let run = kernels(d, p);
+    run[0].2()?;
+    let mut q: Vec<f32> = p
+        .host_qkv
+        .chunks_exact(stride)
+        .flat_map(|r| r[..s.h * s.d].iter().copied())
+        .collect();
+    ops::rope_forward(&mut q, &p.host_cos, &p.host_sin, s.t, s.h, s.d, 0);
+    let (mut want, mut rstd) = (vec![0f32; q.len()], vec![0f32; s.n * s.h]);
+    ops::qk_norm_forward(&mut want, &mut rstd, &q, s.d);
+    let e_rope = rel_err(&down(d, &p.q, q.len())?, &want);
+
+    let mut params = d.download_vec::<f32>(p.params.ptr(), s.hkv * K_VE + K_SMEAR + 1)?;
+    let lambda = params.pop().unwrap_or(LAMBDA);
+    run[4].2()?;
+    let (mut want, mut g) = (vec![0f32; s.n * s.c], vec![0f32; s.n]);
+    let gate = &params[s.hkv * K_VE..];
+    ops::smear_forward(
+        &mut want,
+        &mut g,
+        &p.host_x,
+        gate,
+        lambda,
+        s.n / s.t,
+        s.t,
+        s.c,
+    );
+    let e_smear = rel_err(&down(d, &p.out, s.n * s.c)?, &want);
+
+    run[6].2()?;
+    ops::backout_forward(&mut want, &p.host_x, &p.host_x2, lambda);
+    let e_backout = rel_err(&down(d, &p.out, s.n * s.c)?, &want);
+
+    let mut ok = true;
+    for (name, e) in [
+        ("rope_qknorm", e_rope),
+        ("smear", e_smear),
+        ("backout", e_backout),
+    ] {
+        let pass = e < 1e-2;
+        ok &= pass;
+        println!(
+            "  {} {name:<12} vs cpu {e:.1e}",
+            if pass { "PASS" } else { "FAIL" }
+        );
+    }
+    Ok(ok)
+}
+
+fn time(d: &dyn Device, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    d.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    d.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let dev: Box<dyn Device> = match args.device {
+        Which::Emu => Box::new(EmuDevice::new(Schedule::Forward)),
+        Which::Cuda => match CudaDevice::open(0) {
+            Ok(d) => Box::new(d),
+            Err(e) => {
+                eprintln!("model_ops_bench needs a GPU: {e}\n(run `model_ops_bench --device emu` for the correctness checks on the emulator)");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let d = dev.as_ref();
+    println!("device: {}", d.name());
+    // Depth 20: width 1280, 10 heads of 128, a 32 × 2048 token batch; the emulator gets a toy shape.
+    let s = if args.device == Which::Emu {
+        Shape {
+            n: 2 * 9,
+            t: 9,
+            c: 40,
+            h: 4,
+            hkv: 2,
+            d: 64,
+        }
+    } else {
+        Shape {
+            n: 32 * 2048,
+            t: 2048,
+            c: 1280,
+            h: 10,
+            hkv: 10,
+            d: 128,
+        }
+    };
+    let result = problem(d, s).and_then(|p| {
+        let ok = check(d, &p)?;
+        if args.device == Which::Cuda {
+            println!("{s:?}");
+            for (name, bytes, run) in kernels(d, &p) {
+                let t = time(d, args.iters, &run)?;
+                let bw = bytes / t;
+                println!(
+                    "{name:<26} {:>8.1} us {:>7.0} GB/s {:>5.1}% of peak",
+                    t * 1e6,
+                    bw / 1e9,
+                    100.0 * bw / PEAK_BYTES_PER_S
+                );
+            }
+        } else {
+            for (name, _, run) in kernels(d, &p) {
+                run()?;
+                println!("  ran {name}");
+            }
+        }
+        Ok(ok)
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("model_ops_bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
