@@ -2,8 +2,8 @@
 //! the CPU references [`crate::cpu::ops::ve_gate_forward`], [`crate::cpu::ops::smear_forward`] and
 //! [`crate::cpu::ops::backout_forward`]; bf16 activations, fp32 scalar parameters and their gradients.
 //! Parameter gradients are added (`+=`, accumulation across micro-steps) in a fixed order: each row writes
-//! its share into `scratch`, then [`column_sums`] sums them. `scratch` sizes: [`ve_gate_scratch`],
-//! [`smear_scratch`], [`backout_scratch`].
+//! its share into `scratch`, then a second kernel sums each parameter's shares in a fixed order. Scratch
+//! sizes: [`ve_gate_scratch`], [`smear_scratch`], [`backout_scratch`].
 
 use super::{as_i32, blocks_for, ELEMENTWISE_BLOCK, ROW_BLOCK};
 use crate::device::{err, Arg, DevPtr, Device, Dim3, Result};
