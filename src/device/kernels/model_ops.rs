@@ -208,6 +208,7 @@ pub fn smear_forward(
 }
 
 /// Backward of smear: `dx (n, c) bf16 +=` the input gradient, `dw (k) f32 +=`, `dlambda (1) f32 +=`.
+/// `dx` must not alias `dout` (row r reads `dout[r + 1]`, which the next row's block updates).
 #[allow(clippy::too_many_arguments)]
 pub fn smear_backward(
     dev: &dyn Device,
@@ -286,7 +287,7 @@ pub fn backout_forward(
 }
 
 /// Backward of backout over rows `(n, c)`: `dx += dout`, `dx_mid −= lambda · dout` (bf16),
-/// `dlambda (1) f32 += −Σ dout · x_mid`.
+/// `dlambda (1) f32 += −Σ dout · x_mid`. `dx` and `dx_mid` are distinct from `dout`.
 #[allow(clippy::too_many_arguments)]
 pub fn backout_backward(
     dev: &dyn Device,
