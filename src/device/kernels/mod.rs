@@ -8,6 +8,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod model_ops;
+pub mod muon;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope_qknorm;
