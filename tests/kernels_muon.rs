@@ -258,3 +258,148 @@ fn oversized_statistics_are_an_error() {
     .unwrap_err();
     assert!(e.to_string().contains("statistics"), "{e}");
 }
+
+fn round_bf16(x: &[f32]) -> Vec<f32> {
+    x.iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// Largest difference relative to the largest reference magnitude: the bf16 pipelines differ from the CPU
+/// only by accumulation order, which can flip a bf16 rounding, so elementwise relative checks do not fit.
+fn max_rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |a, &w| a.max(w.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |a, (g, w)| a.max((g - w).abs()))
+        / scale
+}
+
+#[test]
+fn polar_express_through_gemm_matches_cpu() {
+    let mut rng = Rng::new(21);
+    // Only GEMMs and copies, which the schedules do not touch: one device is enough.
+    for (sched, dev) in devices().into_iter().take(1) {
+        let d = dev.as_ref();
+        for &(m, n) in &[(24, 9), (9, 24), (16, 16), (1, 7), (40, 3)] {
+            for k in 1..=3 {
+                let s = Stack { k, m, n };
+                let mut x = uniform(&mut rng, s.total(), -1.0, 1.0);
+                per_matrix(&mut x, s, |x| cpu::frobenius_normalize(x, true));
+                let xb: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                let kk = m.min(n);
+                let (bx, by, ba, bb) = (
+                    d.upload_new(&xb).unwrap(),
+                    d.alloc(2 * s.total()).unwrap(),
+                    d.alloc(2 * k * kk * kk).unwrap(),
+                    d.alloc(2 * k * kk * kk).unwrap(),
+                );
+                muon::polar_express(d, bx.ptr(), by.ptr(), ba.ptr(), bb.ptr(), s, 5).unwrap();
+                per_matrix(&mut x, s, |x| cpu::polar_express(x, (m, n), 5, true));
+                let got: Vec<f32> = d
+                    .download_vec::<half::bf16>(bx.ptr(), s.total())
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                let e = max_rel_diff(&got, &x);
+                assert!(e <= 2e-2, "{sched:?} {s:?}: max relative difference {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn whole_muon_step_matches_cpu() {
+    let mut rng = Rng::new(33);
+    for (sched, dev) in devices() {
+        let d = dev.as_ref();
+        for &(m, n) in &[(24, 9), (9, 24), (16, 16)] {
+            let s = Stack { k: 2, m, n };
+            let slen = cpu::second_moment_len(m, n);
+            let h = cpu::MuonHyper {
+                lr: 0.02,
+                momentum: 0.95,
+                weight_decay: 0.2,
+                beta2: 0.9,
+                ns_steps: 5,
+                bf16: true,
+            };
+            let mut p = round_bf16(&uniform(&mut rng, s.total(), -1.0, 1.0));
+            let mut mom = vec![0f32; s.total()];
+            let mut second = vec![0f32; s.k * slen];
+            let scratch = muon::MuonScratch::new(d, s).unwrap();
+            let (bp, bpb, bm, bs) = (
+                d.upload_new(&p).unwrap(),
+                d.alloc(2 * s.total()).unwrap(),
+                d.upload_new(&mom).unwrap(),
+                d.upload_new(&second).unwrap(),
+            );
+            let p0 = p.clone();
+            for step in 0..2 {
+                let g = uniform(&mut rng, s.total(), -1.0, 1.0);
+                let bg = d.upload_new(&g).unwrap();
+                muon::muon_step(
+                    d,
+                    &scratch,
+                    bp.ptr(),
+                    Some(bpb.ptr()),
+                    bg.ptr(),
+                    bm.ptr(),
+                    bs.ptr(),
+                    &h,
+                )
+                .unwrap();
+                for i in 0..s.k {
+                    let r = i * s.len()..(i + 1) * s.len();
+                    cpu::muon_update(
+                        &mut p[r.clone()],
+                        &g[r.clone()],
+                        &mut mom[r],
+                        &mut second[i * slen..(i + 1) * slen],
+                        (m, n),
+                        &h,
+                    );
+                }
+                let what = format!("{sched:?} {s:?} step {step}");
+                let got: Vec<f32> = d.download_vec(bp.ptr(), s.total()).unwrap();
+                // Compare the updates (P - P0), which carry the whole pipeline's error.
+                let dg: Vec<f32> = got.iter().zip(&p0).map(|(a, b)| a - b).collect();
+                let dw: Vec<f32> = p.iter().zip(&p0).map(|(a, b)| a - b).collect();
+                let e = max_rel_diff(&dg, &dw);
+                assert!(
+                    e <= 3e-2,
+                    "{what}: update differs by {e} of its largest entry"
+                );
+                assert_close(
+                    &d.download_vec(bm.ptr(), s.total()).unwrap(),
+                    &mom,
+                    1e-5,
+                    1e-7,
+                    &format!("{what} momentum"),
+                );
+                let e = max_rel_diff(&d.download_vec(bs.ptr(), s.k * slen).unwrap(), &second);
+                assert!(e <= 5e-2, "{what}: second moment differs by {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn muon_step_refuses_fp32_orthogonalisation() {
+    let d = EmuDevice::new(Schedule::Forward);
+    let s = Stack { k: 1, m: 4, n: 3 };
+    let scratch = muon::MuonScratch::new(&d, s).unwrap();
+    let h = cpu::MuonHyper {
+        lr: 0.02,
+        momentum: 0.95,
+        weight_decay: 0.0,
+        beta2: 0.9,
+        ns_steps: 5,
+        bf16: false,
+    };
+    let z = nanochat::device::DevPtr(0);
+    let e = muon::muon_step(&d, &scratch, z, None, z, z, z, &h).unwrap_err();
+    assert!(e.to_string().contains("bf16"), "{e}");
+}

@@ -1,10 +1,12 @@
 //! `cuda/muon.cu`: the stages of the Muon update around Polar Express, over a stack of `k` same-shaped
 //! (m, n) fp32 matrices stored back to back. Each launcher matches one function of `optim::muon`, applied
-//! to every matrix of the stack; the per-matrix kernels run one block per matrix.
+//! to every matrix of the stack; the per-matrix kernels run one block per matrix. `polar_express` runs the
+//! orthogonalisation as batched bf16 GEMMs and `muon_step` chains every stage into one update.
 
+use super::elementwise::{cast_bf16_to_f32, cast_f32_to_bf16};
 use super::{as_i32, blocks_for, ELEMENTWISE_BLOCK, ROW_BLOCK};
-use crate::device::{err, Arg, DevPtr, Device, Dim3, Result};
-use crate::optim::muon::second_moment_len;
+use crate::device::{err, Arg, Buffer, DevPtr, Device, Dim3, Dtype, Gemm, Op, Result};
+use crate::optim::muon::{second_moment_len, MuonHyper, POLAR_EXPRESS_COEFFS};
 
 /// Most per-row (or per-column) floats a per-matrix kernel keeps in dynamic shared memory: 96 KiB, within
 /// the opt-in limit of sm_80 and sm_90 (the CUDA device raises the kernel's limit past 48 KiB).
@@ -203,4 +205,157 @@ pub fn muon_cautious_update(
         0,
         &args,
     )
+}
+
+/// Polar Express (`optim::muon::polar_express` with `bf16 = true`) on a stack of bf16 matrices `x`, in
+/// place, through batched strided `Device::gemm` calls (bf16 operands, fp32 accumulation, bf16 results, as
+/// upstream's bf16 compute dtype). Per iteration, with the Gram matrix on the short side (kk = min(m, n)):
+/// `A = XᵀX` (tall) or `XXᵀ`; `B = b·A + c·A·A`; `X ← a·X + X·B` (tall) or `a·X + B·X`.
+/// `y` (k·m·n bf16) and `a`, `b` (k·kk·kk bf16 each) are scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn polar_express(
+    dev: &dyn Device,
+    x: DevPtr,
+    y: DevPtr,
+    a: DevPtr,
+    b: DevPtr,
+    s: Stack,
+    ns_steps: usize,
+) -> Result<()> {
+    let coeffs = &POLAR_EXPRESS_COEFFS;
+    if ns_steps > coeffs.len() {
+        return err(format!(
+            "polar_express: {ns_steps} iterations requested, coefficients exist for {}",
+            coeffs.len()
+        ));
+    }
+    if s.is_empty() || ns_steps == 0 {
+        return Ok(());
+    }
+    let (m, n) = (s.m, s.n);
+    let tall = m > n;
+    let kk = m.min(n);
+    let bf = 2; // bytes per bf16
+    let batched = |g: Gemm| Gemm { batch: s.k, ..g };
+    let (mut cur, mut next) = (x, y);
+    for &(ca, cb, cc) in &coeffs[..ns_steps] {
+        // A = XᵀX (kk = n) or XXᵀ (kk = m).
+        let gram = if tall {
+            Gemm {
+                op_a: Op::T,
+                lda: n,
+                stride_a: m * n,
+                stride_b: m * n,
+                stride_c: kk * kk,
+                ..Gemm::new(kk, kk, m, cur, cur, a, Dtype::Bf16)
+            }
+        } else {
+            Gemm {
+                op_b: Op::T,
+                ldb: n,
+                stride_a: m * n,
+                stride_b: m * n,
+                stride_c: kk * kk,
+                ..Gemm::new(kk, kk, n, cur, cur, a, Dtype::Bf16)
+            }
+        };
+        dev.gemm(&batched(gram))?;
+        // B = c·A·A + b·A.
+        dev.copy(b, a, s.k * kk * kk * bf)?;
+        dev.gemm(&batched(Gemm {
+            alpha: cc as f32,
+            beta: cb as f32,
+            stride_a: kk * kk,
+            stride_b: kk * kk,
+            stride_c: kk * kk,
+            ..Gemm::new(kk, kk, kk, a, a, b, Dtype::Bf16)
+        }))?;
+        // Y = a·X + X·B (tall) or a·X + B·X, then X ← Y.
+        dev.copy(next, cur, s.total() * bf)?;
+        let (lhs, rhs, inner, sl, sr) = if tall {
+            (cur, b, n, m * n, kk * kk)
+        } else {
+            (b, cur, m, kk * kk, m * n)
+        };
+        dev.gemm(&batched(Gemm {
+            beta: ca as f32,
+            stride_a: sl,
+            stride_b: sr,
+            stride_c: m * n,
+            ..Gemm::new(m, n, inner, lhs, rhs, next, Dtype::Bf16)
+        }))?;
+        std::mem::swap(&mut cur, &mut next);
+    }
+    if cur != x {
+        dev.copy(x, cur, s.total() * bf)?;
+    }
+    Ok(())
+}
+
+/// Device scratch of one Muon step on a stack: the fp32 working matrix and the bf16 Polar Express buffers.
+pub struct MuonScratch {
+    stack: Stack,
+    u: Buffer,
+    xb: Buffer,
+    yb: Buffer,
+    a: Buffer,
+    b: Buffer,
+}
+
+impl MuonScratch {
+    /// Allocates the scratch of `s` (about 8 bytes per element plus two Gram matrices per matrix).
+    pub fn new(dev: &dyn Device, s: Stack) -> Result<MuonScratch> {
+        let kk = s.m.min(s.n);
+        // Zero-sized buffers are avoided so that an empty stack still allocates cleanly.
+        let bytes = |n: usize| n.max(1);
+        Ok(MuonScratch {
+            stack: s,
+            u: dev.alloc(bytes(4 * s.total()))?,
+            xb: dev.alloc(bytes(2 * s.total()))?,
+            yb: dev.alloc(bytes(2 * s.total()))?,
+            a: dev.alloc(bytes(2 * s.k * kk * kk))?,
+            b: dev.alloc(bytes(2 * s.k * kk * kk))?,
+        })
+    }
+}
+
+/// One full Muon step on a stack (`optim::muon::muon_update` on every matrix, with `h.bf16 = true`, the only
+/// mode the bf16 GEMMs give): `p` (fp32 master, and its bf16 copy `p_bf16` unless `None`), `mom` (momentum)
+/// and `second` (k factored second moments) updated in place from the gradients `g`.
+#[allow(clippy::too_many_arguments)]
+pub fn muon_step(
+    dev: &dyn Device,
+    scratch: &MuonScratch,
+    p: DevPtr,
+    p_bf16: Option<DevPtr>,
+    g: DevPtr,
+    mom: DevPtr,
+    second: DevPtr,
+    h: &MuonHyper,
+) -> Result<()> {
+    let s = scratch.stack;
+    if !h.bf16 {
+        return err("muon_step: the device orthogonalises in bf16; MuonHyper::bf16 must be set");
+    }
+    if s.is_empty() {
+        return Ok(());
+    }
+    let u = scratch.u.ptr();
+    muon_nesterov(dev, u, mom, g, s, h.momentum, true)?;
+    muon_eq(dev, u, s, true)?;
+    muon_frobenius_norm(dev, u, s, true)?;
+    cast_f32_to_bf16(dev, scratch.xb.ptr(), u, s.total())?;
+    polar_express(
+        dev,
+        scratch.xb.ptr(),
+        scratch.yb.ptr(),
+        scratch.a.ptr(),
+        scratch.b.ptr(),
+        s,
+        h.ns_steps,
+    )?;
+    cast_bf16_to_f32(dev, u, scratch.xb.ptr(), s.total())?;
+    muon_plus(dev, u, s)?;
+    muon_normuon(dev, u, second, s, h.beta2)?;
+    muon_cautious_update(dev, p, p_bf16, u, s, h.lr, h.weight_decay)
 }
