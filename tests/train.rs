@@ -235,3 +235,55 @@ fn clear_errors_for_missing_inputs_bad_checkpoints_and_divergence() {
     let loaded = checkpoint::load(&dir, Some(step), 0, None).unwrap();
     assert!(loaded.params.iter().all(|p| p.is_finite()));
 }
+
+#[test]
+fn base_eval_reports_bpb_and_samples_of_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    train(
+        &parse(&[
+            "--model-tag",
+            "ev",
+            "--num-iterations",
+            "2",
+            "--eval-every",
+            "0",
+        ]),
+        base,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_base_eval"))
+        .args([
+            "--model-tag",
+            "ev",
+            "--device-batch-size",
+            "2",
+            "--split-tokens",
+            "256",
+        ])
+        .env("NANOCHAT_BASE_DIR", base)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Train bpb:") && text.contains("Val bpb:"),
+        "{text}"
+    );
+    assert!(text.contains("The capital of France is"), "{text}");
+    assert!(text.contains("unconditioned samples"), "{text}");
+    // A missing checkpoint step is an error naming what exists.
+    let out = Command::new(env!("CARGO_BIN_EXE_base_eval"))
+        .args(["--model-tag", "ev", "--step", "7"])
+        .env("NANOCHAT_BASE_DIR", base)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[2]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,6 +6,7 @@ use nanochat::common::base_dir;
 use nanochat::data::loader::{open_split, LoaderConfig};
 use nanochat::data::shards::TokenizerId;
 use nanochat::data::Split;
+use nanochat::engine::sample_next_token;
 use nanochat::rng::Rng;
 use nanochat::train::checkpoint;
 use nanochat::train::device::{CpuModel, ModelDevice};
@@ -103,18 +104,8 @@ fn run(args: &Args) -> Result<(), String> {
             for _ in 0..128 {
                 let ctx = &ids[ids.len().saturating_sub(cfg.sequence_len)..];
                 let logits = model.last_logits(ctx, 1, ctx.len())?;
-                let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let probs: Vec<f64> = logits.iter().map(|&z| ((z - m) as f64).exp()).collect();
-                let mut u = rng.next_f64() * probs.iter().sum::<f64>();
-                let mut next = probs.len() - 1;
-                for (i, p) in probs.iter().enumerate() {
-                    if u < *p {
-                        next = i;
-                        break;
-                    }
-                    u -= p;
-                }
-                ids.push(next as u32);
+                let next = sample_next_token(&logits, &mut rng, 1.0, None)?;
+                ids.push(next);
             }
             println!("{}\n--", tok.decode_lossy(&ids[1..]));
         }
