@@ -13,7 +13,7 @@ pub mod reduce;
 pub mod rmsnorm;
 pub mod rope_qknorm;
 
-use super::{err, Result};
+use super::{err, Dim3, Result};
 
 /// Threads per block of the one-element-per-thread kernels.
 pub const ELEMENTWISE_BLOCK: u32 = 256;
@@ -24,6 +24,11 @@ pub const ROW_BLOCK: u32 = 256;
 pub(crate) fn blocks_for(n: usize, block: u32, what: &str) -> Result<u32> {
     let b = n.div_ceil(block as usize);
     u32::try_from(b).or_else(|_| err(format!("{what}: {n} elements need more than 2^32 blocks")))
+}
+
+/// A grid of one block per row (or per matrix) for `n` of them.
+pub(crate) fn one_block_each(n: usize, what: &str) -> Result<Dim3> {
+    Ok(Dim3::x(blocks_for(n, 1, what)?))
 }
 
 /// A row count or width as the kernels' `int`.

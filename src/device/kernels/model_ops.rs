@@ -5,17 +5,11 @@
 //! its share into `scratch`, then a second kernel sums each parameter's shares in a fixed order. Scratch
 //! sizes: [`ve_gate_scratch`], [`smear_scratch`], [`backout_scratch`].
 
-use super::{as_i32, blocks_for, ELEMENTWISE_BLOCK, ROW_BLOCK};
+use super::{as_i32, blocks_for, one_block_each, ELEMENTWISE_BLOCK, ROW_BLOCK};
 use crate::device::{err, Arg, DevPtr, Device, Dim3, Result};
 
 /// Rows (one warp each) per block of the gate kernels.
 const GATE_WARPS: u32 = 4;
-
-fn rows_grid(n: usize, what: &str) -> Result<Dim3> {
-    Ok(Dim3::x(u32::try_from(n).or_else(|_| {
-        err(format!("{what}: {n} rows need more than 2^32 blocks"))
-    })?))
-}
 
 /// `out[p] += Σ_i partials[p·n + i]` for `p < m` (f32), in a fixed order.
 fn column_sums(dev: &dyn Device, out: DevPtr, partials: DevPtr, m: usize, n: usize) -> Result<()> {
@@ -30,7 +24,7 @@ fn column_sums(dev: &dyn Device, out: DevPtr, partials: DevPtr, m: usize, n: usi
     ];
     dev.launch(
         "column_sums_accumulate",
-        rows_grid(m, "column sums")?,
+        one_block_each(m, "column sums")?,
         Dim3::x(ROW_BLOCK),
         0,
         &args,
@@ -200,7 +194,7 @@ pub fn smear_forward(
     ];
     dev.launch(
         "smear_forward",
-        rows_grid(n, "smear_forward")?,
+        one_block_each(n, "smear_forward")?,
         Dim3::x(ROW_BLOCK),
         0,
         &args,
@@ -243,7 +237,7 @@ pub fn smear_backward(
     ];
     dev.launch(
         "smear_backward",
-        rows_grid(n, "smear_backward")?,
+        one_block_each(n, "smear_backward")?,
         Dim3::x(ROW_BLOCK),
         0,
         &args,
@@ -316,7 +310,7 @@ pub fn backout_backward(
     ];
     dev.launch(
         "backout_backward",
-        rows_grid(n, "backout_backward")?,
+        one_block_each(n, "backout_backward")?,
         Dim3::x(ROW_BLOCK),
         0,
         &args,

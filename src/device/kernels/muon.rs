@@ -4,7 +4,7 @@
 //! orthogonalisation as batched bf16 GEMMs and `muon_step` chains every stage into one update.
 
 use super::elementwise::{cast_bf16_to_f32, cast_f32_to_bf16};
-use super::{as_i32, blocks_for, ELEMENTWISE_BLOCK, ROW_BLOCK};
+use super::{as_i32, blocks_for, one_block_each, ELEMENTWISE_BLOCK, ROW_BLOCK};
 use crate::device::{err, Arg, Buffer, DevPtr, Device, Dim3, Dtype, Gemm, Op, Result};
 use crate::optim::muon::{second_moment_len, MuonHyper, POLAR_EXPRESS_COEFFS};
 
@@ -35,9 +35,7 @@ impl Stack {
     }
     /// Grid of the one-block-per-matrix kernels.
     fn grid(&self, what: &str) -> Result<Dim3> {
-        let k = u32::try_from(self.k)
-            .or_else(|_| err(format!("{what}: {} matrices exceed a grid", self.k)))?;
-        Ok(Dim3::x(k))
+        one_block_each(self.k, what)
     }
     /// Checks that `len` per-matrix statistics fit the kernels' shared memory; returns their byte count.
     fn stat_smem(&self, len: usize, what: &str) -> Result<u32> {

@@ -2,14 +2,8 @@
 //! backward. Rows of width `c`, bf16 activations, fp32 `rstd`.
 
 use super::reduce::{reduce_into, Reduction};
-use super::{as_i32, ROW_BLOCK};
+use super::{as_i32, one_block_each, ROW_BLOCK};
 use crate::device::{Arg, DevPtr, Device, Dim3, Dtype, Result};
-
-fn grid(n: usize) -> Result<Dim3> {
-    Ok(Dim3::x(u32::try_from(n.max(1)).or_else(|_| {
-        crate::device::err(format!("rmsnorm: {n} rows"))
-    })?))
-}
 
 /// `y (n, c) = x · rstd`, `rstd (n)` saved.
 pub fn rmsnorm_forward(
@@ -30,7 +24,13 @@ pub fn rmsnorm_forward(
         Arg::I32(as_i32(n, "rmsnorm rows")?),
         Arg::I32(as_i32(c, "rmsnorm width")?),
     ];
-    dev.launch("rmsnorm_forward", grid(n)?, Dim3::x(ROW_BLOCK), 0, &args)
+    dev.launch(
+        "rmsnorm_forward",
+        one_block_each(n, "rmsnorm")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &args,
+    )
 }
 
 /// `xmix (n, c) = lambdas[0] · x + lambdas[1] · x0` (bf16), then `y = rmsnorm(xmix)`, `rstd (n)` saved.
@@ -62,7 +62,7 @@ pub fn mix_rmsnorm_forward(
     ];
     dev.launch(
         "mix_rmsnorm_forward",
-        grid(n)?,
+        one_block_each(n, "rmsnorm")?,
         Dim3::x(ROW_BLOCK),
         0,
         &args,
@@ -90,7 +90,13 @@ pub fn rmsnorm_backward(
         Arg::I32(as_i32(n, "rmsnorm rows")?),
         Arg::I32(as_i32(c, "rmsnorm width")?),
     ];
-    dev.launch("rmsnorm_backward", grid(n)?, Dim3::x(ROW_BLOCK), 0, &args)
+    dev.launch(
+        "rmsnorm_backward",
+        one_block_each(n, "rmsnorm")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &args,
+    )
 }
 
 /// Backward of `xmix = lambdas[0] · x + lambdas[1] · x0`: `dx (n, c) bf16 = lambdas[0] · dxmix` (dx may
@@ -124,7 +130,13 @@ pub fn mix_backward(
         Arg::I32(as_i32(n, "mix rows")?),
         Arg::I32(as_i32(c, "mix width")?),
     ];
-    dev.launch("mix_backward", grid(n)?, Dim3::x(ROW_BLOCK), 0, &args)?;
+    dev.launch(
+        "mix_backward",
+        one_block_each(n, "rmsnorm")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &args,
+    )?;
     let parts = scratch.at::<f32>(2 * n);
     reduce_into(
         dev,
