@@ -101,6 +101,8 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
         elementwise_bench("relu2_backward", vec![a()?, a()?, a()?], n, 6.0),
         elementwise_bench("cast_f32_to_bf16", vec![a()?, a()?], n, 6.0),
         elementwise_bench("cast_bf16_to_f32", vec![a()?, a()?], n, 6.0),
+        elementwise_bench("add_bf16", vec![a()?, a()?], n, 6.0),
+        elementwise_bench("add_f32_bf16", vec![a()?, a()?, a()?], n, 8.0),
     ];
     let (y, x, x0, dx) = (
         d.alloc(2 * r * c)?,

@@ -2,9 +2,12 @@
 //   relu2_forward   out = relu(x)^2
 //   relu2_backward  dx = (x > 0) * 2x * dout          (=, not +=: dx feeds the next GEMM backward directly)
 //   cast_f32_to_bf16 / cast_bf16_to_f32              round to nearest even / exact widening
+//   add_bf16        out += a                         (in place, bf16 + bf16)
+//   add_f32_bf16    out = a + b                      (a fp32, b bf16; out may alias b)
 // Each thread handles ELEMS_PER_THREAD consecutive elements with 16-byte loads and stores when all its
 // pointers are 16-byte aligned (the usual case: buffers are), so that enough bytes are in flight to
-// saturate HBM; the last partial chunk and unaligned views take a scalar path.
+// saturate HBM; the last partial chunk and unaligned views take a scalar path. Every thread reads its own
+// elements before writing them, so an output may alias an input of the same type (no __restrict__).
 #include "kernel_common.cuh"
 
 #define ELEMS_PER_THREAD 8
@@ -93,3 +96,43 @@ extern "C" __global__ void cast_bf16_to_f32(float* out, const bf16* x, int64_t n
     }
 }
 KERNEL_REGISTER("cast_bf16_to_f32", cast_bf16_to_f32);
+
+
+extern "C" __global__ void add_bf16(bf16* out, const bf16* a, int64_t n) {
+    bool vec;
+    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(a), &vec);
+    if (vec) {
+        uint4 ov = *reinterpret_cast<const uint4*>(out + i0);
+        uint4 av = *reinterpret_cast<const uint4*>(a + i0);
+        bf16* os = reinterpret_cast<bf16*>(&ov);
+        const bf16* as = reinterpret_cast<const bf16*>(&av);
+#pragma unroll
+        for (int k = 0; k < ELEMS_PER_THREAD; ++k) os[k] = __float2bfloat16(__bfloat162float(os[k]) + __bfloat162float(as[k]));
+        *reinterpret_cast<uint4*>(out + i0) = ov;
+    } else {
+        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i)
+            out[i] = __float2bfloat16(__bfloat162float(out[i]) + __bfloat162float(a[i]));
+    }
+}
+KERNEL_REGISTER("add_bf16", add_bf16);
+
+extern "C" __global__ void add_f32_bf16(bf16* out, const float* a, const bf16* b, int64_t n) {
+    bool vec;
+    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(a) && aligned16(b), &vec);
+    if (vec) {
+        float4 a0 = *reinterpret_cast<const float4*>(a + i0);
+        float4 a1 = *reinterpret_cast<const float4*>(a + i0 + 4);
+        uint4 bv = *reinterpret_cast<const uint4*>(b + i0);
+        const bf16* bs = reinterpret_cast<const bf16*>(&bv);
+        uint4 ov;
+        __nv_bfloat162* os = reinterpret_cast<__nv_bfloat162*>(&ov);
+        os[0] = __floats2bfloat162_rn(a0.x + __bfloat162float(bs[0]), a0.y + __bfloat162float(bs[1]));
+        os[1] = __floats2bfloat162_rn(a0.z + __bfloat162float(bs[2]), a0.w + __bfloat162float(bs[3]));
+        os[2] = __floats2bfloat162_rn(a1.x + __bfloat162float(bs[4]), a1.y + __bfloat162float(bs[5]));
+        os[3] = __floats2bfloat162_rn(a1.z + __bfloat162float(bs[6]), a1.w + __bfloat162float(bs[7]));
+        *reinterpret_cast<uint4*>(out + i0) = ov;
+    } else {
+        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(a[i] + __bfloat162float(b[i]));
+    }
+}
+KERNEL_REGISTER("add_f32_bf16", add_f32_bf16);

@@ -119,6 +119,92 @@ fn casts_round_like_the_reference() {
 }
 
 #[test]
+fn add_bf16_matches_the_reference() {
+    let mut rng = Rng::new(21);
+    for (s, dev) in devices() {
+        for n in [1usize, 7, 8, 1000, 4099] {
+            let o = to_bf16(&randn(&mut rng, n, 3.0));
+            let a = to_bf16(&randn(&mut rng, n, 3.0));
+            let (out, da) = (dev.upload_new(&o).unwrap(), dev.upload_new(&a).unwrap());
+            elementwise::add_bf16(dev.as_ref(), out.ptr(), da.ptr(), n).unwrap();
+            let got: Vec<bf16> = dev.download_vec(out.ptr(), n).unwrap();
+            assert_eq!(got, reference::add_bf16(&o, &a), "{s:?} n={n}");
+
+            // Views that are not 16-byte aligned take the scalar path.
+            if n > 1 {
+                dev.upload(out.ptr(), bytemuck::cast_slice(&o)).unwrap();
+                elementwise::add_bf16(dev.as_ref(), out.at::<bf16>(1), da.at::<bf16>(1), n - 1)
+                    .unwrap();
+                let got: Vec<bf16> = dev.download_vec(out.ptr(), n).unwrap();
+                assert_eq!(
+                    got[0], o[0],
+                    "{s:?} unaligned n={n}: element before the view"
+                );
+                assert_eq!(
+                    got[1..],
+                    reference::add_bf16(&o[1..], &a[1..])[..],
+                    "{s:?} unaligned n={n}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn add_f32_bf16_matches_the_reference_and_may_alias_b() {
+    let mut rng = Rng::new(22);
+    for (s, dev) in devices() {
+        for n in [1usize, 7, 8, 1000, 4099] {
+            // a is not bf16-representable, so the rounding of the sum is exercised.
+            let a: Vec<f32> = (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect();
+            let b = to_bf16(&randn(&mut rng, n, 3.0));
+            let want = reference::add_f32_bf16(&a, &b);
+            let (da, db) = (dev.upload_new(&a).unwrap(), dev.upload_new(&b).unwrap());
+            let out = dev.alloc(2 * n).unwrap();
+            elementwise::add_f32_bf16(dev.as_ref(), out.ptr(), da.ptr(), db.ptr(), n).unwrap();
+            let got: Vec<bf16> = dev.download_vec(out.ptr(), n).unwrap();
+            assert_eq!(got, want, "{s:?} n={n}");
+
+            // out == b, in place.
+            elementwise::add_f32_bf16(dev.as_ref(), db.ptr(), da.ptr(), db.ptr(), n).unwrap();
+            let got: Vec<bf16> = dev.download_vec(db.ptr(), n).unwrap();
+            assert_eq!(got, want, "{s:?} aliased n={n}");
+
+            // Views that are not 16-byte aligned take the scalar path, separate and aliased.
+            if n > 1 {
+                dev.upload(db.ptr(), bytemuck::cast_slice(&b)).unwrap();
+                let want1 = reference::add_f32_bf16(&a[1..], &b[1..]);
+                elementwise::add_f32_bf16(
+                    dev.as_ref(),
+                    out.at::<bf16>(1),
+                    da.at::<f32>(1),
+                    db.at::<bf16>(1),
+                    n - 1,
+                )
+                .unwrap();
+                let got: Vec<bf16> = dev.download_vec(out.at::<bf16>(1), n - 1).unwrap();
+                assert_eq!(got, want1, "{s:?} unaligned n={n}");
+
+                elementwise::add_f32_bf16(
+                    dev.as_ref(),
+                    db.at::<bf16>(1),
+                    da.at::<f32>(1),
+                    db.at::<bf16>(1),
+                    n - 1,
+                )
+                .unwrap();
+                let got: Vec<bf16> = dev.download_vec(db.ptr(), n).unwrap();
+                assert_eq!(
+                    got[0], b[0],
+                    "{s:?} unaligned aliased n={n}: element before the view"
+                );
+                assert_eq!(got[1..], want1[..], "{s:?} unaligned aliased n={n}");
+            }
+        }
+    }
+}
+
+#[test]
 fn reductions_are_accurate_and_deterministic() {
     use reduce::Reduction::*;
     let rng = Rng::new(3);

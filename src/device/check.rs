@@ -43,6 +43,10 @@ pub fn all() -> Vec<Check> {
             run: check_casts,
         },
         Check {
+            name: "add_bf16/add_f32_bf16",
+            run: check_adds,
+        },
+        Check {
             name: "embedding_forward/backward",
             run: check_embedding,
         },
@@ -167,6 +171,39 @@ fn check_casts(dev: &dyn Device, s: Scale) -> Result<String> {
         &reference::cast_bf16_to_f32(&got),
         0.0,
         0.0,
+    )?;
+    Ok("ok (exact)".into())
+}
+
+fn check_adds(dev: &dyn Device, s: Scale) -> Result<String> {
+    let n = if s == Scale::Small { 2051 } else { 1 << 24 };
+    let mut rng = Rng::new(19);
+    let o = bf(&rand(&mut rng, n, 3.0));
+    let b = bf(&rand(&mut rng, n, 3.0));
+    let a: Vec<f32> = (0..n).map(|_| rng.uniform(-3.0, 3.0)).collect();
+    let (bo, bb, ba) = (
+        dev.upload_new(&o)?,
+        dev.upload_new(&b)?,
+        dev.upload_new(&a)?,
+    );
+    let first_mismatch = |what: &str, got: &[bf16], want: &[bf16]| -> Result<()> {
+        match (0..n).find(|&i| got[i] != want[i]) {
+            Some(i) => err(format!("{what}[{i}]: got {}, expected {}", got[i], want[i])),
+            None => Ok(()),
+        }
+    };
+    elementwise::add_bf16(dev, bo.ptr(), bb.ptr(), n)?;
+    first_mismatch(
+        "add_bf16",
+        &dev.download_vec(bo.ptr(), n)?,
+        &reference::add_bf16(&o, &b),
+    )?;
+    // In place on b (out == b).
+    elementwise::add_f32_bf16(dev, bb.ptr(), ba.ptr(), bb.ptr(), n)?;
+    first_mismatch(
+        "add_f32_bf16",
+        &dev.download_vec(bb.ptr(), n)?,
+        &reference::add_f32_bf16(&a, &b),
     )?;
     Ok("ok (exact)".into())
 }

@@ -1,5 +1,5 @@
 //! CPU references of the device-only ops (the model ops' references live in `crate::cpu`):
-//! precision casts and reductions.
+//! precision casts, adds and reductions.
 
 use half::bf16;
 
@@ -11,6 +11,24 @@ pub fn cast_f32_to_bf16(x: &[f32]) -> Vec<bf16> {
 /// bf16 -> f32, exact.
 pub fn cast_bf16_to_f32(x: &[bf16]) -> Vec<f32> {
     x.iter().map(|v| v.to_f32()).collect()
+}
+
+/// `out + a` elementwise, in f32, rounded to bf16 (what `add_bf16` leaves in `out`).
+pub fn add_bf16(out: &[bf16], a: &[bf16]) -> Vec<bf16> {
+    assert_eq!(out.len(), a.len());
+    out.iter()
+        .zip(a)
+        .map(|(o, a)| bf16::from_f32(o.to_f32() + a.to_f32()))
+        .collect()
+}
+
+/// `a + b` elementwise, in f32, rounded to bf16 (`add_f32_bf16`).
+pub fn add_f32_bf16(a: &[f32], b: &[bf16]) -> Vec<bf16> {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&a, b)| bf16::from_f32(a + b.to_f32()))
+        .collect()
 }
 
 /// Sum in f64 (the device sums in fp32 in a fixed tree order; compare with a tolerance).

@@ -1,4 +1,4 @@
-//! `cuda/elementwise.cu`: ReLU² and casts on bf16 storage.
+//! `cuda/elementwise.cu`: ReLU², casts and adds on bf16 storage.
 
 use super::{blocks_for, ELEMENTWISE_BLOCK};
 
@@ -40,4 +40,16 @@ pub fn cast_f32_to_bf16(dev: &dyn Device, out: DevPtr, x: DevPtr, n: usize) -> R
 /// `out (n) f32 = x (n) bf16`.
 pub fn cast_bf16_to_f32(dev: &dyn Device, out: DevPtr, x: DevPtr, n: usize) -> Result<()> {
     launch1(dev, "cast_bf16_to_f32", &[out, x], n)
+}
+
+/// `out (n) += a (n)` in place, bf16 storage, the sum in f32 rounded to nearest even. `a` may be the
+/// same pointer as `out` (each element is read before it is written); otherwise they must not overlap.
+pub fn add_bf16(dev: &dyn Device, out: DevPtr, a: DevPtr, n: usize) -> Result<()> {
+    launch1(dev, "add_bf16", &[out, a], n)
+}
+
+/// `out (n) bf16 = a (n) f32 + b (n) bf16`, the sum in f32 rounded to nearest even. `out` may be the same
+/// pointer as `b` (each element is read before it is written); otherwise the buffers must not overlap.
+pub fn add_f32_bf16(dev: &dyn Device, out: DevPtr, a: DevPtr, b: DevPtr, n: usize) -> Result<()> {
+    launch1(dev, "add_f32_bf16", &[out, a, b], n)
 }
