@@ -12,6 +12,13 @@
 //                        dx0 += lambdas[1] * dxmix (fp32: x0 collects a gradient from every layer), and
 //                        per-row dot products dxmix.x, dxmix.x0 into partials[row], partials[n + row], which
 //                        the launcher reduces deterministically into the two lambda gradients
+//   rmsnorm_mix_backward rmsnorm_backward and mix_backward in one pass, with the gradient of xmix kept in
+//                        fp32 between them: the lambda gradients are dot products of that gradient with x
+//                        and x0, and its norm part is orthogonal to xmix, so rounding it to bf16 first
+//                        would leave a large relative error in the (small) dot products
+//   rmsnorm_backout_backward  the final norm's backward fused with the backout's, for the same reason
+//                        (xf = x - lambda * x_mid): dx = g, dx_mid = -lambda * g (=, not +=), partials[row] =
+//                        -g.x_mid, with g = rstd * (dy - y * mean(dy * y)) in fp32
 #include "kernel_common.cuh"
 
 #define RMS_EPS 1.1920928955078125e-07f  // fp32 machine epsilon, PyTorch's default for fp32/bf16 inputs
@@ -161,3 +168,58 @@ extern "C" __global__ void mix_backward(bf16* dx, float* dx0, float* partials, c
     }
 }
 KERNEL_REGISTER("mix_backward", mix_backward);
+
+// Per row: mean(dy * y) with y = x * rstd, the first half of the RMSNorm backward.
+__device__ __forceinline__ float rms_dot_mean(const bf16* dy, const bf16* x, float r, size_t off, int c, float* scratch) {
+    float dot = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x)
+        dot += __bfloat162float(x[off + i]) * r * __bfloat162float(dy[off + i]);
+    return block_sum(dot, scratch) / c;
+}
+
+extern "C" __global__ void rmsnorm_mix_backward(bf16* dx, float* dx0, float* partials, const bf16* dres, const bf16* dy,
+                                                const bf16* xmix, const float* rstd, const bf16* x, const bf16* x0,
+                                                const float* lambdas, int n, int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float r = rstd[blockIdx.x];
+    float mean = rms_dot_mean(dy, xmix, r, off, c, scratch);
+    float lr = lambdas[0], l0 = lambdas[1];
+    float dr = 0.f, d0 = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        float xm = __bfloat162float(xmix[off + i]);
+        float g = __bfloat162float(dres[off + i]) + r * (__bfloat162float(dy[off + i]) - xm * r * mean);
+        dr += g * __bfloat162float(x[off + i]);
+        d0 += g * __bfloat162float(x0[off + i]);
+        dx0[off + i] += l0 * g;
+        dx[off + i] = __float2bfloat16(lr * g);  // after reading dres[off + i]: dx may alias dres
+    }
+    dr = block_sum(dr, scratch);
+    d0 = block_sum(d0, scratch);
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = dr;
+        partials[n + blockIdx.x] = d0;
+    }
+}
+KERNEL_REGISTER("rmsnorm_mix_backward", rmsnorm_mix_backward);
+
+extern "C" __global__ void rmsnorm_backout_backward(bf16* dx, bf16* dx_mid, float* partials, const bf16* dy, const bf16* xf,
+                                                    const float* rstd, const bf16* x_mid, const float* lambda, int n,
+                                                    int c) {
+    __shared__ float scratch[32];
+    size_t off = (size_t)blockIdx.x * c;
+    float r = rstd[blockIdx.x];
+    float mean = rms_dot_mean(dy, xf, r, off, c, scratch);
+    float lam = lambda[0];
+    float dl = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        float g = r * (__bfloat162float(dy[off + i]) - __bfloat162float(xf[off + i]) * r * mean);
+        dl -= g * __bfloat162float(x_mid[off + i]);
+        dx[off + i] = __float2bfloat16(g);
+        dx_mid[off + i] = __float2bfloat16(-lam * g);
+    }
+    dl = block_sum(dl, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = dl;
+    (void)n;
+}
+KERNEL_REGISTER("rmsnorm_backout_backward", rmsnorm_backout_backward);

@@ -7,9 +7,11 @@
 //! `loss_after_step1`, `step2.<name>`).
 
 use crate::config::ModelConfig;
-use crate::cpu::gpt::Gpt;
+use crate::device::model::KernelModel;
 use crate::optim::{GroupSummary, MuonAdamW, SetupArgs, StepSettings};
+use crate::params::ParamTable;
 use crate::safetensors::{self, File};
+use crate::train::device::{CpuModel, ModelDevice};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -104,22 +106,50 @@ fn tensor(file: &File, name: &str, what: &Path, len: usize) -> Result<Vec<f32>, 
 
 /// Runs the comparison on the CPU reference and returns one row per compared quantity.
 pub fn run_cpu(dir: &Path, tol: Tolerances) -> Result<Vec<Row>, String> {
+    run(dir, tol, |cfg, p0, setup| {
+        Ok(Box::new(CpuModel::new(cfg, p0, setup)?))
+    })
+}
+
+/// Runs the comparison on a kernel device (the model in bf16, see `crate::device::model`).
+pub fn run_kernels(
+    dir: &Path,
+    tol: Tolerances,
+    dev: Box<dyn crate::device::Device>,
+) -> Result<Vec<Row>, String> {
+    run(dir, tol, |cfg, p0, setup| {
+        Ok(Box::new(KernelModel::new(dev, cfg, &p0, setup)?))
+    })
+}
+
+/// A model on some device, built from the fixture's config, parameters and optimizer arguments.
+type MakeModel<'a> =
+    dyn FnOnce(&ModelConfig, Vec<f32>, &SetupArgs) -> Result<Box<dyn ModelDevice>, String> + 'a;
+
+/// Runs the comparison on the model `make` builds and returns one row per compared quantity.
+pub fn run(
+    dir: &Path,
+    tol: Tolerances,
+    make: impl FnOnce(&ModelConfig, Vec<f32>, &SetupArgs) -> Result<Box<dyn ModelDevice>, String>,
+) -> Result<Vec<Row>, String> {
+    let make: Box<MakeModel> = Box::new(make);
     let cfg_path = dir.join("config.json");
     let text = std::fs::read(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let cfg: FixtureConfig = serde_json::from_slice(&text)
         .map_err(|e| format!("{}: not a fixture config: {e}", cfg_path.display()))?;
-    let gpt = Gpt::new(&cfg.model)?;
+    cfg.model.validate()?;
+    let table = ParamTable::new(&cfg.model);
     let read = |name: &str| {
         let p = dir.join(name);
         safetensors::read(&p)
             .map_err(|e| e.to_string())
             .map(|f| (f, p))
     };
-    let (model, model_path) = read("model.safetensors")?;
+    let (model_file, model_path) = read("model.safetensors")?;
     let (batch, batch_path) = read("batch.safetensors")?;
     let (expected, exp_path) = read("expected.safetensors")?;
     let p0 =
-        safetensors::import_params(&gpt.table, &model, &model_path).map_err(|e| e.to_string())?;
+        safetensors::import_params(&table, &model_file, &model_path).map_err(|e| e.to_string())?;
     let (b, t) = (cfg.batch, cfg.seq);
     let n = b * t;
     let ids: Vec<u32> = tensor(&batch, "inputs", &batch_path, n)?
@@ -130,17 +160,18 @@ pub fn run_cpu(dir: &Path, tol: Tolerances) -> Result<Vec<Row>, String> {
         .iter()
         .map(|&x| x as i32)
         .collect();
+    let mut model = make(&cfg.model, p0.clone(), &cfg.setup_optimizer_args)?;
 
     let mut rows = Vec::new();
-    let loss_grad = |params: &[f32]| -> Result<(f32, Vec<f32>, Vec<f32>), String> {
-        let fwd = gpt.forward(params, &ids, Some(&targets), b, t)?;
-        let mut grads = vec![0.0; gpt.table.numel];
-        gpt.backward(params, &fwd, &Gpt::mean_dloss(&fwd), &mut grads);
-        Ok((fwd.loss, fwd.logits_unpadded(cfg.model.vocab_size), grads))
+    // Loss and gradients at the current parameters (the gradient buffer is empty: fresh or just stepped).
+    let loss_grad = |model: &mut dyn ModelDevice| -> Result<(f32, Vec<f32>), String> {
+        let loss = model.forward_backward(&ids, &targets, b, t, 1.0)?;
+        Ok((loss, model.grads()?))
     };
 
     // Loss, logits, gradients at p0.
-    let (loss, logits, grads) = loss_grad(&p0)?;
+    let (loss, grads) = loss_grad(model.as_mut())?;
+    let logits = model.logits(&ids, b, t)?;
     let ref_loss = tensor(&expected, "loss", &exp_path, 1)?[0];
     rows.push(row(
         "loss",
@@ -168,7 +199,7 @@ pub fn run_cpu(dir: &Path, tol: Tolerances) -> Result<Vec<Row>, String> {
         logit_err,
         tol.logits,
     ));
-    for p in &gpt.table.params {
+    for p in &table.params {
         let r = tensor(
             &expected,
             &format!("grad.{}", p.name),
@@ -184,8 +215,8 @@ pub fn run_cpu(dir: &Path, tol: Tolerances) -> Result<Vec<Row>, String> {
     }
 
     // Two optimizer steps on the same batch, gradients recomputed in between.
-    let mut opt = MuonAdamW::new(&gpt.table, &cfg.setup_optimizer_args);
-    let groups_ok = opt.check_groups(&cfg.optimizer_param_groups);
+    let groups_ok =
+        MuonAdamW::new(&table, &cfg.setup_optimizer_args).check_groups(&cfg.optimizer_param_groups);
     if let Err(e) = &groups_ok {
         eprintln!("optimizer groups differ: {e}");
     }
@@ -195,30 +226,31 @@ pub fn run_cpu(dir: &Path, tol: Tolerances) -> Result<Vec<Row>, String> {
         if groups_ok.is_ok() { 0.0 } else { 1.0 },
         0.0,
     ));
-    let mut params = p0.clone();
-    let mut grads = grads;
+    let mut before = p0;
     for (k, settings) in cfg.steps.iter().enumerate() {
-        let before = params.clone();
-        opt.step(&mut params, &grads, settings);
-        for p in &gpt.table.params {
+        model.step(settings)?;
+        let params = model.params()?;
+        for p in &table.params {
             let name = format!("step{}.{}", k + 1, p.name);
             let r = tensor(&expected, &name, &exp_path, p.range.len())?;
             let err = rel_l2(&params[p.range.clone()], &r, Some(&before[p.range.clone()]));
             rows.push(row(name, "rel_update_l2", err, tol.step_rel_update));
         }
-        let (loss, _, g) = loss_grad(&params)?;
-        if k == 0 {
-            if let Some(t) = expected.get("loss_after_step1") {
-                let r = t.to_f32().first().copied().unwrap_or(f32::NAN);
-                rows.push(row(
-                    "loss_after_step1",
-                    "abs",
-                    (loss - r).abs() as f64,
-                    tol.loss_abs,
-                ));
+        if k + 1 < cfg.steps.len() || k == 0 {
+            let (loss, _) = loss_grad(model.as_mut())?;
+            if k == 0 {
+                if let Some(t) = expected.get("loss_after_step1") {
+                    let r = t.to_f32().first().copied().unwrap_or(f32::NAN);
+                    rows.push(row(
+                        "loss_after_step1",
+                        "abs",
+                        (loss - r).abs() as f64,
+                        tol.loss_abs,
+                    ));
+                }
             }
         }
-        grads = g;
+        before = params;
     }
     Ok(rows)
 }

@@ -585,3 +585,165 @@ fn residual_mix_backward_with_deterministic_lambda_gradients() {
         }
     }
 }
+
+/// rstd of each row of `x` (n, c), as the forward saves it.
+fn rstd_of(x: &[f32], c: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let mut r = vec![0f32; x.len() / c];
+    ops::rmsnorm_forward(&mut y, &mut r, x, c);
+    r
+}
+
+#[test]
+fn fused_norm_and_mix_backward_matches_the_two_references() {
+    let mut rng = Rng::new(18);
+    for (s, dev) in devices() {
+        for (n, c) in [(1usize, 40usize), (7, 300)] {
+            let d = dev.as_ref();
+            let (x, x0, dres, dy) = (
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 1.0),
+                randn(&mut rng, n * c, 1.0),
+            );
+            let lambdas = [0.8f32, -0.4];
+            let xmix: Vec<f32> = to_bf16(
+                &x.iter()
+                    .zip(&x0)
+                    .map(|(a, b)| lambdas[0] * a + lambdas[1] * b)
+                    .collect::<Vec<_>>(),
+            )
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+            let rstd = rstd_of(&xmix, c);
+            let dx0_init = randn(&mut rng, n * c, 0.5);
+            let dl_init = [0.125f32, -2.0];
+            let up = |v: &[f32]| d.upload_new(&to_bf16(v)).unwrap();
+            let (bx, bx0, bmix, bdy) = (up(&x), up(&x0), up(&xmix), up(&dy));
+            let (bl, brstd) = (
+                d.upload_new(&lambdas).unwrap(),
+                d.upload_new(&rstd).unwrap(),
+            );
+            let mut runs = Vec::new();
+            for _ in 0..2 {
+                // dx aliases dres: the in-place use the model makes of it.
+                let bres = up(&dres);
+                let (bdx0, bdl) = (
+                    d.upload_new(&dx0_init).unwrap(),
+                    d.upload_new(&dl_init).unwrap(),
+                );
+                let scratch = d.alloc(4 * rmsnorm::mix_backward_scratch(n)).unwrap();
+                rmsnorm::rmsnorm_mix_backward(
+                    d,
+                    bres.ptr(),
+                    bdx0.ptr(),
+                    bdl.ptr(),
+                    scratch.ptr(),
+                    bres.ptr(),
+                    bdy.ptr(),
+                    bmix.ptr(),
+                    brstd.ptr(),
+                    bx.ptr(),
+                    bx0.ptr(),
+                    bl.ptr(),
+                    n,
+                    c,
+                )
+                .unwrap();
+                runs.push((
+                    down_bf16(d, bres.ptr(), n * c),
+                    d.download_vec::<f32>(bdx0.ptr(), n * c).unwrap(),
+                    d.download_vec::<f32>(bdl.ptr(), 2).unwrap(),
+                ));
+            }
+            assert_eq!(runs[0], runs[1], "{s:?} not reproducible");
+            // Reference: the norm's backward into dres, then the mix's, all fp32.
+            let mut g = dres.clone();
+            ops::rmsnorm_backward(&mut g, &dy, &xmix, &rstd, c);
+            let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0_init.clone());
+            let (dr, dz) =
+                ops::lambda_mix_backward(&mut wdx, &mut wdx0, &g, &x, &x0, lambdas[0], lambdas[1]);
+            let (gdx, gdx0, gdl) = &runs[0];
+            assert_close(gdx, &wdx, 8e-3, 1e-4, &format!("{s:?} dx"));
+            assert_close(gdx0, &wdx0, 1e-5, 1e-5, "dx0");
+            let tol = 1e-5 * (n * c) as f32;
+            assert_close(
+                gdl,
+                &[dl_init[0] + dr, dl_init[1] + dz],
+                1e-4,
+                tol,
+                "dlambdas",
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_final_norm_and_backout_backward_matches_the_two_references() {
+    let mut rng = Rng::new(19);
+    for (s, dev) in devices() {
+        for (n, c) in [(1usize, 24usize), (5, 260)] {
+            let d = dev.as_ref();
+            let (xf, x_mid, dy) = (
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 2.0),
+                randn(&mut rng, n * c, 1.0),
+            );
+            let rstd = rstd_of(&xf, c);
+            let lambda = [0.3f32];
+            let dl_init = [0.5f32];
+            let up = |v: &[f32]| d.upload_new(&to_bf16(v)).unwrap();
+            let (bxf, bmid, bdy) = (up(&xf), up(&x_mid), up(&dy));
+            let (bl, brstd, bdl) = (
+                d.upload_new(&lambda).unwrap(),
+                d.upload_new(&rstd).unwrap(),
+                d.upload_new(&dl_init).unwrap(),
+            );
+            // Garbage in the outputs: they are written, not accumulated.
+            let (bdx, bdmid) = (up(&vec![7.0; n * c]), up(&vec![-3.0; n * c]));
+            let scratch = d.alloc(4 * rmsnorm::mix_backward_scratch(n)).unwrap();
+            rmsnorm::rmsnorm_backout_backward(
+                d,
+                bdx.ptr(),
+                bdmid.ptr(),
+                bdl.ptr(),
+                scratch.ptr(),
+                bdy.ptr(),
+                bxf.ptr(),
+                brstd.ptr(),
+                bmid.ptr(),
+                bl.ptr(),
+                n,
+                c,
+            )
+            .unwrap();
+            let mut g = vec![0f32; n * c];
+            ops::rmsnorm_backward(&mut g, &dy, &xf, &rstd, c);
+            let (mut wdx, mut wmid) = (vec![0f32; n * c], vec![0f32; n * c]);
+            let dl = ops::backout_backward(&mut wdx, &mut wmid, &g, &x_mid, lambda[0]);
+            assert_close(
+                &down_bf16(d, bdx.ptr(), n * c),
+                &wdx,
+                8e-3,
+                1e-4,
+                &format!("{s:?} dx"),
+            );
+            assert_close(
+                &down_bf16(d, bdmid.ptr(), n * c),
+                &wmid,
+                8e-3,
+                1e-4,
+                "dx_mid",
+            );
+            let got = d.download_vec::<f32>(bdl.ptr(), 1).unwrap();
+            assert_close(
+                &got,
+                &[dl_init[0] + dl],
+                1e-4,
+                1e-5 * (n * c) as f32,
+                "dlambda",
+            );
+        }
+    }
+}

@@ -287,3 +287,49 @@ fn base_eval_reports_bpb_and_samples_of_a_checkpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_kernel_device_trains_like_the_cpu_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    // head_dim 64: the flash attention kernels; 4 steps with a checkpoint at the end.
+    let common = [
+        "--num-iterations",
+        "4",
+        "--eval-every",
+        "0",
+        "--head-dim",
+        "64",
+    ];
+    let run = |device: &str| {
+        let mut a = common.to_vec();
+        a.extend(["--device", device, "--model-tag", device]);
+        train(&parse(&a), base).unwrap();
+        logged_losses(&base.join("base_checkpoints").join(device))
+    };
+    let (cpu, emu) = (run("cpu"), run("emu"));
+    assert_eq!(cpu.len(), 4, "{cpu:?}");
+    assert_eq!(emu.len(), cpu.len(), "{emu:?}");
+    for ((s, a), (_, b)) in cpu.iter().zip(&emu) {
+        assert!((a - b).abs() < 2e-2, "step {s}: cpu loss {a}, emu loss {b}");
+    }
+    // The loss falls (4 steps, 2 of them warm-up).
+    assert!(emu.last().unwrap().1 < emu[0].1 - 0.02, "{emu:?}");
+    // The checkpoint of the kernel run holds its parameters and optimizer state, and resumes.
+    let l = checkpoint::load(&base.join("base_checkpoints").join("emu"), Some(4), 0, None).unwrap();
+    assert!(l.optim.is_some());
+    let mut a = common.to_vec();
+    a.extend([
+        "--device",
+        "emu",
+        "--model-tag",
+        "emu",
+        "--resume",
+        "--num-iterations",
+        "5",
+    ]);
+    train(&parse(&a), base).unwrap();
+    let resumed = logged_losses(&base.join("base_checkpoints").join("emu"));
+    assert_eq!(resumed.last().unwrap().0, 4, "{resumed:?}");
+}

@@ -1,7 +1,8 @@
-//! `parity <fixture-dir> [--device cpu]`: compares loss, logits, every gradient and two optimizer steps with a
+//! `parity <fixture-dir> [--device cpu|emu|cuda]`: compares loss, logits, every gradient and two optimizer steps with a
 //! reference fixture produced by upstream nanochat; prints one row per tensor and exits non-zero on a mismatch.
 
 use clap::{Parser, ValueEnum};
+use nanochat::device::DeviceKind;
 use nanochat::parity::{self, Tolerances};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +32,19 @@ fn main() -> ExitCode {
     let result = match args.device {
         Device::Cpu => parity::run_cpu(&args.fixture, Tolerances::FP32),
         Device::Emu | Device::Cuda => {
-            Err(format!("--device {:?}: the full model does not run on the kernel devices yet; use --device cpu", args.device))
+            let kind = if matches!(args.device, Device::Cuda) {
+                DeviceKind::Cuda
+            } else {
+                DeviceKind::Emu
+            };
+            nanochat::device::open(kind)
+                .map_err(|e| {
+                    format!(
+                        "--device {}: {e}",
+                        format!("{:?}", args.device).to_lowercase()
+                    )
+                })
+                .and_then(|dev| parity::run_kernels(&args.fixture, Tolerances::BF16, dev))
         }
     };
     match result {

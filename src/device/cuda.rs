@@ -396,6 +396,11 @@ impl Device for CudaDevice {
         .map_err(|e| cublas_err("cublasLtMatmul", e))
     }
 
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        let _g = self.lock().ok()?;
+        drv::mem_get_info().ok()
+    }
+
     fn synchronize(&self) -> Result<()> {
         let g = self.lock()?;
         // SAFETY: stream is ours and alive.

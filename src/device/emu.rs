@@ -215,6 +215,10 @@ impl Device for EmuDevice {
         Ok(())
     }
 
+    fn guard_pages(&self) -> bool {
+        true
+    }
+
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }

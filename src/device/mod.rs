@@ -17,6 +17,7 @@ pub mod cuda;
 pub mod emu;
 pub mod gemm;
 pub mod kernels;
+pub mod model;
 pub mod reference;
 
 use std::fmt;
@@ -243,6 +244,15 @@ pub trait Device: Send + Sync {
     fn gemm(&self, g: &Gemm) -> Result<()>;
     /// Waits for all queued work; reports asynchronous errors.
     fn synchronize(&self) -> Result<()>;
+    /// (free, total) device memory in bytes, where the device knows it.
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// Whether every allocation is fenced by guard pages (the emulator), so that separate allocations catch
+    /// overruns that one carved allocation would not.
+    fn guard_pages(&self) -> bool {
+        false
+    }
 }
 
 impl dyn Device + '_ {

@@ -272,6 +272,87 @@ impl MuonAdamW {
             .expect("every slot of the table has state")
     }
 
+    /// Advances the step count and returns what this step does, one job per slot in group order: the slot's
+    /// range of the flat parameter and gradient buffers, its offsets in the state buffers and the
+    /// hyperparameters of its group under `s`. [`MuonAdamW::step`] runs the jobs on the host; a kernel device
+    /// runs the same jobs on its copies of the buffers (see [`MuonAdamW::state_buffers`]).
+    pub fn begin_step(&mut self, s: &StepSettings) -> Vec<StepJob> {
+        self.step += 1;
+        self.plan(s)
+    }
+
+    /// The jobs of a step at the current step count (what [`MuonAdamW::begin_step`] returns after counting
+    /// the step); does not change the optimizer.
+    pub fn plan(&self, s: &StepSettings) -> Vec<StepJob> {
+        let mut jobs = Vec::new();
+        for g in &self.groups {
+            let lr = g.initial_lr * s.lr_multiplier;
+            for &slot in &g.slots {
+                let st = self.slot_state(slot);
+                jobs.push(match g.kind {
+                    GroupKind::AdamW {
+                        betas,
+                        eps,
+                        weight_decay,
+                    } => StepJob::AdamW {
+                        range: st.range.clone(),
+                        state: st.state,
+                        hyper: AdamHyper {
+                            lr: lr as f32,
+                            beta1: betas[0] as f32,
+                            beta2: betas[1] as f32,
+                            eps: eps as f32,
+                            weight_decay: weight_decay as f32,
+                            step: self.step,
+                        },
+                    },
+                    GroupKind::Muon {
+                        shape: (m, n),
+                        ns_steps,
+                        beta2,
+                        ..
+                    } => StepJob::Muon {
+                        range: st.range.clone(),
+                        state: st.state,
+                        second: st.second,
+                        count: st.count,
+                        dims: st.dims,
+                        hyper: MuonHyper {
+                            lr: (lr * lr_shape_factor(m, n)) as f32,
+                            momentum: s.muon_momentum as f32,
+                            weight_decay: s.muon_weight_decay as f32,
+                            beta2: beta2 as f32,
+                            ns_steps,
+                            bf16: self.bf16_orthogonalization,
+                        },
+                    },
+                });
+            }
+        }
+        jobs
+    }
+
+    /// The four flat state buffers: (exp_avg, exp_avg_sq) of the AdamW slots, (momentum, second moment) of the
+    /// Muon slots, indexed by the offsets of [`StepJob`].
+    pub fn state_buffers(&self) -> [&[f32]; 4] {
+        [
+            &self.exp_avg,
+            &self.exp_avg_sq,
+            &self.momentum,
+            &self.second_moment,
+        ]
+    }
+
+    /// Mutable [`MuonAdamW::state_buffers`] (for a device that keeps the state and syncs it back).
+    pub fn state_buffers_mut(&mut self) -> [&mut [f32]; 4] {
+        [
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+            &mut self.momentum,
+            &mut self.second_moment,
+        ]
+    }
+
     /// One optimizer step: `params ← update(params, grads)` for every group, state advanced.
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], s: &StepSettings) {
         assert!(
@@ -281,91 +362,96 @@ impl MuonAdamW {
             grads.len(),
             self.numel
         );
-        self.step += 1;
-        let mut muon_jobs: Vec<(SlotState, MuonHyper)> = Vec::new();
-        for g in &self.groups {
-            let lr = g.initial_lr * s.lr_multiplier;
-            match g.kind {
-                GroupKind::AdamW {
-                    betas,
-                    eps,
-                    weight_decay,
+        let mut muon_jobs = Vec::new();
+        for job in self.begin_step(s) {
+            match job {
+                StepJob::AdamW {
+                    range,
+                    state,
+                    hyper,
                 } => {
-                    let h = AdamHyper {
-                        lr: lr as f32,
-                        beta1: betas[0] as f32,
-                        beta2: betas[1] as f32,
-                        eps: eps as f32,
-                        weight_decay: weight_decay as f32,
-                        step: self.step,
-                    };
-                    for &slot in &g.slots {
-                        let st = self.slot_state(slot).clone();
-                        let state = st.state..st.state + st.range.len();
-                        adamw_update(
-                            &mut params[st.range.clone()],
-                            &grads[st.range],
-                            &mut self.exp_avg[state.clone()],
-                            &mut self.exp_avg_sq[state],
-                            &h,
-                        );
-                    }
+                    let st = state..state + range.len();
+                    adamw_update(
+                        &mut params[range.clone()],
+                        &grads[range],
+                        &mut self.exp_avg[st.clone()],
+                        &mut self.exp_avg_sq[st],
+                        &hyper,
+                    );
                 }
-                GroupKind::Muon {
-                    shape: (m, n),
-                    ns_steps,
-                    beta2,
-                    ..
-                } => {
-                    let h = MuonHyper {
-                        lr: (lr * lr_shape_factor(m, n)) as f32,
-                        momentum: s.muon_momentum as f32,
-                        weight_decay: s.muon_weight_decay as f32,
-                        beta2: beta2 as f32,
-                        ns_steps,
-                        bf16: self.bf16_orthogonalization,
-                    };
-                    for &slot in &g.slots {
-                        muon_jobs.push((self.slot_state(slot).clone(), h));
-                    }
-                }
+                muon => muon_jobs.push(muon),
             }
         }
         self.step_muon(params, grads, muon_jobs);
     }
 
     /// Runs every Muon matrix in parallel: each job gets disjoint slices of the parameter and state buffers.
-    fn step_muon(
-        &mut self,
-        params: &mut [f32],
-        grads: &[f32],
-        mut jobs: Vec<(SlotState, MuonHyper)>,
-    ) {
+    fn step_muon(&mut self, params: &mut [f32], grads: &[f32], mut jobs: Vec<StepJob>) {
         // Slot order is buffer order for the parameters and for both state buffers.
-        jobs.sort_by_key(|(st, _)| st.range.start);
+        jobs.sort_by_key(|j| j.range().start);
         let mut p_all = Carver::new(params);
         let mut m_all = Carver::new(&mut self.momentum);
         let mut s_all = Carver::new(&mut self.second_moment);
         let mut matrices = Vec::new();
-        for (st, h) in &jobs {
-            let (m, n) = st.dims;
-            let s_len = second_moment_len(m, n);
-            let p_slot = p_all.take(st.range.clone());
-            let m_slot = m_all.take(st.state..st.state + st.range.len());
-            let s_slot = s_all.take(st.second..st.second + st.count * s_len);
-            let g_slot = &grads[st.range.clone()];
+        for job in &jobs {
+            let StepJob::Muon {
+                range,
+                state,
+                second,
+                count,
+                dims: (m, n),
+                hyper,
+            } = job
+            else {
+                unreachable!("only Muon jobs are passed here")
+            };
+            let s_len = second_moment_len(*m, *n);
+            let p_slot = p_all.take(range.clone());
+            let m_slot = m_all.take(*state..*state + range.len());
+            let s_slot = s_all.take(*second..*second + count * s_len);
+            let g_slot = &grads[range.clone()];
             for (((p, g), mom), sec) in p_slot
                 .chunks_exact_mut(m * n)
                 .zip(g_slot.chunks_exact(m * n))
                 .zip(m_slot.chunks_exact_mut(m * n))
                 .zip(s_slot.chunks_exact_mut(s_len))
             {
-                matrices.push((p, g, mom, sec, (m, n), *h));
+                matrices.push((p, g, mom, sec, (*m, *n), *hyper));
             }
         }
         matrices
             .into_par_iter()
             .for_each(|(p, g, mom, sec, dims, h)| muon_update(p, g, mom, sec, dims, &h));
+    }
+}
+
+/// One slot's share of an optimizer step (see [`MuonAdamW::begin_step`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepJob {
+    /// AdamW over `range` of the flat buffers; moments at `state..` of exp_avg and exp_avg_sq.
+    AdamW {
+        range: Range<usize>,
+        state: usize,
+        hyper: AdamHyper,
+    },
+    /// Muon over `count` stacked `dims` matrices at `range`; momentum at `state..`, the factored second moments
+    /// (`second_moment_len(dims)` each) at `second..`.
+    Muon {
+        range: Range<usize>,
+        state: usize,
+        second: usize,
+        count: usize,
+        dims: (usize, usize),
+        hyper: MuonHyper,
+    },
+}
+
+impl StepJob {
+    /// The slot's range of the parameter and gradient buffers.
+    pub fn range(&self) -> &Range<usize> {
+        match self {
+            StepJob::AdamW { range, .. } | StepJob::Muon { range, .. } => range,
+        }
     }
 }
 

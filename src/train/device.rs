@@ -1,5 +1,5 @@
 //! The interface between the training loop and whatever computes the model: the CPU reference here; the
-//! kernel devices (CUDA, emulator) implement the same trait. The loop never sees buffers or kernels.
+//! kernel devices (CUDA, emulator) implement the same trait in `crate::device::model`. The loop never sees buffers or kernels.
 
 use crate::config::ModelConfig;
 use crate::cpu::gpt::Gpt;
@@ -32,13 +32,18 @@ pub trait ModelDevice {
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, String>;
+    /// Softcapped logits of every position, `(b·t, vocab)`.
+    fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
+    /// The gradients accumulated since the last step, fp32 in the flat layout.
+    fn grads(&mut self) -> Result<Vec<f32>, String>;
     /// Softcapped logits of the last position of each row, `(b, vocab)`.
     fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
     /// One optimizer step with the accumulated gradients, which are then cleared.
-    fn step(&mut self, settings: &StepSettings);
+    fn step(&mut self, settings: &StepSettings) -> Result<(), String>;
     /// Parameters as fp32 in the flat layout (for checkpoints).
-    fn params(&self) -> Vec<f32>;
-    fn optimizer_state(&self) -> BTreeMap<String, Tensor>;
+    fn params(&self) -> Result<Vec<f32>, String>;
+    /// The optimizer state as named tensors (for checkpoints).
+    fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String>;
     fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String>;
 }
 
@@ -123,6 +128,15 @@ impl ModelDevice for CpuModel {
             .losses)
     }
 
+    fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
+        let fwd = self.gpt.forward(&self.params, ids, None, b, t)?;
+        Ok(fwd.logits_unpadded(self.gpt.config.vocab_size))
+    }
+
+    fn grads(&mut self) -> Result<Vec<f32>, String> {
+        Ok(self.grads.clone())
+    }
+
     fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
         let fwd = self.gpt.forward(&self.params, ids, None, b, t)?;
         let v = self.gpt.config.vocab_size;
@@ -132,17 +146,18 @@ impl ModelDevice for CpuModel {
             .collect())
     }
 
-    fn step(&mut self, settings: &StepSettings) {
+    fn step(&mut self, settings: &StepSettings) -> Result<(), String> {
         self.opt.step(&mut self.params, &self.grads, settings);
         self.grads.fill(0.0);
+        Ok(())
     }
 
-    fn params(&self) -> Vec<f32> {
-        self.params.clone()
+    fn params(&self) -> Result<Vec<f32>, String> {
+        Ok(self.params.clone())
     }
 
-    fn optimizer_state(&self) -> BTreeMap<String, Tensor> {
-        self.opt.state_tensors()
+    fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String> {
+        Ok(self.opt.state_tensors())
     }
 
     fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {

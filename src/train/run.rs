@@ -11,6 +11,7 @@ use crate::data::loader::open_split;
 use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
 use crate::data::shards::{TokenShard, TokenizerId};
 use crate::data::Split;
+use crate::device::model::KernelModel;
 use crate::device::DeviceKind;
 use crate::optim::schedule::Schedule;
 use crate::optim::StepSettings;
@@ -241,22 +242,21 @@ fn fmt_duration(secs: f64) -> String {
 
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
 pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
-    if args.device != Device::Cpu {
-        // Open the device first, so a machine without a driver or GPU hears exactly that.
-        let kind = if args.device == Device::Cuda {
-            DeviceKind::Cuda
-        } else {
-            DeviceKind::Emu
-        };
-        let flag = format!("--device {}", format!("{:?}", args.device).to_lowercase());
-        let dev = crate::device::open(kind).map_err(|e| format!("{flag}: {e}"))?;
-        return Err(format!(
-            "{flag} ({}): the kernel devices run individual kernels but not the full model yet; use --device cpu",
-            dev.name()
-        ));
-    }
+    // Open a kernel device first, so a machine without a driver or GPU hears exactly that.
+    let mut kernel_device = match args.device {
+        Device::Cpu => None,
+        Device::Emu | Device::Cuda => {
+            let kind = if args.device == Device::Cuda {
+                DeviceKind::Cuda
+            } else {
+                DeviceKind::Emu
+            };
+            let flag = format!("--device {}", format!("{:?}", args.device).to_lowercase());
+            Some(crate::device::open(kind).map_err(|e| format!("{flag}: {e}"))?)
+        }
+    };
     if args.fp8 {
-        eprintln!("warning: --fp8 needs a GPU; ignored on the CPU");
+        eprintln!("warning: --fp8 is not implemented; training runs in bf16");
     }
     let tok = load_tokenizer(base)?;
     let plan = Plan::derive(&PlanArgs {
@@ -314,10 +314,29 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     } else {
         None
     };
+    // The model on the chosen device (built once, from fresh or resumed parameters).
+    let mut make_model = |params: Vec<f32>| -> Result<Box<dyn ModelDevice>, String> {
+        match kernel_device.take() {
+            None => Ok(Box::new(CpuModel::new(
+                &plan.model,
+                params,
+                &plan.optimizer,
+            )?)),
+            Some(dev) => {
+                let m = KernelModel::new(dev, &plan.model, &params, &plan.optimizer)?;
+                println!(
+                    "device memory ({}):\n{}",
+                    m.device().name(),
+                    m.memory_report(b, t)
+                );
+                Ok(Box::new(m))
+            }
+        }
+    };
     let (mut model, mut loader, mut loop_state, start) = match resume_step {
         Some(step) => {
             let l = checkpoint::load(&ckpt_dir, Some(step), 0, Some(&plan.model))?;
-            let mut model = CpuModel::new(&plan.model, l.params, &plan.optimizer)?;
+            let mut model = make_model(l.params)?;
             let state = l.optim.ok_or_else(|| {
                 format!(
                     "checkpoint step {step} in {} has no optimizer state",
@@ -336,7 +355,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             let table = crate::params::ParamTable::new(&plan.model);
             let mut params = vec![0.0; table.numel];
             table.init(&mut params, args.seed);
-            let model = CpuModel::new(&plan.model, params, &plan.optimizer)?;
+            let model = make_model(params)?;
             let loader =
                 DataLoader::new(train_shards.clone(), loader_cfg).map_err(|e| e.to_string())?;
             (model, loader, LoopState::default(), 0)
@@ -361,7 +380,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         let last_step = step == n_iter;
         if args.eval_every > 0 && (last_step || step % args.eval_every == 0) {
             let bpb = evaluate_bpb(
-                &mut model,
+                model.as_mut(),
                 val_shards.clone(),
                 loader_cfg,
                 eval_steps,
@@ -382,7 +401,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             for prompt in SAMPLE_PROMPTS {
                 println!(
                     "sample | {prompt}{}",
-                    sample_greedy(&mut model, &tok, prompt, 16)?
+                    sample_greedy(model.as_mut(), &tok, prompt, 16)?
                 );
             }
         }
@@ -403,7 +422,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
                     .map_err(|e| e.to_string())?,
                 loop_state: loop_state.clone(),
             };
-            let params = model.params();
+            let params = model.params()?;
             if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
                 let name = model
                     .table()
@@ -417,14 +436,8 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
                     ckpt_dir.display()
                 ));
             }
-            checkpoint::save(
-                &ckpt_dir,
-                &meta,
-                model.table(),
-                &params,
-                &model.optimizer_state(),
-                0,
-            )?;
+            let optim_state = model.optimizer_state()?;
+            checkpoint::save(&ckpt_dir, &meta, model.table(), &params, &optim_state, 0)?;
             println!("saved checkpoint step {step} to {}", ckpt_dir.display());
         }
         if last_step || stop_at == Some(step) {
@@ -452,7 +465,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             muon_momentum: schedule.muon_momentum(step),
             muon_weight_decay: schedule.muon_weight_decay(plan.weight_decay_scaled, step),
         };
-        model.step(&settings);
+        model.step(&settings)?;
         let dt = t0.elapsed().as_secs_f64();
 
         loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * loss as f64;
@@ -549,12 +562,20 @@ mod tests {
         fn last_logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {
             unreachable!()
         }
-        fn step(&mut self, _: &StepSettings) {}
-        fn params(&self) -> Vec<f32> {
-            Vec::new()
+        fn logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {
+            unreachable!()
         }
-        fn optimizer_state(&self) -> BTreeMap<String, Tensor> {
-            BTreeMap::new()
+        fn grads(&mut self) -> Result<Vec<f32>, String> {
+            unreachable!()
+        }
+        fn step(&mut self, _: &StepSettings) -> Result<(), String> {
+            Ok(())
+        }
+        fn params(&self) -> Result<Vec<f32>, String> {
+            Ok(Vec::new())
+        }
+        fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String> {
+            Ok(BTreeMap::new())
         }
         fn load_optimizer_state(&mut self, _: &BTreeMap<String, Tensor>) -> Result<(), String> {
             Ok(())

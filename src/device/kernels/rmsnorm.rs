@@ -1,5 +1,6 @@
 //! `cuda/rmsnorm.cu`: RMSNorm (no weight) forward, with the residual-lambda mix fused in front, and
-//! backward. Rows of width `c`, bf16 activations, fp32 `rstd`.
+//! backward, alone or fused with the mix's and the backout's backward. Rows of width `c`, bf16 activations,
+//! fp32 `rstd`.
 
 use super::reduce::{reduce_into, Reduction};
 use super::{as_i32, one_block_each, ROW_BLOCK};
@@ -137,30 +138,127 @@ pub fn mix_backward(
         0,
         &args,
     )?;
-    let parts = scratch.at::<f32>(2 * n);
-    reduce_into(
-        dev,
-        dlambdas,
-        parts,
-        scratch,
-        Dtype::F32,
-        n,
-        Reduction::Sum,
-        true,
-    )?;
-    reduce_into(
-        dev,
-        dlambdas.at::<f32>(1),
-        parts,
-        scratch.at::<f32>(n),
-        Dtype::F32,
-        n,
-        Reduction::Sum,
-        true,
-    )
+    reduce_partials(dev, dlambdas, scratch, n, 2)
 }
 
 /// Scratch f32 elements [`mix_backward`] needs for `n` rows.
 pub fn mix_backward_scratch(n: usize) -> usize {
     2 * n + super::reduce::partials_for(n)
+}
+
+/// [`rmsnorm_backward`] then [`mix_backward`] in one pass, the gradient of `xmix` kept in fp32 between them:
+/// `g = dres + rstd · (dy − y · mean(dy · y))` (y = xmix · rstd), then `dx (n, c) bf16 = lambdas[0] · g` (dx
+/// may be dres itself), `dx0 (n, c) f32 += lambdas[1] · g`, `dlambdas[0..2] (f32) += (Σ g·x, Σ g·x0)`.
+/// `scratch` holds at least [`mix_backward_scratch`]`(n)` f32.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_mix_backward(
+    dev: &dyn Device,
+    dx: DevPtr,
+    dx0: DevPtr,
+    dlambdas: DevPtr,
+    scratch: DevPtr,
+    dres: DevPtr,
+    dy: DevPtr,
+    xmix: DevPtr,
+    rstd: DevPtr,
+    x: DevPtr,
+    x0: DevPtr,
+    lambdas: DevPtr,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(dx),
+        Arg::Ptr(dx0),
+        Arg::Ptr(scratch),
+        Arg::Ptr(dres),
+        Arg::Ptr(dy),
+        Arg::Ptr(xmix),
+        Arg::Ptr(rstd),
+        Arg::Ptr(x),
+        Arg::Ptr(x0),
+        Arg::Ptr(lambdas),
+        Arg::I32(as_i32(n, "rmsnorm rows")?),
+        Arg::I32(as_i32(c, "rmsnorm width")?),
+    ];
+    dev.launch(
+        "rmsnorm_mix_backward",
+        one_block_each(n, "rmsnorm")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &args,
+    )?;
+    reduce_partials(dev, dlambdas, scratch, n, 2)
+}
+
+/// The final norm's backward fused with the backout's (`xf = x − lambda · x_mid`): `g = rstd · (dy − y ·
+/// mean(dy · y))` in fp32 (y = xf · rstd), `dx (n, c) bf16 = g`, `dx_mid (n, c) bf16 = −lambda · g` (both
+/// written, not added), `dlambda (1) f32 += −Σ g · x_mid`. `scratch` holds at least
+/// [`mix_backward_scratch`]`(n)` f32.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backout_backward(
+    dev: &dyn Device,
+    dx: DevPtr,
+    dx_mid: DevPtr,
+    dlambda: DevPtr,
+    scratch: DevPtr,
+    dy: DevPtr,
+    xf: DevPtr,
+    rstd: DevPtr,
+    x_mid: DevPtr,
+    lambda: DevPtr,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let args = [
+        Arg::Ptr(dx),
+        Arg::Ptr(dx_mid),
+        Arg::Ptr(scratch),
+        Arg::Ptr(dy),
+        Arg::Ptr(xf),
+        Arg::Ptr(rstd),
+        Arg::Ptr(x_mid),
+        Arg::Ptr(lambda),
+        Arg::I32(as_i32(n, "rmsnorm rows")?),
+        Arg::I32(as_i32(c, "rmsnorm width")?),
+    ];
+    dev.launch(
+        "rmsnorm_backout_backward",
+        one_block_each(n, "rmsnorm")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &args,
+    )?;
+    reduce_partials(dev, dlambda, scratch, n, 1)
+}
+
+/// `out[j] += Σ_row scratch[j·n + row]` for `j < count`, deterministically; the reduction's own partial
+/// sums go at `scratch[2n..]` (see [`mix_backward_scratch`]).
+fn reduce_partials(
+    dev: &dyn Device,
+    out: DevPtr,
+    scratch: DevPtr,
+    n: usize,
+    count: usize,
+) -> Result<()> {
+    let parts = scratch.at::<f32>(2 * n);
+    for j in 0..count {
+        reduce_into(
+            dev,
+            out.at::<f32>(j),
+            parts,
+            scratch.at::<f32>(j * n),
+            Dtype::F32,
+            n,
+            Reduction::Sum,
+            true,
+        )?;
+    }
+    Ok(())
 }
