@@ -1433,7 +1433,10 @@ mod tests {
         for b in [1, 3, 8] {
             let need = fixed + ArenaLayout::size(&c, b, 2048);
             assert_eq!(largest_batch(&c, &table, &opt, 2048, need), Some(b));
-            assert_eq!(largest_batch(&c, &table, &opt, 2048, need - 1), Some(b - 1).filter(|&x| x > 0));
+            assert_eq!(
+                largest_batch(&c, &table, &opt, 2048, need - 1),
+                Some(b - 1).filter(|&x| x > 0)
+            );
         }
         assert_eq!(largest_batch(&c, &table, &opt, 2048, fixed / 2), None);
     }
@@ -1441,7 +1444,10 @@ mod tests {
     #[test]
     fn arena_grows_with_the_batch_and_reports_every_byte() {
         let c = cfg(2);
-        let (a1, a2) = (ArenaLayout::new(&c, 1, 256, 0), ArenaLayout::new(&c, 2, 256, 0));
+        let (a1, a2) = (
+            ArenaLayout::new(&c, 1, 256, 0),
+            ArenaLayout::new(&c, 2, 256, 0),
+        );
         assert!(a2.bytes > a1.bytes && a2.bytes <= 2 * a1.bytes + ALIGN * a1.parts.len());
         let reported: usize = a1.report.values().sum();
         assert!(reported <= a1.bytes && a1.bytes - reported < ALIGN * a1.parts.len());
