@@ -92,6 +92,43 @@ impl Forward {
     }
 }
 
+/// Checks a batch `(b, t)` of ids (and targets) for a model with RoPE tables of `positions` positions: the
+/// lengths, the sequence length, ids inside the vocabulary, targets inside it or the ignore index -1.
+pub fn check_batch(
+    cfg: &ModelConfig,
+    positions: usize,
+    ids: &[u32],
+    targets: Option<&[i32]>,
+    b: usize,
+    t: usize,
+) -> Result<(), String> {
+    let (n, v) = (b * t, cfg.vocab_size);
+    if n == 0 {
+        return Err(format!("empty batch ({b}x{t})"));
+    }
+    if ids.len() != n || targets.is_some_and(|y| y.len() != n) {
+        return Err(format!("batch must hold {b}x{t} = {n} ids and targets"));
+    }
+    if t > positions {
+        return Err(format!(
+            "sequence length {t} exceeds the RoPE table ({positions} positions)"
+        ));
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
+        return Err(format!("token id {bad} is outside the vocabulary of {v}"));
+    }
+    if let Some(&bad) = targets
+        .unwrap_or(&[])
+        .iter()
+        .find(|&&y| y < -1 || y >= v as i32)
+    {
+        return Err(format!(
+            "target {bad} is outside the vocabulary of {v} (and is not the ignore index -1)"
+        ));
+    }
+    Ok(())
+}
+
 impl Gpt {
     pub fn new(config: &ModelConfig) -> Result<Gpt, String> {
         config.validate()?;
@@ -153,27 +190,7 @@ impl Gpt {
                 self.table.numel
             ));
         }
-        if ids.len() != n || targets.is_some_and(|y| y.len() != n) {
-            return Err(format!("batch must hold {b}x{t} = {n} ids and targets"));
-        }
-        if t > self.cos.len() / (d / 2) {
-            return Err(format!(
-                "sequence length {t} exceeds the RoPE table ({} positions)",
-                10 * cfg.sequence_len
-            ));
-        }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
-            return Err(format!("token id {bad} is outside the vocabulary of {v}"));
-        }
-        if let Some(&bad) = targets
-            .unwrap_or(&[])
-            .iter()
-            .find(|&&y| y < -1 || y >= v as i32)
-        {
-            return Err(format!(
-                "target {bad} is outside the vocabulary of {v} (and is not the ignore index -1)"
-            ));
-        }
+        check_batch(cfg, self.cos.len() / (d / 2), ids, targets, b, t)?;
 
         // Embedding, norm, smear.
         let mut emb = vec![0.0; n * c];

@@ -25,6 +25,7 @@ use super::kernels::rope_qknorm::{rope_qknorm_backward, rope_qknorm_forward, Rop
 use super::kernels::{adamw, cross_entropy, embedding, rmsnorm};
 use super::{Buffer, DevPtr, Device, Dtype, Gemm, Op};
 use crate::config::{ModelConfig, ROPE_BASE, SMEAR_CHANNELS, SOFTCAP, VE_GATE_CHANNELS};
+use crate::cpu::gpt::check_batch;
 use crate::optim::{MuonAdamW, SetupArgs, StepJob, StepSettings};
 use crate::params::{ParamTable, Slot};
 use crate::safetensors::Tensor;
@@ -276,8 +277,7 @@ pub fn static_memory(table: &ParamTable, opt: &MuonAdamW) -> BTreeMap<&'static s
     m.insert("optimizer state", state);
     let mut muon = 0;
     for s in muon_stacks(opt) {
-        let kk = s.m.min(s.n);
-        muon += s.total() * (F32 + 2 * BF16) + 2 * s.k * kk * kk * BF16;
+        muon += MuonScratch::sizes(s).iter().sum::<usize>();
     }
     m.insert("Muon scratch", muon);
     m
@@ -519,16 +519,16 @@ impl KernelModel {
             )
         };
         let (acts, buffers) = if dev.guard_pages() {
-            // One allocation per part; re-carve each part at its own base.
+            // One allocation per part; point each part at its own base.
             let mut buffers = Vec::new();
-            let mut bases = Vec::new();
             for &(_, bytes) in &sized.parts {
-                let buf = dev.alloc(bytes).map_err(oom)?;
-                bases.push(buf.ptr());
-                buffers.push(buf);
+                buffers.push(dev.alloc(bytes).map_err(oom)?);
             }
-            let mut acts = ArenaLayout::new(&self.config, b, t, 0).acts;
-            remap(&mut acts, &sized.parts, &bases);
+            let bases: Vec<DevPtr> = buffers.iter().map(Buffer::ptr).collect();
+            let ArenaLayout {
+                mut acts, parts, ..
+            } = sized;
+            remap(&mut acts, &parts, &bases);
             (acts, buffers)
         } else {
             let buf = dev.alloc(sized.bytes).map_err(oom)?;
@@ -541,43 +541,6 @@ impl KernelModel {
             acts,
             _buffers: buffers,
         });
-        Ok(())
-    }
-
-    /// Checks a batch like the CPU reference does.
-    fn check_batch(
-        &self,
-        ids: &[u32],
-        targets: Option<&[i32]>,
-        b: usize,
-        t: usize,
-    ) -> Result<(), String> {
-        let v = self.config.vocab_size;
-        let n = b * t;
-        if n == 0 {
-            return Err("empty batch".into());
-        }
-        if ids.len() != n || targets.is_some_and(|y| y.len() != n) {
-            return Err(format!("batch must hold {b}x{t} = {n} ids and targets"));
-        }
-        if t > self.positions {
-            return Err(format!(
-                "sequence length {t} exceeds the RoPE table ({} positions)",
-                self.positions
-            ));
-        }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
-            return Err(format!("token id {bad} is outside the vocabulary of {v}"));
-        }
-        if let Some(&bad) = targets
-            .unwrap_or(&[])
-            .iter()
-            .find(|&&y| y < -1 || y >= v as i32)
-        {
-            return Err(format!(
-                "target {bad} is outside the vocabulary of {v} (and is not the ignore index -1)"
-            ));
-        }
         Ok(())
     }
 
@@ -648,7 +611,7 @@ impl KernelModel {
         t: usize,
         dloss: f32,
     ) -> Result<f32, String> {
-        self.check_batch(ids, targets, b, t)?;
+        check_batch(&self.config, self.positions, ids, targets, b, t)?;
         self.ensure_arena(b, t)?;
         self.forward_kernels(ids, targets, b, t, dloss)
             .map_err(|e| format!("{}: forward: {e}", self.dev.name()))
@@ -742,15 +705,7 @@ impl KernelModel {
                 false,
             )?;
             if let Some(kv) = cfg.ve_index(i) {
-                embedding::embedding_forward(
-                    dev,
-                    a.ve,
-                    a.ids,
-                    self.slot_ptr(Slot::ValueEmbeds, kv),
-                    ids,
-                    vp,
-                    kvd,
-                )?;
+                self.gather_ve(a, ids, kv)?;
                 model_ops::ve_gate_forward(
                     dev,
                     la.v,
@@ -761,15 +716,7 @@ impl KernelModel {
                     gate_shape(cfg, n),
                 )?;
             }
-            let rope = |heads| RopeShape {
-                n,
-                t,
-                heads,
-                d,
-                pos0: 0,
-                x_stride: w,
-                positions: self.positions,
-            };
+            let rope = |heads| self.rope_shape(n, t, heads);
             let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
             rope_qknorm_forward(dev, la.q, la.rstd_q, la.qk, cos, sin, rope(nh))?;
             rope_qknorm_forward(
@@ -859,6 +806,33 @@ impl KernelModel {
             Reduction::Sum,
         )?;
         Ok(dev.download_vec::<f32>(a.loss_sum, 1)?[0])
+    }
+
+    /// RoPE + QK-norm over `heads` heads of the q‖k rows of `n` tokens (sequences of `t`).
+    fn rope_shape(&self, n: usize, t: usize, heads: usize) -> RopeShape {
+        RopeShape {
+            n,
+            t,
+            heads,
+            d: self.config.head_dim(),
+            pos0: 0,
+            x_stride: self.config.q_dim() + self.config.kv_dim(),
+            positions: self.positions,
+        }
+    }
+
+    /// Gathers value embedding `kv` of the batch's tokens into `a.ve` (forward, and again in backward).
+    fn gather_ve(&self, a: &Acts, ids: &[u32], kv: usize) -> super::Result<()> {
+        let cfg = &self.config;
+        embedding::embedding_forward(
+            self.dev.as_ref(),
+            a.ve,
+            a.ids,
+            self.slot_ptr(Slot::ValueEmbeds, kv),
+            ids,
+            cfg.padded_vocab(),
+            cfg.kv_dim(),
+        )
     }
 
     fn attn_shape(&self, b: usize, t: usize, layer: usize) -> AttnShape {
@@ -970,15 +944,7 @@ impl KernelModel {
                 shape,
             )?;
             let w = qd + kvd;
-            let rope = |heads| RopeShape {
-                n,
-                t,
-                heads,
-                d,
-                pos0: 0,
-                x_stride: w,
-                positions: self.positions,
-            };
+            let rope = |heads| self.rope_shape(n, t, heads);
             let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
             rope_qknorm_backward(
                 dev,
@@ -1038,15 +1004,7 @@ impl KernelModel {
                 kvd,
             )?;
             if let Some(kv) = cfg.ve_index(i) {
-                embedding::embedding_forward(
-                    dev,
-                    a.ve,
-                    a.ids,
-                    self.slot_ptr(Slot::ValueEmbeds, kv),
-                    ids,
-                    vp,
-                    kvd,
-                )?;
+                self.gather_ve(a, ids, kv)?;
                 model_ops::ve_gate_backward(
                     dev,
                     a.dve,

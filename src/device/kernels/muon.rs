@@ -303,17 +303,28 @@ pub struct MuonScratch {
 impl MuonScratch {
     /// Allocates the scratch of `s` (about 8 bytes per element plus two Gram matrices per matrix).
     pub fn new(dev: &dyn Device, s: Stack) -> Result<MuonScratch> {
-        let kk = s.m.min(s.n);
-        // Zero-sized buffers are avoided so that an empty stack still allocates cleanly.
-        let bytes = |n: usize| n.max(1);
+        let [u, xb, yb, a, b] = MuonScratch::sizes(s);
         Ok(MuonScratch {
             stack: s,
-            u: dev.alloc(bytes(4 * s.total()))?,
-            xb: dev.alloc(bytes(2 * s.total()))?,
-            yb: dev.alloc(bytes(2 * s.total()))?,
-            a: dev.alloc(bytes(2 * s.k * kk * kk))?,
-            b: dev.alloc(bytes(2 * s.k * kk * kk))?,
+            u: dev.alloc(u)?,
+            xb: dev.alloc(xb)?,
+            yb: dev.alloc(yb)?,
+            a: dev.alloc(a)?,
+            b: dev.alloc(b)?,
         })
+    }
+
+    /// Bytes of the five buffers (u, xb, yb, a, b) for `s`; never zero, so an empty stack allocates cleanly.
+    pub fn sizes(s: Stack) -> [usize; 5] {
+        let kk = s.m.min(s.n);
+        [
+            4 * s.total(),
+            2 * s.total(),
+            2 * s.total(),
+            2 * s.k * kk * kk,
+            2 * s.k * kk * kk,
+        ]
+        .map(|n| n.max(1))
     }
 }
 
