@@ -155,6 +155,51 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
         r,
         rc * 8.0,
     ));
+    // The fused backward kernels (without their second, tiny reduction of the per-row lambda partials).
+    let (dx0, dmid, parts) = (
+        d.alloc(4 * r * c)?,
+        d.alloc(2 * r * c)?,
+        d.alloc(4 * 2 * r)?,
+    );
+    d.zero(dx0.ptr(), 4 * r * c)?;
+    // Reads dres (aliasing dx), dy, xmix, x, x0 and dx0 (fp32), writes dx and dx0.
+    out.push(rows(
+        "rmsnorm_mix_backward",
+        vec![
+            (&dx).into(),
+            (&dx0).into(),
+            (&parts).into(),
+            (&dx).into(),
+            (&y).into(),
+            (&x).into(),
+            (&rstd).into(),
+            (&x).into(),
+            (&x0).into(),
+            (&lambdas).into(),
+            Arg::I32(r as i32),
+            Arg::I32(c as i32),
+        ],
+        r,
+        rc * 20.0,
+    ));
+    // Reads dy, xf and x_mid, writes dx and dx_mid.
+    out.push(rows(
+        "rmsnorm_backout_backward",
+        vec![
+            (&dx).into(),
+            (&dmid).into(),
+            (&parts).into(),
+            (&y).into(),
+            (&x).into(),
+            (&rstd).into(),
+            (&x0).into(),
+            (&lambdas).into(),
+            Arg::I32(r as i32),
+            Arg::I32(c as i32),
+        ],
+        r,
+        rc * 10.0,
+    ));
     let (logits, losses, targets) = (
         d.alloc(2 * 8192 * v)?,
         d.alloc(4 * 8192)?,

@@ -3,10 +3,16 @@
 //! Emu device, part of `cargo test`. Each check builds inputs of a given [`Scale`], runs the kernel, and
 //! compares with the reference; a mismatch beyond the tolerance is an error naming the element.
 
+use super::kernels::attention::{self, AttnImpl, AttnShape};
+use super::kernels::model_ops::{self, GateShape};
+use super::kernels::muon::{self, MuonScratch, Stack};
+use super::kernels::rope_qknorm::{self, RopeShape};
 use super::kernels::{adamw, cross_entropy, elementwise, embedding, reduce, rmsnorm};
 use super::{err, reference, DevPtr, Device, Dtype, Gemm, Op, Result};
+use crate::config::{SMEAR_CHANNELS, VE_GATE_CHANNELS};
 use crate::cpu::ops;
 use crate::optim::adamw::{adamw_update, AdamHyper};
+use crate::optim::muon::{cautious_update, muon_update, second_moment_len, MuonHyper};
 use crate::rng::Rng;
 use half::bf16;
 
@@ -59,8 +65,44 @@ pub fn all() -> Vec<Check> {
             run: check_rmsnorm,
         },
         Check {
+            name: "rmsnorm_mix_backward (fused)",
+            run: check_rmsnorm_mix_backward,
+        },
+        Check {
+            name: "rmsnorm_backout_backward (fused)",
+            run: check_rmsnorm_backout_backward,
+        },
+        Check {
             name: "gemm (transposes, batches, beta)",
             run: check_gemm,
+        },
+        Check {
+            name: "attention flash fwd/bwd (d64, d128)",
+            run: check_attention_flash,
+        },
+        Check {
+            name: "attention naive fwd/bwd",
+            run: check_attention_naive,
+        },
+        Check {
+            name: "rope_qknorm fwd/bwd (strided q, k)",
+            run: check_rope_qknorm,
+        },
+        Check {
+            name: "ve_gate fwd/bwd",
+            run: check_ve_gate,
+        },
+        Check {
+            name: "smear fwd/bwd",
+            run: check_smear,
+        },
+        Check {
+            name: "backout fwd/bwd",
+            run: check_backout,
+        },
+        Check {
+            name: "muon_step (bf16 Polar Express), cautious update",
+            run: check_muon_step,
         },
     ]
 }
@@ -377,6 +419,160 @@ fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
     Ok(summary(worst))
 }
 
+/// The norm's backward fused with the residual mix's: against `rmsnorm_backward` into the residual
+/// gradient, then `lambda_mix_backward`, in fp32; dx written over the residual gradient (in place, as the
+/// model runs it), dx0 and the two lambda gradients added to nonzero values.
+fn check_rmsnorm_mix_backward(dev: &dyn Device, s: Scale) -> Result<String> {
+    let (n, c) = if s == Scale::Small {
+        (7, 300)
+    } else {
+        (16384, 1280)
+    };
+    let mut rng = Rng::new(26);
+    let (x, x0, dres, dy, dx0) = (
+        rand(&mut rng, n * c, 2.0),
+        rand(&mut rng, n * c, 2.0),
+        rand(&mut rng, n * c, 1.0),
+        rand(&mut rng, n * c, 1.0),
+        rand(&mut rng, n * c, 0.5),
+    );
+    let (lambdas, dl0) = ([0.8f32, -0.4], [0.125f32, -2.0]);
+    let mut xmix = vec![0f32; n * c];
+    ops::lambda_mix_forward(&mut xmix, &x, &x0, lambdas[0], lambdas[1]);
+    let xmix = round(&xmix);
+    let (mut y, mut rstd) = (vec![0f32; n * c], vec![0f32; n]);
+    ops::rmsnorm_forward(&mut y, &mut rstd, &xmix, c);
+    let (bx, bx0, bmix, bdy, bres) = (
+        dev.upload_new(&bf(&x))?,
+        dev.upload_new(&bf(&x0))?,
+        dev.upload_new(&bf(&xmix))?,
+        dev.upload_new(&bf(&dy))?,
+        dev.upload_new(&bf(&dres))?,
+    );
+    let (bl, brstd, bdx0, bdl) = (
+        dev.upload_new(&lambdas)?,
+        dev.upload_new(&rstd)?,
+        dev.upload_new(&dx0)?,
+        dev.upload_new(&dl0)?,
+    );
+    let scratch = dev.alloc(4 * rmsnorm::mix_backward_scratch(n))?;
+    rmsnorm::rmsnorm_mix_backward(
+        dev,
+        bres.ptr(),
+        bdx0.ptr(),
+        bdl.ptr(),
+        scratch.ptr(),
+        bres.ptr(),
+        bdy.ptr(),
+        bmix.ptr(),
+        brstd.ptr(),
+        bx.ptr(),
+        bx0.ptr(),
+        bl.ptr(),
+        n,
+        c,
+    )?;
+    let mut g = dres;
+    ops::rmsnorm_backward(&mut g, &dy, &xmix, &rstd, c);
+    let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0);
+    let (dr, dz) =
+        ops::lambda_mix_backward(&mut wdx, &mut wdx0, &g, &x, &x0, lambdas[0], lambdas[1]);
+    let mut worst = compare(
+        "rmsnorm_mix_backward dx",
+        &down_bf(dev, bres.ptr(), n * c)?,
+        &wdx,
+        8e-3,
+        1e-4,
+    )?;
+    worst = worst.max(compare(
+        "rmsnorm_mix_backward dx0",
+        &dev.download_vec::<f32>(bdx0.ptr(), n * c)?,
+        &wdx0,
+        1e-5,
+        1e-5,
+    )?);
+    worst = worst.max(compare(
+        "rmsnorm_mix_backward dlambdas",
+        &dev.download_vec::<f32>(bdl.ptr(), 2)?,
+        &[dl0[0] + dr, dl0[1] + dz],
+        1e-4,
+        1e-5 * (n * c) as f32,
+    )?);
+    Ok(summary(worst))
+}
+
+/// The final norm's backward fused with the backout's: against `rmsnorm_backward` then `backout_backward`
+/// in fp32; dx and dx_mid written over garbage, the lambda gradient added to a nonzero value.
+fn check_rmsnorm_backout_backward(dev: &dyn Device, s: Scale) -> Result<String> {
+    let (n, c) = if s == Scale::Small {
+        (5, 260)
+    } else {
+        (16384, 1280)
+    };
+    let mut rng = Rng::new(27);
+    let (xf, x_mid, dy) = (
+        rand(&mut rng, n * c, 2.0),
+        rand(&mut rng, n * c, 2.0),
+        rand(&mut rng, n * c, 1.0),
+    );
+    let (lambda, dl0) = (0.3f32, 0.5f32);
+    let (mut y, mut rstd) = (vec![0f32; n * c], vec![0f32; n]);
+    ops::rmsnorm_forward(&mut y, &mut rstd, &xf, c);
+    let (bxf, bmid, bdy, bdx, bdmid) = (
+        dev.upload_new(&bf(&xf))?,
+        dev.upload_new(&bf(&x_mid))?,
+        dev.upload_new(&bf(&dy))?,
+        dev.upload_new(&bf(&vec![7.0; n * c]))?,
+        dev.upload_new(&bf(&vec![-3.0; n * c]))?,
+    );
+    let (bl, brstd, bdl) = (
+        dev.upload_new(&[lambda])?,
+        dev.upload_new(&rstd)?,
+        dev.upload_new(&[dl0])?,
+    );
+    let scratch = dev.alloc(4 * rmsnorm::mix_backward_scratch(n))?;
+    rmsnorm::rmsnorm_backout_backward(
+        dev,
+        bdx.ptr(),
+        bdmid.ptr(),
+        bdl.ptr(),
+        scratch.ptr(),
+        bdy.ptr(),
+        bxf.ptr(),
+        brstd.ptr(),
+        bmid.ptr(),
+        bl.ptr(),
+        n,
+        c,
+    )?;
+    let mut g = vec![0f32; n * c];
+    ops::rmsnorm_backward(&mut g, &dy, &xf, &rstd, c);
+    let (mut wdx, mut wmid) = (vec![0f32; n * c], vec![0f32; n * c]);
+    let dl = ops::backout_backward(&mut wdx, &mut wmid, &g, &x_mid, lambda);
+    let mut worst = compare(
+        "rmsnorm_backout_backward dx",
+        &down_bf(dev, bdx.ptr(), n * c)?,
+        &wdx,
+        8e-3,
+        1e-4,
+    )?;
+    worst = worst.max(compare(
+        "rmsnorm_backout_backward dx_mid",
+        &down_bf(dev, bdmid.ptr(), n * c)?,
+        &wmid,
+        8e-3,
+        1e-4,
+    )?);
+    worst = worst.max(compare(
+        "rmsnorm_backout_backward dlambda",
+        &dev.download_vec::<f32>(bdl.ptr(), 1)?,
+        &[dl0 + dl],
+        1e-4,
+        1e-5 * (n * c) as f32,
+    )?);
+    Ok(summary(worst))
+}
+
 fn check_softcap_ce(dev: &dyn Device, s: Scale) -> Result<String> {
     let (n, v, vp) = if s == Scale::Small {
         (6, 500, 512)
@@ -585,6 +781,692 @@ fn check_gemm(dev: &dyn Device, s: Scale) -> Result<String> {
         }
     }
     Ok(summary(worst))
+}
+
+/// Largest |x| (0 for an empty slice).
+fn peak(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Absolute tolerance of an fp32 sum of `terms` products of O(1) values, accumulated in another order.
+fn sum_tol(terms: usize) -> f32 {
+    1e-4 * (terms as f32).sqrt().max(10.0)
+}
+
+/// Columns `[col, col + w)` of each row of a row-major `(n, stride)` matrix.
+fn columns(x: &[f32], stride: usize, col: usize, w: usize) -> Vec<f32> {
+    x.chunks_exact(stride)
+        .flat_map(|r| r[col..col + w].iter().copied())
+        .collect()
+}
+
+fn attn(b: usize, t: usize, h: usize, hkv: usize, d: usize, window: usize) -> AttnShape {
+    AttnShape {
+        b,
+        t,
+        h,
+        hkv,
+        d,
+        window,
+    }
+}
+
+/// Attention shapes: GQA, a window shorter than T, T not a multiple of the 64-row tile (the Large d128
+/// case is the training shape: whole tiles).
+fn attention_shapes(s: Scale) -> Vec<AttnShape> {
+    if s == Scale::Small {
+        vec![attn(1, 80, 4, 2, 64, 30), attn(1, 70, 2, 1, 128, 40)]
+    } else {
+        vec![attn(2, 1024, 8, 4, 128, 384), attn(2, 1000, 8, 4, 64, 256)]
+    }
+}
+
+fn check_attention_flash(dev: &dyn Device, s: Scale) -> Result<String> {
+    check_attention(dev, s, AttnImpl::Flash)
+}
+
+fn check_attention_naive(dev: &dyn Device, s: Scale) -> Result<String> {
+    check_attention(dev, s, AttnImpl::Naive)
+}
+
+/// Forward against the CPU, then backward from the device's own `out` and `lse` against the CPU backward
+/// given the same two. Errors are measured against the tensor's largest magnitude (at least 0.01), not
+/// each element's: the flash kernels round probabilities to bf16 in the PV products, and gradients
+/// cancel to near zero.
+fn check_attention(dev: &dyn Device, scale: Scale, imp: AttnImpl) -> Result<String> {
+    let mut rng = Rng::new(20);
+    let mut worst = 0f32;
+    for s in attention_shapes(scale) {
+        let what = format!(
+            "attention {imp:?} b={} t={} h={} hkv={} d={} window={}",
+            s.b, s.t, s.h, s.hkv, s.d, s.window
+        );
+        let (nq, nk, nl) = (
+            s.b * s.t * s.h * s.d,
+            s.b * s.t * s.hkv * s.d,
+            s.b * s.h * s.t,
+        );
+        // q larger than k: peaked and flat rows both occur.
+        let (q, k, v, dout) = (
+            rand(&mut rng, nq, 2.0),
+            rand(&mut rng, nk, 1.0),
+            rand(&mut rng, nk, 1.0),
+            rand(&mut rng, nq, 1.0),
+        );
+        let (bq, bk, bv, bdo) = (
+            dev.upload_new(&bf(&q))?,
+            dev.upload_new(&bf(&k))?,
+            dev.upload_new(&bf(&v))?,
+            dev.upload_new(&bf(&dout))?,
+        );
+        let (out, lse) = (dev.alloc(2 * nq)?, dev.alloc(4 * nl)?);
+        attention::attention_forward(
+            dev,
+            imp,
+            out.ptr(),
+            lse.ptr(),
+            bq.ptr(),
+            bk.ptr(),
+            bv.ptr(),
+            s,
+        )?;
+        let (mut wo, mut wl) = (vec![0f32; nq], vec![0f32; nl]);
+        ops::attention_forward(&mut wo, &mut wl, &q, &k, &v, s);
+        let got_out = down_bf(dev, out.ptr(), nq)?;
+        let got_lse = dev.download_vec::<f32>(lse.ptr(), nl)?;
+        let mag = |x: &[f32]| peak(x).max(0.01);
+        worst = worst.max(compare(
+            &format!("{what}: out"),
+            &got_out,
+            &wo,
+            1e-2,
+            1e-2 * mag(&wo),
+        )?);
+        worst = worst.max(compare(
+            &format!("{what}: lse"),
+            &got_lse,
+            &wl,
+            1e-3,
+            1e-3 * mag(&wl),
+        )?);
+
+        let (dq, dk, dv, delta) = (
+            dev.alloc(2 * nq)?,
+            dev.alloc(2 * nk)?,
+            dev.alloc(2 * nk)?,
+            dev.alloc(4 * nl)?,
+        );
+        attention::attention_backward(
+            dev,
+            imp,
+            dq.ptr(),
+            dk.ptr(),
+            dv.ptr(),
+            delta.ptr(),
+            bdo.ptr(),
+            out.ptr(),
+            lse.ptr(),
+            bq.ptr(),
+            bk.ptr(),
+            bv.ptr(),
+            s,
+        )?;
+        let (mut wdq, mut wdk, mut wdv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
+        ops::attention_backward(
+            &mut wdq, &mut wdk, &mut wdv, &dout, &got_out, &got_lse, &q, &k, &v, s,
+        );
+        for (name, p, want) in [("dq", &dq, &wdq), ("dk", &dk, &wdk), ("dv", &dv, &wdv)] {
+            worst = worst.max(compare(
+                &format!("{what}: {name}"),
+                &down_bf(dev, p.ptr(), want.len())?,
+                want,
+                2e-2,
+                1e-2 * mag(want),
+            )?);
+        }
+    }
+    Ok(summary(worst))
+}
+
+/// q and k read from a fused QKV GEMM output (GQA head counts, a position offset), forward, then backward
+/// into the strided gradient of that output: q's added to what is there, k's written over it; v's
+/// columns are left alone.
+fn check_rope_qknorm(dev: &dyn Device, scale: Scale) -> Result<String> {
+    let (b, t, h, hkv, d, pos0) = if scale == Scale::Small {
+        (2, 5, 4, 2, 64, 3)
+    } else {
+        (16, 1024, 10, 5, 128, 0)
+    };
+    let (n, stride, positions) = (b * t, (h + 2 * hkv) * d, pos0 + t);
+    let (cos, sin) = ops::rope_tables(positions, d, 10000.0);
+    let mut rng = Rng::new(21);
+    let (qkv, g0) = (
+        rand(&mut rng, n * stride, 1.0),
+        rand(&mut rng, n * stride, 0.5),
+    );
+    let (bqkv, bcos, bsin, bgrad) = (
+        dev.upload_new(&bf(&qkv))?,
+        dev.upload_new(&cos)?,
+        dev.upload_new(&sin)?,
+        dev.upload_new(&bf(&g0))?,
+    );
+    let mut want_grad = g0.clone();
+    let mut worst = 0f32;
+    for (col, heads, name, accumulate) in [(0, h, "q", true), (h * d, hkv, "k", false)] {
+        let shape = RopeShape {
+            n,
+            t,
+            heads,
+            d,
+            pos0,
+            x_stride: stride,
+            positions,
+        };
+        let m = n * heads * d;
+        let mut xr = columns(&qkv, stride, col, heads * d);
+        ops::rope_forward(&mut xr, &cos, &sin, t, heads, d, pos0);
+        let (mut wy, mut wr) = (vec![0f32; m], vec![0f32; n * heads]);
+        ops::qk_norm_forward(&mut wy, &mut wr, &xr, d);
+        let (y, rstd) = (dev.alloc(2 * m)?, dev.alloc(4 * n * heads)?);
+        let x = bqkv.at::<bf16>(col);
+        rope_qknorm::rope_qknorm_forward(
+            dev,
+            y.ptr(),
+            rstd.ptr(),
+            x,
+            bcos.ptr(),
+            bsin.ptr(),
+            shape,
+        )?;
+        worst = worst.max(compare(
+            &format!("rope_qknorm {name} rstd"),
+            &dev.download_vec::<f32>(rstd.ptr(), n * heads)?,
+            &wr,
+            1e-4,
+            0.0,
+        )?);
+        worst = worst.max(compare(
+            &format!("rope_qknorm {name} y"),
+            &down_bf(dev, y.ptr(), m)?,
+            &wy,
+            8e-3,
+            1e-3,
+        )?);
+        let dy = rand(&mut rng, m, 1.0);
+        let bdy = dev.upload_new(&bf(&dy))?;
+        rope_qknorm::rope_qknorm_backward(
+            dev,
+            bgrad.at::<bf16>(col),
+            bdy.ptr(),
+            x,
+            rstd.ptr(),
+            bcos.ptr(),
+            bsin.ptr(),
+            shape,
+            stride,
+            accumulate,
+        )?;
+        let mut dx = vec![0f32; m];
+        ops::qk_norm_backward(&mut dx, &dy, &xr, &wr, d);
+        ops::rope_backward(&mut dx, &cos, &sin, t, heads, d, pos0);
+        for (row, g) in want_grad
+            .chunks_exact_mut(stride)
+            .zip(dx.chunks_exact(heads * d))
+        {
+            for (w, g) in row[col..col + heads * d].iter_mut().zip(g) {
+                *w = if accumulate { *w + g } else { *g };
+            }
+        }
+    }
+    let got = down_bf(dev, bgrad.ptr(), n * stride)?;
+    worst = worst.max(compare(
+        "rope_qknorm gradient",
+        &got,
+        &want_grad,
+        1e-2,
+        2e-2,
+    )?);
+    let vcol = (h + hkv) * d;
+    compare(
+        "rope_qknorm gradient (v columns, untouched)",
+        &columns(&got, stride, vcol, hkv * d),
+        &columns(&g0, stride, vcol, hkv * d),
+        0.0,
+        0.0,
+    )?;
+    Ok(summary(worst))
+}
+
+/// The gate on the v columns of a fused QKV output, forward (in place) and backward from a strided dv,
+/// adding into nonzero dxn and dwg as across micro-steps.
+fn check_ve_gate(dev: &dyn Device, scale: Scale) -> Result<String> {
+    let (n, c, h, hkv, d) = if scale == Scale::Small {
+        (7, 40, 6, 3, 64)
+    } else {
+        (16384, 1280, 10, 5, 128)
+    };
+    let k = VE_GATE_CHANNELS;
+    let (stride, vcol) = ((h + 2 * hkv) * d, (h + hkv) * d);
+    let shape = GateShape {
+        n,
+        c,
+        hkv,
+        d,
+        k,
+        v_stride: stride,
+    };
+    let mut rng = Rng::new(22);
+    let (qkv, xn, ve, wg) = (
+        rand(&mut rng, n * stride, 1.0),
+        rand(&mut rng, n * c, 2.0),
+        rand(&mut rng, n * hkv * d, 1.0),
+        rand(&mut rng, hkv * k, 0.5),
+    );
+    let (bqkv, bxn, bve, bwg) = (
+        dev.upload_new(&bf(&qkv))?,
+        dev.upload_new(&bf(&xn))?,
+        dev.upload_new(&bf(&ve))?,
+        dev.upload_new(&wg)?,
+    );
+    let gate = dev.alloc(4 * n * hkv)?;
+    model_ops::ve_gate_forward(
+        dev,
+        bqkv.at::<bf16>(vcol),
+        gate.ptr(),
+        bxn.ptr(),
+        bve.ptr(),
+        bwg.ptr(),
+        shape,
+    )?;
+    let mut wv = columns(&qkv, stride, vcol, hkv * d);
+    let mut wgate = vec![0f32; n * hkv];
+    ops::ve_gate_forward(&mut wv, &mut wgate, &xn, &ve, &wg, n, c, hkv, d);
+    let mut worst = compare(
+        "ve_gate gate",
+        &dev.download_vec::<f32>(gate.ptr(), n * hkv)?,
+        &wgate,
+        1e-4,
+        1e-6,
+    )?;
+    let got = down_bf(dev, bqkv.ptr(), n * stride)?;
+    worst = worst.max(compare(
+        "ve_gate v",
+        &columns(&got, stride, vcol, hkv * d),
+        &wv,
+        8e-3,
+        1e-3,
+    )?);
+    compare(
+        "ve_gate q, k columns (untouched)",
+        &columns(&got, stride, 0, vcol),
+        &columns(&qkv, stride, 0, vcol),
+        0.0,
+        0.0,
+    )?;
+
+    let (dqkv, dxn0, dwg0) = (
+        rand(&mut rng, n * stride, 1.0),
+        rand(&mut rng, n * c, 0.5),
+        rand(&mut rng, hkv * k, 0.5),
+    );
+    let (bdqkv, bdxn, bdwg) = (
+        dev.upload_new(&bf(&dqkv))?,
+        dev.upload_new(&bf(&dxn0))?,
+        dev.upload_new(&dwg0)?,
+    );
+    let dve = dev.alloc(2 * n * hkv * d)?;
+    let scratch = dev.alloc(4 * model_ops::ve_gate_scratch(&shape))?;
+    model_ops::ve_gate_backward(
+        dev,
+        dve.ptr(),
+        bdxn.ptr(),
+        bdwg.ptr(),
+        scratch.ptr(),
+        bdqkv.at::<bf16>(vcol),
+        gate.ptr(),
+        bxn.ptr(),
+        bve.ptr(),
+        bwg.ptr(),
+        shape,
+    )?;
+    let dv = columns(&dqkv, stride, vcol, hkv * d);
+    let (mut wdve, mut wdwg, mut wdxn) = (vec![0f32; n * hkv * d], dwg0, dxn0);
+    ops::ve_gate_backward(
+        &mut wdve, &mut wdwg, &mut wdxn, &dv, &wgate, &xn, &ve, &wg, n, c, hkv, d,
+    );
+    worst = worst.max(compare(
+        "ve_gate dve",
+        &down_bf(dev, dve.ptr(), n * hkv * d)?,
+        &wdve,
+        8e-3,
+        1e-4,
+    )?);
+    worst = worst.max(compare(
+        "ve_gate dxn",
+        &down_bf(dev, bdxn.ptr(), n * c)?,
+        &wdxn,
+        1e-2,
+        1e-2,
+    )?);
+    worst = worst.max(compare(
+        "ve_gate dwg",
+        &dev.download_vec::<f32>(bdwg.ptr(), hkv * k)?,
+        &wdwg,
+        1e-3,
+        sum_tol(n),
+    )?);
+    Ok(summary(worst))
+}
+
+/// Smear within sequences, forward and backward, the gate-weight and lambda gradients added to nonzero
+/// values.
+fn check_smear(dev: &dyn Device, scale: Scale) -> Result<String> {
+    let (b, t, c) = if scale == Scale::Small {
+        (2, 5, 40)
+    } else {
+        (16, 1024, 1280)
+    };
+    let (n, k, lambda) = (b * t, SMEAR_CHANNELS, 0.7f32);
+    let mut rng = Rng::new(23);
+    let (x, w) = (rand(&mut rng, n * c, 1.5), rand(&mut rng, k, 0.4));
+    let (bx, bw, bl) = (
+        dev.upload_new(&bf(&x))?,
+        dev.upload_new(&w)?,
+        dev.upload_new(&[lambda])?,
+    );
+    let (out, g) = (dev.alloc(2 * n * c)?, dev.alloc(4 * n)?);
+    model_ops::smear_forward(
+        dev,
+        out.ptr(),
+        g.ptr(),
+        bx.ptr(),
+        bw.ptr(),
+        bl.ptr(),
+        n,
+        t,
+        c,
+        k,
+    )?;
+    let (mut wout, mut wg) = (vec![0f32; n * c], vec![0f32; n]);
+    ops::smear_forward(&mut wout, &mut wg, &x, &w, lambda, b, t, c);
+    let mut worst = compare(
+        "smear g",
+        &dev.download_vec::<f32>(g.ptr(), n)?,
+        &wg,
+        1e-4,
+        1e-6,
+    )?;
+    worst = worst.max(compare(
+        "smear out",
+        &down_bf(dev, out.ptr(), n * c)?,
+        &wout,
+        8e-3,
+        1e-3,
+    )?);
+
+    let (dout, dx0, dw0, dl0) = (
+        rand(&mut rng, n * c, 1.0),
+        rand(&mut rng, n * c, 0.5),
+        rand(&mut rng, k, 0.5),
+        0.25f32,
+    );
+    let (bdout, bdx, bdw, bdl) = (
+        dev.upload_new(&bf(&dout))?,
+        dev.upload_new(&bf(&dx0))?,
+        dev.upload_new(&dw0)?,
+        dev.upload_new(&[dl0])?,
+    );
+    let scratch = dev.alloc(4 * model_ops::smear_scratch(n, k))?;
+    model_ops::smear_backward(
+        dev,
+        bdx.ptr(),
+        bdw.ptr(),
+        bdl.ptr(),
+        scratch.ptr(),
+        bdout.ptr(),
+        bx.ptr(),
+        bw.ptr(),
+        bl.ptr(),
+        n,
+        t,
+        c,
+        k,
+    )?;
+    let (mut wdx, mut wdw, mut wdl) = (dx0, dw0, dl0);
+    ops::smear_backward(&mut wdx, &mut wdw, &mut wdl, &dout, &x, &w, lambda, b, t, c);
+    worst = worst.max(compare(
+        "smear dx",
+        &down_bf(dev, bdx.ptr(), n * c)?,
+        &wdx,
+        1e-2,
+        1e-2,
+    )?);
+    worst = worst.max(compare(
+        "smear dw",
+        &dev.download_vec::<f32>(bdw.ptr(), k)?,
+        &wdw,
+        1e-3,
+        sum_tol(n),
+    )?);
+    worst = worst.max(compare(
+        "smear dlambda",
+        &dev.download_vec::<f32>(bdl.ptr(), 1)?,
+        &[wdl],
+        1e-3,
+        sum_tol(n),
+    )?);
+    Ok(summary(worst))
+}
+
+fn check_backout(dev: &dyn Device, scale: Scale) -> Result<String> {
+    let (n, c) = if scale == Scale::Small {
+        (9, 33)
+    } else {
+        (16384, 1280)
+    };
+    let (len, lambda) = (n * c, 0.35f32);
+    let mut rng = Rng::new(24);
+    let (x, xm) = (rand(&mut rng, len, 2.0), rand(&mut rng, len, 2.0));
+    let (bx, bxm, bl) = (
+        dev.upload_new(&bf(&x))?,
+        dev.upload_new(&bf(&xm))?,
+        dev.upload_new(&[lambda])?,
+    );
+    let out = dev.alloc(2 * len)?;
+    model_ops::backout_forward(dev, out.ptr(), bx.ptr(), bxm.ptr(), bl.ptr(), len)?;
+    let mut wout = vec![0f32; len];
+    ops::backout_forward(&mut wout, &x, &xm, lambda);
+    let mut worst = compare(
+        "backout out",
+        &down_bf(dev, out.ptr(), len)?,
+        &wout,
+        8e-3,
+        1e-3,
+    )?;
+
+    let (dout, g0, gm0, dl0) = (
+        rand(&mut rng, len, 1.0),
+        rand(&mut rng, len, 0.5),
+        rand(&mut rng, len, 0.5),
+        -0.5f32,
+    );
+    let (bdout, bg, bgm, bdl) = (
+        dev.upload_new(&bf(&dout))?,
+        dev.upload_new(&bf(&g0))?,
+        dev.upload_new(&bf(&gm0))?,
+        dev.upload_new(&[dl0])?,
+    );
+    let scratch = dev.alloc(4 * model_ops::backout_scratch(n))?;
+    model_ops::backout_backward(
+        dev,
+        bg.ptr(),
+        bgm.ptr(),
+        bdl.ptr(),
+        scratch.ptr(),
+        bdout.ptr(),
+        bxm.ptr(),
+        bl.ptr(),
+        n,
+        c,
+    )?;
+    let (mut wdx, mut wdm) = (g0, gm0);
+    let wdl = dl0 + ops::backout_backward(&mut wdx, &mut wdm, &dout, &xm, lambda);
+    worst = worst.max(compare(
+        "backout dx",
+        &down_bf(dev, bg.ptr(), len)?,
+        &wdx,
+        8e-3,
+        1e-3,
+    )?);
+    worst = worst.max(compare(
+        "backout dx_mid",
+        &down_bf(dev, bgm.ptr(), len)?,
+        &wdm,
+        8e-3,
+        1e-3,
+    )?);
+    worst = worst.max(compare(
+        "backout dlambda",
+        &dev.download_vec::<f32>(bdl.ptr(), 1)?,
+        &[wdl],
+        1e-4,
+        sum_tol(len),
+    )?);
+    Ok(summary(worst))
+}
+
+/// Two Muon steps on stacks of square, wide and tall matrices against `muon_update` per matrix. The bf16
+/// pipelines differ from the CPU only by accumulation order, which can flip a bf16 rounding, so the
+/// update (P − P0) and the second moment are measured against their largest entry. Without weight decay:
+/// the cautious mask (sign(O) = sign(P)) flips wherever O is near zero, which moves an element by the whole
+/// decay lr·wd·P; the cautious update is checked alone, from the same O on both sides.
+fn check_muon_step(dev: &dyn Device, scale: Scale) -> Result<String> {
+    let stacks = if scale == Scale::Small {
+        vec![Stack { k: 2, m: 24, n: 9 }, Stack { k: 2, m: 9, n: 24 }]
+    } else {
+        vec![
+            Stack {
+                k: 2,
+                m: 1280,
+                n: 1280,
+            },
+            Stack {
+                k: 1,
+                m: 2560,
+                n: 640,
+            },
+            Stack {
+                k: 2,
+                m: 320,
+                n: 1280,
+            },
+        ]
+    };
+    let h = MuonHyper {
+        lr: 0.02,
+        momentum: 0.95,
+        weight_decay: 0.0,
+        beta2: 0.9,
+        ns_steps: 5,
+        bf16: true,
+    };
+    let mut rng = Rng::new(25);
+    let mut worst = check_cautious_update(dev, stacks[0], &mut rng)?;
+    for s in stacks {
+        let (m, n) = (s.m, s.n);
+        let slen = second_moment_len(m, n);
+        let mut p = rand(&mut rng, s.total(), 1.0);
+        let (mut mom, mut second) = (vec![0f32; s.total()], vec![0f32; s.k * slen]);
+        let scratch = MuonScratch::new(dev, s)?;
+        let (bp, bpb, bm, bs) = (
+            dev.upload_new(&p)?,
+            dev.alloc(2 * s.total())?,
+            dev.upload_new(&mom)?,
+            dev.upload_new(&second)?,
+        );
+        let p0 = p.clone();
+        for step in 1..=2 {
+            let g: Vec<f32> = (0..s.total()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let bg = dev.upload_new(&g)?;
+            muon::muon_step(
+                dev,
+                &scratch,
+                bp.ptr(),
+                Some(bpb.ptr()),
+                bg.ptr(),
+                bm.ptr(),
+                bs.ptr(),
+                &h,
+            )?;
+            for i in 0..s.k {
+                let r = i * s.len()..(i + 1) * s.len();
+                muon_update(
+                    &mut p[r.clone()],
+                    &g[r.clone()],
+                    &mut mom[r],
+                    &mut second[i * slen..(i + 1) * slen],
+                    (m, n),
+                    &h,
+                );
+            }
+            let what = format!("muon_step {}x({m}, {n}) step {step}", s.k);
+            let got: Vec<f32> = dev.download_vec(bp.ptr(), s.total())?;
+            let dgot: Vec<f32> = got.iter().zip(&p0).map(|(a, b)| a - b).collect();
+            let dwant: Vec<f32> = p.iter().zip(&p0).map(|(a, b)| a - b).collect();
+            worst = worst.max(compare(
+                &format!("{what}: update"),
+                &dgot,
+                &dwant,
+                0.0,
+                5e-2 * peak(&dwant),
+            )?);
+            compare(
+                &format!("{what}: bf16 copy"),
+                &down_bf(dev, bpb.ptr(), s.total())?,
+                &round(&got),
+                0.0,
+                0.0,
+            )?;
+            worst = worst.max(compare(
+                &format!("{what}: momentum"),
+                &dev.download_vec::<f32>(bm.ptr(), s.total())?,
+                &mom,
+                1e-5,
+                1e-7,
+            )?);
+            worst = worst.max(compare(
+                &format!("{what}: second moment"),
+                &dev.download_vec::<f32>(bs.ptr(), s.k * slen)?,
+                &second,
+                0.0,
+                5e-2 * peak(&second),
+            )?);
+        }
+    }
+    Ok(summary(worst))
+}
+
+/// `muon_cautious_update` (decay where sign(O) = sign(P), then the step; the bf16 copy rewritten).
+fn check_cautious_update(dev: &dyn Device, s: Stack, rng: &mut Rng) -> Result<f32> {
+    let (lr, wd) = (0.02, 0.2);
+    let (mut p, o) = (rand(rng, s.total(), 1.0), rand(rng, s.total(), 1.0));
+    let (bp, bo, bpb) = (
+        dev.upload_new(&p)?,
+        dev.upload_new(&o)?,
+        dev.alloc(2 * s.total())?,
+    );
+    muon::muon_cautious_update(dev, bp.ptr(), Some(bpb.ptr()), bo.ptr(), s, lr, wd)?;
+    cautious_update(&mut p, &o, lr, wd);
+    let got: Vec<f32> = dev.download_vec(bp.ptr(), s.total())?;
+    let w = compare("muon_cautious_update", &got, &p, 1e-6, 1e-7)?;
+    compare(
+        "muon_cautious_update bf16 copy",
+        &down_bf(dev, bpb.ptr(), s.total())?,
+        &round(&got),
+        0.0,
+        0.0,
+    )?;
+    Ok(w)
 }
 
 // ---------------------------------------------------------------------------------------------------
