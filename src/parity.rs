@@ -7,6 +7,7 @@
 //! `loss_after_step1`, `step2.<name>`).
 
 use crate::config::ModelConfig;
+use crate::cpu::gpt::Storage;
 use crate::device::model::KernelModel;
 use crate::optim::{GroupSummary, MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
@@ -104,10 +105,13 @@ fn tensor(file: &File, name: &str, what: &Path, len: usize) -> Result<Vec<f32>, 
     Ok(v)
 }
 
-/// Runs the comparison on the CPU reference and returns one row per compared quantity.
-pub fn run_cpu(dir: &Path, tol: Tolerances) -> Result<Vec<Row>, String> {
+/// Runs the comparison on the CPU reference, with its numbers kept in `storage` between ops, and returns one
+/// row per compared quantity.
+pub fn run_cpu(dir: &Path, tol: Tolerances, storage: Storage) -> Result<Vec<Row>, String> {
     run(dir, tol, |cfg, p0, setup| {
-        Ok(Box::new(CpuModel::new(cfg, p0, setup)?))
+        Ok(Box::new(
+            CpuModel::new(cfg, p0, setup)?.with_storage(storage),
+        ))
     })
 }
 

@@ -1,7 +1,8 @@
-//! `parity <fixture-dir> [--device cpu|emu|cuda]`: compares loss, logits, every gradient and two optimizer steps with a
+//! `parity <fixture-dir> [--device cpu|cpu-bf16|emu|cuda]`: compares loss, logits, every gradient and two optimizer steps with a
 //! reference fixture produced by upstream nanochat; prints one row per tensor and exits non-zero on a mismatch.
 
 use clap::{Parser, ValueEnum};
+use nanochat::cpu::gpt::Storage;
 use nanochat::device::DeviceKind;
 use nanochat::parity::{self, Tolerances};
 use std::path::PathBuf;
@@ -11,6 +12,9 @@ use std::process::ExitCode;
 enum Device {
     /// The fp32 CPU reference.
     Cpu,
+    /// The CPU reference rounding to bf16 wherever the kernels store bf16 (bf16 tolerances): the error the
+    /// kernels are expected to show, to tell bf16 rounding from a kernel bug.
+    CpuBf16,
     /// The CUDA kernels run by the CPU emulator (bf16 tolerances).
     Emu,
     /// The CUDA kernels on a GPU (bf16 tolerances).
@@ -30,7 +34,8 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.device {
-        Device::Cpu => parity::run_cpu(&args.fixture, Tolerances::FP32),
+        Device::Cpu => parity::run_cpu(&args.fixture, Tolerances::FP32, Storage::F32),
+        Device::CpuBf16 => parity::run_cpu(&args.fixture, Tolerances::BF16, Storage::Bf16),
         Device::Emu | Device::Cuda => {
             let kind = if matches!(args.device, Device::Cuda) {
                 DeviceKind::Cuda

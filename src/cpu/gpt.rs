@@ -8,14 +8,30 @@
 //!                      x = x + mlp(rmsnorm(x))             (ReLU²)
 //!                      x_mid = x if i == L/2
 //!   x = x − backout_λ·x_mid; logits = lm_head(rmsnorm(x))[:, :V]; 15·tanh(logits/15); cross-entropy
+//!
+//! [`Storage::Bf16`] rounds to bf16 wherever the kernel devices store bf16 (the parameter mirror, every saved
+//! activation, every gradient that travels between kernels), computing in fp32 in between: the precision the
+//! kernels can reach at best, used to tell expected bf16 error from a kernel bug (`parity --device cpu-bf16`).
 
 use super::ops::{self, AttnShape};
 use crate::config::{ModelConfig, ROPE_BASE};
 use crate::params::{ParamTable, Slot};
+use std::borrow::Cow;
+
+/// Where the CPU reference keeps its numbers between ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// fp32 everywhere (upstream on a CPU).
+    #[default]
+    F32,
+    /// Rounded to bf16 where the kernel devices store bf16 (see the module documentation).
+    Bf16,
+}
 
 pub struct Gpt {
     pub config: ModelConfig,
     pub table: ParamTable,
+    pub storage: Storage,
     cos: Vec<f32>,
     sin: Vec<f32>,
     windows: Vec<usize>,
@@ -138,10 +154,43 @@ impl Gpt {
         Ok(Gpt {
             config: config.clone(),
             table,
+            storage: Storage::F32,
             cos,
             sin,
             windows: config.window_sizes(),
         })
+    }
+
+    /// Rounds `v` to bf16 in [`Storage::Bf16`]; nothing in fp32.
+    fn store(&self, v: &mut [f32]) {
+        if self.storage == Storage::Bf16 {
+            v.iter_mut()
+                .for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+        }
+    }
+
+    /// The parameters as the ops read them: in [`Storage::Bf16`], the bf16 mirror of the matrices and
+    /// embeddings (the scalars and the small gates stay fp32, as the kernels read them).
+    fn stored_params<'a>(&self, params: &'a [f32]) -> Cow<'a, [f32]> {
+        if self.storage == Storage::F32 {
+            return Cow::Borrowed(params);
+        }
+        let mut p = params.to_vec();
+        for e in &self.table.params {
+            let fp32 = matches!(
+                e.slot,
+                Slot::ResidLambdas
+                    | Slot::X0Lambdas
+                    | Slot::SmearLambda
+                    | Slot::BackoutLambda
+                    | Slot::SmearGate
+                    | Slot::VeGate
+            );
+            if !fp32 {
+                self.store(&mut p[e.range.clone()]);
+            }
+        }
+        Cow::Owned(p)
     }
 
     fn p<'a>(&self, params: &'a [f32], slot: Slot, k: usize) -> &'a [f32] {
@@ -191,12 +240,14 @@ impl Gpt {
             ));
         }
         check_batch(cfg, self.cos.len() / (d / 2), ids, targets, b, t)?;
+        let params = &*self.stored_params(params);
 
         // Embedding, norm, smear.
         let mut emb = vec![0.0; n * c];
         ops::embedding_forward(&mut emb, ids, self.p(params, Slot::Wte, 0), c);
         let (mut xe, mut rstd0) = (vec![0.0; n * c], vec![0.0; n]);
         ops::rmsnorm_forward(&mut xe, &mut rstd0, &emb, c);
+        self.store(&mut xe);
         let (mut x0, mut smear_g) = (vec![0.0; n * c], vec![0.0; n]); // gate values: backward recomputes them
         let smear_lambda = self.scalar(params, Slot::SmearLambda, 0);
         ops::smear_forward(
@@ -209,6 +260,7 @@ impl Gpt {
             t,
             c,
         );
+        self.store(&mut x0);
 
         let mut x = x0.clone();
         let mut layers = Vec::with_capacity(cfg.n_layer);
@@ -229,11 +281,16 @@ impl Gpt {
             );
 
             ops::lambda_mix_forward(&mut a.xa, &x, &x0, rl, xl);
+            self.store(&mut a.xa);
             a.x_in = x;
             ops::rmsnorm_forward(&mut a.xn1, &mut a.rstd1, &a.xa, c);
+            self.store(&mut a.xn1);
             ops::linear_forward(&mut a.q_rope, &a.xn1, wq, n, c, nh * d);
             ops::linear_forward(&mut a.k_rope, &a.xn1, wk, n, c, nkv * d);
             ops::linear_forward(&mut a.v, &a.xn1, wv, n, c, nkv * d);
+            self.store(&mut a.q_rope);
+            self.store(&mut a.k_rope);
+            self.store(&mut a.v);
             if let Some(kv) = cfg.ve_index(i) {
                 let mut ve = vec![0.0; n * nkv * d];
                 ops::embedding_forward(
@@ -254,12 +311,15 @@ impl Gpt {
                     nkv,
                     d,
                 );
+                self.store(&mut a.v);
                 a.ve = Some((ve, gate));
             }
             ops::rope_forward(&mut a.q_rope, &self.cos, &self.sin, t, nh, d, 0);
             ops::rope_forward(&mut a.k_rope, &self.cos, &self.sin, t, nkv, d, 0);
             ops::qk_norm_forward(&mut a.q, &mut a.rstd_q, &a.q_rope, d);
             ops::qk_norm_forward(&mut a.k, &mut a.rstd_k, &a.k_rope, d);
+            self.store(&mut a.q);
+            self.store(&mut a.k);
             let shape = AttnShape {
                 b,
                 t,
@@ -269,16 +329,22 @@ impl Gpt {
                 window: self.windows[i],
             };
             ops::attention_forward(&mut a.y, &mut a.lse, &a.q, &a.k, &a.v, shape);
+            self.store(&mut a.y);
             ops::linear_forward(&mut a.xb, &a.y, wo, n, nh * d, c);
             a.xb.iter_mut().zip(&a.xa).for_each(|(o, r)| *o += r);
+            self.store(&mut a.xb);
 
             ops::rmsnorm_forward(&mut a.xn2, &mut a.rstd2, &a.xb, c);
+            self.store(&mut a.xn2);
             ops::linear_forward(&mut a.h, &a.xn2, wfc, n, c, 4 * c);
+            self.store(&mut a.h);
             let mut act = vec![0.0; n * 4 * c];
             ops::relu2_forward(&mut act, &a.h);
+            self.store(&mut act);
             let mut out = vec![0.0; n * c];
             ops::linear_forward(&mut out, &act, wmp, n, 4 * c, c);
             out.iter_mut().zip(&a.xb).for_each(|(o, r)| *o += r);
+            self.store(&mut out);
             if i == cfg.backout_layer() {
                 x_mid = out.clone();
             }
@@ -294,9 +360,12 @@ impl Gpt {
             self.scalar(params, Slot::BackoutLambda, 0),
         );
         let (mut xnf, mut rstd_f) = (vec![0.0; n * c], vec![0.0; n]);
+        self.store(&mut xf);
         ops::rmsnorm_forward(&mut xnf, &mut rstd_f, &xf, c);
+        self.store(&mut xnf);
         let mut logits = vec![0.0; n * vp];
         ops::linear_forward(&mut logits, &xnf, self.p(params, Slot::LmHead, 0), n, c, vp);
+        self.store(&mut logits);
 
         let (mut losses, mut loss, tg) = (
             Vec::new(),
@@ -363,12 +432,14 @@ impl Gpt {
             "backward needs a forward with targets"
         );
         assert_eq!(grads.len(), self.table.numel);
+        let params = &*self.stored_params(params);
         let r = |slot, k| self.table.range(slot, k);
         let at = |slot: Slot, i: usize| self.table.slot(slot).offset + i;
 
         // Head and final norm.
         let mut dlogits = vec![0.0; n * vp];
         ops::softcap_ce_backward(&mut dlogits, &fwd.logits, &fwd.targets, dloss, v, vp);
+        self.store(&mut dlogits);
         let mut dxnf = vec![0.0; n * c];
         let wlm = self.p(params, Slot::LmHead, 0);
         ops::linear_backward(
@@ -382,6 +453,7 @@ impl Gpt {
             vp,
         );
         drop(dlogits);
+        self.store(&mut dxnf);
         let mut dxf = vec![0.0; n * c];
         ops::rmsnorm_backward(&mut dxf, &dxnf, &fwd.xf, &fwd.rstd_f, c);
         let mut dx = vec![0.0; n * c];
@@ -389,12 +461,15 @@ impl Gpt {
         let backout = self.scalar(params, Slot::BackoutLambda, 0);
         grads[at(Slot::BackoutLambda, 0)] +=
             ops::backout_backward(&mut dx, &mut dx_mid, &dxf, &fwd.x_mid, backout);
+        self.store(&mut dx);
+        self.store(&mut dx_mid);
 
         let mut dx0 = vec![0.0; n * c];
         for i in (0..cfg.n_layer).rev() {
             let a = &fwd.layers[i];
             if i == cfg.backout_layer() {
                 dx.iter_mut().zip(&dx_mid).for_each(|(g, m)| *g += m);
+                self.store(&mut dx);
             }
             let LayerWeights {
                 wq,
@@ -419,8 +494,10 @@ impl Gpt {
                 4 * c,
                 c,
             );
+            self.store(&mut dact);
             let mut dh = vec![0.0; n * 4 * c];
             ops::relu2_backward(&mut dh, &dact, &a.h);
+            self.store(&mut dh);
             drop((act, dact));
             let mut dxn2 = vec![0.0; n * c];
             ops::linear_backward(
@@ -433,8 +510,10 @@ impl Gpt {
                 c,
                 4 * c,
             );
+            self.store(&mut dxn2);
             let mut dxb = dx; // residual path
             ops::rmsnorm_backward(&mut dxb, &dxn2, &a.xb, &a.rstd2, c);
+            self.store(&mut dxb);
 
             // Attention: xb = xa + y · Woᵀ.
             let mut dy = vec![0.0; n * nh * d];
@@ -448,6 +527,7 @@ impl Gpt {
                 nh * d,
                 c,
             );
+            self.store(&mut dy);
             let (mut dq, mut dk, mut dv) = (
                 vec![0.0; n * nh * d],
                 vec![0.0; n * nkv * d],
@@ -464,11 +544,16 @@ impl Gpt {
             ops::attention_backward(
                 &mut dq, &mut dk, &mut dv, &dy, &a.y, &a.lse, &a.q, &a.k, &a.v, shape,
             );
+            self.store(&mut dq);
+            self.store(&mut dk);
+            self.store(&mut dv);
             let (mut dq_rope, mut dk_rope) = (vec![0.0; n * nh * d], vec![0.0; n * nkv * d]);
             ops::qk_norm_backward(&mut dq_rope, &dq, &a.q_rope, &a.rstd_q, d);
             ops::qk_norm_backward(&mut dk_rope, &dk, &a.k_rope, &a.rstd_k, d);
             ops::rope_backward(&mut dq_rope, &self.cos, &self.sin, t, nh, d, 0);
             ops::rope_backward(&mut dk_rope, &self.cos, &self.sin, t, nkv, d, 0);
+            self.store(&mut dq_rope);
+            self.store(&mut dk_rope);
             let mut dxn1 = vec![0.0; n * c];
             if let (Some(kv), Some((ve, gate))) = (cfg.ve_index(i), &a.ve) {
                 let mut dve = vec![0.0; n * nkv * d];
@@ -477,6 +562,8 @@ impl Gpt {
                 ops::ve_gate_backward(
                     &mut dve, &mut dwg, &mut dxn1, &dv, gate, &a.xn1, ve, wg, n, c, nkv, d,
                 );
+                self.store(&mut dve);
+                self.store(&mut dxn1);
                 grads[r(Slot::VeGate, kv)]
                     .iter_mut()
                     .zip(&dwg)
@@ -518,6 +605,7 @@ impl Gpt {
                 c,
                 nkv * d,
             );
+            self.store(&mut dxn1);
             let mut dxa = dxb;
             ops::rmsnorm_backward(&mut dxa, &dxn1, &a.xa, &a.rstd1, c);
 
@@ -531,10 +619,12 @@ impl Gpt {
                 ops::lambda_mix_backward(&mut dx_in, &mut dx0, &dxa, &a.x_in, &fwd.x0, rl, xl);
             grads[at(Slot::ResidLambdas, i)] += drl;
             grads[at(Slot::X0Lambdas, i)] += dxl;
+            self.store(&mut dx_in);
             dx = dx_in;
         }
         // Layer 0's residual input is x0 itself.
         dx0.iter_mut().zip(&dx).for_each(|(a, b)| *a += b);
+        self.store(&mut dx0);
 
         // Smear, embedding norm, gather.
         let mut dxe = vec![0.0; n * c];
@@ -561,8 +651,10 @@ impl Gpt {
             .zip(&dgate)
             .for_each(|(g, x)| *g += x);
         grads[at(Slot::SmearLambda, 0)] += dlambda;
+        self.store(&mut dxe);
         let mut demb = vec![0.0; n * c];
         ops::rmsnorm_backward(&mut demb, &dxe, &fwd.emb, &fwd.rstd0, c);
+        self.store(&mut demb);
         ops::embedding_backward(&mut grads[r(Slot::Wte, 0)], &demb, &fwd.ids, c);
     }
 }

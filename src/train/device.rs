@@ -2,7 +2,7 @@
 //! kernel devices (CUDA, emulator) implement the same trait in `crate::device::model`. The loop never sees buffers or kernels.
 
 use crate::config::ModelConfig;
-use crate::cpu::gpt::Gpt;
+use crate::cpu::gpt::{Gpt, Storage};
 use crate::optim::{MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
 use crate::safetensors::Tensor;
@@ -77,6 +77,13 @@ impl CpuModel {
             grads,
             opt,
         })
+    }
+
+    /// Switches the reference to `storage` (bf16: also the Muon orthogonalisation, as on the kernel devices).
+    pub fn with_storage(mut self, storage: Storage) -> CpuModel {
+        self.gpt.storage = storage;
+        self.opt.bf16_orthogonalization = storage == Storage::Bf16;
+        self
     }
 
     pub fn gpt(&self) -> &Gpt {
