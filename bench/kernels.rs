@@ -16,8 +16,10 @@ use clap::{Parser, ValueEnum};
 use nanochat::device::check::{self, Scale};
 use nanochat::device::cuda::CudaDevice;
 use nanochat::device::emu::EmuDevice;
-use nanochat::device::kernels::elementwise;
+use nanochat::device::kernels::muon::{self, MuonScratch, Stack};
+use nanochat::device::kernels::{elementwise, embedding};
 use nanochat::device::{Arg, Buffer, Device, Dim3, Dtype, Gemm, Result, Schedule};
+use nanochat::optim::muon::MuonHyper;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -52,7 +54,7 @@ type LaunchFn = Box<dyn Fn(&dyn Device, u32) -> Result<()>>;
 
 /// One benchmark row: a launch as a function of the block size, and the bytes or FLOPs it must move.
 struct Bench {
-    name: &'static str,
+    name: String,
     blocks: Vec<u32>,
     bytes: f64,
     flops: f64,
@@ -61,7 +63,7 @@ struct Bench {
 
 fn elementwise_bench(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per: f64) -> Bench {
     Bench {
-        name,
+        name: name.into(),
         blocks: vec![128, 256, 512, 1024],
         bytes: n as f64 * bytes_per,
         flops: 0.0,
@@ -84,7 +86,7 @@ fn elementwise_bench(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per:
 
 fn rows(name: &'static str, args: Vec<Arg>, n: usize, bytes: f64) -> Bench {
     Bench {
-        name,
+        name: name.into(),
         blocks: vec![128, 256, 512, 1024],
         bytes,
         flops: 0.0,
@@ -92,9 +94,15 @@ fn rows(name: &'static str, args: Vec<Arg>, n: usize, bytes: f64) -> Bench {
     }
 }
 
-fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
-    let n = 1usize << 26; // 64M elements
-    let (r, c, v) = (16384usize, 1280usize, 32768usize); // B*T rows, model width, vocab at depth 20
+/// The benchmark rows at depth-20 sizes, or (`small`) at sizes the emulator runs in a second, and the
+/// buffers the rows' raw pointers point into (they must outlive the rows).
+fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
+    // Elements; B*T rows, model width and vocab at depth 20.
+    let (n, r, c, v) = if small {
+        (1usize << 12, 64usize, 128usize, 512usize)
+    } else {
+        (1 << 26, 16384, 1280, 32768)
+    };
     let a = || d.alloc(4 * n);
     let mut out = vec![
         elementwise_bench("relu2_forward", vec![a()?, a()?], n, 4.0),
@@ -201,11 +209,11 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
         rc * 10.0,
     ));
     let (logits, losses, targets) = (
-        d.alloc(2 * 8192 * v)?,
-        d.alloc(4 * 8192)?,
-        d.upload_new(&vec![1i32; 8192])?,
+        d.alloc(2 * r * v)?,
+        d.alloc(4 * r)?,
+        d.upload_new(&vec![1i32; r])?,
     );
-    d.zero(logits.ptr(), 2 * 8192 * v)?;
+    d.zero(logits.ptr(), 2 * r * v)?;
     // Minimal traffic: read the logits once, write the gradient once (the kernel's second read hits L2
     // only for small rows, so this is a lower bound and the % is honest).
     out.push(rows(
@@ -215,14 +223,14 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
             (&losses).into(),
             (&targets).into(),
             Arg::F32(1e-4),
-            Arg::I32(8192),
+            Arg::I32(r as i32),
             Arg::I32(v as i32),
             Arg::I32(v as i32),
         ],
-        8192,
-        8192.0 * v as f64 * 4.0,
+        r,
+        r as f64 * v as f64 * 4.0,
     ));
-    let m = 1usize << 24;
+    let m = n / 4;
     let (p, pb, g, mm, vv) = (
         d.alloc(4 * m)?,
         d.alloc(2 * m)?,
@@ -234,7 +242,7 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
         d.zero(buf.ptr(), 4 * m)?;
     }
     out.push(Bench {
-        name: "adamw_step",
+        name: "adamw_step".into(),
         blocks: vec![128, 256, 512, 1024],
         bytes: m as f64 * (4.0 * 4.0 + 3.0 * 4.0 + 2.0),
         flops: 0.0,
@@ -272,14 +280,102 @@ fn benches(d: &dyn Device) -> Result<Vec<Bench>> {
         d.zero(buf.ptr(), bytes)?;
     }
     let fwd = Gemm::new(r, 4 * c, c, ga.ptr(), gb.ptr(), gc.ptr(), Dtype::Bf16).transpose_b();
+    let keep = vec![
+        y, x, x0, dx, rstd, lambdas, dx0, dmid, parts, logits, losses, targets, ga, gb, gc,
+    ];
     out.push(Bench {
-        name: "gemm bf16 (16384x5120x1280, B^T)",
+        name: format!("gemm bf16 ({r}x{}x{c}, B^T)", 4 * c),
         blocks: vec![0],
         bytes: 0.0,
         flops: 2.0 * r as f64 * 4.0 * c as f64 * c as f64,
         launch: Box::new(move |d, _| d.gemm(&fwd)),
     });
-    Ok(out)
+    // Embedding gather (bf16 table) and its deterministic scatter-add (fp32 table gradient), d20 sizes.
+    let mut rng = nanochat::rng::Rng::new(1);
+    let ids: Vec<u32> = (0..r).map(|_| rng.below(v as u64) as u32).collect();
+    let (table, dtable, emb) = (
+        d.alloc(2 * v * c)?,
+        d.alloc(4 * v * c)?,
+        d.alloc(2 * r * c)?,
+    );
+    let ids_dev = d.upload_new(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+    for (buf, bytes) in [(&table, 2 * v * c), (&dtable, 4 * v * c), (&emb, 2 * r * c)] {
+        d.zero(buf.ptr(), bytes)?;
+    }
+    let (tp, ep, ip, dp) = (table.ptr(), emb.ptr(), ids_dev.ptr(), dtable.ptr());
+    let fwd_ids = ids.clone();
+    out.push(Bench {
+        name: "embedding_forward".into(),
+        blocks: vec![0],
+        bytes: rc * 4.0,
+        flops: 0.0,
+        launch: Box::new(move |d, _| {
+            let _keep = (&table, &emb, &ids_dev);
+            embedding::embedding_forward(d, ep, ip, tp, &fwd_ids, v, c)
+        }),
+    });
+    // Reads the rows' gradients (bf16) and read-modify-writes their table rows (fp32); host bucketing included.
+    out.push(Bench {
+        name: "embedding_backward (incl. host sort)".into(),
+        blocks: vec![0],
+        bytes: rc * (2.0 + 8.0),
+        flops: 0.0,
+        launch: Box::new(move |d, _| {
+            let _keep = &dtable;
+            embedding::embedding_backward(d, dp, ep, &ids, v, c)
+        }),
+    });
+    // One Muon step over d20's stacks of c_fc (20 x 5120x1280) and of q/k/v/proj (80 x 1280x1280): Nesterov,
+    // MuonEq, Polar Express (bf16 GEMMs: the FLOPs counted), Muon+, NorMuon, cautious update.
+    let (k1, k2) = if small { (2, 3) } else { (20, 80) };
+    for (k, m, nn) in [(k1, 4 * c, c), (k2, c, c)] {
+        let st = Stack { k, m, n: nn };
+        let scratch = MuonScratch::new(d, st)?;
+        let total = k * m * nn;
+        let (mp, mpb, mg, mm, ms) = (
+            d.alloc(4 * total)?,
+            d.alloc(2 * total)?,
+            d.alloc(4 * total)?,
+            d.alloc(4 * total)?,
+            d.alloc(4 * k * m.max(nn))?,
+        );
+        for (buf, bytes) in [
+            (&mp, 4 * total),
+            (&mg, 4 * total),
+            (&mm, 4 * total),
+            (&ms, 4 * k * m.max(nn)),
+        ] {
+            d.zero(buf.ptr(), bytes)?;
+        }
+        let (small, big) = (m.min(nn) as f64, m.max(nn) as f64);
+        let h = MuonHyper {
+            lr: 0.02,
+            momentum: 0.95,
+            weight_decay: 0.2,
+            beta2: 0.9,
+            ns_steps: 5,
+            bf16: true,
+        };
+        out.push(Bench {
+            name: format!("muon_step ({k} x {m}x{nn})"),
+            blocks: vec![0],
+            bytes: 0.0,
+            flops: k as f64 * 5.0 * (4.0 * big * small * small + 2.0 * small.powi(3)),
+            launch: Box::new(move |d, _| {
+                muon::muon_step(
+                    d,
+                    &scratch,
+                    mp.ptr(),
+                    Some(mpb.ptr()),
+                    mg.ptr(),
+                    mm.ptr(),
+                    ms.ptr(),
+                    &h,
+                )
+            }),
+        });
+    }
+    Ok((out, keep))
 }
 
 fn time(d: &dyn Device, b: &Bench, block: u32, iters: usize) -> Result<f64> {
@@ -467,8 +563,13 @@ fn main() -> ExitCode {
             }
         }
     }
-    if args.device == Which::Cuda && !args.selfcheck {
-        let bs = match benches(d) {
+    if !args.selfcheck {
+        let emu = args.device == Which::Emu;
+        if emu {
+            println!("\nbenchmark rows at emulator sizes, once each (a functional run: the times mean nothing):");
+        }
+        let iters = if emu { 1 } else { args.iters };
+        let (bs, _buffers) = match benches(d, emu) {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("setting up the benchmarks failed: {e}");
@@ -481,7 +582,7 @@ fn main() -> ExitCode {
         );
         for b in &bs {
             for &block in &b.blocks {
-                match time(d, b, block, args.iters) {
+                match time(d, b, block, iters) {
                     Ok(t) => {
                         let (rate, pct) = if b.flops > 0.0 {
                             (b.flops / t / 1e12, 100.0 * b.flops / t / PEAK_BF16_FLOPS)

@@ -333,3 +333,47 @@ fn the_kernel_device_trains_like_the_cpu_reference() {
     let resumed = logged_losses(&base.join("base_checkpoints").join("emu"));
     assert_eq!(resumed.last().unwrap().0, 4, "{resumed:?}");
 }
+
+#[test]
+fn step_bench_trains_a_repeated_batch_on_the_emulator() {
+    let bench = env!("CARGO_BIN_EXE_step_bench");
+    let tiny = [
+        "--device",
+        "emu",
+        "--depth",
+        "1",
+        "--seq",
+        "64",
+        "--batch",
+        "2",
+        "--vocab",
+        "512",
+        "--head-dim",
+        "64",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+    ];
+    let out = Command::new(bench).args(tiny).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("micro-batch 2 x 64"), "{text}");
+    assert!(text.contains("total"), "{text}");
+    let losses: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("loss ").nth(1))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 4, "{text}");
+    assert!(losses[3] < losses[0] - 0.5, "{losses:?}");
+    assert!(text.contains("mean over 3 steps"), "{text}");
+    // Bad input is a clear error, not a crash.
+    let out = Command::new(bench)
+        .args(["--device", "emu", "--steps", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--steps"));
+}
