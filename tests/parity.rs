@@ -321,6 +321,10 @@ fn check_bf16_rows(dir: &Path) -> Vec<parity::Row> {
             "kernels {k:?} against bf16 storage {f:?}"
         );
         if !k.ok {
+            eprintln!(
+                "{}: kernels {:.3e}, bf16 storage {:.3e}, tolerance {:.1e}",
+                k.name, k.value, f.value, k.tolerance
+            );
             assert!(
                 f.value > 0.8 * f.tolerance,
                 "kernels {k:?} fail where bf16 storage passes: {f:?}"

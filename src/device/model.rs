@@ -511,9 +511,18 @@ impl KernelModel {
         self.arena = None; // free the old one first
         let sized = ArenaLayout::new(&self.config, b, t, 0);
         let dev = self.dev.as_ref();
+        let fits = dev.memory_info().map(|(free, _)| {
+            let fixed: usize = static_memory(&self.table, &self.opt).values().sum();
+            largest_batch(&self.config, &self.table, &self.opt, t, free + fixed)
+        });
         let oom = |e: super::DeviceError| {
+            let hint = match fits {
+                Some(Some(n)) => format!("the largest that fits now is {n}"),
+                Some(None) => "not even 1 fits next to the model".to_string(),
+                None => "lower it".to_string(),
+            };
             format!(
-                "{}: the activations of a {b} x {t} micro-batch need {:.1} MiB: {e}; lower --device-batch-size",
+                "{}: the activations of a {b} x {t} micro-batch need {:.1} MiB: {e}; --device-batch-size: {hint}",
                 dev.name(),
                 sized.bytes as f64 / (1 << 20) as f64
             )
