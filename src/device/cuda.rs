@@ -84,8 +84,20 @@ impl CudaDevice {
             Box::leak(vec![0u64; FATBIN.len().div_ceil(8)].into_boxed_slice());
         bytemuck::cast_slice_mut::<u64, u8>(image)[..FATBIN.len()].copy_from_slice(FATBIN);
         // SAFETY: image holds a complete fatbin and outlives the module.
-        let module = unsafe { drv::module::load_data(image.as_ptr() as *const c_void) }
-            .map_err(|e| driver_err("loading the embedded kernels (ptx/kernels.fatbin)", e))?;
+        let module = unsafe { drv::module::load_data(image.as_ptr() as *const c_void) }.map_err(|e| {
+            let mut version = 0;
+            // SAFETY: writes one int.
+            unsafe { sys::cuDriverGetVersion(&mut version) };
+            driver_err(
+                &format!(
+                    "loading the embedded kernels (ptx/kernels.fatbin: sm_80 and sm_90a code, PTX 9.0, which \
+                     needs a CUDA 13.0 driver or newer; this driver is CUDA {}.{})",
+                    version / 1000,
+                    version % 1000 / 10
+                ),
+                e,
+            )
+        })?;
         let inner = Inner {
             ctx,
             stream,
@@ -133,7 +145,11 @@ impl Inner {
         }
         // SAFETY: only tries to dlopen the library.
         if !unsafe { ltsys::is_culib_present() } {
-            return err("cuda: cuBLASLt (libcublasLt.so) is not on the library path");
+            return err(
+                "cuda: cuBLASLt (libcublasLt.so) is not on the library path: add the folder that holds it \
+                 (a CUDA toolkit's lib64, or the nvidia/cublas/lib folder of a Python environment) to \
+                 LD_LIBRARY_PATH",
+            );
         }
         let h =
             lt::create_handle().map_err(|e| DeviceError(format!("cuda: cublasLtCreate: {e}")))?;
@@ -222,12 +238,29 @@ fn make_plan(
         }
         let pref = lt::create_matmul_pref()?;
         let ws = WORKSPACE_BYTES;
+        use ltsys::cublasLtMatmulPreferenceAttributes_t as P;
         lt::set_matmul_pref_attribute(
             pref,
-            ltsys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
             &ws as *const _ as *const c_void,
             std::mem::size_of::<usize>(),
         )?;
+        // Without these the heuristic assumes 256-byte aligned operands; slots of the flat buffers are not.
+        // cuBLASLt's A is our B (see above).
+        let [align_a, align_b, align_c] = g.alignments();
+        for (attr, bytes) in [
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_b),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_a),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c),
+        ] {
+            lt::set_matmul_pref_attribute(
+                pref,
+                attr,
+                &bytes as *const u32 as *const c_void,
+                std::mem::size_of::<u32>(),
+            )?;
+        }
         let heur = lt::get_matmul_algo_heuristic(h, desc, la, lb, lc, lc, pref);
         lt::destroy_matmul_pref(pref)?;
         Ok(GemmPlan {
@@ -263,11 +296,15 @@ impl Device for CudaDevice {
 
     fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         let g = self.lock()?;
-        // SAFETY: synchronous copy into device memory; the driver validates the address.
+        // SAFETY: the copy is ordered on our stream after the work that may still read `dst`, and before any
+        // later launch; waiting for it keeps `src` alive until the copy has read it. (A synchronous
+        // cuMemcpyHtoD runs on the legacy stream, which our non-blocking stream does not wait for, and may
+        // return before a pageable copy has landed.)
         unsafe {
+            drv::memcpy_htod_async(dst.0, src, g.stream)
+                .map_err(|e| driver_err("cuMemcpyHtoDAsync", e))?;
             drv::stream::synchronize(g.stream)
-                .map_err(|e| driver_err("stream sync before upload", e))?;
-            drv::memcpy_htod_sync(dst.0, src).map_err(|e| driver_err("cuMemcpyHtoD", e))
+                .map_err(|e| driver_err("stream sync after upload", e))
         }
     }
 
@@ -350,7 +387,7 @@ impl Device for CudaDevice {
         let mut g = self.lock()?;
         let (h, ws) = g.cublaslt()?;
         let key = format!(
-            "{} {} {} {} {} {} {:?} {:?} {:?} {} {} {} {}",
+            "{} {} {} {} {} {} {:?} {:?} {:?} {} {} {} {} {:?}",
             gm.m,
             gm.n,
             gm.k,
@@ -363,7 +400,8 @@ impl Device for CudaDevice {
             gm.batch,
             gm.stride_a,
             gm.stride_b,
-            gm.stride_c
+            gm.stride_c,
+            gm.alignments()
         );
         if !g.plans.contains_key(&key) {
             let plan =

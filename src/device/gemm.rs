@@ -133,6 +133,24 @@ impl Gemm {
         Ok(())
     }
 
+    /// The byte alignment (a power of two, at most 256) that A, B and C keep in every batch: what a GEMM
+    /// library may assume of the pointers when it picks an algorithm.
+    pub fn alignments(&self) -> [u32; 3] {
+        let align = |p: DevPtr, stride_bytes: usize| -> u32 {
+            let stride = if self.batch > 1 {
+                stride_bytes as u64
+            } else {
+                0
+            };
+            1 << (p.0 | stride | 256).trailing_zeros()
+        };
+        [
+            align(self.a, self.stride_a * 2),
+            align(self.b, self.stride_b * 2),
+            align(self.c, self.stride_c * self.c_dtype.size()),
+        ]
+    }
+
     /// Bytes spanned by A, B and C over all batches.
     pub fn extents(&self) -> (usize, usize, usize) {
         let span = |rows: usize, cols: usize, ld: usize, stride: usize| {
@@ -225,5 +243,31 @@ impl Gemm {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignments_hold_in_every_batch_and_are_capped_at_256() {
+        let g = Gemm::new(
+            4,
+            4,
+            4,
+            DevPtr(0x10000),
+            DevPtr(0x10042),
+            DevPtr(0x10040),
+            Dtype::F32,
+        );
+        assert_eq!(g.alignments(), [256, 2, 64]);
+        let mut b = g.clone();
+        b.a = DevPtr(0x20000);
+        b.batch = 3;
+        b.stride_a = 24; // 48 bytes apart: the second matrix is only 16-byte aligned
+        b.stride_b = 0;
+        b.stride_c = 64; // 256 bytes of fp32
+        assert_eq!(b.alignments(), [16, 2, 64]);
     }
 }
