@@ -23,6 +23,16 @@ pub enum Scale {
     Large,
 }
 
+impl Scale {
+    /// `small` at [`Scale::Small`], else `large`.
+    pub fn pick<T>(self, small: T, large: T) -> T {
+        match self {
+            Scale::Small => small,
+            Scale::Large => large,
+        }
+    }
+}
+
 /// One named check; returns a one-line summary (largest error seen) or the first mismatch.
 pub struct Check {
     pub name: &'static str,
@@ -289,11 +299,7 @@ fn check_reduce(dev: &dyn Device, s: Scale) -> Result<String> {
 }
 
 fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (n, c) = if s == Scale::Small {
-        (5, 200)
-    } else {
-        (16384, 1280)
-    };
+    let (n, c) = s.pick((5, 200), (16384, 1280));
     let mut rng = Rng::new(14);
     let (x, x0, dy, dx0) = (
         rand(&mut rng, n * c, 2.0),
@@ -423,11 +429,7 @@ fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
 /// gradient, then `lambda_mix_backward`, in fp32; dx written over the residual gradient (in place, as the
 /// model runs it), dx0 and the two lambda gradients added to nonzero values.
 fn check_rmsnorm_mix_backward(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (n, c) = if s == Scale::Small {
-        (7, 300)
-    } else {
-        (16384, 1280)
-    };
+    let (n, c) = s.pick((7, 300), (16384, 1280));
     let mut rng = Rng::new(26);
     let (x, x0, dres, dy, dx0) = (
         rand(&mut rng, n * c, 2.0),
@@ -504,11 +506,7 @@ fn check_rmsnorm_mix_backward(dev: &dyn Device, s: Scale) -> Result<String> {
 /// The final norm's backward fused with the backout's: against `rmsnorm_backward` then `backout_backward`
 /// in fp32; dx and dx_mid written over garbage, the lambda gradient added to a nonzero value.
 fn check_rmsnorm_backout_backward(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (n, c) = if s == Scale::Small {
-        (5, 260)
-    } else {
-        (16384, 1280)
-    };
+    let (n, c) = s.pick((5, 260), (16384, 1280));
     let mut rng = Rng::new(27);
     let (xf, x_mid, dy) = (
         rand(&mut rng, n * c, 2.0),
@@ -574,11 +572,7 @@ fn check_rmsnorm_backout_backward(dev: &dyn Device, s: Scale) -> Result<String> 
 }
 
 fn check_softcap_ce(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (n, v, vp) = if s == Scale::Small {
-        (6, 500, 512)
-    } else {
-        (8192, 32768, 32768)
-    };
+    let (n, v, vp) = s.pick((6, 500, 512), (8192, 32768, 32768));
     let mut rng = Rng::new(15);
     let logits = rand(&mut rng, n * vp, 20.0);
     let targets: Vec<i32> = (0..n)
@@ -619,11 +613,7 @@ fn check_softcap_ce(dev: &dyn Device, s: Scale) -> Result<String> {
 }
 
 fn check_embedding(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (vocab, c, n) = if s == Scale::Small {
-        (40, 70, 150)
-    } else {
-        (32768, 1280, 16384)
-    };
+    let (vocab, c, n) = s.pick((40, 70, 150), (32768, 1280, 16384));
     let mut rng = Rng::new(16);
     let table = rand(&mut rng, vocab * c, 1.0);
     let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64 / 2) as u32).collect();
@@ -706,11 +696,8 @@ fn check_adamw(dev: &dyn Device, s: Scale) -> Result<String> {
 }
 
 fn check_gemm(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (m, n, k) = if s == Scale::Small {
-        (37, 23, 70)
-    } else {
-        (512, 384, 1280) // the host reference is a plain loop
-    };
+    // The host reference is a plain loop.
+    let (m, n, k) = s.pick((37, 23, 70), (512, 384, 1280));
     let mut rng = Rng::new(18);
     let batch = 2;
     let (a, b) = (
@@ -932,11 +919,7 @@ fn check_attention(dev: &dyn Device, scale: Scale, imp: AttnImpl) -> Result<Stri
 /// into the strided gradient of that output: q's added to what is there, k's written over it; v's
 /// columns are left alone.
 fn check_rope_qknorm(dev: &dyn Device, scale: Scale) -> Result<String> {
-    let (b, t, h, hkv, d, pos0) = if scale == Scale::Small {
-        (2, 5, 4, 2, 64, 3)
-    } else {
-        (16, 1024, 10, 5, 128, 0)
-    };
+    let (b, t, h, hkv, d, pos0) = scale.pick((2, 5, 4, 2, 64, 3), (16, 1024, 10, 5, 128, 0));
     let (n, stride, positions) = (b * t, (h + 2 * hkv) * d, pos0 + t);
     let (cos, sin) = ops::rope_tables(positions, d, 10000.0);
     let mut rng = Rng::new(21);
@@ -1040,11 +1023,7 @@ fn check_rope_qknorm(dev: &dyn Device, scale: Scale) -> Result<String> {
 /// The gate on the v columns of a fused QKV output, forward (in place) and backward from a strided dv,
 /// adding into nonzero dxn and dwg as across micro-steps.
 fn check_ve_gate(dev: &dyn Device, scale: Scale) -> Result<String> {
-    let (n, c, h, hkv, d) = if scale == Scale::Small {
-        (7, 40, 6, 3, 64)
-    } else {
-        (16384, 1280, 10, 5, 128)
-    };
+    let (n, c, h, hkv, d) = scale.pick((7, 40, 6, 3, 64), (16384, 1280, 10, 5, 128));
     let k = VE_GATE_CHANNELS;
     let (stride, vcol) = ((h + 2 * hkv) * d, (h + hkv) * d);
     let shape = GateShape {
@@ -1161,11 +1140,7 @@ fn check_ve_gate(dev: &dyn Device, scale: Scale) -> Result<String> {
 /// Smear within sequences, forward and backward, the gate-weight and lambda gradients added to nonzero
 /// values.
 fn check_smear(dev: &dyn Device, scale: Scale) -> Result<String> {
-    let (b, t, c) = if scale == Scale::Small {
-        (2, 5, 40)
-    } else {
-        (16, 1024, 1280)
-    };
+    let (b, t, c) = scale.pick((2, 5, 40), (16, 1024, 1280));
     let (n, k, lambda) = (b * t, SMEAR_CHANNELS, 0.7f32);
     let mut rng = Rng::new(23);
     let (x, w) = (rand(&mut rng, n * c, 1.5), rand(&mut rng, k, 0.4));
@@ -1259,11 +1234,7 @@ fn check_smear(dev: &dyn Device, scale: Scale) -> Result<String> {
 }
 
 fn check_backout(dev: &dyn Device, scale: Scale) -> Result<String> {
-    let (n, c) = if scale == Scale::Small {
-        (9, 33)
-    } else {
-        (16384, 1280)
-    };
+    let (n, c) = scale.pick((9, 33), (16384, 1280));
     let (len, lambda) = (n * c, 0.35f32);
     let mut rng = Rng::new(24);
     let (x, xm) = (rand(&mut rng, len, 2.0), rand(&mut rng, len, 2.0));
@@ -1583,11 +1554,7 @@ fn check_ldmatrix(dev: &dyn Device, _: Scale) -> Result<String> {
 }
 
 fn check_pipeline(dev: &dyn Device, s: Scale) -> Result<String> {
-    let (m, n, k) = if s == Scale::Small {
-        (32, 16, 48)
-    } else {
-        (256, 128, 512)
-    };
+    let (m, n, k) = s.pick((32, 16, 48), (256, 128, 512));
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i * 7 + 2) % 11) as f32 - 5.0)
         .collect();
