@@ -13,7 +13,7 @@ pub mod reduce;
 pub mod rmsnorm;
 pub mod rope_qknorm;
 
-use super::{err, Dim3, Result};
+use super::{err, Arg, DevPtr, Device, Dim3, Result};
 
 /// Threads per block of the one-element-per-thread kernels.
 pub const ELEMENTWISE_BLOCK: u32 = 256;
@@ -34,4 +34,30 @@ pub(crate) fn one_block_each(n: usize, what: &str) -> Result<Dim3> {
 /// A row count or width as the kernels' `int`.
 pub(crate) fn as_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).or_else(|_| err(format!("{what}: {v} does not fit a 32-bit kernel argument")))
+}
+
+/// Launches `name` with one [`ROW_BLOCK`]-thread block per row for `rows` rows (nothing for 0), passing
+/// `ptrs` and then `ints`: the signature of the one-row-per-block kernels.
+pub(crate) fn launch_rows(
+    dev: &dyn Device,
+    name: &str,
+    rows: usize,
+    ptrs: &[DevPtr],
+    ints: &[i32],
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let args: Vec<Arg> = ptrs
+        .iter()
+        .map(|&p| Arg::Ptr(p))
+        .chain(ints.iter().map(|&i| Arg::I32(i)))
+        .collect();
+    dev.launch(
+        name,
+        one_block_each(rows, name)?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &args,
+    )
 }

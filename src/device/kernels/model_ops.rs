@@ -5,7 +5,7 @@
 //! its share into `scratch`, then a second kernel sums each parameter's shares in a fixed order. Scratch
 //! sizes: [`ve_gate_scratch`], [`smear_scratch`], [`backout_scratch`].
 
-use super::{as_i32, blocks_for, one_block_each, ELEMENTWISE_BLOCK, ROW_BLOCK};
+use super::{as_i32, blocks_for, launch_rows, ELEMENTWISE_BLOCK};
 use crate::device::{err, Arg, DevPtr, Device, Dim3, Result};
 
 /// Rows (one warp each) per block of the gate kernels.
@@ -13,22 +13,11 @@ const GATE_WARPS: u32 = 4;
 
 /// `out[p] += Σ_i partials[p·n + i]` for `p < m` (f32), in a fixed order.
 fn column_sums(dev: &dyn Device, out: DevPtr, partials: DevPtr, m: usize, n: usize) -> Result<()> {
-    if m == 0 {
-        return Ok(());
+    if n == 0 {
+        return Ok(()); // nothing to add
     }
-    let args = [
-        Arg::Ptr(out),
-        Arg::Ptr(partials),
-        Arg::I32(as_i32(m, "column sums")?),
-        Arg::I32(as_i32(n, "column sums rows")?),
-    ];
-    dev.launch(
-        "column_sums_accumulate",
-        one_block_each(m, "column sums")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
-    )
+    let ints = [as_i32(m, "column sums")?, as_i32(n, "column sums rows")?];
+    launch_rows(dev, "column_sums_accumulate", m, &[out, partials], &ints)
 }
 
 /// Shape of the value-embedding gate: `n` rows, `xn (n, c)`, `hkv` kv heads of `d`, `k` gate inputs per
@@ -178,26 +167,12 @@ pub fn smear_forward(
     k: usize,
 ) -> Result<()> {
     let [ni, ti, ci, ki] = smear_check(n, t, c, k)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(out),
-        Arg::Ptr(g),
-        Arg::Ptr(x),
-        Arg::Ptr(w),
-        Arg::Ptr(lambda),
-        Arg::I32(ni),
-        Arg::I32(ti),
-        Arg::I32(ci),
-        Arg::I32(ki),
-    ];
-    dev.launch(
+    launch_rows(
+        dev,
         "smear_forward",
-        one_block_each(n, "smear_forward")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[out, g, x, w, lambda],
+        &[ni, ti, ci, ki],
     )
 }
 
@@ -220,27 +195,12 @@ pub fn smear_backward(
     k: usize,
 ) -> Result<()> {
     let [ni, ti, ci, ki] = smear_check(n, t, c, k)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(dx),
-        Arg::Ptr(scratch),
-        Arg::Ptr(dout),
-        Arg::Ptr(x),
-        Arg::Ptr(w),
-        Arg::Ptr(lambda),
-        Arg::I32(ni),
-        Arg::I32(ti),
-        Arg::I32(ci),
-        Arg::I32(ki),
-    ];
-    dev.launch(
+    launch_rows(
+        dev,
         "smear_backward",
-        one_block_each(n, "smear_backward")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[dx, scratch, dout, x, w, lambda],
+        &[ni, ti, ci, ki],
     )?;
     column_sums(dev, dlambda, scratch, 1, n)?;
     column_sums(dev, dw, scratch.at::<f32>(n), k, n)
@@ -295,25 +255,13 @@ pub fn backout_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(dx),
-        Arg::Ptr(dx_mid),
-        Arg::Ptr(scratch),
-        Arg::Ptr(dout),
-        Arg::Ptr(x_mid),
-        Arg::Ptr(lambda),
-        Arg::I32(as_i32(n, "backout rows")?),
-        Arg::I32(as_i32(c, "backout width")?),
-    ];
-    dev.launch(
+    let ints = [as_i32(n, "backout rows")?, as_i32(c, "backout width")?];
+    launch_rows(
+        dev,
         "backout_backward",
-        one_block_each(n, "backout_backward")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[dx, dx_mid, scratch, dout, x_mid, lambda],
+        &ints,
     )?;
     column_sums(dev, dlambda, scratch, 1, n)
 }

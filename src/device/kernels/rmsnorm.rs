@@ -3,8 +3,13 @@
 //! fp32 `rstd`.
 
 use super::reduce::{reduce_into, Reduction};
-use super::{as_i32, one_block_each, ROW_BLOCK};
-use crate::device::{Arg, DevPtr, Device, Dim3, Dtype, Result};
+use super::{as_i32, launch_rows};
+use crate::device::{DevPtr, Device, Dtype, Result};
+
+/// Rows and width as the kernels' `int`s.
+fn dims(n: usize, c: usize) -> Result<[i32; 2]> {
+    Ok([as_i32(n, "rmsnorm rows")?, as_i32(c, "rmsnorm width")?])
+}
 
 /// `y (n, c) = x · rstd`, `rstd (n)` saved.
 pub fn rmsnorm_forward(
@@ -15,23 +20,7 @@ pub fn rmsnorm_forward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(y),
-        Arg::Ptr(rstd),
-        Arg::Ptr(x),
-        Arg::I32(as_i32(n, "rmsnorm rows")?),
-        Arg::I32(as_i32(c, "rmsnorm width")?),
-    ];
-    dev.launch(
-        "rmsnorm_forward",
-        one_block_each(n, "rmsnorm")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
-    )
+    launch_rows(dev, "rmsnorm_forward", n, &[y, rstd, x], &dims(n, c)?)
 }
 
 /// `xmix (n, c) = lambdas[0] · x + lambdas[1] · x0` (bf16), then `y = rmsnorm(xmix)`, `rstd (n)` saved.
@@ -48,25 +37,12 @@ pub fn mix_rmsnorm_forward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(xmix),
-        Arg::Ptr(y),
-        Arg::Ptr(rstd),
-        Arg::Ptr(x),
-        Arg::Ptr(x0),
-        Arg::Ptr(lambdas),
-        Arg::I32(as_i32(n, "rmsnorm rows")?),
-        Arg::I32(as_i32(c, "rmsnorm width")?),
-    ];
-    dev.launch(
+    launch_rows(
+        dev,
         "mix_rmsnorm_forward",
-        one_block_each(n, "rmsnorm")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[xmix, y, rstd, x, x0, lambdas],
+        &dims(n, c)?,
     )
 }
 
@@ -80,24 +56,7 @@ pub fn rmsnorm_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(dx),
-        Arg::Ptr(dy),
-        Arg::Ptr(x),
-        Arg::Ptr(rstd),
-        Arg::I32(as_i32(n, "rmsnorm rows")?),
-        Arg::I32(as_i32(c, "rmsnorm width")?),
-    ];
-    dev.launch(
-        "rmsnorm_backward",
-        one_block_each(n, "rmsnorm")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
-    )
+    launch_rows(dev, "rmsnorm_backward", n, &[dx, dy, x, rstd], &dims(n, c)?)
 }
 
 /// Backward of `xmix = lambdas[0] · x + lambdas[1] · x0`: `dx (n, c) bf16 = lambdas[0] · dxmix` (dx may
@@ -117,26 +76,12 @@ pub fn mix_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(dx),
-        Arg::Ptr(dx0),
-        Arg::Ptr(scratch),
-        Arg::Ptr(dxmix),
-        Arg::Ptr(x),
-        Arg::Ptr(x0),
-        Arg::Ptr(lambdas),
-        Arg::I32(as_i32(n, "mix rows")?),
-        Arg::I32(as_i32(c, "mix width")?),
-    ];
-    dev.launch(
+    launch_rows(
+        dev,
         "mix_backward",
-        one_block_each(n, "rmsnorm")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[dx, dx0, scratch, dxmix, x, x0, lambdas],
+        &dims(n, c)?,
     )?;
     reduce_partials(dev, dlambdas, scratch, n, 2)
 }
@@ -167,29 +112,12 @@ pub fn rmsnorm_mix_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(dx),
-        Arg::Ptr(dx0),
-        Arg::Ptr(scratch),
-        Arg::Ptr(dres),
-        Arg::Ptr(dy),
-        Arg::Ptr(xmix),
-        Arg::Ptr(rstd),
-        Arg::Ptr(x),
-        Arg::Ptr(x0),
-        Arg::Ptr(lambdas),
-        Arg::I32(as_i32(n, "rmsnorm rows")?),
-        Arg::I32(as_i32(c, "rmsnorm width")?),
-    ];
-    dev.launch(
+    launch_rows(
+        dev,
         "rmsnorm_mix_backward",
-        one_block_each(n, "rmsnorm")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[dx, dx0, scratch, dres, dy, xmix, rstd, x, x0, lambdas],
+        &dims(n, c)?,
     )?;
     reduce_partials(dev, dlambdas, scratch, n, 2)
 }
@@ -213,27 +141,12 @@ pub fn rmsnorm_backout_backward(
     n: usize,
     c: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let args = [
-        Arg::Ptr(dx),
-        Arg::Ptr(dx_mid),
-        Arg::Ptr(scratch),
-        Arg::Ptr(dy),
-        Arg::Ptr(xf),
-        Arg::Ptr(rstd),
-        Arg::Ptr(x_mid),
-        Arg::Ptr(lambda),
-        Arg::I32(as_i32(n, "rmsnorm rows")?),
-        Arg::I32(as_i32(c, "rmsnorm width")?),
-    ];
-    dev.launch(
+    launch_rows(
+        dev,
         "rmsnorm_backout_backward",
-        one_block_each(n, "rmsnorm")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
+        n,
+        &[dx, dx_mid, scratch, dy, xf, rstd, x_mid, lambda],
+        &dims(n, c)?,
     )?;
     reduce_partials(dev, dlambda, scratch, n, 1)
 }
@@ -247,6 +160,9 @@ fn reduce_partials(
     n: usize,
     count: usize,
 ) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
     let parts = scratch.at::<f32>(2 * n);
     for j in 0..count {
         reduce_into(
