@@ -280,7 +280,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         d.zero(buf.ptr(), bytes)?;
     }
     let fwd = Gemm::new(r, 4 * c, c, ga.ptr(), gb.ptr(), gc.ptr(), Dtype::Bf16).transpose_b();
-    let keep = vec![
+    let mut keep = vec![
         y, x, x0, dx, rstd, lambdas, dx0, dmid, parts, logits, losses, targets, ga, gb, gc,
     ];
     out.push(Bench {
@@ -309,10 +309,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         blocks: vec![0],
         bytes: rc * 4.0,
         flops: 0.0,
-        launch: Box::new(move |d, _| {
-            let _keep = (&table, &emb, &ids_dev);
-            embedding::embedding_forward(d, ep, ip, tp, &fwd_ids, v, c)
-        }),
+        launch: Box::new(move |d, _| embedding::embedding_forward(d, ep, ip, tp, &fwd_ids, v, c)),
     });
     // Reads the rows' gradients (bf16) and read-modify-writes their table rows (fp32); host bucketing included.
     out.push(Bench {
@@ -320,11 +317,9 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         blocks: vec![0],
         bytes: rc * (2.0 + 8.0),
         flops: 0.0,
-        launch: Box::new(move |d, _| {
-            let _keep = &dtable;
-            embedding::embedding_backward(d, dp, ep, &ids, v, c)
-        }),
+        launch: Box::new(move |d, _| embedding::embedding_backward(d, dp, ep, &ids, v, c)),
     });
+    keep.extend([table, dtable, emb, ids_dev]);
     // One Muon step over d20's stacks of c_fc (20 x 5120x1280) and of q/k/v/proj (80 x 1280x1280): Nesterov,
     // MuonEq, Polar Express (bf16 GEMMs: the FLOPs counted), Muon+, NorMuon, cautious update.
     let (k1, k2) = if small { (2, 3) } else { (20, 80) };

@@ -511,11 +511,12 @@ impl KernelModel {
         self.arena = None; // free the old one first
         let sized = ArenaLayout::new(&self.config, b, t, 0);
         let dev = self.dev.as_ref();
-        let fits = dev.memory_info().map(|(free, _)| {
-            let fixed: usize = static_memory(&self.table, &self.opt).values().sum();
-            largest_batch(&self.config, &self.table, &self.opt, t, free + fixed)
-        });
         let oom = |e: super::DeviceError| {
+            // The parameters, gradients and state are allocated already: `free` excludes them.
+            let fits = dev.memory_info().map(|(free, _)| {
+                let fixed: usize = static_memory(&self.table, &self.opt).values().sum();
+                largest_batch(&self.config, &self.table, &self.opt, t, free + fixed)
+            });
             let hint = match fits {
                 Some(Some(n)) => format!("the largest that fits now is {n}"),
                 Some(None) => "not even 1 fits next to the model".to_string(),
