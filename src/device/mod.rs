@@ -273,19 +273,3 @@ impl dyn Device + '_ {
         Ok(v)
     }
 }
-
-/// Which device to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    Cuda,
-    Emu,
-}
-
-/// Opens a device: the first GPU for `Cuda` (an error, not a panic, when there is none), the
-/// emulator with the forward schedule for `Emu`.
-pub fn open(kind: DeviceKind) -> Result<Box<dyn Device>> {
-    match kind {
-        DeviceKind::Cuda => Ok(Box::new(cuda::CudaDevice::open(0)?)),
-        DeviceKind::Emu => Ok(Box::new(emu::EmuDevice::new(Schedule::Forward))),
-    }
-}

@@ -25,11 +25,10 @@ use super::kernels::rope_qknorm::{rope_qknorm_backward, rope_qknorm_forward, Rop
 use super::kernels::{adamw, cross_entropy, embedding, rmsnorm};
 use super::{Buffer, DevPtr, Device, Dtype, Gemm, Op};
 use crate::config::{ModelConfig, ROPE_BASE, SMEAR_CHANNELS, SOFTCAP, VE_GATE_CHANNELS};
-use crate::cpu::gpt::check_batch;
+use crate::model::{check_batch, ModelDevice};
 use crate::optim::{MuonAdamW, SetupArgs, StepJob, StepSettings};
 use crate::params::{ParamTable, Slot};
 use crate::safetensors::Tensor;
-use crate::train::device::ModelDevice;
 use half::bf16;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
