@@ -16,7 +16,9 @@ pub mod check;
 pub mod cuda;
 pub mod emu;
 pub mod gemm;
+mod gpt;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod reference;
 
