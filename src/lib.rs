@@ -21,5 +21,6 @@ pub mod parity;
 pub mod rng;
 pub mod safetensors;
 pub mod serve;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
