@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod engine;
+pub mod execution;
 pub mod optim;
 pub mod params;
 pub mod parity;
