@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nanochat::config::ModelConfig;
 use nanochat::params::ParamTable;
 use nanochat::tokenizer::{Tokenizer, TOKENIZER_FILE};
-use nanochat::train::checkpoint::{self, LoopState, Meta};
+use nanochat::checkpoint::{self, LoopState, Meta};
 
 const CLIENTS: usize = 16;
 const MIN_WAVES: usize = 4;
