@@ -18,5 +18,6 @@ pub mod parity;
 pub mod rng;
 pub mod safetensors;
 pub mod serve;
+pub mod tasks;
 pub mod tokenizer;
 pub mod train;
