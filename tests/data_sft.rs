@@ -2,13 +2,15 @@
 //! upstream's `sft_data_generator_bos_bestfit` on random conversations (rows, padding, targets, resume), and
 //! all-masked micro-batches (loss 0, gradient 0, counted) on the CPU reference and the kernel emulator.
 
+use nanochat::backend::Backend;
 use nanochat::config::ModelConfig;
+use nanochat::cpu::model::CpuModel;
 use nanochat::data::sft::{RenderedConversations, SftConfig, SftLoader, SftState, Supervision};
-use nanochat::device::{model::KernelModel, open, DeviceKind};
+use nanochat::device::{model::KernelModel, Schedule};
+use nanochat::model::ModelDevice;
 use nanochat::optim::SetupArgs;
 use nanochat::params::ParamTable;
 use nanochat::rng::Rng;
-use nanochat::train::device::{CpuModel, ModelDevice};
 use std::sync::Arc;
 
 type Conv = (Vec<u32>, Vec<u8>);
@@ -373,7 +375,7 @@ fn all_masked_micro_batches_have_zero_loss_and_gradient() {
     };
     let mut cpu = CpuModel::new(&config, params.clone(), &setup).unwrap();
     check_all_masked(&mut cpu, "cpu");
-    let dev = open(DeviceKind::Emu).unwrap();
+    let dev = Backend::Emu.kernel_device(Schedule::Forward).unwrap();
     let mut emu = KernelModel::new(dev, &config, &params, &setup).unwrap();
     check_all_masked(&mut emu, "emu");
 }

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use super::Engine;
+use crate::checkpoint;
 use crate::cpu::infer::CpuInfer;
-use crate::train::checkpoint;
-use crate::train::run::load_tokenizer;
+use crate::tokenizer::load_tokenizer;
 
 /// The checkpoint phase directory of a source.
 fn phase_dir_name(source: &str) -> Result<&'static str, String> {
