@@ -199,6 +199,11 @@ impl SftLoader {
         self.stats
     }
 
+    /// Continues the counters of a resumed run.
+    pub fn restore_stats(&mut self, stats: SftStats) {
+        self.stats = stats;
+    }
+
     pub fn dataset_size(&self) -> usize {
         self.source.len()
     }
