@@ -1,6 +1,8 @@
 //! The GPT's forward and backward on a kernel device, to be read side by side with the CPU reference
 //! ([`crate::cpu::gpt`]): the same ops in the same order, as kernel launches and GEMMs over the activation
-//! arena ([`super::memory`]) and the flat parameter buffers of [`KernelModel`].
+//! arena ([`super::memory`]) and the flat parameter buffers of [`KernelModel`]. One line per op: the
+//! launchers take (outputs, saved statistics, inputs, weights, sizes) as the CPU functions do; GEMMs go
+//! through [`KernelModel::linear`] and [`KernelModel::linear_backward`] over [`Mat`] views.
 
 use super::kernels::attention::{self, AttnShape};
 use super::kernels::elementwise::{add_bf16, add_f32_bf16, relu2_backward, relu2_forward};
@@ -10,66 +12,108 @@ use super::kernels::rope_qknorm::{rope_qknorm_backward, rope_qknorm_forward, Rop
 use super::kernels::{cross_entropy, embedding, rmsnorm};
 use super::memory::{gate_shape, Acts, BF16, F32};
 use super::model::KernelModel;
-use super::{DevPtr, Dtype, Gemm, Op};
+use super::{DevPtr, Dtype, Gemm, Op, Result};
 use crate::config::SMEAR_CHANNELS;
 use crate::model::check_batch;
 use crate::params::Slot;
 use half::bf16;
 
+/// A bf16 activation matrix of `cols` columns whose rows are `ld` elements apart (`ld > cols` for q and k,
+/// which sit side by side in one `(n, qd + kvd)` buffer).
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: DevPtr,
+    cols: usize,
+    ld: usize,
+}
+
+/// A dense `(rows, cols)` bf16 matrix at `ptr`.
+fn mat(ptr: DevPtr, cols: usize) -> Mat {
+    Mat {
+        ptr,
+        cols,
+        ld: cols,
+    }
+}
+
+/// `cols` columns of a matrix whose rows are `ld` elements apart.
+fn strided(ptr: DevPtr, cols: usize, ld: usize) -> Mat {
+    Mat { ptr, cols, ld }
+}
+
 impl KernelModel {
-    fn gemm(&self, g: Gemm) -> crate::device::Result<()> {
-        self.dev.gemm(&g)
+    /// `out (n, m) = x (n, k) @ Wᵀ` with W `(m, k)` bf16 at `w`; m and k are the views' widths.
+    fn linear(&self, out: Mat, x: Mat, w: DevPtr, n: usize) -> Result<()> {
+        self.linear_beta(out, x, w, n, 0.0)
     }
 
-    /// `out (n, m) bf16 (+)= x (n, k) @ W^T` with W (m, k) bf16 at `w`; x rows `ldx` apart.
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        out: DevPtr,
-        ldo: usize,
-        x: DevPtr,
-        ldx: usize,
-        w: DevPtr,
-        n: usize,
-        k: usize,
-        m: usize,
-        accumulate: bool,
-    ) -> crate::device::Result<()> {
-        self.gemm(Gemm {
-            lda: ldx,
-            ldc: ldo,
-            beta: if accumulate { 1.0 } else { 0.0 },
-            ..Gemm::new(n, m, k, x, w, out, Dtype::Bf16).transpose_b()
+    /// `out (n, m) += x (n, k) @ Wᵀ` (a residual added in the GEMM's epilogue).
+    fn linear_add(&self, out: Mat, x: Mat, w: DevPtr, n: usize) -> Result<()> {
+        self.linear_beta(out, x, w, n, 1.0)
+    }
+
+    fn linear_beta(&self, out: Mat, x: Mat, w: DevPtr, n: usize, beta: f32) -> Result<()> {
+        let g = Gemm::new(n, out.cols, x.cols, x.ptr, w, out.ptr, Dtype::Bf16).transpose_b();
+        self.dev.gemm(&Gemm {
+            lda: x.ld,
+            ldc: out.ld,
+            beta,
+            ..g
         })
     }
 
-    /// Backward of [`KernelModel::linear`]: `dx (n, k) bf16 (+)= dout (n, m) @ W` (unless `dx` is None)
-    /// and `dw (m, k) f32 += dout^T @ x`. `dout` rows `ldd` apart.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of [`KernelModel::linear`]: `dx (n, k) bf16 = dout (n, m) @ W` and `dw (m, k) f32 += doutᵀ @ x`
+    /// (x dense).
     fn linear_backward(
         &self,
-        dx: Option<(DevPtr, bool)>,
+        dx: DevPtr,
         dw: DevPtr,
-        dout: DevPtr,
-        ldd: usize,
-        x: DevPtr,
+        dout: Mat,
+        x: Mat,
         w: DevPtr,
         n: usize,
-        k: usize,
-        m: usize,
-    ) -> crate::device::Result<()> {
-        if let Some((dx, accumulate)) = dx {
-            self.gemm(Gemm {
-                lda: ldd,
-                beta: if accumulate { 1.0 } else { 0.0 },
-                ..Gemm::new(n, k, m, dout, w, dx, Dtype::Bf16)
-            })?;
-        }
-        self.gemm(Gemm {
+    ) -> Result<()> {
+        self.linear_backward_beta(dx, 0.0, dw, dout, x, w, n)
+    }
+
+    /// [`KernelModel::linear_backward`] adding into `dx` (a second branch reading the same input).
+    fn linear_backward_add(
+        &self,
+        dx: DevPtr,
+        dw: DevPtr,
+        dout: Mat,
+        x: Mat,
+        w: DevPtr,
+        n: usize,
+    ) -> Result<()> {
+        self.linear_backward_beta(dx, 1.0, dw, dout, x, w, n)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_beta(
+        &self,
+        dx: DevPtr,
+        dx_beta: f32,
+        dw: DevPtr,
+        dout: Mat,
+        x: Mat,
+        w: DevPtr,
+        n: usize,
+    ) -> Result<()> {
+        let (k, m) = (x.cols, dout.cols);
+        debug_assert_eq!(x.ld, k, "linear_backward reads x dense");
+        let gx = Gemm::new(n, k, m, dout.ptr, w, dx, Dtype::Bf16);
+        self.dev.gemm(&Gemm {
+            lda: dout.ld,
+            beta: dx_beta,
+            ..gx
+        })?;
+        let gw = Gemm::new(m, k, n, dout.ptr, x.ptr, dw, Dtype::F32);
+        self.dev.gemm(&Gemm {
             op_a: Op::T,
-            lda: ldd,
+            lda: dout.ld,
             beta: 1.0,
-            ..Gemm::new(m, k, n, dout, x, dw, Dtype::F32)
+            ..gw
         })
     }
 
@@ -83,7 +127,7 @@ impl KernelModel {
         b: usize,
         t: usize,
         dloss: f32,
-    ) -> Result<f32, String> {
+    ) -> std::result::Result<f32, String> {
         check_batch(&self.config, self.positions, ids, targets, b, t)?;
         self.ensure_arena(b, t)?;
         self.forward_kernels(ids, targets, b, t, dloss)
@@ -97,7 +141,7 @@ impl KernelModel {
         b: usize,
         t: usize,
         dloss: f32,
-    ) -> crate::device::Result<f32> {
+    ) -> Result<f32> {
         let cfg = &self.config;
         let dev = self.dev.as_ref();
         let a = &self.arena.as_ref().expect("arena allocated").acts;
@@ -113,17 +157,22 @@ impl KernelModel {
         let n = b * t;
         let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
         dev.upload(a.ids, bytemuck::cast_slice(&ids_i32))?;
+        let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
 
         // Embedding, norm, smear: res[0] = x0.
-        embedding::embedding_forward(dev, a.emb, a.ids, self.slot_ptr(Slot::Wte, 0), ids, vp, c)?;
+        embedding::embedding_forward(dev, a.emb, a.ids, self.weight(Slot::Wte, 0), ids, vp, c)?;
         rmsnorm::rmsnorm_forward(dev, a.xe, a.rstd0, a.emb, n, c)?;
+        let (smear_gate, smear_lambda) = (
+            self.master(Slot::SmearGate, 0),
+            self.master(Slot::SmearLambda, 0),
+        );
         model_ops::smear_forward(
             dev,
             a.res[0],
             a.smear_g,
             a.xe,
-            self.slot_f32(Slot::SmearGate, 0),
-            self.slot_f32(Slot::SmearLambda, 0),
+            smear_gate,
+            smear_lambda,
             n,
             t,
             c,
@@ -131,138 +180,89 @@ impl KernelModel {
         )?;
 
         for (i, la) in a.layers.iter().enumerate() {
+            // Attention: xa = rl · res[i] + xl · x0, xb = xa + attn(norm(xa)) · Woᵀ.
+            let lambdas = self.lambda_pairs.at::<f32>(2 * i);
             rmsnorm::mix_rmsnorm_forward(
-                dev,
-                la.xa,
-                la.xn1,
-                la.rstd1,
-                a.res[i],
-                a.res[0],
-                self.lambda_pairs.at::<f32>(2 * i),
-                n,
-                c,
+                dev, la.xa, la.xn1, la.rstd1, a.res[i], a.res[0], lambdas, n, c,
             )?;
             // q‖k side by side in `qk`; v on its own (the gate adds into it, attention reads it dense).
-            let w = qd + kvd;
-            self.linear(
-                la.qk,
-                w,
-                la.xn1,
-                c,
-                self.slot_ptr(Slot::AttnQ, i),
-                n,
-                c,
-                qd,
-                false,
-            )?;
-            self.linear(
-                la.qk.at::<bf16>(qd),
-                w,
-                la.xn1,
-                c,
-                self.slot_ptr(Slot::AttnK, i),
-                n,
-                c,
-                kvd,
-                false,
-            )?;
-            self.linear(
-                la.v,
-                kvd,
-                la.xn1,
-                c,
-                self.slot_ptr(Slot::AttnV, i),
-                n,
-                c,
-                kvd,
-                false,
-            )?;
+            let (qk_q, qk_k) = (
+                strided(la.qk, qd, qd + kvd),
+                strided(la.qk.at::<bf16>(qd), kvd, qd + kvd),
+            );
+            let xn1 = mat(la.xn1, c);
+            self.linear(qk_q, xn1, self.weight(Slot::AttnQ, i), n)?;
+            self.linear(qk_k, xn1, self.weight(Slot::AttnK, i), n)?;
+            self.linear(mat(la.v, kvd), xn1, self.weight(Slot::AttnV, i), n)?;
             if let Some(kv) = cfg.ve_index(i) {
                 self.gather_ve(a, ids, kv)?;
+                let gate_w = self.master(Slot::VeGate, kv);
                 model_ops::ve_gate_forward(
                     dev,
                     la.v,
                     la.gate,
                     la.xn1,
                     a.ve,
-                    self.slot_f32(Slot::VeGate, kv),
+                    gate_w,
                     gate_shape(cfg, n),
                 )?;
             }
-            let rope = |heads| self.rope_shape(n, t, heads);
-            let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
-            rope_qknorm_forward(dev, la.q, la.rstd_q, la.qk, cos, sin, rope(nh))?;
+            rope_qknorm_forward(
+                dev,
+                la.q,
+                la.rstd_q,
+                qk_q.ptr,
+                cos,
+                sin,
+                self.rope_shape(n, t, nh),
+            )?;
             rope_qknorm_forward(
                 dev,
                 la.k,
                 la.rstd_k,
-                la.qk.at::<bf16>(qd),
+                qk_k.ptr,
                 cos,
                 sin,
-                rope(nkv),
+                self.rope_shape(n, t, nkv),
             )?;
             let shape = self.attn_shape(b, t, i);
             attention::attention_forward(dev, self.attn, la.y, la.lse, la.q, la.k, la.v, shape)?;
             dev.copy(la.xb, la.xa, n * c * BF16)?;
-            self.linear(
-                la.xb,
-                c,
-                la.y,
-                qd,
-                self.slot_ptr(Slot::AttnProj, i),
+            self.linear_add(
+                mat(la.xb, c),
+                mat(la.y, qd),
+                self.weight(Slot::AttnProj, i),
                 n,
-                qd,
-                c,
-                true,
             )?;
 
+            // MLP: res[i+1] = xb + relu²(norm(xb) · Wfcᵀ) · Wmpᵀ.
             rmsnorm::rmsnorm_forward(dev, la.xn2, la.rstd2, la.xb, n, c)?;
             self.linear(
-                la.h,
-                md,
-                la.xn2,
-                c,
-                self.slot_ptr(Slot::MlpFc, i),
+                mat(la.h, md),
+                mat(la.xn2, c),
+                self.weight(Slot::MlpFc, i),
                 n,
-                c,
-                md,
-                false,
             )?;
             relu2_forward(dev, a.wide1, la.h, n * md)?;
             dev.copy(a.res[i + 1], la.xb, n * c * BF16)?;
-            self.linear(
-                a.res[i + 1],
-                c,
-                a.wide1,
-                md,
-                self.slot_ptr(Slot::MlpProj, i),
+            self.linear_add(
+                mat(a.res[i + 1], c),
+                mat(a.wide1, md),
+                self.weight(Slot::MlpProj, i),
                 n,
-                md,
-                c,
-                true,
             )?;
         }
 
-        let l = cfg.n_layer;
-        model_ops::backout_forward(
-            dev,
-            a.xf,
-            a.res[l],
-            a.res[cfg.backout_layer() + 1],
-            self.slot_f32(Slot::BackoutLambda, 0),
-            n * c,
-        )?;
+        // Backout, final norm, head, loss.
+        let (l, mid) = (cfg.n_layer, cfg.backout_layer());
+        let backout = self.master(Slot::BackoutLambda, 0);
+        model_ops::backout_forward(dev, a.xf, a.res[l], a.res[mid + 1], backout, n * c)?;
         rmsnorm::rmsnorm_forward(dev, a.xnf, a.rstd_f, a.xf, n, c)?;
         self.linear(
-            a.logits,
-            vp,
-            a.xnf,
-            c,
-            self.slot_ptr(Slot::LmHead, 0),
+            mat(a.logits, vp),
+            mat(a.xnf, c),
+            self.weight(Slot::LmHead, 0),
             n,
-            c,
-            vp,
-            false,
         )?;
         let Some(y) = targets else {
             return Ok(0.0);
@@ -295,13 +295,14 @@ impl KernelModel {
     }
 
     /// Gathers value embedding `kv` of the batch's tokens into `a.ve` (forward, and again in backward).
-    fn gather_ve(&self, a: &Acts, ids: &[u32], kv: usize) -> crate::device::Result<()> {
+    fn gather_ve(&self, a: &Acts, ids: &[u32], kv: usize) -> Result<()> {
         let cfg = &self.config;
+        let table = self.weight(Slot::ValueEmbeds, kv);
         embedding::embedding_forward(
             self.dev.as_ref(),
             a.ve,
             a.ids,
-            self.slot_ptr(Slot::ValueEmbeds, kv),
+            table,
             ids,
             cfg.padded_vocab(),
             cfg.kv_dim(),
@@ -322,7 +323,7 @@ impl KernelModel {
 
     /// Backward of the last [`KernelModel::forward`] (which must have run with targets and `dloss != 0`):
     /// adds the parameter gradients into `grads` (and the lambda pairs' into `dlambda_pairs`).
-    pub(super) fn backward(&self, ids: &[u32], b: usize, t: usize) -> crate::device::Result<()> {
+    pub(super) fn backward(&self, ids: &[u32], b: usize, t: usize) -> Result<()> {
         let cfg = &self.config;
         let dev = self.dev.as_ref();
         let a = &self.arena.as_ref().expect("arena allocated").acts;
@@ -336,31 +337,34 @@ impl KernelModel {
         let (qd, kvd, md) = (nh * d, nkv * d, cfg.mlp_dim());
         let n = b * t;
         let rows = |w: usize| n * w * BF16;
+        let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
 
-        // Head (the logits hold their gradient now) and final norm.
+        // Head (the logits hold their gradient now), final norm and backout.
+        let dlogits = mat(a.logits, vp);
         self.linear_backward(
-            Some((a.dxn, false)),
-            self.grad_ptr(Slot::LmHead, 0),
-            a.logits,
-            vp,
-            a.xnf,
-            self.slot_ptr(Slot::LmHead, 0),
+            a.dxn,
+            self.grad(Slot::LmHead, 0),
+            dlogits,
+            mat(a.xnf, c),
+            self.weight(Slot::LmHead, 0),
             n,
-            c,
-            vp,
         )?;
         let mid = cfg.backout_layer();
+        let (backout, dbackout) = (
+            self.master(Slot::BackoutLambda, 0),
+            self.grad(Slot::BackoutLambda, 0),
+        );
         rmsnorm::rmsnorm_backout_backward(
             dev,
             a.dres,
             a.dx_mid,
-            self.grad_ptr(Slot::BackoutLambda, 0),
+            dbackout,
             a.pscratch,
             a.dxn,
             a.xf,
             a.rstd_f,
             a.res[mid + 1],
-            self.slot_f32(Slot::BackoutLambda, 0),
+            backout,
             n,
             c,
         )?;
@@ -372,44 +376,36 @@ impl KernelModel {
             if i == mid {
                 add_bf16(dev, a.dres, a.dx_mid, n * c)?;
             }
-            // MLP: res[i+1] = xb + relu²(xn2 · Wfcᵀ) · Wmpᵀ.
+            // MLP: res[i+1] = xb + relu²(xn2 · Wfcᵀ) · Wmpᵀ (relu² recomputed from the saved h).
+            let dres = mat(a.dres, c);
             relu2_forward(dev, a.wide1, la.h, n * md)?;
             self.linear_backward(
-                Some((a.wide2, false)),
-                self.grad_ptr(Slot::MlpProj, i),
-                a.dres,
-                c,
-                a.wide1,
-                self.slot_ptr(Slot::MlpProj, i),
+                a.wide2,
+                self.grad(Slot::MlpProj, i),
+                dres,
+                mat(a.wide1, md),
+                self.weight(Slot::MlpProj, i),
                 n,
-                md,
-                c,
             )?;
             relu2_backward(dev, a.wide1, a.wide2, la.h, n * md)?;
             self.linear_backward(
-                Some((a.dxn, false)),
-                self.grad_ptr(Slot::MlpFc, i),
-                a.wide1,
-                md,
-                la.xn2,
-                self.slot_ptr(Slot::MlpFc, i),
+                a.dxn,
+                self.grad(Slot::MlpFc, i),
+                mat(a.wide1, md),
+                mat(la.xn2, c),
+                self.weight(Slot::MlpFc, i),
                 n,
-                c,
-                md,
             )?;
             rmsnorm::rmsnorm_backward(dev, a.dres, a.dxn, la.xb, la.rstd2, n, c)?;
 
             // Attention: xb = xa + y · Woᵀ.
             self.linear_backward(
-                Some((a.dy, false)),
-                self.grad_ptr(Slot::AttnProj, i),
-                a.dres,
-                c,
-                la.y,
-                self.slot_ptr(Slot::AttnProj, i),
+                a.dy,
+                self.grad(Slot::AttnProj, i),
+                dres,
+                mat(la.y, qd),
+                self.weight(Slot::AttnProj, i),
                 n,
-                qd,
-                c,
             )?;
             let shape = self.attn_shape(b, t, i);
             attention::attention_backward(
@@ -417,83 +413,77 @@ impl KernelModel {
                 shape,
             )?;
             let w = qd + kvd;
-            let rope = |heads| self.rope_shape(n, t, heads);
-            let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
+            let (dq_raw, dk_raw) = (strided(a.dqk, qd, w), strided(a.dqk.at::<bf16>(qd), kvd, w));
+            let (q_raw, k_raw) = (la.qk, la.qk.at::<bf16>(qd));
             rope_qknorm_backward(
                 dev,
-                a.dqk,
+                dq_raw.ptr,
                 a.dq,
-                la.qk,
+                q_raw,
                 la.rstd_q,
                 cos,
                 sin,
-                rope(nh),
+                self.rope_shape(n, t, nh),
                 w,
                 false,
             )?;
             rope_qknorm_backward(
                 dev,
-                a.dqk.at::<bf16>(qd),
+                dk_raw.ptr,
                 a.dk,
-                la.qk.at::<bf16>(qd),
+                k_raw,
                 la.rstd_k,
                 cos,
                 sin,
-                rope(nkv),
+                self.rope_shape(n, t, nkv),
                 w,
                 false,
             )?;
+            let xn1 = mat(la.xn1, c);
             self.linear_backward(
-                Some((a.dxn, false)),
-                self.grad_ptr(Slot::AttnQ, i),
-                a.dqk,
-                w,
-                la.xn1,
-                self.slot_ptr(Slot::AttnQ, i),
+                a.dxn,
+                self.grad(Slot::AttnQ, i),
+                dq_raw,
+                xn1,
+                self.weight(Slot::AttnQ, i),
                 n,
-                c,
-                qd,
             )?;
-            self.linear_backward(
-                Some((a.dxn, true)),
-                self.grad_ptr(Slot::AttnK, i),
-                a.dqk.at::<bf16>(qd),
-                w,
-                la.xn1,
-                self.slot_ptr(Slot::AttnK, i),
+            self.linear_backward_add(
+                a.dxn,
+                self.grad(Slot::AttnK, i),
+                dk_raw,
+                xn1,
+                self.weight(Slot::AttnK, i),
                 n,
-                c,
-                kvd,
             )?;
-            self.linear_backward(
-                Some((a.dxn, true)),
-                self.grad_ptr(Slot::AttnV, i),
-                a.dv,
-                kvd,
-                la.xn1,
-                self.slot_ptr(Slot::AttnV, i),
+            self.linear_backward_add(
+                a.dxn,
+                self.grad(Slot::AttnV, i),
+                mat(a.dv, kvd),
+                xn1,
+                self.weight(Slot::AttnV, i),
                 n,
-                c,
-                kvd,
             )?;
             if let Some(kv) = cfg.ve_index(i) {
                 self.gather_ve(a, ids, kv)?;
+                let (gate_w, dgate_w) =
+                    (self.master(Slot::VeGate, kv), self.grad(Slot::VeGate, kv));
                 model_ops::ve_gate_backward(
                     dev,
                     a.dve,
                     a.dxn,
-                    self.grad_ptr(Slot::VeGate, kv),
+                    dgate_w,
                     a.pscratch,
                     a.dv,
                     la.gate,
                     la.xn1,
                     a.ve,
-                    self.slot_f32(Slot::VeGate, kv),
+                    gate_w,
                     gate_shape(cfg, n),
                 )?;
                 embedding::embedding_backward(
                     dev,
-                    self.grad_ptr(Slot::ValueEmbeds, kv),
+                    self.grad(Slot::ValueEmbeds, kv),
                     a.dve,
                     ids,
                     vp,
@@ -501,21 +491,13 @@ impl KernelModel {
                 )?;
             }
             // Norm and lambda mix (xa = rl · res[i] + xl · x0) in one pass.
-            rmsnorm::rmsnorm_mix_backward(
-                dev,
-                a.dres,
-                a.dx0,
-                self.dlambda_pairs.at::<f32>(2 * i),
-                a.pscratch,
-                a.dres,
-                a.dxn,
-                la.xa,
-                la.rstd1,
-                a.res[i],
-                a.res[0],
+            let (lambdas, dlambdas) = (
                 self.lambda_pairs.at::<f32>(2 * i),
-                n,
-                c,
+                self.dlambda_pairs.at::<f32>(2 * i),
+            );
+            rmsnorm::rmsnorm_mix_backward(
+                dev, a.dres, a.dx0, dlambdas, a.pscratch, a.dres, a.dxn, la.xa, la.rstd1, a.res[i],
+                a.res[0], lambdas, n, c,
             )?;
         }
         // Layer 0's residual input is x0 itself.
@@ -523,16 +505,24 @@ impl KernelModel {
 
         // Smear, embedding norm, gather.
         dev.zero(a.dxe, rows(c))?;
+        let (smear_gate, smear_lambda) = (
+            self.master(Slot::SmearGate, 0),
+            self.master(Slot::SmearLambda, 0),
+        );
+        let (dsmear_gate, dsmear_lambda) = (
+            self.grad(Slot::SmearGate, 0),
+            self.grad(Slot::SmearLambda, 0),
+        );
         model_ops::smear_backward(
             dev,
             a.dxe,
-            self.grad_ptr(Slot::SmearGate, 0),
-            self.grad_ptr(Slot::SmearLambda, 0),
+            dsmear_gate,
+            dsmear_lambda,
             a.pscratch,
             a.dres,
             a.xe,
-            self.slot_f32(Slot::SmearGate, 0),
-            self.slot_f32(Slot::SmearLambda, 0),
+            smear_gate,
+            smear_lambda,
             n,
             t,
             c,
@@ -540,6 +530,6 @@ impl KernelModel {
         )?;
         dev.zero(a.dxn, rows(c))?;
         rmsnorm::rmsnorm_backward(dev, a.dxn, a.dxe, a.emb, a.rstd0, n, c)?;
-        embedding::embedding_backward(dev, self.grad_ptr(Slot::Wte, 0), a.dxn, ids, vp, c)
+        embedding::embedding_backward(dev, self.grad(Slot::Wte, 0), a.dxn, ids, vp, c)
     }
 }

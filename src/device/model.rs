@@ -176,15 +176,18 @@ impl KernelModel {
         largest_batch(&self.config, &self.table, &self.opt, t, free)
     }
 
-    pub(super) fn slot_ptr(&self, slot: Slot, k: usize) -> DevPtr {
+    /// The bf16 copy of parameter `slot` (layer or table `k`): what GEMMs and gathers read.
+    pub(super) fn weight(&self, slot: Slot, k: usize) -> DevPtr {
         self.params_bf16.at::<bf16>(self.table.range(slot, k).start)
     }
 
-    pub(super) fn slot_f32(&self, slot: Slot, k: usize) -> DevPtr {
+    /// The fp32 master copy of parameter `slot` (`k`): what the scalar-parameter kernels read.
+    pub(super) fn master(&self, slot: Slot, k: usize) -> DevPtr {
         self.params.at::<f32>(self.table.range(slot, k).start)
     }
 
-    pub(super) fn grad_ptr(&self, slot: Slot, k: usize) -> DevPtr {
+    /// The fp32 gradient of parameter `slot` (`k`).
+    pub(super) fn grad(&self, slot: Slot, k: usize) -> DevPtr {
         self.grads.at::<f32>(self.table.range(slot, k).start)
     }
 
@@ -193,10 +196,10 @@ impl KernelModel {
         for i in 0..self.config.n_layer {
             let pair = self.lambda_pairs.at::<f32>(2 * i);
             self.dev
-                .copy(pair, self.slot_f32(Slot::ResidLambdas, 0).at::<f32>(i), F32)?;
+                .copy(pair, self.master(Slot::ResidLambdas, 0).at::<f32>(i), F32)?;
             self.dev.copy(
                 pair.at::<f32>(1),
-                self.slot_f32(Slot::X0Lambdas, 0).at::<f32>(i),
+                self.master(Slot::X0Lambdas, 0).at::<f32>(i),
                 F32,
             )?;
         }
@@ -236,9 +239,9 @@ impl KernelModel {
         for i in 0..self.config.n_layer {
             let pair = self.dlambda_pairs.at::<f32>(2 * i);
             self.dev
-                .copy(self.grad_ptr(Slot::ResidLambdas, 0).at::<f32>(i), pair, F32)?;
+                .copy(self.grad(Slot::ResidLambdas, 0).at::<f32>(i), pair, F32)?;
             self.dev.copy(
-                self.grad_ptr(Slot::X0Lambdas, 0).at::<f32>(i),
+                self.grad(Slot::X0Lambdas, 0).at::<f32>(i),
                 pair.at::<f32>(1),
                 F32,
             )?;
