@@ -10,6 +10,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod optim;
 pub mod params;
