@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod env;
+pub mod launch;
 pub mod nccl;
 pub mod ring;
 
