@@ -241,7 +241,9 @@ impl Nccl {
         .map_err(|e| nccl_err("broadcast", e))
     }
 
-    fn staging(&mut self, bytes: usize) -> CommResult<u64> {
+    /// A device buffer of at least `bytes` (reused between calls; also what the host-buffer collectives stage
+    /// through).
+    pub fn device_buffer(&mut self, bytes: usize) -> CommResult<u64> {
         // SAFETY: context is ours.
         unsafe { drv::ctx::set_current(self.ctx) }.map_err(|e| dev_err("cuCtxSetCurrent", e))?;
         match self.staging {
@@ -291,7 +293,7 @@ impl Collectives for Nccl {
     }
 
     fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> CommResult<()> {
-        let p = self.staging(buf.len() * 4)?;
+        let p = self.device_buffer(buf.len() * 4)?;
         self.upload(p, buf)?;
         // SAFETY: p holds buf.len() values.
         unsafe { self.all_reduce_device(p, buf.len(), op)? };
@@ -310,7 +312,7 @@ impl Collectives for Nccl {
             input.len(),
             output.len() * self.world,
         )?;
-        let p = self.staging((input.len() + output.len()) * 4)?;
+        let p = self.device_buffer((input.len() + output.len()) * 4)?;
         let out = p + input.len() as u64 * 4;
         self.upload(p, input)?;
         // SAFETY: the staging buffer holds input then output.
@@ -321,7 +323,7 @@ impl Collectives for Nccl {
 
     fn all_gather(&mut self, input: &[f32], output: &mut [f32]) -> CommResult<()> {
         super::check_len("all_gather output", output.len(), input.len() * self.world)?;
-        let p = self.staging((input.len() + output.len()) * 4)?;
+        let p = self.device_buffer((input.len() + output.len()) * 4)?;
         let out = p + input.len() as u64 * 4;
         self.upload(p, input)?;
         // SAFETY: the staging buffer holds input then output.
@@ -331,7 +333,7 @@ impl Collectives for Nccl {
     }
 
     fn broadcast(&mut self, buf: &mut [f32], root: usize) -> CommResult<()> {
-        let p = self.staging(buf.len() * 4)?;
+        let p = self.device_buffer(buf.len() * 4)?;
         self.upload(p, buf)?;
         // SAFETY: p holds buf.len() values.
         unsafe { self.broadcast_device(p, buf.len(), root)? };

@@ -182,6 +182,19 @@ impl ShardedMuonAdamW {
         2 * self.exp_avg.len() + self.momentum.len() + self.second_moment.len()
     }
 
+    /// Per Muon group: (matrix shape, chunk = ceil(K/W), matrices this rank owns).
+    pub fn muon_chunks(&self) -> Vec<((usize, usize), usize, usize)> {
+        self.muon
+            .iter()
+            .map(|m| (m.dims, m.chunk, m.owned.len()))
+            .collect()
+    }
+
+    /// fp32 elements of the largest AdamW gradient slice this rank receives from a reduce-scatter.
+    pub fn adam_shard_lens(&self) -> Vec<usize> {
+        self.adam.iter().map(|p| p.owned.len()).collect()
+    }
+
     /// One step with this rank's (not yet averaged) gradients: the collectives average them across ranks,
     /// every rank updates its shard, and the updated parameters are gathered so that `params` is the same
     /// full vector on every rank afterwards.
