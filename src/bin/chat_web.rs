@@ -1,5 +1,5 @@
 //! `chat_web`: serve the model over HTTP (upstream scripts/chat_web.py): the chat page at `/`, streaming
-//! `/chat/completions`, OpenAI-compatible `/v1/chat/completions`, `/health` and `/stats`. Stops cleanly on
+//! `/chat/completions`, OpenAI-compatible `/v1/chat/completions` and `/v1/models`, `/health` and `/stats`. Stops cleanly on
 //! SIGINT/SIGTERM: no new connections, requests in flight get a grace period to finish.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use nanochat::backend::Backend;
 use nanochat::common::base_dir;
 use nanochat::engine::load::load_engine;
 use nanochat::serve::api::Defaults;
-use nanochat::serve::{Options, Server};
+use nanochat::serve::{ModelInfo, Options, Server};
 
 #[derive(Parser)]
 #[command(about = "Serve a nanochat model: web page, streaming chat API, OpenAI-compatible API")]
@@ -42,9 +43,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
-    /// Device to run on (only the CPU reference is available in this build).
-    #[arg(long, default_value = "cpu")]
-    device_type: String,
+    /// Device to run on (upstream's flag name; only the CPU reference runs inference in this build).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Cpu)]
+    device_type: Backend,
     /// Requests that may wait for a busy worker; more get 503 at once.
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
@@ -60,10 +61,10 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device_type != "cpu" {
+    if args.device_type != Backend::Cpu {
         return Err(format!(
-            "--device-type {}: only the CPU reference is available in this build",
-            args.device_type
+            "{}: only the CPU reference (cpu) runs inference in this build",
+            args.device_type.flag()
         ));
     }
     if args.num_gpus == 0 {
@@ -79,8 +80,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let mut engines = Vec::new();
     let mut devices = Vec::new();
+    let mut model = ModelInfo::default();
     for i in 0..args.num_gpus {
-        let (engine, desc, notice) = load_engine(
+        let (engine, card, notice) = load_engine(
             &base_dir(),
             &args.source,
             args.model_tag.as_deref(),
@@ -90,7 +92,19 @@ fn run(args: &Args) -> Result<(), String> {
             if let Some(n) = notice {
                 eprintln!("note: {n}");
             }
-            eprintln!("loaded {desc}");
+            eprintln!("loaded {card}");
+            let file = card.dir.join(format!("model_{:06}.safetensors", card.step));
+            model = ModelInfo {
+                id: format!("nanochat-{}-{}", card.source, card.tag),
+                checkpoint: Some(card.dir.display().to_string()),
+                step: Some(card.step),
+                source: Some(card.source.clone()),
+                created: std::fs::metadata(&file)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs()),
+            };
         }
         engines.push(engine);
         devices.push("cpu".to_string());
@@ -104,6 +118,7 @@ fn run(args: &Args) -> Result<(), String> {
         max_queue: args.max_queue,
         queue_timeout: Duration::from_secs_f64(args.queue_timeout),
         max_body: args.max_body,
+        model,
         ..Options::default()
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,11 +1,11 @@
 //! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, sft, rl) plus the tokenizer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Engine;
+use crate::checkpoint;
 use crate::cpu::infer::CpuInfer;
-use crate::train::checkpoint;
-use crate::train::run::load_tokenizer;
+use crate::tokenizer::load_tokenizer;
 
 /// The checkpoint phase directory of a source.
 fn phase_dir_name(source: &str) -> Result<&'static str, String> {
@@ -17,14 +17,39 @@ fn phase_dir_name(source: &str) -> Result<&'static str, String> {
     }
 }
 
+/// Which checkpoint a loaded engine came from.
+#[derive(Clone, Debug)]
+pub struct ModelCard {
+    /// base, sft or rl (after the sft -> base fallback).
+    pub source: String,
+    /// The model tag (checkpoint directory name, e.g. d20).
+    pub tag: String,
+    pub step: usize,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub context: usize,
+}
+
+impl std::fmt::Display for ModelCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} model {} step {} ({} layers, {} dim, context {})",
+            self.source, self.tag, self.step, self.n_layer, self.n_embd, self.context
+        )
+    }
+}
+
 /// Loads the engine for `source` from `base`. When the source is sft and no sft checkpoint exists yet, falls back
-/// to the base checkpoints and says so in the returned notice. Returns (engine, description, notice).
+/// to the base checkpoints and says so in the returned notice. Returns (engine, its checkpoint, notice).
 pub fn load_engine(
     base: &Path,
     source: &str,
     model_tag: Option<&str>,
     step: Option<usize>,
-) -> Result<(Engine<CpuInfer>, String, Option<String>), String> {
+) -> Result<(Engine<CpuInfer>, ModelCard, Option<String>), String> {
     let mut source = source;
     let mut notice = None;
     let mut phase = base.join(phase_dir_name(source)?);
@@ -57,10 +82,15 @@ pub fn load_engine(
             cfg.vocab_size
         ));
     }
-    let desc = format!(
-        "{source} model {tag} step {} ({} layers, {} dim, context {})",
-        loaded.meta.step, cfg.n_layer, cfg.n_embd, cfg.sequence_len
-    );
+    let card = ModelCard {
+        source: source.to_string(),
+        tag,
+        step: loaded.meta.step,
+        dir,
+        n_layer: cfg.n_layer,
+        n_embd: cfg.n_embd,
+        context: cfg.sequence_len,
+    };
     let model = CpuInfer::new(&cfg, loaded.params)?;
-    Ok((Engine::new(model, tok), desc, notice))
+    Ok((Engine::new(model, tok), card, notice))
 }

@@ -1,8 +1,7 @@
-//! Pretraining: the plan derived from the depth dial, the model device interface, checkpoints, the run
-//! record and the training loop.
+//! Pretraining: the plan derived from the depth dial, the run record, evaluation (bits per byte, samples) and
+//! the training loop. The model interface is [`crate::model`], checkpoint files are [`crate::checkpoint`].
 
-pub mod checkpoint;
-pub mod device;
+pub mod eval;
 pub mod metrics;
 pub mod plan;
 pub mod run;
