@@ -15,7 +15,7 @@
 use clap::{Parser, ValueEnum};
 use nanochat::config::ModelConfig;
 use nanochat::device::kernels::muon::{MuonScratch, Stack};
-use nanochat::device::model::{static_memory, ArenaLayout};
+use nanochat::device::memory::{static_memory, ArenaLayout};
 use nanochat::dist::launch::{run_local, LocalLaunch};
 use nanochat::dist::{env, nccl, ring, Collectives, Fingerprint, ReduceOp, Timeouts};
 use nanochat::optim::zero::ShardedMuonAdamW;
