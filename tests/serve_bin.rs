@@ -131,7 +131,34 @@ fn chat_web_serves_and_stops_on_sigterm() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.ends_with("data: {\"done\":true}\n\n"), "{resp}");
+    // Chunked: the done event is the last chunk with data, then the empty last chunk ends the body.
+    assert!(resp.contains("Transfer-Encoding: chunked\r\n"), "{resp}");
+    assert!(
+        resp.ends_with("data: {\"done\":true}\n\n\r\n0\r\n\r\n"),
+        "{resp}"
+    );
+
+    // /v1/models describes the checkpoint that prepare() wrote.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let json = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let m = &v["data"][0];
+    assert_eq!(m["id"], "nanochat-base-d2", "{v}");
+    assert_eq!(
+        (m["step"].as_u64(), m["context_length"].as_u64()),
+        (Some(5), Some(64))
+    );
+    let ckpt = m["checkpoint"].as_str().unwrap();
+    assert!(ckpt.ends_with("base_checkpoints/d2"), "{ckpt}");
+    assert!(m["created"].as_u64().unwrap() > 1_600_000_000, "{m}");
 
     let pid = child.id().to_string();
     assert!(Command::new("kill")

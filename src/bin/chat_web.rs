@@ -1,5 +1,5 @@
 //! `chat_web`: serve the model over HTTP (upstream scripts/chat_web.py): the chat page at `/`, streaming
-//! `/chat/completions`, OpenAI-compatible `/v1/chat/completions`, `/health` and `/stats`. Stops cleanly on
+//! `/chat/completions`, OpenAI-compatible `/v1/chat/completions` and `/v1/models`, `/health` and `/stats`. Stops cleanly on
 //! SIGINT/SIGTERM: no new connections, requests in flight get a grace period to finish.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,7 @@ use nanochat::backend::Backend;
 use nanochat::common::base_dir;
 use nanochat::engine::load::load_engine;
 use nanochat::serve::api::Defaults;
-use nanochat::serve::{Options, Server};
+use nanochat::serve::{ModelInfo, Options, Server};
 
 #[derive(Parser)]
 #[command(about = "Serve a nanochat model: web page, streaming chat API, OpenAI-compatible API")]
@@ -19,7 +19,7 @@ struct Args {
     /// Workers, one model replica each (on the CPU reference, each runs on all cores).
     #[arg(short = 'n', long, default_value_t = 1)]
     num_gpus: usize,
-    /// Model source: sft, rl or base (sft falls back to base when no sft checkpoint exists).
+    /// Model source: sft, rl, mid or base (sft falls back to base when no sft checkpoint exists).
     #[arg(short = 'i', long, default_value = "sft")]
     source: String,
     /// Default sampling temperature of requests that do not set one.
@@ -80,8 +80,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let mut engines = Vec::new();
     let mut devices = Vec::new();
+    let mut model = ModelInfo::default();
     for i in 0..args.num_gpus {
-        let (engine, desc, notice) = load_engine(
+        let (engine, card, notice) = load_engine(
             &base_dir(),
             &args.source,
             args.model_tag.as_deref(),
@@ -91,7 +92,19 @@ fn run(args: &Args) -> Result<(), String> {
             if let Some(n) = notice {
                 eprintln!("note: {n}");
             }
-            eprintln!("loaded {desc}");
+            eprintln!("loaded {card}");
+            let file = card.dir.join(format!("model_{:06}.safetensors", card.step));
+            model = ModelInfo {
+                id: format!("nanochat-{}-{}", card.source, card.tag),
+                checkpoint: Some(card.dir.display().to_string()),
+                step: Some(card.step),
+                source: Some(card.source.clone()),
+                created: std::fs::metadata(&file)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs()),
+            };
         }
         engines.push(engine);
         devices.push("cpu".to_string());
@@ -105,6 +118,7 @@ fn run(args: &Args) -> Result<(), String> {
         max_queue: args.max_queue,
         queue_timeout: Duration::from_secs_f64(args.queue_timeout),
         max_body: args.max_body,
+        model,
         ..Options::default()
     };
     let stop = Arc::new(AtomicBool::new(false));

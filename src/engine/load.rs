@@ -1,6 +1,7 @@
-//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, sft, rl) plus the tokenizer.
+//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, mid, sft, rl) plus the
+//! tokenizer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Engine;
 use crate::checkpoint;
@@ -11,20 +12,48 @@ use crate::tokenizer::load_tokenizer;
 fn phase_dir_name(source: &str) -> Result<&'static str, String> {
     match source {
         "base" => Ok("base_checkpoints"),
+        "mid" => Ok("mid_checkpoints"),
         "sft" => Ok("chatsft_checkpoints"),
         "rl" => Ok("chatrl_checkpoints"),
-        other => Err(format!("unknown source {other:?}: choose base, sft or rl")),
+        other => Err(format!(
+            "unknown source {other:?}: choose base, mid, sft or rl"
+        )),
+    }
+}
+
+/// Which checkpoint a loaded engine came from.
+#[derive(Clone, Debug)]
+pub struct ModelCard {
+    /// base, sft or rl (after the sft -> base fallback).
+    pub source: String,
+    /// The model tag (checkpoint directory name, e.g. d20).
+    pub tag: String,
+    pub step: usize,
+    /// The checkpoint directory.
+    pub dir: PathBuf,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub context: usize,
+}
+
+impl std::fmt::Display for ModelCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} model {} step {} ({} layers, {} dim, context {})",
+            self.source, self.tag, self.step, self.n_layer, self.n_embd, self.context
+        )
     }
 }
 
 /// Loads the engine for `source` from `base`. When the source is sft and no sft checkpoint exists yet, falls back
-/// to the base checkpoints and says so in the returned notice. Returns (engine, description, notice).
+/// to the base checkpoints and says so in the returned notice. Returns (engine, its checkpoint, notice).
 pub fn load_engine(
     base: &Path,
     source: &str,
     model_tag: Option<&str>,
     step: Option<usize>,
-) -> Result<(Engine<CpuInfer>, String, Option<String>), String> {
+) -> Result<(Engine<CpuInfer>, ModelCard, Option<String>), String> {
     let mut source = source;
     let mut notice = None;
     let mut phase = base.join(phase_dir_name(source)?);
@@ -57,10 +86,15 @@ pub fn load_engine(
             cfg.vocab_size
         ));
     }
-    let desc = format!(
-        "{source} model {tag} step {} ({} layers, {} dim, context {})",
-        loaded.meta.step, cfg.n_layer, cfg.n_embd, cfg.sequence_len
-    );
+    let card = ModelCard {
+        source: source.to_string(),
+        tag,
+        step: loaded.meta.step,
+        dir,
+        n_layer: cfg.n_layer,
+        n_embd: cfg.n_embd,
+        context: cfg.sequence_len,
+    };
     let model = CpuInfer::new(&cfg, loaded.params)?;
-    Ok((Engine::new(model, tok), desc, notice))
+    Ok((Engine::new(model, tok), card, notice))
 }

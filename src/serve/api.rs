@@ -28,6 +28,31 @@ pub struct ChatRequest {
     pub max_tokens: usize,
     /// OpenAI endpoint only: stream or answer at once.
     pub stream: bool,
+    /// OpenAI endpoint only (`stream_options.include_usage`): a last chunk carrying the token counts.
+    pub include_usage: bool,
+}
+
+/// Why a request body was refused (a 400 answer): the message, and the request field at fault when there is
+/// one (the `param` of an OpenAI error object).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalid {
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl Invalid {
+    fn new(param: Option<&'static str>, message: impl Into<String>) -> Invalid {
+        Invalid {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Defaults for fields a request leaves out (the server's command-line settings).
@@ -38,39 +63,57 @@ pub struct Defaults {
     pub max_tokens: usize,
 }
 
-fn number(v: &Value, key: &str) -> Result<Option<f64>, String> {
+fn number(v: &Value, key: &'static str) -> Result<Option<f64>, Invalid> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(x) => x
             .as_f64()
             .map(Some)
-            .ok_or_else(|| format!("{key} must be a number")),
+            .ok_or_else(|| Invalid::new(Some(key), format!("{key} must be a number"))),
     }
 }
 
-fn integer(v: &Value, key: &str) -> Result<Option<i64>, String> {
+fn integer(v: &Value, key: &'static str) -> Result<Option<i64>, Invalid> {
     match number(v, key)? {
         None => Ok(None),
         Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => Ok(Some(x as i64)),
-        Some(_) => Err(format!("{key} must be an integer")),
+        Some(_) => Err(Invalid::new(Some(key), format!("{key} must be an integer"))),
     }
 }
 
-/// Parses and validates a request body; the error is the message of a 400 answer.
-pub fn parse_request(body: &[u8], defaults: Defaults, openai: bool) -> Result<ChatRequest, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+fn boolean(v: &Value, key: &'static str) -> Result<Option<bool>, Invalid> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(Invalid::new(Some(key), format!("{key} must be a boolean"))),
+    }
+}
+
+/// Parses and validates a request body. The OpenAI endpoint also takes `stream`, `stream_options` and
+/// `max_completion_tokens` (OpenAI's newer name of `max_tokens`), and merges a leading system message.
+pub fn parse_request(
+    body: &[u8],
+    defaults: Defaults,
+    openai: bool,
+) -> Result<ChatRequest, Invalid> {
+    let bad = |param: &'static str, m: String| Invalid::new(Some(param), m);
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Invalid::new(None, format!("invalid JSON: {e}")))?;
     if !v.is_object() {
-        return Err("the request body must be a JSON object".into());
+        return Err(Invalid::new(None, "the request body must be a JSON object"));
     }
     let raw = v
         .get("messages")
-        .ok_or("missing field: messages")?
+        .ok_or_else(|| bad("messages", "missing field: messages".into()))?
         .as_array()
-        .ok_or("messages must be an array")?;
+        .ok_or_else(|| bad("messages", "messages must be an array".into()))?;
     let mut messages = Vec::with_capacity(raw.len());
     for (i, m) in raw.iter().enumerate() {
         let m: ChatMessage = serde_json::from_value(m.clone()).map_err(|e| {
-            format!("message {i}: {e} (expected {{\"role\": ..., \"content\": \"...\"}})")
+            bad(
+                "messages",
+                format!("message {i}: {e} (expected {{\"role\": ..., \"content\": \"...\"}})"),
+            )
         })?;
         messages.push(m);
     }
@@ -80,64 +123,102 @@ pub fn parse_request(body: &[u8], defaults: Defaults, openai: bool) -> Result<Ch
             Some(first) if first.role == "user" => {
                 first.content = format!("{}\n\n{}", sys.content, first.content)
             }
-            _ => return Err("a system message must be followed by a user message".into()),
+            _ => {
+                return Err(bad(
+                    "messages",
+                    "a system message must be followed by a user message".into(),
+                ))
+            }
         }
     }
     if messages.is_empty() {
-        return Err("at least one message is required".into());
+        return Err(bad("messages", "at least one message is required".into()));
     }
     if messages.len() > MAX_MESSAGES {
-        return Err(format!(
-            "too many messages: {} (at most {MAX_MESSAGES})",
-            messages.len()
+        return Err(bad(
+            "messages",
+            format!(
+                "too many messages: {} (at most {MAX_MESSAGES})",
+                messages.len()
+            ),
         ));
     }
     let mut total = 0;
     for (i, m) in messages.iter().enumerate() {
         if m.content.is_empty() {
-            return Err(format!("message {i} has empty content"));
+            return Err(bad("messages", format!("message {i} has empty content")));
         }
         let n = m.content.chars().count();
         if n > MAX_MESSAGE_CHARS {
-            return Err(format!(
-                "message {i} is too long: {n} characters (at most {MAX_MESSAGE_CHARS})"
+            return Err(bad(
+                "messages",
+                format!("message {i} is too long: {n} characters (at most {MAX_MESSAGE_CHARS})"),
             ));
         }
         total += n;
         if m.role != "user" && m.role != "assistant" {
-            return Err(format!(
-                "message {i} has invalid role {:?} (must be user or assistant)",
-                m.role
+            return Err(bad(
+                "messages",
+                format!(
+                    "message {i} has invalid role {:?} (must be user or assistant)",
+                    m.role
+                ),
             ));
         }
     }
     if total > MAX_TOTAL_CHARS {
-        return Err(format!(
-            "conversation is too long: {total} characters (at most {MAX_TOTAL_CHARS})"
+        return Err(bad(
+            "messages",
+            format!("conversation is too long: {total} characters (at most {MAX_TOTAL_CHARS})"),
         ));
     }
     let temperature = number(&v, "temperature")?.unwrap_or(defaults.temperature);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(format!(
-            "temperature must be between 0.0 and 2.0, got {temperature}"
+        return Err(bad(
+            "temperature",
+            format!("temperature must be between 0.0 and 2.0, got {temperature}"),
         ));
     }
     let top_k = integer(&v, "top_k")?.unwrap_or(defaults.top_k as i64);
     if !(0..=MAX_TOP_K as i64).contains(&top_k) {
-        return Err(format!(
-            "top_k must be between 0 and {MAX_TOP_K}, got {top_k}"
+        return Err(bad(
+            "top_k",
+            format!("top_k must be between 0 and {MAX_TOP_K}, got {top_k}"),
         ));
     }
-    let max_tokens = integer(&v, "max_tokens")?.unwrap_or(defaults.max_tokens as i64);
+    let (key, given) = match integer(&v, "max_tokens")? {
+        Some(n) => ("max_tokens", Some(n)),
+        None if openai => (
+            "max_completion_tokens",
+            integer(&v, "max_completion_tokens")?,
+        ),
+        None => ("max_tokens", None),
+    };
+    let max_tokens = given.unwrap_or(defaults.max_tokens as i64);
     if !(1..=MAX_MAX_TOKENS as i64).contains(&max_tokens) {
-        return Err(format!(
-            "max_tokens must be between 1 and {MAX_MAX_TOKENS}, got {max_tokens}"
+        return Err(bad(
+            key,
+            format!("{key} must be between 1 and {MAX_MAX_TOKENS}, got {max_tokens}"),
         ));
     }
-    let stream = match v.get("stream") {
+    let stream = boolean(&v, "stream")?.unwrap_or(false);
+    let include_usage = match v.get("stream_options") {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err("stream must be a boolean".into()),
+        Some(o @ Value::Object(_)) if stream => boolean(o, "include_usage")
+            .map_err(|e| bad("stream_options", e.message))?
+            .unwrap_or(false),
+        Some(Value::Object(_)) => {
+            return Err(bad(
+                "stream_options",
+                "stream_options is only allowed when stream is true".into(),
+            ))
+        }
+        Some(_) => {
+            return Err(bad(
+                "stream_options",
+                "stream_options must be an object".into(),
+            ))
+        }
     };
     Ok(ChatRequest {
         messages,
@@ -145,6 +226,7 @@ pub fn parse_request(body: &[u8], defaults: Defaults, openai: bool) -> Result<Ch
         top_k: top_k as usize,
         max_tokens: max_tokens as usize,
         stream,
+        include_usage,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The chat server on tiny_http (spec §7.2): `GET /` (the page of `web/`), `POST /chat/completions` (Server-Sent
-//! Events as upstream), an OpenAI-compatible `POST /v1/chat/completions` (streaming or not), `GET /health` and
-//! `GET /stats`. One engine per device in a worker pool with a bounded wait queue; a thread per connection.
+//! Events as upstream), an OpenAI-compatible `POST /v1/chat/completions` (streaming or not), `GET /v1/models`
+//! and `GET /v1/models/{id}`, `GET /health` and `GET /stats`. One engine per device in a worker pool with a
+//! bounded wait queue; a thread per request. Errors of the `/v1` routes are OpenAI error objects
+//! (`{"error": {"message", "type", "param", "code"}}`), those of upstream's routes `{"error": "message"}`.
 
 pub mod api;
 pub mod pool;
@@ -34,6 +36,35 @@ pub struct Options {
     pub max_connections: usize,
     /// Log each request to stderr.
     pub log: bool,
+    /// What `/v1/models` lists.
+    pub model: ModelInfo,
+}
+
+/// The model being served, as `/v1/models` describes it.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The id clients see (the `model` of every answer). Requests may name any model: there is only this one.
+    pub id: String,
+    /// Where the weights come from (a checkpoint directory), if from a file.
+    pub checkpoint: Option<String>,
+    /// The checkpoint's training step.
+    pub step: Option<usize>,
+    /// base, sft or rl.
+    pub source: Option<String>,
+    /// Unix seconds: when the checkpoint was written (OpenAI's `created`).
+    pub created: u64,
+}
+
+impl Default for ModelInfo {
+    fn default() -> Self {
+        ModelInfo {
+            id: "nanochat".into(),
+            checkpoint: None,
+            step: None,
+            source: None,
+            created: 0,
+        }
+    }
 }
 
 impl Default for Options {
@@ -49,6 +80,7 @@ impl Default for Options {
             max_body: 1 << 20,
             max_connections: 256,
             log: true,
+            model: ModelInfo::default(),
         }
     }
 }
@@ -58,6 +90,8 @@ impl Default for Options {
 struct Counters {
     requests: AtomicU64,
     completions: AtomicU64,
+    /// Streams stopped because the client went away.
+    cancelled: AtomicU64,
     rejected_busy: AtomicU64,
     tokens: AtomicU64,
 }
@@ -118,8 +152,9 @@ impl Server {
             .spawn(move || {
                 for req in h.incoming_requests() {
                     if act.load(Ordering::SeqCst) >= shared.opts.max_connections {
-                        let r = json_response(503, &serde_json::json!({"error": "server busy"}));
-                        let _ = req.respond(r);
+                        let v1 = req.url().starts_with("/v1/");
+                        let body = respond::error_body(v1, 503, "server busy", None, None);
+                        let _ = req.respond(json_response(503, &body));
                         continue;
                     }
                     act.fetch_add(1, Ordering::SeqCst);
@@ -181,11 +216,24 @@ fn read_body(req: &mut Request, max: usize) -> Result<Option<Vec<u8>>, String> {
     Ok((body.len() <= max).then_some(body))
 }
 
+/// `/v1/models` entry of the served model.
+fn model_object<M: InferModel>(sh: &Shared<M>) -> serde_json::Value {
+    let m = &sh.opts.model;
+    let context = sh.pool.first().model.config().sequence_len;
+    serde_json::json!({"id": m.id, "object": "model", "created": m.created, "owned_by": "nanochat",
+        "checkpoint": m.checkpoint, "step": m.step, "source": m.source, "context_length": context})
+}
+
 fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
     let t0 = Instant::now();
     sh.counters.requests.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let path = req.url().split('?').next().unwrap_or("").to_string();
+    let v1 = path.starts_with("/v1/");
+    let error = |status: u16, msg: &str, param: Option<&str>, code: Option<&str>| {
+        Reply::Json(status, respond::error_body(v1, status, msg, param, code))
+    };
+    let model_path = path.strip_prefix("/v1/models/").filter(|id| !id.is_empty());
     let reply = match (&method, path.as_str()) {
         (Method::Options, _) => Reply::Preflight,
         (Method::Get, "/") | (Method::Get, "/index.html") => Reply::Page,
@@ -213,35 +261,68 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
                     "busy_workers": sh.pool.total() - free, "waiting_requests": waiting,
                     "workers": workers, "requests": c.requests.load(Ordering::Relaxed),
                     "completions": c.completions.load(Ordering::Relaxed),
+                    "cancelled": c.cancelled.load(Ordering::Relaxed),
                     "rejected_busy": c.rejected_busy.load(Ordering::Relaxed),
                     "generated_tokens": c.tokens.load(Ordering::Relaxed)}),
             )
         }
+        (Method::Get, "/v1/models") => Reply::Json(
+            200,
+            serde_json::json!({"object": "list", "data": [model_object(sh)]}),
+        ),
+        (Method::Get, _) if model_path.is_some() => {
+            // Ids may contain '/', as OpenAI's fine-tuned model ids do: the rest of the path is the id.
+            let id = model_path.unwrap_or_default();
+            if id == sh.opts.model.id {
+                Reply::Json(200, model_object(sh))
+            } else {
+                error(
+                    404,
+                    &format!(
+                        "the model {id:?} does not exist (this server serves {:?})",
+                        sh.opts.model.id
+                    ),
+                    Some("model"),
+                    Some("model_not_found"),
+                )
+            }
+        }
         (Method::Post, "/chat/completions") | (Method::Post, "/v1/chat/completions") => {
-            let openai = path.starts_with("/v1/");
             match read_body(&mut req, sh.opts.max_body) {
-                Err(e) => Reply::error(400, &e),
-                Ok(None) => Reply::error(
+                Err(e) => error(400, &e, None, None),
+                Ok(None) => error(
                     413,
                     &format!("request body exceeds {} bytes", sh.opts.max_body),
+                    None,
+                    Some("request_too_large"),
                 ),
-                Ok(Some(body)) => match api::parse_request(&body, sh.opts.defaults, openai) {
-                    Err(e) => Reply::error(400, &e),
+                Ok(Some(body)) => match api::parse_request(&body, sh.opts.defaults, v1) {
+                    Err(e) => error(400, &e.message, e.param, None),
                     Ok(chat) => {
                         let seed =
                             sh.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) % (1 << 31);
-                        Reply::Chat { chat, openai, seed }
+                        Reply::Chat {
+                            chat,
+                            openai: v1,
+                            seed,
+                        }
                     }
                 },
             }
         }
-        (_, "/" | "/index.html" | "/logo.svg" | "/health" | "/stats") => {
-            Reply::error(405, "method not allowed")
+        (_, "/" | "/index.html" | "/logo.svg" | "/health" | "/stats" | "/v1/models") => {
+            error(405, "method not allowed", None, None)
         }
+        (_, _) if model_path.is_some() => error(405, "method not allowed (use GET)", None, None),
         (_, "/chat/completions" | "/v1/chat/completions") => {
-            Reply::error(405, "method not allowed (use POST)")
+            error(405, "method not allowed (use POST)", None, None)
         }
-        _ => Reply::error(404, &format!("no route for {method} {path}")),
+        _ => error(
+            404,
+            &format!("no route for {method} {path}"),
+            None,
+            Some("unknown_url"),
+        ),
     };
     let summary = respond::send(sh, req, reply);
     if sh.opts.log {

@@ -96,6 +96,11 @@ impl<W> Pool<W> {
         }
     }
 
+    /// The first worker (all are replicas of one model).
+    pub fn first(&self) -> &W {
+        &self.workers[0]
+    }
+
     pub fn total(&self) -> usize {
         self.workers.len()
     }

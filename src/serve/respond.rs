@@ -1,6 +1,12 @@
 //! Writing the answers: JSON, the page, and the two streaming formats (upstream's SSE events and OpenAI's
-//! `chat.completion.chunk` events ending in `[DONE]`). Streams go straight to the socket, flushed per event,
-//! with `Connection: close` so the body ends when the stream does.
+//! `chat.completion.chunk` events ending in `[DONE]`).
+//!
+//! Every body must end where the client can see it. tiny_http keeps a connection open for the next request as
+//! long as the client does (HTTP/1.1 keep-alive), so a stream cannot be ended by "closing" it: the socket stays
+//! open. Streams to HTTP/1.1 clients therefore use chunked transfer encoding, one chunk per event, flushed, and
+//! the last (empty) chunk at the end; HTTP/1.0 has no chunked encoding, so the events are collected and sent
+//! with a Content-Length. A client that goes away mid-stream makes the next event's write fail, which stops
+//! the generation and frees the worker.
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -29,10 +35,23 @@ pub(super) enum Reply {
     },
 }
 
-impl Reply {
-    pub(super) fn error(status: u16, msg: &str) -> Reply {
-        Reply::Json(status, json!({ "error": msg }))
+/// The error body: OpenAI's error object on the `/v1` routes (its clients turn `message` into their
+/// exceptions' text), upstream's `{"error": "..."}` elsewhere.
+pub(super) fn error_body(
+    v1: bool,
+    status: u16,
+    msg: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Value {
+    if !v1 {
+        return json!({ "error": msg });
     }
+    let kind = match status {
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    };
+    json!({"error": {"message": msg, "type": kind, "param": param, "code": code}})
 }
 
 fn header(k: &str, v: &str) -> Header {
@@ -139,26 +158,77 @@ fn generate<M: InferModel>(
     })
 }
 
+/// A streamed answer's body (see the module comment for the two framings).
+enum EventStream {
+    Chunked(Box<dyn Write + Send>),
+    Buffered(Box<(Request, Vec<u8>)>),
+}
+
+impl EventStream {
+    /// Starts the answer: the head now for a chunked stream, nothing yet for a buffered one.
+    fn open(req: Request) -> std::io::Result<EventStream> {
+        if *req.http_version() < (1, 1) {
+            return Ok(EventStream::Buffered(Box::new((req, Vec::new()))));
+        }
+        // Say so when the client asked to close: tiny_http closes the socket after this answer then.
+        let close = req.headers().iter().any(|h| {
+            h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("close")
+        });
+        let mut w = req.into_writer();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n\
+             Access-Control-Allow-Origin: *\r\nTransfer-Encoding: chunked\r\n{}\r\n",
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        w.write_all(head.as_bytes())?;
+        w.flush()?;
+        Ok(EventStream::Chunked(w))
+    }
+
+    /// Sends one `data:` event; false when the client is gone.
+    fn event(&mut self, data: &str) -> bool {
+        let ev = format!("data: {data}\n\n");
+        match self {
+            EventStream::Chunked(w) => {
+                let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
+                w.write_all(chunk.as_bytes())
+                    .and_then(|_| w.flush())
+                    .is_ok()
+            }
+            EventStream::Buffered(b) => {
+                b.1.extend_from_slice(ev.as_bytes());
+                true
+            }
+        }
+    }
+
+    /// Ends the body: the last chunk, or the whole buffered answer.
+    fn finish(self) {
+        match self {
+            EventStream::Chunked(mut w) => {
+                let _ = w.write_all(b"0\r\n\r\n").and_then(|_| w.flush());
+            }
+            EventStream::Buffered(b) => {
+                let (req, body) = *b;
+                let resp = cors(
+                    Response::from_data(body)
+                        .with_header(header("Content-Type", "text/event-stream; charset=utf-8"))
+                        .with_header(header("Cache-Control", "no-cache")),
+                );
+                let _ = req.respond(resp);
+            }
+        }
+    }
+}
+
 /// The last step of a chat answer, done after the worker is released.
 enum Finish {
     /// Send this whole answer.
     Respond(Box<(Request, Response<std::io::Cursor<Vec<u8>>>)>),
-    /// Close the stream (the end of its body).
-    Close(Box<dyn Write + Send>),
-}
-
-fn stream_head(w: &mut dyn Write) -> std::io::Result<()> {
-    w.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n\
-          Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n",
-    )?;
-    w.flush()
-}
-
-fn event(w: &mut dyn Write, data: &str) -> bool {
-    w.write_all(format!("data: {data}\n\n").as_bytes())
-        .and_then(|_| w.flush())
-        .is_ok()
+    /// End the stream's body.
+    End(EventStream),
+    /// The client went away mid-stream: nothing more to send.
+    Gone,
 }
 
 fn chat_reply<M: InferModel + Sync>(
@@ -169,6 +239,11 @@ fn chat_reply<M: InferModel + Sync>(
     seed: u64,
 ) -> String {
     let t0 = Instant::now();
+    let fail = |req: Request, status: u16, msg: &str, param: Option<&str>| {
+        let body = error_body(openai, status, msg, param, None);
+        let _ = req.respond(json_response(status, &body));
+        format!("{status} ({msg})")
+    };
     let lease = match sh.pool.acquire() {
         Ok(l) => l,
         Err(b) => {
@@ -177,97 +252,120 @@ fn chat_reply<M: InferModel + Sync>(
                 Busy::QueueFull => "all workers are busy and the queue is full",
                 Busy::Timeout => "timed out waiting for a free worker",
             };
-            let _ = req.respond(json_response(503, &json!({ "error": why })));
-            return format!("503 ({why})");
+            return fail(req, 503, why, None);
         }
     };
     let waited = t0.elapsed();
     let (gpu, engine) = (lease.index, lease.worker());
+    let model = sh.opts.model.id.as_str();
     let id = format!("chatcmpl-{seed:x}");
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let usage = |g: &Generated| {
+        json!({"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens,
+               "total_tokens": g.prompt_tokens + g.tokens})
+    };
     let chunk = |delta: Value, finish: Value| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": "nanochat",
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-        .to_string()
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if chat.include_usage {
+            // As OpenAI: every chunk has `usage: null` but the extra last one.
+            c["usage"] = Value::Null;
+        }
+        c.to_string()
     };
     let prepared = match prepare(engine, &chat) {
         Ok(p) => p,
-        Err(e) => {
-            let _ = req.respond(json_response(400, &json!({ "error": e })));
-            return format!("400 ({e})");
-        }
+        Err(e) => return fail(req, 400, &e, Some("messages")),
     };
     let t_gen = Instant::now();
-    let (result, stream) = if openai && !chat.stream {
+    let mut gone = false;
+    let (result, finish) = if openai && !chat.stream {
         let r = generate(engine, &chat, prepared, seed, &mut |_| true);
         let resp = match &r {
             Ok(g) => json_response(
                 200,
-                &json!({"id": id, "object": "chat.completion", "created": created, "model": "nanochat",
+                &json!({"id": id, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text},
                                  "finish_reason": g.finish}],
-                    "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens,
-                              "total_tokens": g.prompt_tokens + g.tokens}}),
+                    "usage": usage(g)}),
             ),
-            Err(e) => json_response(400, &json!({ "error": e })),
+            Err(e) => json_response(500, &error_body(true, 500, e, None, None)),
         };
         (r, Finish::Respond(Box::new((req, resp))))
     } else {
-        let mut w = req.into_writer();
-        if stream_head(&mut *w).is_err() {
-            return "client gone before the stream started".into();
-        }
+        let mut out = match EventStream::open(req) {
+            Ok(o) => o,
+            Err(_) => return "client gone before the stream started".into(),
+        };
         if openai {
-            event(&mut *w, &chunk(json!({"role": "assistant"}), Value::Null));
+            gone = !out.event(&chunk(json!({"role": "assistant"}), Value::Null));
         }
-        let r = generate(engine, &chat, prepared, seed, &mut |piece| {
-            let data = if openai {
-                chunk(json!({ "content": piece }), Value::Null)
-            } else {
-                json!({"token": piece, "gpu": gpu}).to_string()
-            };
-            event(&mut *w, &data)
-        });
+        let r = if gone {
+            Err("client gone".to_string())
+        } else {
+            generate(engine, &chat, prepared, seed, &mut |piece| {
+                let data = if openai {
+                    chunk(json!({ "content": piece }), Value::Null)
+                } else {
+                    json!({"token": piece, "gpu": gpu}).to_string()
+                };
+                gone = !out.event(&data);
+                !gone
+            })
+        };
         match &r {
+            _ if gone => {}
             Ok(g) if openai => {
-                event(&mut *w, &chunk(json!({}), json!(g.finish)));
-                event(&mut *w, "[DONE]");
+                out.event(&chunk(json!({}), json!(g.finish)));
+                if chat.include_usage {
+                    let last = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                        "model": model, "choices": [], "usage": usage(g)});
+                    out.event(&last.to_string());
+                }
+                out.event("[DONE]");
             }
             Ok(_) => {
-                event(&mut *w, &json!({"done": true}).to_string());
+                out.event(&json!({"done": true}).to_string());
             }
             Err(e) => {
-                event(&mut *w, &json!({ "error": e }).to_string());
+                out.event(&error_body(openai, 500, e, None, None).to_string());
             }
         }
-        (r, Finish::Close(w))
+        (r, if gone { Finish::Gone } else { Finish::End(out) })
     };
     // Free the worker and count the request before the client sees the end, so /health and /stats agree with
     // what the client has seen.
     drop(lease);
-    if result.is_ok() {
-        sh.counters.completions.fetch_add(1, Ordering::Relaxed);
+    if let Ok(g) = &result {
+        sh.counters
+            .tokens
+            .fetch_add(g.tokens as u64, Ordering::Relaxed);
+        let done = if gone {
+            &sh.counters.cancelled
+        } else {
+            &sh.counters.completions
+        };
+        done.fetch_add(1, Ordering::Relaxed);
     }
-    match stream {
+    match finish {
         Finish::Respond(answer) => {
             let (req, resp) = *answer;
             let _ = req.respond(resp);
         }
-        Finish::Close(w) => drop(w),
+        Finish::End(out) => out.finish(),
+        Finish::Gone => {}
     }
     match result {
         Ok(g) => {
-            sh.counters
-                .tokens
-                .fetch_add(g.tokens as u64, Ordering::Relaxed);
             let secs = t_gen.elapsed().as_secs_f64();
             let last = chat.messages.last().map_or("", |m| m.content.as_str());
             let clip = |s: &str| s.chars().take(120).collect::<String>();
             format!(
-                "200 worker {gpu}, waited {:.0} ms, {} prompt tokens ({} old messages dropped), {} tokens in {:.2} s ({:.1} tok/s), {}; user: {:?} reply: {:?}",
+                "{} worker {gpu}, waited {:.0} ms, {} prompt tokens ({} old messages dropped), {} tokens in {:.2} s ({:.1} tok/s), {}; user: {:?} reply: {:?}",
+                if gone { "200 (client gone, stopped)" } else { "200" },
                 waited.as_secs_f64() * 1e3,
                 g.prompt_tokens,
                 g.dropped,
@@ -279,6 +377,7 @@ fn chat_reply<M: InferModel + Sync>(
                 clip(&g.text)
             )
         }
+        Err(e) if gone => format!("200 (client gone: {e})"),
         Err(e) => format!("error during generation: {e}"),
     }
 }
