@@ -1,0 +1,95 @@
+//! Generation on any [`ModelDevice`] (the kernel devices included) without a KV cache: the "cache" is each
+//! row's tokens so far, and every step runs the full forward over them and keeps the last position. Quadratic
+//! in the length, so meant for evaluation of small models and for checking the kernels' generation against the
+//! CPU reference; the CPU reference's own [`crate::cpu::infer::CpuInfer`] is the fast path.
+
+use std::sync::Mutex;
+
+use super::InferModel;
+use crate::config::ModelConfig;
+use crate::model::ModelDevice;
+
+pub struct FullForward {
+    model: Mutex<Box<dyn ModelDevice + Send>>,
+    config: ModelConfig,
+}
+
+impl FullForward {
+    pub fn new(model: Box<dyn ModelDevice + Send>) -> FullForward {
+        let config = model.config().clone();
+        FullForward {
+            model: Mutex::new(model),
+            config,
+        }
+    }
+}
+
+impl FullForward {
+    /// Runs `f` on the model (for the full-batch forwards of categorical evaluation).
+    pub fn with_model<R>(&self, f: impl FnOnce(&mut dyn ModelDevice) -> R) -> Result<R, String> {
+        let mut m = self
+            .model
+            .lock()
+            .map_err(|_| "the model lock is poisoned".to_string())?;
+        Ok(f(m.as_mut()))
+    }
+}
+
+/// Each row's tokens so far, and the length the rows may reach.
+pub struct TokenRows {
+    rows: Vec<Vec<u32>>,
+    t_max: usize,
+}
+
+impl InferModel for FullForward {
+    type Cache = TokenRows;
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> TokenRows {
+        TokenRows {
+            rows: vec![Vec::new(); rows],
+            t_max,
+        }
+    }
+    fn expand(&self, one: &TokenRows, rows: usize, t_max: usize) -> Result<TokenRows, String> {
+        if one.rows.len() != 1 || t_max < one.rows[0].len() {
+            return Err(format!(
+                "cannot expand a {}-row cache of {} positions into {rows} rows of {t_max}",
+                one.rows.len(),
+                one.rows.first().map_or(0, Vec::len)
+            ));
+        }
+        Ok(TokenRows {
+            rows: vec![one.rows[0].clone(); rows],
+            t_max,
+        })
+    }
+    fn forward_last(
+        &self,
+        cache: &mut TokenRows,
+        ids: &[u32],
+        t: usize,
+    ) -> Result<Vec<f32>, String> {
+        let b = cache.rows.len();
+        if ids.len() != b * t {
+            return Err(format!("expected {b}x{t} ids, got {}", ids.len()));
+        }
+        let len = cache.rows.first().map_or(0, Vec::len) + t;
+        if len > cache.t_max {
+            return Err(format!(
+                "the cache holds {} positions, {len} needed",
+                cache.t_max
+            ));
+        }
+        for (r, row) in cache.rows.iter_mut().enumerate() {
+            row.extend_from_slice(&ids[r * t..(r + 1) * t]);
+        }
+        let flat: Vec<u32> = cache.rows.concat();
+        let mut m = self
+            .model
+            .lock()
+            .map_err(|_| "the model lock is poisoned".to_string())?;
+        m.last_logits(&flat, b, len)
+    }
+}
