@@ -22,7 +22,8 @@ use nanochat::optim::StepSettings;
 use nanochat::params::ParamTable;
 use nanochat::safetensors::Tensor;
 use nanochat::tasks::chat_eval::{
-    centered, chatcore, eval_categorical, eval_generative, EvalSettings, TaskResult,
+    centered, chatcore, chatcore_cat, chatcore_eval, eval_categorical, eval_generative,
+    EvalSettings, TaskResult,
 };
 use nanochat::tasks::{
     arc::Arc as ArcTask, gsm8k::Gsm8k, humaneval::NoRunner, mmlu::Mmlu, Examples, Task, TaskSlice,
@@ -311,6 +312,8 @@ fn chatcore_is_the_mean_centered_accuracy_over_five_tasks() {
     ];
     let want = (0.5 + 0.0 - 1.0 / 3.0 + 0.1 + 0.2) / 5.0;
     assert!((chatcore(&all).unwrap() - want).abs() < 1e-12);
+    let want_cat = (0.5 + 0.0 - 1.0 / 3.0) / 3.0;
+    assert!((chatcore_cat(&all).unwrap() - want_cat).abs() < 1e-12);
     all[4].skipped = Some("skipped: no python3".into());
     assert_eq!(chatcore(&all), None);
     all.remove(4);
@@ -441,4 +444,28 @@ fn chat_eval_program_on_cpu_and_emu() {
         serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
     assert_eq!(json["results"][0]["total"], 1);
     assert_eq!(json["device"], "emu");
+}
+
+#[test]
+fn chatcore_during_training_borrows_the_model() {
+    let tok = tok();
+    let cfg = config(tok.vocab_size());
+    let mut m = CpuModel::new(&cfg, params(&cfg), &Default::default()).unwrap();
+    let results = chatcore_eval(&mut m, &tok, &fixtures(), 2, Some(3), Some(1), 8).unwrap();
+    let names: Vec<&str> = results.iter().map(|r| r.task.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]
+    );
+    for r in &results[..3] {
+        assert_eq!(r.total, 3, "{r:?}");
+    }
+    assert_eq!(results[3].total, 1);
+    // The model is still the caller's afterwards.
+    assert!(m.last_logits(&[1, 2], 1, 2).is_ok());
+    // Without task data every task is skipped, no error.
+    let empty = tempfile::tempdir().unwrap();
+    let results = chatcore_eval(&mut m, &tok, empty.path(), 2, None, None, 8).unwrap();
+    assert!(results.iter().all(|r| r.skipped.is_some()));
+    assert_eq!(chatcore(&results), None);
 }

@@ -92,7 +92,7 @@ fn phase_dir(base: &Path, source: &str) -> Result<PathBuf, String> {
 #[allow(clippy::large_enum_variant)]
 enum Models {
     Cpu(CpuModel, Engine<CpuInfer>),
-    Device(Engine<FullForward>),
+    Device(Engine<FullForward<'static>>),
 }
 
 fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<TaskResult, String> {

@@ -9,29 +9,47 @@ use super::InferModel;
 use crate::config::ModelConfig;
 use crate::model::ModelDevice;
 
-pub struct FullForward {
-    model: Mutex<Box<dyn ModelDevice + Send>>,
+pub struct FullForward<'a> {
+    model: Mutex<Held<'a>>,
     config: ModelConfig,
 }
 
-impl FullForward {
-    pub fn new(model: Box<dyn ModelDevice + Send>) -> FullForward {
+/// The model, owned (chat_eval) or borrowed (ChatCORE in the middle of a training run).
+enum Held<'a> {
+    Owned(Box<dyn ModelDevice + Send + 'a>),
+    Borrowed(&'a mut (dyn ModelDevice + Send)),
+}
+
+impl FullForward<'_> {
+    pub fn new<'a>(model: Box<dyn ModelDevice + Send + 'a>) -> FullForward<'a> {
         let config = model.config().clone();
         FullForward {
-            model: Mutex::new(model),
+            model: Mutex::new(Held::Owned(model)),
+            config,
+        }
+    }
+
+    /// Generation on a model the caller keeps (e.g. the model being trained).
+    pub fn borrowed<'a>(model: &'a mut (dyn ModelDevice + Send)) -> FullForward<'a> {
+        let config = model.config().clone();
+        FullForward {
+            model: Mutex::new(Held::Borrowed(model)),
             config,
         }
     }
 }
 
-impl FullForward {
+impl FullForward<'_> {
     /// Runs `f` on the model (for the full-batch forwards of categorical evaluation).
     pub fn with_model<R>(&self, f: impl FnOnce(&mut dyn ModelDevice) -> R) -> Result<R, String> {
         let mut m = self
             .model
             .lock()
             .map_err(|_| "the model lock is poisoned".to_string())?;
-        Ok(f(m.as_mut()))
+        Ok(match &mut *m {
+            Held::Owned(b) => f(b.as_mut()),
+            Held::Borrowed(r) => f(&mut **r),
+        })
     }
 }
 
@@ -41,7 +59,7 @@ pub struct TokenRows {
     t_max: usize,
 }
 
-impl InferModel for FullForward {
+impl InferModel for FullForward<'_> {
     type Cache = TokenRows;
     fn config(&self) -> &ModelConfig {
         &self.config
@@ -86,10 +104,6 @@ impl InferModel for FullForward {
             row.extend_from_slice(&ids[r * t..(r + 1) * t]);
         }
         let flat: Vec<u32> = cache.rows.concat();
-        let mut m = self
-            .model
-            .lock()
-            .map_err(|_| "the model lock is poisoned".to_string())?;
-        m.last_logits(&flat, b, len)
+        self.with_model(|m| m.last_logits(&flat, b, len))?
     }
 }

@@ -243,16 +243,78 @@ pub fn centered(task: &str, accuracy: f64) -> f64 {
     (accuracy - b) / (1.0 - b)
 }
 
-/// ChatCORE over `results`: `Some` only when all five ChatCORE tasks were scored (none skipped).
-pub fn chatcore(results: &[TaskResult]) -> Option<f64> {
+/// The mean centered accuracy over `tasks`: `Some` only when every one of them was scored (none skipped).
+pub fn centered_mean(results: &[TaskResult], tasks: &[&str]) -> Option<f64> {
     let mut sum = 0.0;
-    for name in CHATCORE_TASKS {
+    for &name in tasks {
         let r = results
             .iter()
             .find(|r| r.task == name && r.skipped.is_none())?;
         sum += centered(name, r.accuracy);
     }
-    Some(sum / CHATCORE_TASKS.len() as f64)
+    Some(sum / tasks.len() as f64)
+}
+
+/// ChatCORE: the centered mean over ARC-Easy, ARC-Challenge, MMLU, GSM8K and HumanEval.
+pub fn chatcore(results: &[TaskResult]) -> Option<f64> {
+    centered_mean(results, &CHATCORE_TASKS)
+}
+
+/// ChatCORE_cat (logged by SFT): the centered mean over the three categorical tasks.
+pub fn chatcore_cat(results: &[TaskResult]) -> Option<f64> {
+    centered_mean(results, &CHATCORE_TASKS[..3])
+}
+
+/// ChatCORE in the middle of a training run (spec §9.1): the five tasks' evaluation splits from `base`,
+/// categorical ones on at most `max_cat` problems, generative ones on at most `max_sample`, greedy,
+/// `max_new_tokens` new tokens (upstream: 512), `batch_size` prompts per forward, sampling by full forwards on `model` (no copy of it is made).
+/// A task whose data is missing (or HumanEval without python3) is a skipped result, not an error.
+pub fn chatcore_eval(
+    model: &mut (dyn ModelDevice + Send),
+    tok: &Tokenizer,
+    base: &std::path::Path,
+    batch_size: usize,
+    max_cat: Option<usize>,
+    max_sample: Option<usize>,
+    max_new_tokens: usize,
+) -> Result<Vec<TaskResult>, String> {
+    use super::humaneval::{python_available, Sandbox};
+    let engine = Engine::new(
+        crate::engine::full::FullForward::borrowed(model),
+        tok.clone(),
+    );
+    let mut results = Vec::new();
+    for name in CHATCORE_TASKS {
+        let skipped = |why: String| TaskResult::skipped(name.to_string(), why, 0.0);
+        if name == "HumanEval" && !python_available() {
+            results.push(skipped("skipped: no python3".into()));
+            continue;
+        }
+        let task = match super::registry::eval_task(base, name, std::sync::Arc::new(Sandbox)) {
+            Ok(t) => TaskSlice::all(t),
+            Err(e) => {
+                results.push(skipped(format!("skipped: no data ({e})")));
+                continue;
+            }
+        };
+        let s = EvalSettings {
+            batch_size,
+            max_new_tokens,
+            max_problems: match task.eval_type() {
+                EvalType::Categorical => max_cat,
+                EvalType::Generative => max_sample,
+            },
+            ..EvalSettings::default()
+        };
+        let r = match task.eval_type() {
+            EvalType::Categorical => engine
+                .model
+                .with_model(|m| eval_categorical(m, tok, &task, &s, &mut |_, _, _| {}))??,
+            EvalType::Generative => eval_generative(&engine, &task, &s, &mut |_, _, _| {})?,
+        };
+        results.push(r);
+    }
+    Ok(results)
 }
 
 /// The results as a table: task, passed/total, accuracy, centered accuracy, seconds.
