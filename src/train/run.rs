@@ -5,6 +5,7 @@
 use super::eval::{evaluate_bpb, sample_greedy, SAMPLE_PROMPTS};
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
+use super::stage::{fmt_duration, save_checked};
 use crate::backend::Backend;
 use crate::checkpoint::{self, LoopState, Meta};
 use crate::common::base_dir;
@@ -126,8 +127,8 @@ pub struct TrainArgs {
     /// FP8 matmuls (GPU only; ignored with a warning elsewhere).
     #[arg(long)]
     pub fp8: bool,
-    /// Stop after this many steps of this invocation (the plan and schedules are unchanged; for tests and
-    /// time-boxed runs; resume later).
+    /// Stop after this many steps of this invocation, saving a checkpoint there (the plan and schedules are
+    /// unchanged; for tests and time-boxed runs; continue with --resume).
     #[arg(long)]
     pub max_steps_this_run: Option<usize>,
 }
@@ -140,16 +141,6 @@ pub struct Summary {
     pub min_val_bpb: Option<f64>,
     pub last_step: usize,
     pub checkpoint_dir: PathBuf,
-}
-
-fn fmt_duration(secs: f64) -> String {
-    if secs < 90.0 {
-        format!("{secs:.0}s")
-    } else if secs < 5400.0 {
-        format!("{:.1}m", secs / 60.0)
-    } else {
-        format!("{:.2}h", secs / 3600.0)
-    }
 }
 
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
@@ -317,7 +308,9 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             && step > 0
             && step != start
             && step % args.save_every as usize == 0;
-        if last_step || periodic {
+        // A run stopped by --max-steps-this-run saves where it stopped, so the next --resume continues there.
+        let stopping = stop_at == Some(step) && step != start;
+        if last_step || periodic || stopping {
             let meta = Meta {
                 step,
                 val_bpb,
@@ -330,23 +323,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
                     .map_err(|e| e.to_string())?,
                 loop_state: loop_state.clone(),
             };
-            let params = model.params()?;
-            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
-                let name = model
-                    .table()
-                    .params
-                    .iter()
-                    .find(|p| p.range.contains(&bad))
-                    .map_or("?", |p| &p.name);
-                return Err(format!(
-                    "parameters became non-finite ({name}) before step {step}; not saving. The last good \
-                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
-                    ckpt_dir.display()
-                ));
-            }
-            let optim_state = model.optimizer_state()?;
-            checkpoint::save(&ckpt_dir, &meta, model.table(), &params, &optim_state, 0)?;
-            println!("saved checkpoint step {step} to {}", ckpt_dir.display());
+            save_checked(&ckpt_dir, &meta, model.as_mut())?;
         }
         if last_step || stop_at == Some(step) {
             summary.last_step = step;
