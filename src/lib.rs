@@ -12,6 +12,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod execution;
 pub mod model;

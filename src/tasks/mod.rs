@@ -8,12 +8,14 @@
 
 pub mod arc;
 pub mod customjson;
+pub mod download;
 pub mod gsm8k;
 pub mod hub;
 pub mod humaneval;
 pub mod mmlu;
 pub mod nprandom;
 pub mod pyrandom;
+pub mod registry;
 pub mod smoltalk;
 pub mod spelling;
 

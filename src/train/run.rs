@@ -127,8 +127,8 @@ pub struct TrainArgs {
     /// FP8 matmuls (GPU only; ignored with a warning elsewhere).
     #[arg(long)]
     pub fp8: bool,
-    /// Stop after this many steps of this invocation (the plan and schedules are unchanged; for tests and
-    /// time-boxed runs; resume later).
+    /// Stop after this many steps of this invocation, saving a checkpoint there (the plan and schedules are
+    /// unchanged; for tests and time-boxed runs; continue with --resume).
     #[arg(long)]
     pub max_steps_this_run: Option<usize>,
 }
@@ -308,7 +308,9 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             && step > 0
             && step != start
             && step % args.save_every as usize == 0;
-        if last_step || periodic {
+        // A run stopped by --max-steps-this-run saves where it stopped, so the next --resume continues there.
+        let stopping = stop_at == Some(step) && step != start;
+        if last_step || periodic || stopping {
             let meta = Meta {
                 step,
                 val_bpb,
