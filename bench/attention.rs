@@ -9,11 +9,10 @@
 //! 2.5 times that backward (five matmuls), the convention of the FlashAttention papers. Build here
 //! (`cargo build --release --bin attention_bench`) and carry the binary to a GPU machine.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use half::bf16;
+use nanochat::backend::Backend;
 use nanochat::cpu::ops;
-use nanochat::device::cuda::CudaDevice;
-use nanochat::device::emu::EmuDevice;
 use nanochat::device::kernels::attention::{
     attention_backward, attention_forward, forward_flops, AttnImpl, AttnShape,
 };
@@ -25,20 +24,12 @@ use std::time::Instant;
 /// FlashAttention-2 on H100 SXM, forward + backward, causal, T 2048, head_dim 128 (Dao, 2023, fig. 7).
 const FA2_FWD_BWD_TFLOPS: f64 = 265.0;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Which {
-    /// the first GPU (CUDA driver API)
-    Cuda,
-    /// the kernel emulator on the CPU: correctness only
-    Emu,
-}
-
 #[derive(Parser)]
 #[command(about = "Flash attention benchmark (TFLOP/s) with correctness checks")]
 struct Args {
     /// Device to run on.
-    #[arg(long, value_enum, default_value = "cuda")]
-    device: Which,
+    #[arg(long, value_enum, default_value_t = Backend::Cuda)]
+    device: Backend,
     /// Timed iterations per shape (after 3 warm-up runs).
     #[arg(long, default_value_t = 20)]
     iters: usize,
@@ -234,19 +225,16 @@ fn bench(d: &dyn Device, s: AttnShape, imp: AttnImpl, iters: usize) -> Result<()
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let dev: Box<dyn Device> = match args.device {
-        Which::Emu => Box::new(EmuDevice::new(Schedule::Forward)),
-        Which::Cuda => match CudaDevice::open(0) {
-            Ok(d) => Box::new(d),
-            Err(e) => {
-                eprintln!("attention_bench needs a GPU: {e}\n(run `attention_bench --device emu` for the correctness checks on the emulator)");
-                return ExitCode::from(2);
-            }
-        },
+    let dev = match args.device.kernel_device(Schedule::Forward) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("attention_bench: {e}\n(run `attention_bench --device emu` for the correctness checks on the emulator)");
+            return ExitCode::from(2);
+        }
     };
     let d = dev.as_ref();
     println!("device: {}", d.name());
-    let checks: Vec<AttnShape> = if args.device == Which::Emu {
+    let checks: Vec<AttnShape> = if args.device == Backend::Emu {
         vec![shape(1, 77, 4, 2, 64, 20), shape(1, 70, 2, 1, 128, 1000)]
     } else {
         vec![
@@ -264,7 +252,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    if args.device == Which::Cuda {
+    if args.device == Backend::Cuda {
         // FlashAttention-2's shape: 16k tokens, hidden 2048, causal, T 2048 (head_dim 128 and 64), then
         // nanochat-like sliding windows and GQA; the naive kernels once, as the floor.
         let full = usize::MAX;

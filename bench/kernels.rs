@@ -12,9 +12,9 @@
 //! Build it here (`cargo build --release --bin kernel_bench`) and carry the binary to a GPU machine: the
 //! kernels are embedded. cuBLASLt must be on `LD_LIBRARY_PATH` there for the GEMM rows.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use nanochat::backend::Backend;
 use nanochat::device::check::{self, Scale};
-use nanochat::device::cuda::CudaDevice;
 use nanochat::device::emu::EmuDevice;
 use nanochat::device::kernels::muon::{self, MuonScratch, Stack};
 use nanochat::device::kernels::{elementwise, embedding};
@@ -27,20 +27,12 @@ use std::time::Instant;
 const PEAK_BYTES_PER_S: f64 = 3.35e12;
 const PEAK_BF16_FLOPS: f64 = 989e12;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Which {
-    /// the first GPU (CUDA driver API)
-    Cuda,
-    /// the kernel emulator on the CPU: correctness only
-    Emu,
-}
-
 #[derive(Parser)]
 #[command(about = "Kernel benchmark (roofline table) and GPU self-check")]
 struct Args {
     /// Device to run on.
-    #[arg(long, value_enum, default_value = "cuda")]
-    device: Which,
+    #[arg(long, value_enum, default_value_t = Backend::Cuda)]
+    device: Backend,
     /// Run the self-check report instead of the benchmark.
     #[arg(long)]
     selfcheck: bool,
@@ -298,11 +290,12 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         d.alloc(4 * v * c)?,
         d.alloc(2 * r * c)?,
     );
-    let ids_dev = d.upload_new(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+    let ids_dev = d.alloc(embedding::ids_bytes(ids.len()))?;
+    let dids = embedding::upload_ids(d, ids_dev.ptr(), &ids, v)?;
     for (buf, bytes) in [(&table, 2 * v * c), (&dtable, 4 * v * c), (&emb, 2 * r * c)] {
         d.zero(buf.ptr(), bytes)?;
     }
-    let (tp, ep, ip, dp) = (table.ptr(), emb.ptr(), ids_dev.ptr(), dtable.ptr());
+    let (tp, ep, ip, dp) = (table.ptr(), emb.ptr(), dids.ids, dtable.ptr());
     let fwd_ids = ids.clone();
     out.push(Bench {
         name: "embedding_forward".into(),
@@ -311,13 +304,14 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         flops: 0.0,
         launch: Box::new(move |d, _| embedding::embedding_forward(d, ep, ip, tp, &fwd_ids, v, c)),
     });
-    // Reads the rows' gradients (bf16) and read-modify-writes their table rows (fp32); host bucketing included.
+    // Reads the rows' gradients (bf16) and read-modify-writes their table rows (fp32); the buckets were
+    // uploaded once, as the model does once per micro-batch.
     out.push(Bench {
-        name: "embedding_backward (incl. host sort)".into(),
+        name: "embedding_backward".into(),
         blocks: vec![0],
         bytes: rc * (2.0 + 8.0),
         flops: 0.0,
-        launch: Box::new(move |d, _| embedding::embedding_backward(d, dp, ep, &ids, v, c)),
+        launch: Box::new(move |d, _| embedding::embedding_backward(d, dp, ep, &dids, c)),
     });
     keep.extend([table, dtable, emb, ids_dev]);
     // One Muon step over d20's stacks of c_fc (20 x 5120x1280) and of q/k/v/proj (80 x 1280x1280): Nesterov,
@@ -528,19 +522,16 @@ fn cross_check(gpu: &dyn Device) -> Result<usize> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let dev: Box<dyn Device> = match args.device {
-        // Reverse, so that the self-check's comparison with the (forward) emulator means something.
-        Which::Emu => Box::new(EmuDevice::new(Schedule::Reverse)),
-        Which::Cuda => match CudaDevice::open(0) {
-            Ok(d) => Box::new(d),
-            Err(e) => {
-                eprintln!("kernel_bench needs a GPU: {e}\n(run `kernel_bench --device emu` for the correctness checks on the emulator)");
-                return ExitCode::from(2);
-            }
-        },
+    // Reverse, so that the self-check's comparison with the (forward) emulator means something.
+    let dev = match args.device.kernel_device(Schedule::Reverse) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kernel_bench: {e}\n(run `kernel_bench --device emu` for the correctness checks on the emulator)");
+            return ExitCode::from(2);
+        }
     };
     let d = dev.as_ref();
-    let scale = if args.device == Which::Emu {
+    let scale = if args.device == Backend::Emu {
         Scale::Small
     } else {
         Scale::Large
@@ -559,7 +550,7 @@ fn main() -> ExitCode {
         }
     }
     if !args.selfcheck {
-        let emu = args.device == Which::Emu;
+        let emu = args.device == Backend::Emu;
         if emu {
             println!("\nbenchmark rows at emulator sizes, once each (a functional run: the times mean nothing):");
         }

@@ -9,11 +9,10 @@
 //! Bytes are the compulsory traffic of each call (every tensor read or written once). Build here
 //! (`cargo build --release --bin model_ops_bench`) and carry the binary to a GPU machine.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use half::bf16;
+use nanochat::backend::Backend;
 use nanochat::cpu::ops;
-use nanochat::device::cuda::CudaDevice;
-use nanochat::device::emu::EmuDevice;
 use nanochat::device::kernels::model_ops::{self, GateShape};
 use nanochat::device::kernels::rope_qknorm::{self, RopeShape};
 use nanochat::device::{Buffer, Device, Result, Schedule};
@@ -24,22 +23,14 @@ use std::time::Instant;
 /// H100 SXM memory bandwidth the percentages refer to.
 const PEAK_BYTES_PER_S: f64 = 3.35e12;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Which {
-    /// the first GPU (CUDA driver API)
-    Cuda,
-    /// the kernel emulator on the CPU: correctness only
-    Emu,
-}
-
 #[derive(Parser)]
 #[command(
     about = "RoPE + QK-norm, value-embedding gate, smear and backout kernels: GB/s and checks"
 )]
 struct Args {
     /// Device to run on.
-    #[arg(long, value_enum, default_value = "cuda")]
-    device: Which,
+    #[arg(long, value_enum, default_value_t = Backend::Cuda)]
+    device: Backend,
     /// Timed iterations per kernel (after 3 warm-up launches).
     #[arg(long, default_value_t = 20)]
     iters: usize,
@@ -390,20 +381,17 @@ fn time(d: &dyn Device, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64>
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let dev: Box<dyn Device> = match args.device {
-        Which::Emu => Box::new(EmuDevice::new(Schedule::Forward)),
-        Which::Cuda => match CudaDevice::open(0) {
-            Ok(d) => Box::new(d),
-            Err(e) => {
-                eprintln!("model_ops_bench needs a GPU: {e}\n(run `model_ops_bench --device emu` for the correctness checks on the emulator)");
-                return ExitCode::from(2);
-            }
-        },
+    let dev = match args.device.kernel_device(Schedule::Forward) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("model_ops_bench: {e}\n(run `model_ops_bench --device emu` for the correctness checks on the emulator)");
+            return ExitCode::from(2);
+        }
     };
     let d = dev.as_ref();
     println!("device: {}", d.name());
     // Depth 20: width 1280, 10 heads of 128, a 32 × 2048 token batch; the emulator gets a toy shape.
-    let s = if args.device == Which::Emu {
+    let s = if args.device == Backend::Emu {
         Shape {
             n: 2 * 9,
             t: 9,
@@ -424,7 +412,7 @@ fn main() -> ExitCode {
     };
     let result = problem(d, s).and_then(|p| {
         let ok = check(d, &p)?;
-        if args.device == Which::Cuda {
+        if args.device == Backend::Cuda {
             println!("{s:?}");
             for (name, bytes, run) in kernels(d, &p) {
                 let t = time(d, args.iters, &run)?;

@@ -15,10 +15,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nanochat::checkpoint::{self, LoopState, Meta};
 use nanochat::config::ModelConfig;
 use nanochat::params::ParamTable;
 use nanochat::tokenizer::{Tokenizer, TOKENIZER_FILE};
-use nanochat::train::checkpoint::{self, LoopState, Meta};
 
 const CLIENTS: usize = 16;
 const MIN_WAVES: usize = 4;

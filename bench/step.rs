@@ -11,33 +11,26 @@
 //! (`flops_per_token · tokens / time / peak`, peak from the device name as upstream's table has it).
 //! Build it here (`cargo build --release --bin step_bench`) and carry the binary to the GPU machine.
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use nanochat::backend::Backend;
 use nanochat::common::peak_bf16_flops;
 use nanochat::config::ModelConfig;
 use nanochat::device::kernels::attention::AttnImpl;
 use nanochat::device::model::KernelModel;
-use nanochat::device::{self, DeviceKind};
+use nanochat::device::Schedule;
+use nanochat::model::ModelDevice;
 use nanochat::optim::{SetupArgs, StepSettings};
 use nanochat::params::ParamTable;
 use nanochat::rng::Rng;
-use nanochat::train::device::ModelDevice;
 use std::process::ExitCode;
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Which {
-    /// the first GPU (CUDA driver API)
-    Cuda,
-    /// the kernel emulator on the CPU (tiny models only: a functional check, timings meaningless)
-    Emu,
-}
 
 #[derive(Parser)]
 #[command(about = "Training-step benchmark on a kernel device: tok/s and MFU for one depth")]
 struct Args {
     /// Device to run on.
-    #[arg(long, value_enum, default_value = "cuda")]
-    device: Which,
+    #[arg(long, value_enum, default_value_t = Backend::Cuda)]
+    device: Backend,
     /// Number of layers (the depth dial sizes the rest).
     #[arg(long, default_value_t = 12)]
     depth: usize,
@@ -74,16 +67,7 @@ fn run(args: &Args) -> Result<(), String> {
     if args.steps == 0 {
         return Err("--steps must be at least 1".into());
     }
-    let kind = match args.device {
-        Which::Cuda => DeviceKind::Cuda,
-        Which::Emu => DeviceKind::Emu,
-    };
-    let dev = device::open(kind).map_err(|e| {
-        format!(
-            "--device {}: {e}",
-            format!("{:?}", args.device).to_lowercase()
-        )
-    })?;
+    let dev = args.device.kernel_device(Schedule::Forward)?;
     let name = dev.name();
     let cfg = ModelConfig::from_depth(
         args.depth,

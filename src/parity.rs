@@ -8,11 +8,12 @@
 
 use crate::config::ModelConfig;
 use crate::cpu::gpt::Storage;
+use crate::cpu::model::CpuModel;
 use crate::device::model::KernelModel;
+use crate::model::ModelDevice;
 use crate::optim::{GroupSummary, MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
 use crate::safetensors::{self, File};
-use crate::train::device::{CpuModel, ModelDevice};
 use serde::Deserialize;
 use std::path::Path;
 

@@ -3,9 +3,10 @@
 //! beta accumulation) checked on the Emu device against a plain loop.
 
 use half::bf16;
+use nanochat::backend::Backend;
 use nanochat::device::cuda::{driver_present, CudaDevice};
 use nanochat::device::emu::EmuDevice;
-use nanochat::device::{open, Device, DeviceKind, Dtype, Gemm, Op, Schedule};
+use nanochat::device::{Device, Dtype, Gemm, Op, Schedule};
 
 #[test]
 fn cuda_device_reports_a_missing_driver_or_gpu_as_an_error() {
@@ -20,9 +21,18 @@ fn cuda_device_reports_a_missing_driver_or_gpu_as_an_error() {
         assert!(e.0.starts_with("cuda: "), "{e}");
     }
     // Through the generic entry point too, and a bad ordinal is an error, not a panic.
-    if let Err(e) = open(DeviceKind::Cuda) {
-        assert!(e.0.starts_with("cuda: "), "{e}");
+    if let Err(e) = Backend::Cuda.kernel_device(Schedule::Forward) {
+        assert!(e.starts_with("--device cuda: cuda: "), "{e}");
     }
+    // A CPU choice is no kernel device.
+    let e = Backend::CpuBf16
+        .kernel_device(Schedule::Forward)
+        .err()
+        .unwrap();
+    assert!(
+        e.starts_with("--device cpu-bf16: ") && e.contains("--device emu"),
+        "{e}"
+    );
     if let Err(e) = CudaDevice::open(1_000) {
         assert!(e.0.starts_with("cuda: "), "{e}");
     }
@@ -30,7 +40,7 @@ fn cuda_device_reports_a_missing_driver_or_gpu_as_an_error() {
 
 #[test]
 fn emu_device_opens() {
-    let d = open(DeviceKind::Emu).unwrap();
+    let d = Backend::Emu.kernel_device(Schedule::Forward).unwrap();
     assert!(d.name().starts_with("emu"));
     d.synchronize().unwrap();
 }

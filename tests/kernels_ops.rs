@@ -426,11 +426,11 @@ fn embedding_gather_and_deterministic_backward() {
         let d = dev.as_ref();
         let (bt, bids, out) = (
             d.upload_new(&to_bf16(&table)).unwrap(),
-            d.upload_new(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())
-                .unwrap(),
+            d.alloc(embedding::ids_bytes(n)).unwrap(),
             d.alloc(2 * n * c).unwrap(),
         );
-        embedding::embedding_forward(d, out.ptr(), bids.ptr(), bt.ptr(), &ids, vocab, c).unwrap();
+        let dids = embedding::upload_ids(d, bids.ptr(), &ids, vocab).unwrap();
+        embedding::embedding_forward(d, out.ptr(), dids.ids, bt.ptr(), &ids, vocab, c).unwrap();
         let mut want = vec![0f32; n * c];
         ops::embedding_forward(&mut want, &ids, &table, c);
         assert_eq!(down_bf16(d, out.ptr(), n * c), want, "{s:?} gather");
@@ -441,7 +441,7 @@ fn embedding_gather_and_deterministic_backward() {
         let mut results = Vec::new();
         for _ in 0..2 {
             let bdt = d.upload_new(&dtable0).unwrap();
-            embedding::embedding_backward(d, bdt.ptr(), bdout.ptr(), &ids, vocab, c).unwrap();
+            embedding::embedding_backward(d, bdt.ptr(), bdout.ptr(), &dids, c).unwrap();
             results.push(d.download_vec::<f32>(bdt.ptr(), vocab * c).unwrap());
         }
         assert_eq!(results[0], results[1], "{s:?} backward not reproducible");
@@ -456,6 +456,8 @@ fn embedding_gather_and_deterministic_backward() {
             e.0.contains("token 1 has id 50 but the vocabulary has 50 rows"),
             "{e}"
         );
+        let e = embedding::upload_ids(d, bids.ptr(), &bad, vocab).unwrap_err();
+        assert!(e.0.contains("token 1 has id 50"), "{e}");
     }
 }
 

@@ -374,7 +374,9 @@ fn malformed_fixtures_give_clear_errors() {
 /// kernels store bf16 (`Storage::Bf16`): on every row the kernels are no worse than that floor (up to rounding
 /// order), and they fail a row only where bf16 storage alone is at or past the tolerance.
 fn check_bf16_rows(dir: &Path) -> Vec<parity::Row> {
-    let dev = nanochat::device::open(nanochat::device::DeviceKind::Emu).unwrap();
+    let dev = nanochat::backend::Backend::Emu
+        .kernel_device(nanochat::device::Schedule::Forward)
+        .unwrap();
     let kernels = parity::run_kernels(dir, Tolerances::BF16, dev).unwrap();
     let floor = parity::run_cpu(dir, Tolerances::BF16, Storage::Bf16).unwrap();
     let expected = 1

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nanochat::checkpoint::{self, LoopState, Meta};
 use nanochat::config::ModelConfig;
 use nanochat::params::ParamTable;
 use nanochat::tokenizer::{Tokenizer, TOKENIZER_FILE};
-use nanochat::train::checkpoint::{self, LoopState, Meta};
 
 fn prepare(base: &Path) {
     let docs = (0..200).map(|i| format!("hello there, number {i}! the cat sat on the mat."));

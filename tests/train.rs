@@ -2,10 +2,10 @@
 //! accumulation, clear errors for missing inputs, incompatible checkpoints and a diverging loss.
 
 use clap::Parser;
+use nanochat::checkpoint;
 use nanochat::data::{self, parquet::write_text_parquet};
 use nanochat::rng::Rng;
 use nanochat::tokenizer::{Tokenizer, TOKENIZER_FILE};
-use nanochat::train::checkpoint;
 use nanochat::train::run::{train, TrainArgs};
 use std::io::{BufRead, BufReader};
 use std::path::Path;

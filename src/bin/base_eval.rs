@@ -2,15 +2,17 @@
 //! validation splits, and samples (greedy continuations of fixed prompts, unconditioned samples from BOS).
 
 use clap::Parser;
+use nanochat::checkpoint;
 use nanochat::common::base_dir;
+use nanochat::cpu::model::CpuModel;
 use nanochat::data::loader::{open_split, LoaderConfig};
 use nanochat::data::shards::TokenizerId;
 use nanochat::data::Split;
 use nanochat::engine::sample_next_token;
+use nanochat::model::ModelDevice;
 use nanochat::rng::Rng;
-use nanochat::train::checkpoint;
-use nanochat::train::device::{CpuModel, ModelDevice};
-use nanochat::train::run::{evaluate_bpb, load_tokenizer, sample_greedy, SAMPLE_PROMPTS};
+use nanochat::tokenizer::load_tokenizer;
+use nanochat::train::eval::{evaluate_bpb, sample_greedy, SAMPLE_PROMPTS};
 
 #[derive(Parser)]
 #[command(about = "Evaluate a base model checkpoint: bits per byte and samples")]

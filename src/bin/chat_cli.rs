@@ -5,6 +5,7 @@
 use std::io::{BufRead, Write};
 
 use clap::Parser;
+use nanochat::backend::Backend;
 use nanochat::common::base_dir;
 use nanochat::engine::load::load_engine;
 use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
@@ -12,7 +13,7 @@ use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
 #[derive(Parser)]
 #[command(about = "Chat with a nanochat model in the terminal")]
 struct Args {
-    /// Model source: sft, rl or base (sft falls back to base when no sft checkpoint exists).
+    /// Model source: sft, rl, mid or base (sft falls back to base when no sft checkpoint exists).
     #[arg(short = 'i', long, default_value = "sft")]
     source: String,
     /// Checkpoint directory name (default: the largest d<N>).
@@ -30,9 +31,9 @@ struct Args {
     /// Sample among the k most likely tokens (0: all).
     #[arg(short = 'k', long, default_value_t = 50)]
     top_k: usize,
-    /// Device to run on (only the CPU reference is available in this build).
-    #[arg(long, default_value = "cpu")]
-    device_type: String,
+    /// Device to run on (upstream's flag name; only the CPU reference runs inference in this build).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Cpu)]
+    device_type: Backend,
     /// Tokens generated per reply at most.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
@@ -124,10 +125,10 @@ impl<M: InferModel> Chat<'_, M> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device_type != "cpu" {
+    if args.device_type != Backend::Cpu {
         return Err(format!(
-            "--device-type {}: only the CPU reference is available in this build",
-            args.device_type
+            "{}: only the CPU reference (cpu) runs inference in this build",
+            args.device_type.flag()
         ));
     }
     if args.temperature.is_nan() || args.temperature < 0.0 {

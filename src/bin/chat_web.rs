@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use nanochat::backend::Backend;
 use nanochat::common::base_dir;
 use nanochat::engine::load::load_engine;
 use nanochat::serve::api::Defaults;
@@ -18,7 +19,7 @@ struct Args {
     /// Workers, one model replica each (on the CPU reference, each runs on all cores).
     #[arg(short = 'n', long, default_value_t = 1)]
     num_gpus: usize,
-    /// Model source: sft, rl or base (sft falls back to base when no sft checkpoint exists).
+    /// Model source: sft, rl, mid or base (sft falls back to base when no sft checkpoint exists).
     #[arg(short = 'i', long, default_value = "sft")]
     source: String,
     /// Default sampling temperature of requests that do not set one.
@@ -42,9 +43,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
-    /// Device to run on (only the CPU reference is available in this build).
-    #[arg(long, default_value = "cpu")]
-    device_type: String,
+    /// Device to run on (upstream's flag name; only the CPU reference runs inference in this build).
+    #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Cpu)]
+    device_type: Backend,
     /// Requests that may wait for a busy worker; more get 503 at once.
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
@@ -60,10 +61,10 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device_type != "cpu" {
+    if args.device_type != Backend::Cpu {
         return Err(format!(
-            "--device-type {}: only the CPU reference is available in this build",
-            args.device_type
+            "{}: only the CPU reference (cpu) runs inference in this build",
+            args.device_type.flag()
         ));
     }
     if args.num_gpus == 0 {

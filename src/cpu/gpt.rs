@@ -15,6 +15,7 @@
 
 use super::ops::{self, AttnShape};
 use crate::config::{ModelConfig, ROPE_BASE};
+use crate::model::check_batch;
 use crate::params::{ParamTable, Slot};
 use std::borrow::Cow;
 
@@ -106,43 +107,6 @@ impl Forward {
     pub fn valid_targets(&self) -> usize {
         self.targets.iter().filter(|&&y| y >= 0).count()
     }
-}
-
-/// Checks a batch `(b, t)` of ids (and targets) for a model with RoPE tables of `positions` positions: the
-/// lengths, the sequence length, ids inside the vocabulary, targets inside it or the ignore index -1.
-pub fn check_batch(
-    cfg: &ModelConfig,
-    positions: usize,
-    ids: &[u32],
-    targets: Option<&[i32]>,
-    b: usize,
-    t: usize,
-) -> Result<(), String> {
-    let (n, v) = (b * t, cfg.vocab_size);
-    if n == 0 {
-        return Err(format!("empty batch ({b}x{t})"));
-    }
-    if ids.len() != n || targets.is_some_and(|y| y.len() != n) {
-        return Err(format!("batch must hold {b}x{t} = {n} ids and targets"));
-    }
-    if t > positions {
-        return Err(format!(
-            "sequence length {t} exceeds the RoPE table ({positions} positions)"
-        ));
-    }
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
-        return Err(format!("token id {bad} is outside the vocabulary of {v}"));
-    }
-    if let Some(&bad) = targets
-        .unwrap_or(&[])
-        .iter()
-        .find(|&&y| y < -1 || y >= v as i32)
-    {
-        return Err(format!(
-            "target {bad} is outside the vocabulary of {v} (and is not the ignore index -1)"
-        ));
-    }
-    Ok(())
 }
 
 impl Gpt {
@@ -375,7 +339,8 @@ impl Gpt {
         if let Some(y) = targets {
             losses = vec![0.0; n];
             ops::softcap_ce_forward(&mut losses, &mut logits, y, v, vp);
-            let valid = y.iter().filter(|&&y| y >= 0).count();
+            // A batch without a supervised target (an all-masked SFT micro-batch) has loss 0, not 0/0.
+            let valid = y.iter().filter(|&&y| y >= 0).count().max(1);
             loss = (losses.iter().map(|&l| l as f64).sum::<f64>() / valid as f64) as f32;
         } else {
             for row in logits.chunks_exact_mut(vp) {

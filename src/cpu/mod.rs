@@ -7,4 +7,5 @@ pub mod gpt;
 #[cfg(test)]
 mod gradcheck;
 pub mod infer;
+pub mod model;
 pub mod ops;

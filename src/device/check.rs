@@ -617,13 +617,13 @@ fn check_embedding(dev: &dyn Device, s: Scale) -> Result<String> {
     let mut rng = Rng::new(16);
     let table = rand(&mut rng, vocab * c, 1.0);
     let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64 / 2) as u32).collect();
-    let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
     let (bt, bids, out) = (
         dev.upload_new(&bf(&table))?,
-        dev.upload_new(&ids_i32)?,
+        dev.alloc(embedding::ids_bytes(n))?,
         dev.alloc(2 * n * c)?,
     );
-    embedding::embedding_forward(dev, out.ptr(), bids.ptr(), bt.ptr(), &ids, vocab, c)?;
+    let dids = embedding::upload_ids(dev, bids.ptr(), &ids, vocab)?;
+    embedding::embedding_forward(dev, out.ptr(), dids.ids, bt.ptr(), &ids, vocab, c)?;
     let mut want = vec![0f32; n * c];
     ops::embedding_forward(&mut want, &ids, &table, c);
     compare(
@@ -636,7 +636,7 @@ fn check_embedding(dev: &dyn Device, s: Scale) -> Result<String> {
     let dout = rand(&mut rng, n * c, 1.0);
     let (bdo, bdt) = (dev.upload_new(&bf(&dout))?, dev.alloc(4 * vocab * c)?);
     dev.zero(bdt.ptr(), 4 * vocab * c)?;
-    embedding::embedding_backward(dev, bdt.ptr(), bdo.ptr(), &ids, vocab, c)?;
+    embedding::embedding_backward(dev, bdt.ptr(), bdo.ptr(), &dids, c)?;
     let mut want = vec![0f32; vocab * c];
     ops::embedding_backward(&mut want, &dout, &ids, c);
     let w = compare(

@@ -16,7 +16,9 @@ pub mod check;
 pub mod cuda;
 pub mod emu;
 pub mod gemm;
+mod gpt;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod reference;
 
@@ -271,21 +273,5 @@ impl dyn Device + '_ {
         let mut v = vec![T::default(); n];
         self.download(src, bytemuck::cast_slice_mut(&mut v))?;
         Ok(v)
-    }
-}
-
-/// Which device to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    Cuda,
-    Emu,
-}
-
-/// Opens a device: the first GPU for `Cuda` (an error, not a panic, when there is none), the
-/// emulator with the forward schedule for `Emu`.
-pub fn open(kind: DeviceKind) -> Result<Box<dyn Device>> {
-    match kind {
-        DeviceKind::Cuda => Ok(Box::new(cuda::CudaDevice::open(0)?)),
-        DeviceKind::Emu => Ok(Box::new(emu::EmuDevice::new(Schedule::Forward))),
     }
 }

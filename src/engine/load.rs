@@ -1,19 +1,23 @@
-//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, sft, rl) plus the tokenizer.
+//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, mid, sft, rl) plus the
+//! tokenizer.
 
 use std::path::{Path, PathBuf};
 
 use super::Engine;
+use crate::checkpoint;
 use crate::cpu::infer::CpuInfer;
-use crate::train::checkpoint;
-use crate::train::run::load_tokenizer;
+use crate::tokenizer::load_tokenizer;
 
 /// The checkpoint phase directory of a source.
 fn phase_dir_name(source: &str) -> Result<&'static str, String> {
     match source {
         "base" => Ok("base_checkpoints"),
+        "mid" => Ok("mid_checkpoints"),
         "sft" => Ok("chatsft_checkpoints"),
         "rl" => Ok("chatrl_checkpoints"),
-        other => Err(format!("unknown source {other:?}: choose base, sft or rl")),
+        other => Err(format!(
+            "unknown source {other:?}: choose base, mid, sft or rl"
+        )),
     }
 }
 

@@ -11,6 +11,7 @@ mod groups;
 pub mod muon;
 pub mod schedule;
 mod state;
+pub mod zero;
 
 use crate::params::{Group, ParamRef, ParamTable, Slot};
 use adamw::{adamw_update, AdamHyper};

@@ -44,6 +44,19 @@ pub const TOKENIZER_FILE: &str = "tokenizer.bin";
 pub const TOKEN_BYTES_FILE: &str = "token_bytes.bin";
 pub const TIKTOKEN_FILE: &str = "tokenizer.tiktoken";
 
+/// Loads the tokenizer of the base directory (`<base>/tokenizer/tokenizer.bin`), with a message naming the
+/// command that makes it.
+pub fn load_tokenizer(base: &Path) -> Result<Tokenizer, String> {
+    let path = base.join("tokenizer").join(TOKENIZER_FILE);
+    if !path.exists() {
+        return Err(format!(
+            "no tokenizer at {}: run `tok_train` first (see the README)",
+            path.display()
+        ));
+    }
+    Tokenizer::load(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Everything that can go wrong building, loading or using a tokenizer.
 #[derive(Debug)]
 pub enum TokenizerError {

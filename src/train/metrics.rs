@@ -1,7 +1,7 @@
 //! The run's record: `metrics.jsonl` (one JSON object per line: train steps, evaluations) and `loss.svg`, a loss
 //! curve any browser opens. Both live in the run directory and are rewritten atomically.
 
-use super::checkpoint::write_atomic;
+use crate::checkpoint::write_atomic;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,13 @@
-//! Pretraining: the plan derived from the depth dial, the model device interface, checkpoints, the run
-//! record and the training loop.
+//! Training. Pretraining: the plan derived from the depth dial, the run record, evaluation (bits per byte,
+//! samples) and the training loop ([`run`]). After it, the conversation stages mid_train ([`mid`]) and chat_sft
+//! ([`sft`]), which share one loop ([`stage`]) over the task mixtures ([`mixtures`]). The model interface is
+//! [`crate::model`], checkpoint files are [`crate::checkpoint`].
 
-pub mod checkpoint;
-pub mod device;
+pub mod eval;
 pub mod metrics;
+pub mod mid;
+pub mod mixtures;
 pub mod plan;
 pub mod run;
+pub mod sft;
+pub mod stage;

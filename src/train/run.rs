@@ -2,37 +2,29 @@
 //! and token shards, build (or resume) the model and optimizer, then loop: evaluate, sample, checkpoint,
 //! train one step of `grad_accum` micro-batches, log.
 
-use super::checkpoint::{self, LoopState, Meta};
-use super::device::{CpuModel, ModelDevice};
+use super::eval::{evaluate_bpb, sample_greedy, SAMPLE_PROMPTS};
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
+use super::stage::{fmt_duration, save_checked};
+use crate::backend::Backend;
+use crate::checkpoint::{self, LoopState, Meta};
 use crate::common::base_dir;
+use crate::cpu::gpt::Storage;
+use crate::cpu::model::CpuModel;
 use crate::data::loader::open_split;
 use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
-use crate::data::shards::{TokenShard, TokenizerId};
+use crate::data::shards::TokenizerId;
 use crate::data::Split;
 use crate::device::model::KernelModel;
-use crate::device::DeviceKind;
+use crate::model::ModelDevice;
 use crate::optim::schedule::Schedule;
 use crate::optim::StepSettings;
-use crate::tokenizer::{self, Tokenizer};
-use clap::{Parser, ValueEnum};
+use crate::tokenizer::load_tokenizer;
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The fp32 CPU reference (trains tiny models; no GPU needed).
-    Cpu,
-    /// The CUDA kernels run by the CPU emulator.
-    Emu,
-    /// The CUDA kernels on a GPU.
-    Cuda,
-}
 
 /// Pretrain a GPT (upstream base_train's flags).
 #[derive(Parser, Clone, Debug, Serialize, Deserialize)]
@@ -46,8 +38,8 @@ pub struct TrainArgs {
     #[arg(long, default_value = "dummy")]
     pub run: String,
     /// Where the model computes.
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
-    pub device: Device,
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub device: Backend,
     /// Number of transformer layers: the one dial that sizes everything else.
     #[arg(long, default_value_t = 20)]
     pub depth: usize,
@@ -151,109 +143,17 @@ pub struct Summary {
     pub checkpoint_dir: PathBuf,
 }
 
-/// The fixed prompts of upstream's sampling.
-pub const SAMPLE_PROMPTS: [&str; 7] = [
-    "The capital of France is",
-    "The chemical symbol of gold is",
-    "If yesterday was Friday, then tomorrow will be",
-    "The opposite of hot is",
-    "The planets of the solar system are:",
-    "My favorite color is",
-    "If 5*x + 3 = 13, then x is",
-];
-
-/// Loads the tokenizer, with a message naming the command that makes it.
-pub fn load_tokenizer(base: &Path) -> Result<Tokenizer, String> {
-    let path = base.join("tokenizer").join(tokenizer::TOKENIZER_FILE);
-    if !path.exists() {
-        return Err(format!(
-            "no tokenizer at {}: run `tok_train` first (see the README)",
-            path.display()
-        ));
-    }
-    Tokenizer::load(&path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Validation bits per byte (spec §8.1) over `steps` batches of a fresh loader.
-pub fn evaluate_bpb(
-    model: &mut dyn ModelDevice,
-    shards: Arc<[TokenShard]>,
-    cfg: LoaderConfig,
-    steps: usize,
-    token_bytes: &[u32],
-) -> Result<f64, String> {
-    let mut loader = DataLoader::new(shards, cfg).map_err(|e| e.to_string())?;
-    let (mut nats, mut bytes) = (0f64, 0u64);
-    for _ in 0..steps {
-        let batch = loader.next_batch();
-        let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
-        let losses = model.token_losses(&batch.inputs, &targets, cfg.batch_size, cfg.seq_len)?;
-        for (&y, &l) in batch.targets.iter().zip(&losses) {
-            let nb = token_bytes.get(y as usize).copied().unwrap_or(0);
-            if nb > 0 {
-                nats += l as f64;
-                bytes += nb as u64;
-            }
-        }
-    }
-    Ok(if bytes == 0 {
-        f64::INFINITY
-    } else {
-        nats / (std::f64::consts::LN_2 * bytes as f64)
-    })
-}
-
-/// Greedy continuation of `prompt` (BOS prepended) by `max_tokens` tokens, re-running the full forward.
-pub fn sample_greedy(
-    model: &mut dyn ModelDevice,
-    tok: &Tokenizer,
-    prompt: &str,
-    max_tokens: usize,
-) -> Result<String, String> {
-    let mut ids = vec![tok.bos_id()];
-    ids.extend(tok.encode_ordinary(prompt));
-    let start = ids.len();
-    let window = model.config().sequence_len;
-    for _ in 0..max_tokens {
-        let ctx = &ids[ids.len().saturating_sub(window)..];
-        let logits = model.last_logits(ctx, 1, ctx.len())?;
-        let next = logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0;
-        ids.push(next as u32);
-    }
-    Ok(tok.decode_lossy(&ids[start..]))
-}
-
-fn fmt_duration(secs: f64) -> String {
-    if secs < 90.0 {
-        format!("{secs:.0}s")
-    } else if secs < 5400.0 {
-        format!("{:.1}m", secs / 60.0)
-    } else {
-        format!("{:.2}h", secs / 3600.0)
-    }
-}
-
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
 pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     // Open a kernel device first, so a machine without a driver or GPU hears exactly that.
-    let mut kernel_device = match args.device {
-        Device::Cpu => None,
-        Device::Emu | Device::Cuda => {
-            let kind = if args.device == Device::Cuda {
-                DeviceKind::Cuda
-            } else {
-                DeviceKind::Emu
-            };
-            let flag = format!("--device {}", format!("{:?}", args.device).to_lowercase());
-            Some(crate::device::open(kind).map_err(|e| format!("{flag}: {e}"))?)
-        }
+    let mut kernel_device = if args.device.is_kernels() {
+        // The emulator runs its threads in order; the kernel tests try the other schedules.
+        Some(
+            args.device
+                .kernel_device(crate::device::Schedule::Forward)?,
+        )
+    } else {
+        None
     };
     if args.fp8 {
         eprintln!("warning: --fp8 is not implemented; training runs in bf16");
@@ -317,11 +217,10 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     // The model on the chosen device (built once, from fresh or resumed parameters).
     let mut make_model = |params: Vec<f32>| -> Result<Box<dyn ModelDevice>, String> {
         match kernel_device.take() {
-            None => Ok(Box::new(CpuModel::new(
-                &plan.model,
-                params,
-                &plan.optimizer,
-            )?)),
+            None => Ok(Box::new(
+                CpuModel::new(&plan.model, params, &plan.optimizer)?
+                    .with_storage(args.device.cpu_storage().unwrap_or(Storage::F32)),
+            )),
             Some(dev) => {
                 let m = KernelModel::new(dev, &plan.model, &params, &plan.optimizer)?;
                 println!(
@@ -424,23 +323,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
                     .map_err(|e| e.to_string())?,
                 loop_state: loop_state.clone(),
             };
-            let params = model.params()?;
-            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
-                let name = model
-                    .table()
-                    .params
-                    .iter()
-                    .find(|p| p.range.contains(&bad))
-                    .map_or("?", |p| &p.name);
-                return Err(format!(
-                    "parameters became non-finite ({name}) before step {step}; not saving. The last good \
-                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
-                    ckpt_dir.display()
-                ));
-            }
-            let optim_state = model.optimizer_state()?;
-            checkpoint::save(&ckpt_dir, &meta, model.table(), &params, &optim_state, 0)?;
-            println!("saved checkpoint step {step} to {}", ckpt_dir.display());
+            save_checked(&ckpt_dir, &meta, model.as_mut())?;
         }
         if last_step || stop_at == Some(step) {
             summary.last_step = step;
@@ -519,97 +402,4 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
 /// Entry point of the binary.
 pub fn main_with(args: &TrainArgs) -> Result<Summary, String> {
     train(args, &base_dir())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ModelConfig;
-    use crate::data::shards::write_shard;
-    use crate::params::ParamTable;
-    use crate::safetensors::Tensor;
-    use std::collections::BTreeMap;
-
-    /// A device whose per-token loss is the target id + 1 in nats, so bpb can be computed by hand.
-    struct Stub(ModelConfig, ParamTable);
-    impl ModelDevice for Stub {
-        fn config(&self) -> &ModelConfig {
-            &self.0
-        }
-        fn device_name(&self) -> String {
-            "stub".into()
-        }
-        fn table(&self) -> &ParamTable {
-            &self.1
-        }
-        fn forward_backward(
-            &mut self,
-            _: &[u32],
-            _: &[i32],
-            _: usize,
-            _: usize,
-            _: f32,
-        ) -> Result<f32, String> {
-            unreachable!()
-        }
-        fn token_losses(
-            &mut self,
-            _: &[u32],
-            targets: &[i32],
-            _: usize,
-            _: usize,
-        ) -> Result<Vec<f32>, String> {
-            Ok(targets.iter().map(|&y| y as f32 + 1.0).collect())
-        }
-        fn last_logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {
-            unreachable!()
-        }
-        fn logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {
-            unreachable!()
-        }
-        fn grads(&mut self) -> Result<Vec<f32>, String> {
-            unreachable!()
-        }
-        fn step(&mut self, _: &StepSettings) -> Result<(), String> {
-            Ok(())
-        }
-        fn params(&self) -> Result<Vec<f32>, String> {
-            Ok(Vec::new())
-        }
-        fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String> {
-            Ok(BTreeMap::new())
-        }
-        fn load_optimizer_state(&mut self, _: &BTreeMap<String, Tensor>) -> Result<(), String> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn bits_per_byte_skips_zero_byte_tokens() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("s.tokens");
-        // BOS = 0 has 0 bytes; tokens 1..=3 have 1, 2 and 3 bytes.
-        write_shard(&path, &[vec![0, 1, 2], vec![0, 3]], 4, 0).unwrap();
-        let shards: Arc<[TokenShard]> = vec![TokenShard::open(&path).unwrap()].into();
-        let cfg = ModelConfig {
-            sequence_len: 4,
-            vocab_size: 4,
-            n_layer: 1,
-            n_head: 1,
-            n_kv_head: 1,
-            n_embd: 32,
-            window_pattern: "L".into(),
-        };
-        let mut dev = Stub(cfg.clone(), ParamTable::new(&cfg));
-        let lc = LoaderConfig {
-            batch_size: 1,
-            seq_len: 4,
-            ..LoaderConfig::default()
-        };
-        let token_bytes = [0, 1, 2, 3];
-        let bpb = evaluate_bpb(&mut dev, shards, lc, 1, &token_bytes).unwrap();
-        // Best fit packs the row [0 1 2 0 3]: targets 1, 2, 0, 3 with losses 2, 3, 1, 4; the BOS target has no
-        // bytes and is skipped: 9 nats over 1 + 2 + 3 = 6 bytes.
-        assert!((bpb - 1.5 / std::f64::consts::LN_2).abs() < 1e-9, "{bpb}");
-    }
 }

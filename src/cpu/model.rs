@@ -1,51 +1,13 @@
-//! The interface between the training loop and whatever computes the model: the CPU reference here; the
-//! kernel devices (CUDA, emulator) implement the same trait in `crate::device::model`. The loop never sees buffers or kernels.
+//! The fp32 CPU reference ([`Gpt`]) with its parameters, gradients and optimizer, as a [`ModelDevice`]: what
+//! `--device cpu` trains and what the kernel devices are checked against.
 
+use super::gpt::{Gpt, Storage};
 use crate::config::ModelConfig;
-use crate::cpu::gpt::{Gpt, Storage};
+use crate::model::{last_positions, ModelDevice};
 use crate::optim::{MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
 use crate::safetensors::Tensor;
 use std::collections::BTreeMap;
-
-/// A model with its parameters, gradients and optimizer, on some device.
-pub trait ModelDevice {
-    fn config(&self) -> &ModelConfig;
-    /// The device's name as its driver reports it (looked up in the peak-FLOPs table for MFU).
-    fn device_name(&self) -> String;
-    fn table(&self) -> &ParamTable;
-    /// Forward and backward of one micro-batch `(b, t)`; adds `scale ×` the gradient of the mean loss into the
-    /// gradient buffer and returns the mean loss.
-    fn forward_backward(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-        scale: f32,
-    ) -> Result<f32, String>;
-    /// Per-token losses `(b·t)` without touching gradients (0 where the target is -1).
-    fn token_losses(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<Vec<f32>, String>;
-    /// Softcapped logits of every position, `(b·t, vocab)`.
-    fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
-    /// The gradients accumulated since the last step, fp32 in the flat layout.
-    fn grads(&mut self) -> Result<Vec<f32>, String>;
-    /// Softcapped logits of the last position of each row, `(b, vocab)`.
-    fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
-    /// One optimizer step with the accumulated gradients, which are then cleared.
-    fn step(&mut self, settings: &StepSettings) -> Result<(), String>;
-    /// Parameters as fp32 in the flat layout (for checkpoints).
-    fn params(&self) -> Result<Vec<f32>, String>;
-    /// The optimizer state as named tensors (for checkpoints).
-    fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String>;
-    fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String>;
-}
 
 /// The fp32 CPU reference as a device.
 pub struct CpuModel {
@@ -147,10 +109,7 @@ impl ModelDevice for CpuModel {
     fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
         let fwd = self.gpt.forward(&self.params, ids, None, b, t)?;
         let v = self.gpt.config.vocab_size;
-        let all = fwd.logits_unpadded(v);
-        Ok((0..b)
-            .flat_map(|r| all[((r + 1) * t - 1) * v..(r + 1) * t * v].to_vec())
-            .collect())
+        Ok(last_positions(&fwd.logits_unpadded(v), b, t, v))
     }
 
     fn step(&mut self, settings: &StepSettings) -> Result<(), String> {

@@ -1,0 +1,94 @@
+//! The model interface between the programs that use a model (the training loop, parity, evaluation) and
+//! whatever computes it: the CPU reference ([`crate::cpu::model::CpuModel`]) and the kernel devices
+//! ([`crate::device::model::KernelModel`]) implement [`ModelDevice`]; callers never see buffers or kernels.
+//! The batch checks every implementation runs before computing live here too, so both reject the same inputs
+//! with the same messages.
+
+use crate::config::ModelConfig;
+use crate::optim::StepSettings;
+use crate::params::ParamTable;
+use crate::safetensors::Tensor;
+use std::collections::BTreeMap;
+
+/// A model with its parameters, gradients and optimizer, on some device.
+pub trait ModelDevice {
+    fn config(&self) -> &ModelConfig;
+    /// The device's name as its driver reports it (looked up in the peak-FLOPs table for MFU).
+    fn device_name(&self) -> String;
+    fn table(&self) -> &ParamTable;
+    /// Forward and backward of one micro-batch `(b, t)`; adds `scale ×` the gradient of the mean loss into the
+    /// gradient buffer and returns the mean loss.
+    fn forward_backward(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<f32, String>;
+    /// Per-token losses `(b·t)` without touching gradients (0 where the target is -1).
+    fn token_losses(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, String>;
+    /// Softcapped logits of every position, `(b·t, vocab)`.
+    fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
+    /// The gradients accumulated since the last step, fp32 in the flat layout.
+    fn grads(&mut self) -> Result<Vec<f32>, String>;
+    /// Softcapped logits of the last position of each row, `(b, vocab)`.
+    fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
+    /// One optimizer step with the accumulated gradients, which are then cleared.
+    fn step(&mut self, settings: &StepSettings) -> Result<(), String>;
+    /// Parameters as fp32 in the flat layout (for checkpoints).
+    fn params(&self) -> Result<Vec<f32>, String>;
+    /// The optimizer state as named tensors (for checkpoints).
+    fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String>;
+    fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String>;
+}
+
+/// Checks a batch `(b, t)` of ids (and targets) for a model with RoPE tables of `positions` positions: the
+/// lengths, the sequence length, ids inside the vocabulary, targets inside it or the ignore index -1.
+pub fn check_batch(
+    cfg: &ModelConfig,
+    positions: usize,
+    ids: &[u32],
+    targets: Option<&[i32]>,
+    b: usize,
+    t: usize,
+) -> Result<(), String> {
+    let (n, v) = (b * t, cfg.vocab_size);
+    if n == 0 {
+        return Err(format!("empty batch ({b}x{t})"));
+    }
+    if ids.len() != n || targets.is_some_and(|y| y.len() != n) {
+        return Err(format!("batch must hold {b}x{t} = {n} ids and targets"));
+    }
+    if t > positions {
+        return Err(format!(
+            "sequence length {t} exceeds the RoPE table ({positions} positions)"
+        ));
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
+        return Err(format!("token id {bad} is outside the vocabulary of {v}"));
+    }
+    if let Some(&bad) = targets
+        .unwrap_or(&[])
+        .iter()
+        .find(|&&y| y < -1 || y >= v as i32)
+    {
+        return Err(format!(
+            "target {bad} is outside the vocabulary of {v} (and is not the ignore index -1)"
+        ));
+    }
+    Ok(())
+}
+
+/// The rows `(b, v)` of the last position of each row of `all` `(b·t, v)`.
+pub fn last_positions(all: &[f32], b: usize, t: usize, v: usize) -> Vec<f32> {
+    (0..b)
+        .flat_map(|r| all[((r + 1) * t - 1) * v..(r + 1) * t * v].iter().copied())
+        .collect()
+}
