@@ -6,11 +6,11 @@
 //! both contributions; callers zero gradient buffers before a backward pass.
 
 use super::gemm::{gemm, Trans};
-use crate::config::{QK_SCALE, SOFTCAP};
+use crate::config::{softcap, QK_SCALE, SOFTCAP};
 use rayon::prelude::*;
 
 /// PyTorch's default RMSNorm epsilon for fp32/bf16 inputs: the fp32 machine epsilon.
-pub const RMS_EPS: f32 = f32::EPSILON;
+pub const RMS_EPS: f32 = f32::EPSILON; // `RMS_EPS` in cuda/kernel_common.cuh
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -583,8 +583,7 @@ pub fn softcap_ce_forward(
         .zip(targets.par_iter())
         .for_each(|((loss, row), &y)| {
             let row = &mut row[..v];
-            row.iter_mut()
-                .for_each(|z| *z = SOFTCAP * (*z / SOFTCAP).tanh());
+            row.iter_mut().for_each(|z| *z = softcap(*z));
             *loss = if y < 0 {
                 0.0
             } else {
