@@ -469,3 +469,124 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
     );
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::sft::RenderedConversations;
+
+    #[test]
+    fn lr_shapes_and_momentum_by_hand() {
+        // chat_sft defaults (spec §9.1): no warmup, 1 until half-way, then linearly to 0.
+        let sft = LrShape::Sft {
+            warmup: 0.0,
+            warmdown: 0.5,
+            final_frac: 0.0,
+        };
+        for (p, want) in [
+            (0.0, 1.0),
+            (0.25, 1.0),
+            (0.5, 1.0),
+            (0.75, 0.5),
+            (0.9, 0.2),
+            (1.0, 0.0),
+        ] {
+            assert!(
+                (sft.multiplier(p) - want).abs() < 1e-12,
+                "sft p={p}: {}",
+                sft.multiplier(p)
+            );
+        }
+        // A warmup of 0.1 and a final fraction of 0.1: half-way up at p = 0.05; 0.55 at p = 0.75.
+        let warm = LrShape::Sft {
+            warmup: 0.1,
+            warmdown: 0.5,
+            final_frac: 0.1,
+        };
+        assert!((warm.multiplier(0.05) - 0.5).abs() < 1e-6);
+        assert!((warm.multiplier(0.75) - 0.55).abs() < 1e-12);
+        // mid_train: 1 until 0.8, then to 0 at 1, clamped past it.
+        for (p, want) in [(0.5, 1.0), (0.79, 1.0), (0.9, 0.5), (1.0, 0.0), (1.05, 0.0)] {
+            assert!(
+                (LrShape::Mid.multiplier(p) - want).abs() < 1e-12,
+                "mid p={p}"
+            );
+        }
+        for (step, want) in [(0, 0.85), (150, 0.90), (300, 0.95), (1000, 0.95)] {
+            assert!((muon_momentum(step) - want).abs() < 1e-12, "step {step}");
+        }
+    }
+
+    /// One pass over a mixture ends as upstream's does: at the top of the first step whose prefetched batch
+    /// brought the consumed count to the mixture's size, so the run makes one step fewer than the batches the
+    /// loader had to draw (counted here with the loader alone).
+    #[test]
+    fn one_pass_over_the_mixture_stops_where_upstream_stops() {
+        let convs: Vec<(Vec<u32>, Vec<u8>)> = (0..15u32)
+            .map(|k| {
+                (
+                    (0..3 + k % 7).map(|i| (i * 7 + k) % 60 + 1).collect(),
+                    vec![1; (3 + k % 7) as usize],
+                )
+            })
+            .collect();
+        let source: Arc<dyn ConversationSource> = Arc::new(RenderedConversations(convs));
+        let cfg = SftConfig::new(2, 16, 0, Supervision::Masked);
+        let mut alone = SftLoader::new(source.clone(), cfg).unwrap();
+        let mut draws = 0;
+        while !alone.epoch_done() {
+            alone.next_batch().unwrap();
+            draws += 1;
+        }
+        let config = ModelConfig {
+            sequence_len: 16,
+            vocab_size: 64,
+            n_layer: 1,
+            n_head: 1,
+            n_kv_head: 1,
+            n_embd: 32,
+            window_pattern: "L".into(),
+        };
+        let table = crate::params::ParamTable::new(&config);
+        let mut params = vec![0.0; table.numel];
+        table.init(&mut params, 1);
+        let tmp = tempfile::tempdir().unwrap();
+        let stage = Stage {
+            name: "test",
+            out_dir: tmp.path().join("run"),
+            device: Backend::Cpu,
+            model_config: config,
+            params,
+            optimizer_state: None,
+            setup: SetupArgs::default(),
+            muon_weight_decay: 0.0,
+            init_lr_frac: 1.0,
+            lr: LrShape::Mid,
+            supervision: Supervision::Masked,
+            device_batch_size: 2,
+            max_seq_len: 16,
+            total_batch_size: 32,
+            num_iterations: -1,
+            eval_every: -1,
+            eval_tokens: 32,
+            save_every: -1,
+            resume: false,
+            max_steps_this_run: None,
+            user_config: Value::Null,
+            train: source.clone(),
+            val: source,
+            bos: 0,
+            token_bytes: vec![1; 64],
+            hook: None,
+        };
+        let summary = run(stage).unwrap();
+        assert!(draws > 2);
+        assert_eq!(summary.losses.len(), draws - 1);
+        assert_eq!(summary.last_step, draws - 1);
+        assert_eq!(summary.val_bpb.len(), 1, "only the final evaluation");
+        assert_eq!(
+            checkpoint::complete_steps(&tmp.path().join("run")),
+            vec![draws - 1]
+        );
+    }
+}
