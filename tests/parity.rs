@@ -460,7 +460,9 @@ fn upstream_fixture_c_on_the_kernels() {
     let floor = parity::run_cpu(dir, Tolerances::BF16, Storage::Bf16).unwrap();
     let floor_failed: Vec<&str> = failed(&floor).iter().map(|r| r.name.as_str()).collect();
     assert_eq!(floor_failed, REF_C_BF16_FLOOR);
-    let dev = nanochat::device::open(nanochat::device::DeviceKind::Emu).unwrap();
+    let dev = nanochat::backend::Backend::Emu
+        .kernel_device(nanochat::device::Schedule::Forward)
+        .unwrap();
     let kernels = parity::run_kernels(dir, Tolerances::BF16, dev).unwrap();
     assert_eq!(kernels.len(), 133);
     // Every row outside the floor passes the bf16 tolerance.

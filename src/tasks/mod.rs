@@ -7,6 +7,7 @@
 //! example, which is all a data loader or an evaluation needs.
 
 pub mod arc;
+pub mod chat_eval;
 pub mod customjson;
 pub mod download;
 pub mod gsm8k;
