@@ -25,3 +25,4 @@ pub mod serve;
 pub mod tasks;
 pub mod tokenizer;
 pub mod train;
+pub mod upstream;

@@ -1,0 +1,351 @@
+//! Upstream nanochat checkpoints (`tests/fixtures/upstream-checkpoint-a`, written by upstream's own code): import,
+//! the fp32 forward against upstream's, the tokenizer, greedy chat, export → import round trip, the exported zip's
+//! layout, the optimizer state, and the refusals.
+
+use nanochat::checkpoint;
+use nanochat::cpu::gpt::Gpt;
+use nanochat::engine::load::load_engine;
+use nanochat::engine::GenConfig;
+use nanochat::optim::{MuonAdamW, SetupArgs};
+use nanochat::params::ParamTable;
+use nanochat::safetensors::{self, Dtype, Tensor};
+use nanochat::tokenizer::{self, load_tokenizer};
+use nanochat::upstream::{self, convert, torch_zip};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream-checkpoint-a")
+}
+
+fn imported() -> (tempfile::TempDir, convert::Imported) {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = convert::import(&fixture(), tmp.path(), "base", None, None).unwrap();
+    (tmp, r)
+}
+
+#[test]
+fn imported_forward_matches_upstream() {
+    let (tmp, r) = imported();
+    assert_eq!((r.tag.as_str(), r.step), ("d4", 3));
+    // dtypes.json: embeddings stored bf16, the rest fp32.
+    assert_eq!(r.dtypes["transformer.wte.weight"], Dtype::BF16);
+    assert_eq!(r.dtypes["value_embeds.1.weight"], Dtype::BF16);
+    assert_eq!(r.dtypes["lm_head.weight"], Dtype::F32);
+    let l = checkpoint::load(&r.dir, None, 0, None).unwrap();
+    let cfg = &l.meta.model_config;
+    assert_eq!((cfg.n_layer, cfg.n_embd, cfg.vocab_size), (4, 128, 512));
+    assert_eq!(cfg.window_pattern, "SSSL");
+    let exp = safetensors::read(&fixture().join("expected.safetensors")).unwrap();
+    let ids: Vec<u32> = exp
+        .get("inputs")
+        .unwrap()
+        .to_i64()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let tg: Vec<i32> = exp
+        .get("targets")
+        .unwrap()
+        .to_i64()
+        .iter()
+        .map(|&x| x as i32)
+        .collect();
+    let gpt = Gpt::new(cfg).unwrap();
+    let fwd = gpt.forward(&l.params, &ids, Some(&tg), 2, 128).unwrap();
+    let logits = fwd.logits_unpadded(512);
+    let want = exp.get("logits").unwrap().to_f32();
+    assert_eq!(logits.len(), want.len());
+    let max = logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max <= 1e-3, "logits max abs diff {max}");
+    let valid: Vec<f32> = fwd
+        .losses
+        .iter()
+        .zip(&tg)
+        .filter(|(_, &t)| t >= 0)
+        .map(|(l, _)| *l)
+        .collect();
+    let loss = valid.iter().map(|&x| x as f64).sum::<f64>() / valid.len() as f64;
+    let want_loss = exp.get("loss").unwrap().to_f32()[0] as f64;
+    assert!(
+        (loss - want_loss).abs() <= 1e-4,
+        "loss {loss} vs upstream {want_loss}"
+    );
+    drop(tmp);
+}
+
+#[test]
+fn imported_tokenizer_encodes_like_the_pickled_one() {
+    let (tmp, _) = imported();
+    let tok = load_tokenizer(tmp.path()).unwrap();
+    // The pickle holds 503 mergeable ranks (bytes 0..255 first) and 9 specials after them.
+    assert_eq!(tok.vocab_size(), 512);
+    assert_eq!(tok.mergeable_tokens().len(), 503);
+    assert_eq!(tok.mergeable_tokens()[0], vec![0u8]);
+    assert_eq!(tok.mergeable_tokens()[255], vec![255u8]);
+    for (i, name) in tokenizer::SPECIAL_TOKENS.iter().enumerate() {
+        assert_eq!(tok.special_id(name), Some(503 + i as u32), "{name}");
+    }
+    // `inputs` is upstream's tiktoken encoding of a text (BOS first): decoding and re-encoding gives it back
+    // (all but the last few tokens, where the 128-token cut may have split a piece).
+    let exp = safetensors::read(&fixture().join("expected.safetensors")).unwrap();
+    let ids: Vec<u32> = exp
+        .get("inputs")
+        .unwrap()
+        .to_i64()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let row = &ids[..128];
+    assert_eq!(row[0], tok.bos_id());
+    let text = tok.decode(&row[1..]);
+    let again = tok.encode_ordinary_bytes(&text);
+    assert_eq!(&again[..110], &row[1..111]);
+    // token_bytes.bin holds each token's raw byte length. Upstream's token_bytes.pt counts the UTF-8 length of
+    // the token decoded with replacement (an invalid byte becomes U+FFFD, 3 bytes): check both readings.
+    let mut tb = torch_zip::TorchFile::open(&fixture().join("tokenizer/token_bytes.pt")).unwrap();
+    let nanochat::upstream::pickle::Value::Tensor(t) = tb.root.clone() else {
+        panic!("not a tensor")
+    };
+    let upstream_tb: Vec<i64> = tb.tensor(&t, "token_bytes").unwrap().to_i64();
+    let have =
+        tokenizer::files::load_token_bytes(&tmp.path().join("tokenizer/token_bytes.bin")).unwrap();
+    assert_eq!(have.len(), 512);
+    for (i, tok_bytes) in tok.mergeable_tokens().iter().enumerate() {
+        assert_eq!(have[i] as usize, tok_bytes.len());
+        assert_eq!(
+            upstream_tb[i] as usize,
+            String::from_utf8_lossy(tok_bytes).len(),
+            "token {i}"
+        );
+    }
+    assert!(have[503..].iter().all(|&x| x == 0) && upstream_tb[503..].iter().all(|&x| x == 0));
+}
+
+#[test]
+fn greedy_chat_replies_match_upstream() {
+    let (tmp, _) = imported();
+    let (eng, card, _) = load_engine(tmp.path(), "base", None, None).unwrap();
+    assert_eq!(card.step, 3);
+    let text = std::fs::read_to_string(fixture().join("greedy_replies.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tok = &eng.tokenizer;
+    let sp = |n: &str| tok.special_id(n).unwrap();
+    for c in cases.as_array().unwrap() {
+        let want: Vec<u32> = c["reply_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        // upstream chat_cli: <|bos|> <|user_start|> prompt <|user_end|> <|assistant_start|>
+        let mut prompt = vec![tok.bos_id(), sp("<|user_start|>")];
+        prompt.extend(tok.encode_ordinary(c["prompt"].as_str().unwrap()));
+        prompt.extend([sp("<|user_end|>"), sp("<|assistant_start|>")]);
+        let cfg = GenConfig {
+            num_samples: 1,
+            max_tokens: Some(want.len()),
+            temperature: 0.0,
+            top_k: None,
+            seed: 42,
+        };
+        let mut got = Vec::new();
+        eng.generate(&prompt, &cfg, &mut |col, _| {
+            got.push(col[0]);
+            true
+        })
+        .unwrap();
+        assert_eq!(got, want, "prompt {}", c["prompt"]);
+        assert_eq!(
+            String::from_utf8_lossy(&tok.decode(&got)),
+            c["reply"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn export_then_import_is_bit_identical_and_zip_has_torch_layout() {
+    let (a, r) = imported();
+    let up = tempfile::tempdir().unwrap();
+    let (dir, step) = convert::export(a.path(), up.path(), "base", None, None).unwrap();
+    assert_eq!(step, 3);
+    let b = tempfile::tempdir().unwrap();
+    let r2 = convert::import(up.path(), b.path(), "base", None, None).unwrap();
+    let la = checkpoint::load(&r.dir, None, 0, None).unwrap();
+    let lb = checkpoint::load(&r2.dir, None, 0, None).unwrap();
+    assert_eq!(la.meta.model_config, lb.meta.model_config);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&la.params), bits(&lb.params));
+    assert_eq!(r.dtypes, r2.dtypes, "exported dtypes follow upstream's");
+    for f in [tokenizer::TOKENIZER_FILE, tokenizer::TOKEN_BYTES_FILE] {
+        let x = std::fs::read(a.path().join("tokenizer").join(f)).unwrap();
+        let y = std::fs::read(b.path().join("tokenizer").join(f)).unwrap();
+        assert_eq!(x, y, "{f}");
+    }
+
+    // The layout torch.load expects: <stem>/data.pkl, data/<key>, byteorder, version; stored, 64-byte aligned.
+    let bytes = std::fs::read(dir.join("model_000003.pt")).unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let table = ParamTable::new(&la.meta.model_config);
+    let mut names: Vec<String> = z.file_names().map(str::to_string).collect();
+    names.sort();
+    let mut want: Vec<String> = [
+        "data.pkl",
+        "byteorder",
+        "version",
+        ".format_version",
+        ".storage_alignment",
+    ]
+    .iter()
+    .map(|s| format!("model_000003/{s}"))
+    .chain((0..table.params.len()).map(|k| format!("model_000003/data/{k}")))
+    .collect();
+    want.sort();
+    assert_eq!(names, want);
+    for i in 0..z.len() {
+        let f = z.by_index(i).unwrap();
+        assert_eq!(
+            f.compression(),
+            zip::CompressionMethod::Stored,
+            "{}",
+            f.name()
+        );
+        if f.name().contains("/data/") {
+            assert_eq!(
+                f.data_start().unwrap() % 64,
+                0,
+                "{} not 64-byte aligned",
+                f.name()
+            );
+        }
+    }
+    let mut s = String::new();
+    z.by_name("model_000003/byteorder")
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "little");
+    let mut pkl = Vec::new();
+    z.by_name("model_000003/data.pkl")
+        .unwrap()
+        .read_to_end(&mut pkl)
+        .unwrap();
+    assert_eq!(&pkl[..2], b"\x80\x02");
+    let has = |needle: &[u8]| pkl.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"ccollections\nOrderedDict\n"));
+    assert!(has(b"ctorch._utils\n_rebuild_tensor_v2\n"));
+    assert!(has(b"ctorch\nBFloat16Storage\n") && has(b"ctorch\nFloatStorage\n"));
+    assert_eq!(*pkl.last().unwrap(), b'.');
+    // The first storage is wte in bf16: 512 x 128 x 2 bytes.
+    assert_eq!(
+        z.by_name("model_000003/data/0").unwrap().size(),
+        512 * 128 * 2
+    );
+    // The exported tokenizer.pkl reads back to the same tokenizer.
+    let t1 = upstream::read_tokenizer_pkl(&up.path().join("tokenizer/tokenizer.pkl")).unwrap();
+    let t0 = load_tokenizer(a.path()).unwrap();
+    assert_eq!(t1.mergeable_tokens(), t0.mergeable_tokens());
+    assert_eq!(t1.specials(), t0.specials());
+}
+
+#[test]
+fn optimizer_state_converts_and_loads() {
+    let (_tmp, r) = imported();
+    assert_eq!(r.optimizer_ranks, 1);
+    let l = checkpoint::load(&r.dir, None, 0, None).unwrap();
+    let state = l.optim.expect("optimizer state imported");
+    assert_eq!(state["step"].to_i64(), vec![3]);
+    // Upstream keeps AdamW state in the parameter's dtype: wte's exp_avg was bf16, now fp32, same values.
+    assert_eq!(
+        state["exp_avg.transformer.wte.weight"].shape,
+        vec![512, 128]
+    );
+    assert_eq!(
+        state["second_momentum_buffer.transformer.h.0.mlp.c_fc.weight"].shape,
+        vec![512, 1]
+    );
+    assert_eq!(
+        state["second_momentum_buffer.transformer.h.0.mlp.c_proj.weight"].shape,
+        vec![1, 512]
+    );
+    let table = ParamTable::new(&l.meta.model_config);
+    let mut opt = MuonAdamW::new(&table, &SetupArgs::default());
+    opt.load_state_tensors(&state).unwrap();
+    // After three steps the AdamW second moments are positive somewhere and never negative.
+    let v = state["exp_avg_sq.lm_head.weight"].to_f32();
+    assert!(v.iter().all(|&x| x >= 0.0) && v.iter().any(|&x| x > 0.0));
+}
+
+fn err_of<T>(r: Result<T, String>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn refusals_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture().join("base_checkpoints/d4/model_000003.pt");
+    let bytes = std::fs::read(&model).unwrap();
+    // Truncated zip.
+    let e = err_of(torch_zip::TorchFile::from_bytes(
+        bytes[..bytes.len() / 2].to_vec(),
+        "cut.pt",
+    ));
+    assert!(e.contains("cut.pt") && e.contains("truncated"), "{e}");
+
+    // A pickle naming another global.
+    let evil = tmp.path().join("evil.pt");
+    {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
+        let o = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("evil/data.pkl", o).unwrap();
+        z.write_all(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.")
+            .unwrap();
+        z.finish().unwrap();
+    }
+    let e = err_of(torch_zip::TorchFile::open(&evil).map(|_| ()));
+    assert!(e.contains("os.system") && e.contains("refused"), "{e}");
+
+    // A storage shorter than its tensor.
+    let short = tmp.path().join("short.pt");
+    let t = Tensor {
+        dtype: Dtype::F32,
+        shape: vec![4, 4],
+        data: vec![0u8; 4 * 10],
+    };
+    torch_zip::write_state_dict(&short, "short", &[("w".into(), t)]).unwrap();
+    let e = err_of(torch_zip::TorchFile::open(&short).and_then(|mut f| f.state_dict()));
+    assert!(e.contains("tensor w") && e.contains("16 elements"), "{e}");
+
+    // A shape that does not match the configuration.
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixture().join("base_checkpoints/d4/meta_000003.json")).unwrap(),
+    )
+    .unwrap();
+    let mut cfg: nanochat::config::ModelConfig =
+        serde_json::from_value(meta["model_config"].clone()).unwrap();
+    cfg.n_kv_head = 2;
+    let e = err_of(upstream::read_model_pt(&model, &cfg));
+    assert!(
+        e.contains("transformer.h.0.attn.c_k.weight") && e.contains("shape"),
+        "{e}"
+    );
+
+    // A tokenizer with another split pattern (digits in runs of up to 4: same length, so the pickle stays valid).
+    let pkl = std::fs::read(fixture().join("tokenizer/tokenizer.pkl")).unwrap();
+    let pos = pkl.windows(8).position(|w| w == b"\\p{N}{1,").unwrap();
+    let mut other = pkl.clone();
+    other[pos + 8] = b'4';
+    let bad = tmp.path().join("tokenizer.pkl");
+    std::fs::write(&bad, &other).unwrap();
+    let e = err_of(upstream::read_tokenizer_pkl(&bad));
+    assert!(e.contains("split pattern") && e.contains("{1,4}"), "{e}");
+}
