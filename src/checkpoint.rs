@@ -116,6 +116,18 @@ pub fn last_step(dir: &Path) -> Option<usize> {
     complete_steps(dir).last().copied()
 }
 
+/// Whether `dir` holds upstream's `model_<step>.pt` files.
+fn has_upstream_pt(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("model_") && n.ends_with(".pt")
+        })
+}
+
 /// A loaded checkpoint.
 pub struct Loaded {
     pub meta: Meta,
@@ -131,6 +143,14 @@ pub fn load(
     rank: usize,
     expect: Option<&ModelConfig>,
 ) -> Result<Loaded, String> {
+    let upstream_hint = has_upstream_pt(dir);
+    if upstream_hint && !model_file(dir, step.or_else(|| last_step(dir)).unwrap_or(0)).exists() {
+        return Err(format!(
+            "{} holds upstream nanochat .pt checkpoints, which this project reads only after conversion: run \
+             `import_checkpoint --from <that base dir>` (it writes this project's files under $NANOCHAT_BASE_DIR)",
+            dir.display()
+        ));
+    }
     let step = match step.or_else(|| last_step(dir)) {
         Some(s) => s,
         None => {
@@ -282,6 +302,15 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("no checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn upstream_pt_files_point_to_import_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("model_000005.pt"), b"PK").unwrap();
+        std::fs::write(tmp.path().join("meta_000005.json"), b"{}").unwrap();
+        let e = load(tmp.path(), None, 0, None).err().unwrap();
+        assert!(e.contains("import_checkpoint"), "{e}");
     }
 
     #[test]

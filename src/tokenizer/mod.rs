@@ -48,6 +48,13 @@ pub const TIKTOKEN_FILE: &str = "tokenizer.tiktoken";
 /// command that makes it.
 pub fn load_tokenizer(base: &Path) -> Result<Tokenizer, String> {
     let path = base.join("tokenizer").join(TOKENIZER_FILE);
+    if !path.exists() && base.join("tokenizer").join("tokenizer.pkl").exists() {
+        return Err(format!(
+            "{} has upstream nanochat's tokenizer.pkl but no {TOKENIZER_FILE}: run `import_checkpoint --from {}`",
+            base.join("tokenizer").display(),
+            base.display()
+        ));
+    }
     if !path.exists() {
         return Err(format!(
             "no tokenizer at {}: run `tok_train` first (see the README)",
