@@ -223,6 +223,7 @@ pub fn lambda_mix_backward(
 // Value-embedding gate: v (n, hkv, d) += 3·sigmoid(xn[:, :12] · Wgᵀ) (n, hkv) · ve (n, hkv, d)
 
 /// `gate (n, hkv)` saved; `v` updated in place.
+#[allow(clippy::too_many_arguments)] // the kernel launcher's argument order (outputs, saved, inputs, weights, sizes)
 pub fn ve_gate_forward(
     v: &mut [f32],
     gate: &mut [f32],
@@ -424,9 +425,9 @@ pub fn attention_forward(
                     m = m.max(sc);
                 }
                 let mut sum = 0.0f32;
-                for j in k0..=p {
-                    scores[j] = (scores[j] - m).exp();
-                    sum += scores[j];
+                for s in &mut scores[k0..=p] {
+                    *s = (*s - m).exp();
+                    sum += *s;
                 }
                 let orow = &mut o[p * d..(p + 1) * d];
                 for j in k0..=p {
