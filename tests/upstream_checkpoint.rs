@@ -349,3 +349,120 @@ fn refusals_are_clear_errors() {
     let e = err_of(upstream::read_tokenizer_pkl(&bad));
     assert!(e.contains("split pattern") && e.contains("{1,4}"), "{e}");
 }
+
+/// Splits our optimizer state into upstream's ZeRO-2 rank files (spec: AdamW tensors of >= 1024 elements by rows,
+/// smaller ones replicated; Muon group of K params in chunks of ceil(K/world), zero-padded, state at the group's
+/// first parameter) and writes them.
+fn write_zero2_shards(
+    dir: &Path,
+    table: &ParamTable,
+    state: &std::collections::BTreeMap<String, Tensor>,
+    world: usize,
+) {
+    use nanochat::upstream::pickle::Value;
+    let groups = convert::upstream_groups(table);
+    for r in 0..world {
+        let mut storages: Vec<Tensor> = Vec::new();
+        let mut add = |t: Tensor| {
+            storages.push(t.clone());
+            torch_zip::tensor_value(storages.len() - 1, &t)
+        };
+        let mut st = Vec::new();
+        let mut pg = Vec::new();
+        let mut id = 0i64;
+        for (gi, names) in groups.iter().enumerate() {
+            let ids: Vec<i64> = (id..id + names.len() as i64).collect();
+            id += names.len() as i64;
+            let muon = gi >= 6;
+            if muon {
+                let k = names.len();
+                let chunk = k.div_ceil(world);
+                let mut entry = Vec::new();
+                for buf in ["momentum_buffer", "second_momentum_buffer"] {
+                    let one = &state[&format!("{buf}.{}", names[0])];
+                    let per = one.numel();
+                    let mut vals = vec![0f32; chunk * per];
+                    for j in 0..chunk {
+                        if let Some(n) = names.get(r * chunk + j) {
+                            vals[j * per..(j + 1) * per]
+                                .copy_from_slice(&state[&format!("{buf}.{n}")].to_f32());
+                        }
+                    }
+                    let mut shape = vec![chunk];
+                    shape.extend(&one.shape);
+                    entry.push((Value::Str(buf.into()), add(Tensor::from_f32(shape, &vals))));
+                }
+                st.push((Value::Int(ids[0]), Value::Dict(entry)));
+            } else {
+                for (i, n) in ids.iter().zip(names) {
+                    let mut entry = vec![(Value::Str("step".into()), Value::Int(3))];
+                    for buf in ["exp_avg", "exp_avg_sq"] {
+                        let t = &state[&format!("{buf}.{n}")];
+                        let t = if t.numel() >= 1024 {
+                            let rows = t.shape[0] / world;
+                            let per = t.numel() / t.shape[0];
+                            let v = t.to_f32();
+                            let mut shape = t.shape.clone();
+                            shape[0] = rows;
+                            Tensor::from_f32(shape, &v[r * rows * per..(r + 1) * rows * per])
+                        } else {
+                            t.clone()
+                        };
+                        entry.push((Value::Str(buf.into()), add(t)));
+                    }
+                    st.push((Value::Int(*i), Value::Dict(entry)));
+                }
+            }
+            let kind = if muon { "muon" } else { "adamw" };
+            pg.push(Value::Dict(vec![
+                (Value::Str("kind".into()), Value::Str(kind.into())),
+                (
+                    Value::Str("params".into()),
+                    Value::List(ids.into_iter().map(Value::Int).collect()),
+                ),
+            ]));
+        }
+        let root = Value::Dict(vec![
+            (Value::Str("state".into()), Value::Dict(st)),
+            (Value::Str("param_groups".into()), Value::List(pg)),
+        ]);
+        let name = format!("optim_000003_rank{r}");
+        torch_zip::write_value(&dir.join(format!("{name}.pt")), &name, &root, &storages).unwrap();
+    }
+}
+
+#[test]
+fn zero2_optimizer_shards_of_two_ranks_merge_to_the_same_state() {
+    let (_a, r) = imported();
+    let one = checkpoint::load(&r.dir, None, 0, None).unwrap();
+    let state = one.optim.unwrap();
+    let table = ParamTable::new(&one.meta.model_config);
+    // An upstream base dir like the fixture's, but with its optimizer state split over two ranks.
+    let up = tempfile::tempdir().unwrap();
+    let d = up.path().join("base_checkpoints/d4");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(up.path().join("tokenizer")).unwrap();
+    std::fs::copy(
+        fixture().join("tokenizer/tokenizer.pkl"),
+        up.path().join("tokenizer/tokenizer.pkl"),
+    )
+    .unwrap();
+    for f in ["model_000003.pt", "meta_000003.json"] {
+        std::fs::copy(fixture().join("base_checkpoints/d4").join(f), d.join(f)).unwrap();
+    }
+    write_zero2_shards(&d, &table, &state, 2);
+    let b = tempfile::tempdir().unwrap();
+    let r2 = convert::import(up.path(), b.path(), "base", None, None).unwrap();
+    assert_eq!(r2.optimizer_ranks, 2);
+    let merged = checkpoint::load(&r2.dir, None, 0, None)
+        .unwrap()
+        .optim
+        .unwrap();
+    assert_eq!(
+        merged.keys().collect::<Vec<_>>(),
+        state.keys().collect::<Vec<_>>()
+    );
+    for (k, t) in &state {
+        assert_eq!(&merged[k], t, "{k}");
+    }
+}

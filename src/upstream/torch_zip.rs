@@ -263,3 +263,120 @@ fn write(path: &Path, name: &str, tensors: &[(String, Tensor)], dict: bool) -> R
     let bytes = zw.finish().map_err(zerr)?.into_inner();
     crate::checkpoint::write_atomic(path, &bytes)
 }
+
+impl PickleOut {
+    fn value(&mut self, v: &Value) -> Result<(), String> {
+        match v {
+            Value::None => self.0.push(b'N'),
+            Value::Bool(b) => self.0.push(if *b { 0x88 } else { 0x89 }),
+            Value::Int(i) => {
+                if (i32::MIN as i64..=i32::MAX as i64).contains(i) {
+                    self.0.push(b'J');
+                    self.0.extend_from_slice(&(*i as i32).to_le_bytes());
+                } else {
+                    self.0.extend_from_slice(&[0x8a, 8]);
+                    self.0.extend_from_slice(&i.to_le_bytes());
+                }
+            }
+            Value::Float(f) => {
+                self.0.push(b'G');
+                self.0.extend_from_slice(&f.to_be_bytes());
+            }
+            Value::Str(s) => self.str(s),
+            Value::Tuple(items) | Value::List(items) => {
+                let list = matches!(v, Value::List(_));
+                self.0.push(if list { b']' } else { b'(' });
+                if list {
+                    self.0.push(b'(');
+                }
+                for x in items {
+                    self.value(x)?;
+                }
+                self.0.push(if list { b'e' } else { b't' });
+            }
+            Value::Dict(items) => {
+                self.0.extend_from_slice(b"}(");
+                for (k, x) in items {
+                    self.value(k)?;
+                    self.value(x)?;
+                }
+                self.0.push(b'u');
+            }
+            Value::Tensor(t) => {
+                self.global("torch._utils", "_rebuild_tensor_v2");
+                self.0.extend_from_slice(b"((");
+                self.str("storage");
+                self.global("torch", t.kind.class());
+                self.str(&t.key);
+                self.str("cpu");
+                self.int(t.storage_numel);
+                self.0.extend_from_slice(b"tQ");
+                self.int(t.offset);
+                self.tuple_of(&t.shape);
+                self.tuple_of(&t.stride);
+                self.0.push(0x89);
+                self.global("collections", "OrderedDict");
+                self.0.extend_from_slice(b")RtR");
+            }
+            other => return Err(format!("cannot write a {other:?} into a torch file")),
+        }
+        Ok(())
+    }
+}
+
+/// Writes `torch.save(root)` for a tree of plain values whose tensors refer to `storages` by key (the index as a
+/// string): used for optimizer state dicts (`{'state': {...}, 'param_groups': [...]}`).
+pub fn write_value(
+    path: &Path,
+    name: &str,
+    root: &Value,
+    storages: &[Tensor],
+) -> Result<(), String> {
+    let mut p = PickleOut(vec![0x80, 2]);
+    p.value(root)?;
+    p.0.push(b'.');
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(
+            storages
+                .iter()
+                .any(|t| t.data.len() as u64 >= u32::MAX as u64),
+        )
+        .with_alignment(64);
+    let zerr = |e: zip::result::ZipError| format!("cannot write {}: {e}", path.display());
+    let ierr = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let mut entries: Vec<(String, &[u8])> = vec![
+        ("data.pkl".into(), &p.0),
+        (".format_version".into(), b"1"),
+        (".storage_alignment".into(), b"64"),
+        ("byteorder".into(), b"little"),
+    ];
+    for (k, t) in storages.iter().enumerate() {
+        entries.push((format!("data/{k}"), &t.data));
+    }
+    entries.push(("version".into(), b"3\n"));
+    for (entry, bytes) in entries {
+        zw.start_file(format!("{name}/{entry}"), opts)
+            .map_err(zerr)?;
+        zw.write_all(bytes).map_err(ierr)?;
+    }
+    let bytes = zw.finish().map_err(zerr)?.into_inner();
+    crate::checkpoint::write_atomic(path, &bytes)
+}
+
+/// A contiguous tensor value referring to storage `key`.
+pub fn tensor_value(key: usize, t: &Tensor) -> Value {
+    let mut stride = vec![1usize; t.shape.len()];
+    for d in (0..t.shape.len().saturating_sub(1)).rev() {
+        stride[d] = stride[d + 1] * t.shape[d + 1];
+    }
+    Value::Tensor(TensorRef {
+        key: key.to_string(),
+        kind: kind_of(t.dtype),
+        storage_numel: t.numel(),
+        offset: 0,
+        shape: t.shape.clone(),
+        stride,
+    })
+}
