@@ -395,7 +395,10 @@ fn write_zero2_shards(
                 st.push((Value::Int(ids[0]), Value::Dict(entry)));
             } else {
                 for (i, n) in ids.iter().zip(names) {
-                    let mut entry = vec![(Value::Str("step".into()), Value::Int(3))];
+                    let mut entry = vec![(
+                        Value::Str("step".into()),
+                        Value::Int(state["step"].to_i64()[0]),
+                    )];
                     for buf in ["exp_avg", "exp_avg_sq"] {
                         let t = &state[&format!("{buf}.{n}")];
                         let t = if t.numel() >= 1024 {
@@ -426,7 +429,7 @@ fn write_zero2_shards(
             (Value::Str("state".into()), Value::Dict(st)),
             (Value::Str("param_groups".into()), Value::List(pg)),
         ]);
-        let name = format!("optim_000003_rank{r}");
+        let name = format!("optim_{:06}_rank{r}", state["step"].to_i64()[0]);
         torch_zip::write_value(&dir.join(format!("{name}.pt")), &name, &root, &storages).unwrap();
     }
 }
@@ -465,4 +468,119 @@ fn zero2_optimizer_shards_of_two_ranks_merge_to_the_same_state() {
     for (k, t) in &state {
         assert_eq!(&merged[k], t, "{k}");
     }
+}
+
+const WORDS: &[&str] = &[
+    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small",
+    "red", "blue", "green", "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird",
+    "sky", "river", "stone",
+];
+
+/// A base directory with parquet shards of generated sentences, a tokenizer and token shards.
+fn prepare(base: &Path) {
+    use nanochat::data::{self, parquet::write_text_parquet};
+    let mut rng = nanochat::rng::Rng::new(7);
+    let docs: Vec<String> = (0..600)
+        .map(|_| {
+            let n = 5 + rng.below(60) as usize;
+            let w: Vec<&str> = (0..n)
+                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                .collect();
+            format!("{}.", w.join(" "))
+        })
+        .collect();
+    let dir = base.join(data::DEFAULT_DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, chunk) in docs.chunks(300).enumerate() {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        write_text_parquet(&dir.join(format!("shard_{i:05}.parquet")), &refs, 100).unwrap();
+    }
+    let tok = tokenizer::Tokenizer::train(docs.iter().cloned(), 320, 64, &mut |_, _| {}).unwrap();
+    std::fs::create_dir_all(base.join("tokenizer")).unwrap();
+    tok.save(&base.join("tokenizer").join(tokenizer::TOKENIZER_FILE))
+        .unwrap();
+    data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), &tok, false).unwrap();
+}
+
+fn train_args(extra: &[&str]) -> nanochat::train::run::TrainArgs {
+    use clap::Parser;
+    let mut a: Vec<&str> = vec![
+        "train_gpt",
+        "--depth",
+        "2",
+        "--aspect-ratio",
+        "32",
+        "--head-dim",
+        "32",
+        "--max-seq-len",
+        "64",
+        "--device-batch-size",
+        "4",
+        "--total-batch-size",
+        "256",
+        "--eval-every",
+        "0",
+        "--eval-tokens",
+        "512",
+        "--sample-every",
+        "0",
+        "--core-metric-every",
+        "0",
+        "--warmup-steps",
+        "2",
+    ];
+    a.extend(extra);
+    nanochat::train::run::TrainArgs::try_parse_from(a).unwrap()
+}
+
+#[test]
+fn train_gpt_resumes_from_an_imported_checkpoint_with_two_optimizer_shards() {
+    use nanochat::train::run::train;
+    // Train 3 steps here, write the result as upstream files with its optimizer split over two ZeRO-2 ranks,
+    // import that into a fresh base directory with the same data, and continue to step 6.
+    let a = tempfile::tempdir().unwrap();
+    prepare(a.path());
+    train(&train_args(&["--num-iterations", "3"]), a.path()).unwrap();
+    let orig = checkpoint::load(&a.path().join("base_checkpoints/d2"), None, 0, None).unwrap();
+    assert_eq!(orig.meta.step, 3);
+    let up = tempfile::tempdir().unwrap();
+    let (dir, _) = convert::export(a.path(), up.path(), "base", None, None).unwrap();
+    let table = ParamTable::new(&orig.meta.model_config);
+    write_zero2_shards(&dir, &table, orig.optim.as_ref().unwrap(), 2);
+
+    let b = tempfile::tempdir().unwrap();
+    prepare(b.path());
+    let r = convert::import(up.path(), b.path(), "base", None, None).unwrap();
+    assert_eq!((r.tag.as_str(), r.step, r.optimizer_ranks), ("d2", 3, 2));
+    let got = checkpoint::load(&r.dir, None, 0, None).unwrap();
+    // Upstream stores the embeddings (wte, value embeds) in bf16, so the export rounds them; the rest is exact.
+    let mut want = orig.params.clone();
+    for p in &table.params {
+        if table.slot(p.slot).dtype == nanochat::params::StoreDtype::Compute {
+            for x in &mut want[p.range.clone()] {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
+    }
+    assert_ne!(
+        want, orig.params,
+        "the run's fp32 embeddings are not all bf16 values"
+    );
+    assert_eq!(got.params, want);
+    assert_eq!(
+        got.optim, orig.optim,
+        "optimizer state survives export, two-rank split and import"
+    );
+    let resumed = train(
+        &train_args(&["--num-iterations", "6", "--resume"]),
+        b.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        (resumed.losses[0].0, resumed.losses.len()),
+        (3, 3),
+        "the resumed run starts at the imported step and runs to the end"
+    );
+    assert!(resumed.losses.iter().all(|(_, l)| l.is_finite()));
+    assert_eq!(checkpoint::last_step(&r.dir), Some(6));
 }
