@@ -211,13 +211,16 @@ pub fn upstream_groups(table: &ParamTable) -> Vec<Vec<String>> {
     groups
 }
 
+/// Optimizer state tensors by our names, and how many rank files they came from.
+type MergedState = (BTreeMap<String, Tensor>, usize);
+
 /// Reads every `optim_<step>_rank<r>.pt` (ZeRO-2 shards: large AdamW tensors split by rows, Muon groups split by
 /// parameter chunks) into our single optimizer state. None when the checkpoint has no optimizer files.
 fn import_optimizer(
     dir: &Path,
     step: usize,
     table: &ParamTable,
-) -> Result<Option<(BTreeMap<String, Tensor>, usize)>, String> {
+) -> Result<Option<MergedState>, String> {
     let path = |r: usize| dir.join(format!("optim_{step:06}_rank{r}.pt"));
     let world = (0..).take_while(|&r| path(r).exists()).count();
     if world == 0 {
