@@ -4,4 +4,5 @@
 pub mod eval;
 pub mod metrics;
 pub mod plan;
+pub mod ranks;
 pub mod run;
