@@ -3,7 +3,6 @@
 //! and the tests, NCCL ([`nccl`]) on GPUs.
 
 pub mod bootstrap;
-pub mod ddp;
 pub mod env;
 pub mod launch;
 pub mod nccl;

@@ -2,6 +2,7 @@
 //! the training loop. The model interface is [`crate::model`], checkpoint files are [`crate::checkpoint`].
 
 pub mod eval;
+pub mod grad_average;
 pub mod metrics;
 pub mod plan;
 pub mod ranks;

@@ -3,6 +3,7 @@
 //! train one step of `grad_accum` micro-batches, log.
 
 use super::eval::{bpb_sums, sample_greedy, SAMPLE_PROMPTS};
+use super::grad_average::GradAverage;
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
 use super::ranks::{self, Ranks};
@@ -16,7 +17,6 @@ use crate::data::loader::{DataLoader, LoaderConfig, LoaderState};
 use crate::data::shards::TokenizerId;
 use crate::data::Split;
 use crate::device::model::KernelModel;
-use crate::dist::ddp::GradAverage;
 use crate::model::ModelDevice;
 use crate::optim::schedule::Schedule;
 use crate::optim::StepSettings;

@@ -2,8 +2,8 @@
 //! micro-batches, the gradients are averaged over the ranks on the host and every rank takes the same full
 //! step, so the parameters stay identical. (The CPU reference shards its optimizer instead: `optim::zero`.)
 
-use super::{ReduceOp, SharedComm};
 use crate::config::ModelConfig;
+use crate::dist::{ReduceOp, SharedComm};
 use crate::model::ModelDevice;
 use crate::optim::StepSettings;
 use crate::params::ParamTable;
