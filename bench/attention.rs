@@ -12,14 +12,14 @@
 use clap::Parser;
 use half::bf16;
 use nanochat::backend::Backend;
-use nanochat::cpu::ops;
+use nanochat::device::check::{self, Scale};
 use nanochat::device::kernels::attention::{
     attention_backward, attention_forward, forward_flops, AttnImpl, AttnShape,
 };
+use nanochat::device::roofline::time;
 use nanochat::device::{Buffer, Device, Result, Schedule};
 use nanochat::rng::Rng;
 use std::process::ExitCode;
-use std::time::Instant;
 
 /// FlashAttention-2 on H100 SXM, forward + backward, causal, T 2048, head_dim 128 (Dao, 2023, fig. 7).
 const FA2_FWD_BWD_TFLOPS: f64 = 265.0;
@@ -59,7 +59,6 @@ struct Problem {
     dk: Buffer,
     dv: Buffer,
     delta: Buffer,
-    host: [Vec<f32>; 4],
 }
 
 fn problem(d: &dyn Device, s: AttnShape, seed: u64) -> Result<Problem> {
@@ -86,7 +85,6 @@ fn problem(d: &dyn Device, s: AttnShape, seed: u64) -> Result<Problem> {
         dk: d.alloc(2 * nk)?,
         dv: d.alloc(2 * nk)?,
         delta: d.alloc(4 * nl)?,
-        host,
     })
 }
 
@@ -122,86 +120,11 @@ fn backward(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<()> {
     )
 }
 
-/// out, lse, dq, dk, dv of one implementation, as f32 on the host.
-fn results(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<[Vec<f32>; 5]> {
-    forward(d, p, imp)?;
-    backward(d, p, imp)?;
-    let s = p.s;
-    let (nq, nk, nl) = (
-        s.b * s.t * s.h * s.d,
-        s.b * s.t * s.hkv * s.d,
-        s.b * s.h * s.t,
-    );
-    let h = |b: &Buffer, n: usize| -> Result<Vec<f32>> {
-        Ok(d.download_vec::<bf16>(b.ptr(), n)?
-            .iter()
-            .map(|v| v.to_f32())
-            .collect())
-    };
-    Ok([
-        h(&p.out, nq)?,
-        d.download_vec::<f32>(p.lse.ptr(), nl)?,
-        h(&p.dq, nq)?,
-        h(&p.dk, nk)?,
-        h(&p.dv, nk)?,
-    ])
-}
-
-/// Largest |a − b| relative to max |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let big = b.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / big
-}
-
-/// Flash vs naive and vs the CPU reference (its backward fed the flash kernel's own bf16 out and lse).
-fn check(d: &dyn Device, s: AttnShape) -> Result<bool> {
-    let p = problem(d, s, 11)?;
-    let naive = results(d, &p, AttnImpl::Naive)?;
-    let flash = results(d, &p, AttnImpl::Flash)?;
-    let [q, k, v, go] = &p.host;
-    let (nq, nk) = (q.len(), k.len());
-    let mut out = vec![0f32; nq];
-    let mut lse = vec![0f32; s.b * s.h * s.t];
-    ops::attention_forward(&mut out, &mut lse, q, k, v, s);
-    let (mut dq, mut dk, mut dv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
-    ops::attention_backward(
-        &mut dq, &mut dk, &mut dv, go, &flash[0], &flash[1], q, k, v, s,
-    );
-    let cpu = [out, lse, dq, dk, dv];
-    let names = ["out", "lse", "dq", "dk", "dv"];
-    let mut ok = true;
-    for i in 0..5 {
-        let (vn, vc) = (rel_err(&flash[i], &naive[i]), rel_err(&flash[i], &cpu[i]));
-        // bf16 outputs: a few units of 2^-8 of the tensor's largest value.
-        let pass = vn < 2e-2 && vc < 2e-2;
-        ok &= pass;
-        println!(
-            "  {} {s:?} {:<4} flash vs naive {vn:.1e}, vs cpu {vc:.1e}",
-            if pass { "PASS" } else { "FAIL" },
-            names[i]
-        );
-    }
-    Ok(ok)
-}
-
-fn time(d: &dyn Device, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    d.synchronize()?;
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f()?;
-    }
-    d.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() / iters as f64)
-}
-
 fn bench(d: &dyn Device, s: AttnShape, imp: AttnImpl, iters: usize) -> Result<()> {
     let p = problem(d, s, 5)?;
     let fl = forward_flops(&s);
-    let tf = time(d, iters, &|| forward(d, &p, imp))?;
-    let tb = time(d, iters, &|| backward(d, &p, imp))?;
+    let tf = time(d, iters, || forward(d, &p, imp))?;
+    let tb = time(d, iters, || backward(d, &p, imp))?;
     let w = if s.window >= s.t {
         "causal".to_string()
     } else {
@@ -234,24 +157,15 @@ fn main() -> ExitCode {
     };
     let d = dev.as_ref();
     println!("device: {}", d.name());
-    let checks: Vec<AttnShape> = if args.device == Backend::Emu {
-        vec![shape(1, 77, 4, 2, 64, 20), shape(1, 70, 2, 1, 128, 1000)]
+    let scale = if args.device == Backend::Emu {
+        Scale::Small
     } else {
-        vec![
-            shape(2, 1000, 4, 2, 128, 300),
-            shape(1, 777, 8, 2, 64, 10_000),
-        ]
+        Scale::Large
     };
-    let mut ok = true;
-    for s in checks {
-        match check(d, s) {
-            Ok(pass) => ok &= pass,
-            Err(e) => {
-                println!("  FAIL {s:?}: {e}");
-                ok = false;
-            }
-        }
-    }
+    let attention_checks = check::all()
+        .into_iter()
+        .filter(|c| c.name.starts_with("attention"));
+    let mut ok = check::run(d, scale, attention_checks) == 0;
     if args.device == Backend::Cuda {
         // FlashAttention-2's shape: 16k tokens, hidden 2048, causal, T 2048 (head_dim 128 and 64), then
         // nanochat-like sliding windows and GQA; the naive kernels once, as the floor.

@@ -18,14 +18,10 @@ use nanochat::device::check::{self, Scale};
 use nanochat::device::emu::EmuDevice;
 use nanochat::device::kernels::muon::{self, MuonScratch, Stack};
 use nanochat::device::kernels::{elementwise, embedding};
+use nanochat::device::roofline::{pct_cell, time, Peaks};
 use nanochat::device::{Arg, Buffer, Device, Dim3, Dtype, Gemm, Result, Schedule};
 use nanochat::optim::muon::MuonHyper;
 use std::process::ExitCode;
-use std::time::Instant;
-
-/// H100 SXM peaks the percentages refer to.
-const PEAK_BYTES_PER_S: f64 = 3.35e12;
-const PEAK_BF16_FLOPS: f64 = 989e12;
 
 #[derive(Parser)]
 #[command(about = "Kernel benchmark (roofline table) and GPU self-check")]
@@ -290,11 +286,12 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         d.alloc(4 * v * c)?,
         d.alloc(2 * r * c)?,
     );
-    let ids_dev = d.upload_new(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+    let ids_dev = d.alloc(embedding::ids_bytes(ids.len()))?;
+    let dids = embedding::upload_ids(d, ids_dev.ptr(), &ids, v)?;
     for (buf, bytes) in [(&table, 2 * v * c), (&dtable, 4 * v * c), (&emb, 2 * r * c)] {
         d.zero(buf.ptr(), bytes)?;
     }
-    let (tp, ep, ip, dp) = (table.ptr(), emb.ptr(), ids_dev.ptr(), dtable.ptr());
+    let (tp, ep, ip, dp) = (table.ptr(), emb.ptr(), dids.ids, dtable.ptr());
     let fwd_ids = ids.clone();
     out.push(Bench {
         name: "embedding_forward".into(),
@@ -303,13 +300,14 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         flops: 0.0,
         launch: Box::new(move |d, _| embedding::embedding_forward(d, ep, ip, tp, &fwd_ids, v, c)),
     });
-    // Reads the rows' gradients (bf16) and read-modify-writes their table rows (fp32); host bucketing included.
+    // Reads the rows' gradients (bf16) and read-modify-writes their table rows (fp32); the buckets were
+    // uploaded once, as the model does once per micro-batch.
     out.push(Bench {
-        name: "embedding_backward (incl. host sort)".into(),
+        name: "embedding_backward".into(),
         blocks: vec![0],
         bytes: rc * (2.0 + 8.0),
         flops: 0.0,
-        launch: Box::new(move |d, _| embedding::embedding_backward(d, dp, ep, &ids, v, c)),
+        launch: Box::new(move |d, _| embedding::embedding_backward(d, dp, ep, &dids, c)),
     });
     keep.extend([table, dtable, emb, ids_dev]);
     // One Muon step over d20's stacks of c_fc (20 x 5120x1280) and of q/k/v/proj (80 x 1280x1280): Nesterov,
@@ -363,38 +361,6 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         });
     }
     Ok((out, keep))
-}
-
-fn time(d: &dyn Device, b: &Bench, block: u32, iters: usize) -> Result<f64> {
-    for _ in 0..3 {
-        (b.launch)(d, block)?;
-    }
-    d.synchronize()?;
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        (b.launch)(d, block)?;
-    }
-    d.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() / iters as f64)
-}
-
-fn run_checks(d: &dyn Device, scale: Scale) -> usize {
-    let mut failures = 0;
-    for c in check::all().into_iter().chain(check::ptx_helper_checks()) {
-        let t0 = Instant::now();
-        match (c.run)(d, scale) {
-            Ok(s) => println!(
-                "  PASS {:<48} {s} ({:.1} s)",
-                c.name,
-                t0.elapsed().as_secs_f64()
-            ),
-            Err(e) => {
-                failures += 1;
-                println!("  FAIL {:<48} {e}", c.name)
-            }
-        }
-    }
-    failures
 }
 
 /// Runs `kernel` on `d` with `inputs` uploaded (as i32 words) and an output of `out_words` i32, and
@@ -536,7 +502,12 @@ fn main() -> ExitCode {
     };
     println!("device: {}", d.name());
     println!("kernel checks against the CPU reference ({scale:?} shapes):");
-    let mut failures = run_checks(d, scale);
+    let mut failures = check::run(
+        d,
+        scale,
+        check::all().into_iter().chain(check::ptx_helper_checks()),
+    );
+    let peaks = Peaks::of(d);
     if args.selfcheck {
         println!("self-test kernels, this device vs the emulator (forward schedule):");
         match cross_check(d) {
@@ -566,15 +537,16 @@ fn main() -> ExitCode {
         );
         for b in &bs {
             for &block in &b.blocks {
-                match time(d, b, block, iters) {
+                match time(d, iters, || (b.launch)(d, block)) {
                     Ok(t) => {
                         let (rate, pct) = if b.flops > 0.0 {
-                            (b.flops / t / 1e12, 100.0 * b.flops / t / PEAK_BF16_FLOPS)
+                            (b.flops / t / 1e12, peaks.flops_pct(b.flops, t))
                         } else {
-                            (b.bytes / t / 1e9, 100.0 * b.bytes / t / PEAK_BYTES_PER_S)
+                            (b.bytes / t / 1e9, peaks.bytes_pct(b.bytes, t))
                         };
+                        let pct = pct_cell(pct);
                         println!(
-                            "{:<36} {:>6} {:>10.1} {:>12.1} {:>7.1}%",
+                            "{:<36} {:>6} {:>10.1} {:>12.1} {:>8}",
                             b.name,
                             block,
                             t * 1e6,
@@ -589,11 +561,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        println!(
-            "(peaks: H100 SXM {:.2} TB/s HBM, {:.0} TFLOP/s bf16 dense)",
-            PEAK_BYTES_PER_S / 1e12,
-            PEAK_BF16_FLOPS / 1e12
-        );
+        println!("({})", peaks.describe());
     }
     if failures > 0 {
         println!("{failures} failure(s)");

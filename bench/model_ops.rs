@@ -1,5 +1,5 @@
 //! Benchmark of the fused RoPE + QK-norm kernels and the gated model ops (value-embedding gate, smear,
-//! backout): time per call and GB/s against the H100 SXM memory bandwidth, at a depth-20 nanochat shape.
+//! backout): time per call and GB/s against the memory bandwidth of the device it runs on, at a depth-20 nanochat shape.
 //!
 //! ```text
 //! model_ops_bench                 on a GPU: check the forward kernels against the CPU reference, then time
@@ -13,15 +13,13 @@ use clap::Parser;
 use half::bf16;
 use nanochat::backend::Backend;
 use nanochat::cpu::ops;
+use nanochat::device::check::{self, Scale};
 use nanochat::device::kernels::model_ops::{self, GateShape};
 use nanochat::device::kernels::rope_qknorm::{self, RopeShape};
+use nanochat::device::roofline::{pct_cell, time, Peaks};
 use nanochat::device::{Buffer, Device, Result, Schedule};
 use nanochat::rng::Rng;
 use std::process::ExitCode;
-use std::time::Instant;
-
-/// H100 SXM memory bandwidth the percentages refer to.
-const PEAK_BYTES_PER_S: f64 = 3.35e12;
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +45,7 @@ struct Shape {
     d: usize,
 }
 
-/// Device buffers of one problem, and the host copies the checks need.
+/// Device buffers of one problem.
 struct Problem {
     s: Shape,
     qkv: Buffer,
@@ -66,11 +64,6 @@ struct Problem {
     params: Buffer,
     dparams: Buffer,
     scratch: Buffer,
-    host_qkv: Vec<f32>,
-    host_x: Vec<f32>,
-    host_x2: Vec<f32>,
-    host_cos: Vec<f32>,
-    host_sin: Vec<f32>,
 }
 
 const K_VE: usize = 12;
@@ -116,11 +109,6 @@ fn problem(d: &dyn Device, s: Shape) -> Result<Problem> {
         dparams: d.upload_new(&vec![0f32; params.len()])?,
         params: d.upload_new(&params)?,
         scratch: d.alloc(4 * scratch)?,
-        host_qkv,
-        host_x,
-        host_x2,
-        host_cos,
-        host_sin,
     })
 }
 
@@ -300,85 +288,6 @@ fn kernels<'a>(d: &'a dyn Device, p: &'a Problem) -> Vec<(&'static str, f64, Run
     ]
 }
 
-/// Largest |a − b| relative to max |b|.
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let big = b.iter().fold(1e-2f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / big
-}
-
-fn down(d: &dyn Device, b: &Buffer, n: usize) -> Result<Vec<f32>> {
-    Ok(d.download_vec::<bf16>(b.ptr(), n)?
-        .iter()
-        .map(|v| v.to_f32())
-        .collect())
-}
-
-/// The forward kernels against the CPU reference: RoPE + QK-norm on q, smear, backout.
-fn check(d: &dyn Device, p: &Problem) -> Result<bool> {
-    let s = p.s;
-    let stride = (s.h + 2 * s.hkv) * s.d;
-    let run = kernels(d, p);
-    run[0].2()?;
-    let mut q: Vec<f32> = p
-        .host_qkv
-        .chunks_exact(stride)
-        .flat_map(|r| r[..s.h * s.d].iter().copied())
-        .collect();
-    ops::rope_forward(&mut q, &p.host_cos, &p.host_sin, s.t, s.h, s.d, 0);
-    let (mut want, mut rstd) = (vec![0f32; q.len()], vec![0f32; s.n * s.h]);
-    ops::qk_norm_forward(&mut want, &mut rstd, &q, s.d);
-    let e_rope = rel_err(&down(d, &p.q, q.len())?, &want);
-
-    let mut params = d.download_vec::<f32>(p.params.ptr(), s.hkv * K_VE + K_SMEAR + 1)?;
-    let lambda = params.pop().unwrap_or(LAMBDA);
-    run[4].2()?;
-    let (mut want, mut g) = (vec![0f32; s.n * s.c], vec![0f32; s.n]);
-    let gate = &params[s.hkv * K_VE..];
-    ops::smear_forward(
-        &mut want,
-        &mut g,
-        &p.host_x,
-        gate,
-        lambda,
-        s.n / s.t,
-        s.t,
-        s.c,
-    );
-    let e_smear = rel_err(&down(d, &p.out, s.n * s.c)?, &want);
-
-    run[6].2()?;
-    ops::backout_forward(&mut want, &p.host_x, &p.host_x2, lambda);
-    let e_backout = rel_err(&down(d, &p.out, s.n * s.c)?, &want);
-
-    let mut ok = true;
-    for (name, e) in [
-        ("rope_qknorm", e_rope),
-        ("smear", e_smear),
-        ("backout", e_backout),
-    ] {
-        let pass = e < 1e-2;
-        ok &= pass;
-        println!(
-            "  {} {name:<12} vs cpu {e:.1e}",
-            if pass { "PASS" } else { "FAIL" }
-        );
-    }
-    Ok(ok)
-}
-
-fn time(d: &dyn Device, iters: usize, f: &dyn Fn() -> Result<()>) -> Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    d.synchronize()?;
-    let t0 = Instant::now();
-    for _ in 0..iters {
-        f()?;
-    }
-    d.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() / iters.max(1) as f64)
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let dev = match args.device.kernel_device(Schedule::Forward) {
@@ -410,20 +319,31 @@ fn main() -> ExitCode {
             d: 128,
         }
     };
+    let scale = if args.device == Backend::Emu {
+        Scale::Small
+    } else {
+        Scale::Large
+    };
+    let names = ["rope_qknorm", "ve_gate", "smear", "backout"];
+    let model_op_checks = check::all()
+        .into_iter()
+        .filter(|c| names.iter().any(|n| c.name.starts_with(n)));
+    let ok = check::run(d, scale, model_op_checks) == 0;
+    let peaks = Peaks::of(d);
     let result = problem(d, s).and_then(|p| {
-        let ok = check(d, &p)?;
         if args.device == Backend::Cuda {
             println!("{s:?}");
             for (name, bytes, run) in kernels(d, &p) {
                 let t = time(d, args.iters, &run)?;
                 let bw = bytes / t;
+                let pct = pct_cell(peaks.bytes_pct(bytes, t));
                 println!(
-                    "{name:<26} {:>8.1} us {:>7.0} GB/s {:>5.1}% of peak",
+                    "{name:<26} {:>8.1} us {:>7.0} GB/s {pct:>7} of peak",
                     t * 1e6,
-                    bw / 1e9,
-                    100.0 * bw / PEAK_BYTES_PER_S
+                    bw / 1e9
                 );
             }
+            println!("({})", peaks.describe());
         } else {
             for (name, _, run) in kernels(d, &p) {
                 run()?;

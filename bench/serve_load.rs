@@ -15,10 +15,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nanochat::checkpoint::{self, LoopState, Meta};
 use nanochat::config::ModelConfig;
 use nanochat::params::ParamTable;
 use nanochat::tokenizer::{Tokenizer, TOKENIZER_FILE};
-use nanochat::train::checkpoint::{self, LoopState, Meta};
 
 const CLIENTS: usize = 16;
 const MIN_WAVES: usize = 4;
@@ -272,7 +272,7 @@ fn main() {
         println!("  FAILED: no request was answered 200");
         failed = true;
     }
-    if !(growth < RSS_LIMIT_MIB) {
+    if growth.is_nan() || growth >= RSS_LIMIT_MIB {
         println!("  FAILED: RSS grew {growth:.1} MiB");
         failed = true;
     }

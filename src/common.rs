@@ -59,7 +59,10 @@ pub fn peak_bandwidth(device_name: &str) -> Option<f64> {
         (&|| has("h100"), 3.35e12),
         (&|| has("h800") && has("pcie"), 2.0e12),
         (&|| has("h800"), 3.35e12),
-        (&|| has("a100") || has("a800"), 2.0e12),
+        // A100: 40 GB HBM2 1.555 TB/s; 80 GB HBM2e 1.935 TB/s (PCIe), 2.039 TB/s (SXM).
+        (&|| (has("a100") || has("a800")) && has("40gb"), 1.555e12),
+        (&|| (has("a100") || has("a800")) && has("pcie"), 1.935e12),
+        (&|| has("a100") || has("a800"), 2.039e12),
         (&|| has("a40"), 696e9),
         (&|| has("a30"), 933e9),
         (&|| has("l40s"), 864e9),

@@ -39,9 +39,23 @@ fn kernel_bench_runs_every_row_on_the_emulator() {
 #[test]
 fn attention_and_model_ops_benches_run_on_the_emulator() {
     let text = run(env!("CARGO_BIN_EXE_attention_bench"), &["--device", "emu"]);
-    for imp in ["Flash b1 t80", "Naive b1 t80"] {
-        assert!(text.contains(imp), "{imp} missing:\n{text}");
+    // The checks of device::check, then the timing path.
+    for line in [
+        "PASS attention flash",
+        "PASS attention naive",
+        "Flash b1 t80",
+        "Naive b1 t80",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
     }
     let text = run(env!("CARGO_BIN_EXE_model_ops_bench"), &["--device", "emu"]);
-    assert!(text.contains("ran "), "{text}");
+    for line in [
+        "PASS rope_qknorm",
+        "PASS ve_gate",
+        "PASS smear",
+        "PASS backout",
+        "ran ",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
 }

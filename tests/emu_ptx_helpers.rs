@@ -4,15 +4,10 @@
 //! Kernels: cuda/tests/ptx_check.cu. The same kernels run on a GPU in the self-check (asm vs reference).
 
 use half::bf16;
-use nanochat::device::emu::EmuDevice;
-use nanochat::device::{Arg, Device, Dim3, Schedule};
+use nanochat::device::{Arg, Device, Dim3};
 
-fn devices() -> Vec<(Schedule, Box<dyn Device>)> {
-    Schedule::ALL
-        .iter()
-        .map(|&s| (s, Box::new(EmuDevice::new(s)) as Box<dyn Device>))
-        .collect()
-}
+mod common;
+use common::devices;
 
 fn bits(v: &[f32]) -> Vec<u16> {
     v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()

@@ -5,12 +5,8 @@
 use nanochat::device::emu::EmuDevice;
 use nanochat::device::{Arg, Device, Dim3, Schedule};
 
-fn devices() -> Vec<(Schedule, Box<dyn Device>)> {
-    Schedule::ALL
-        .iter()
-        .map(|&s| (s, Box::new(EmuDevice::new(s)) as Box<dyn Device>))
-        .collect()
-}
+mod common;
+use common::devices;
 
 #[test]
 fn registry_lists_the_kernels() {

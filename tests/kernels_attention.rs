@@ -7,15 +7,11 @@ use half::bf16;
 use nanochat::cpu::ops;
 use nanochat::device::emu::EmuDevice;
 use nanochat::device::kernels::attention::{self, AttnImpl, AttnShape};
-use nanochat::device::{DevPtr, Device, Schedule};
+use nanochat::device::{Device, Schedule};
 use nanochat::rng::Rng;
 
-fn devices() -> Vec<(Schedule, Box<dyn Device>)> {
-    Schedule::ALL
-        .iter()
-        .map(|&s| (s, Box::new(EmuDevice::new(s)) as Box<dyn Device>))
-        .collect()
-}
+mod common;
+use common::{assert_close_to_peak, devices, down_bf16, randn, round_bf16, to_bf16};
 
 fn shape(b: usize, t: usize, h: usize, hkv: usize, d: usize, window: usize) -> AttnShape {
     AttnShape {
@@ -43,43 +39,6 @@ fn cases() -> Vec<AttnShape> {
         shape(1, 130, 1, 1, 64, 127), // unmasked tiles (below the diagonal, inside the window)
         shape(1, 100, 1, 1, 128, usize::MAX), // the same at head_dim 128 (32-query dK/dV steps)
     ]
-}
-
-/// Values in [-scale, scale), rounded to bf16 (so the device and the reference see the same inputs).
-fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| bf16::from_f32(rng.uniform(-scale, scale)).to_f32())
-        .collect()
-}
-
-fn to_bf16(x: &[f32]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f32(v)).collect()
-}
-
-fn round_bf16(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
-}
-
-fn down_bf16(dev: &dyn Device, p: DevPtr, n: usize) -> Vec<f32> {
-    dev.download_vec::<bf16>(p, n)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_f32())
-        .collect()
-}
-
-/// |got − want| ≤ rel·|want| + abs·max(max|want|, 0.01): bf16 outputs (2^-8 relative) and bf16
-/// probabilities in the flash kernels' PV products; errors scale with the tensor's magnitude, not each
-/// element's (the 0.01 floor covers gradients that cancel to zero, e.g. window 0's dq).
-fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let big = want.iter().fold(0.01f32, |m, w| m.max(w.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rel * w.abs() + abs * big,
-            "{what}[{i}]: {g} vs {w} (max |want| {big})"
-        );
-    }
 }
 
 struct Inputs {
@@ -128,7 +87,7 @@ fn check_forward(imp: AttnImpl) {
             )
             .unwrap();
             let what = format!("{imp:?} {sched:?} {s:?}");
-            assert_close(
+            assert_close_to_peak(
                 &down_bf16(d, out.ptr(), nq),
                 &want,
                 1e-2,
@@ -136,7 +95,7 @@ fn check_forward(imp: AttnImpl) {
                 &format!("{what} out"),
             );
             let got_lse = d.download_vec::<f32>(lse.ptr(), nl).unwrap();
-            assert_close(&got_lse, &want_lse, 1e-3, 1e-3, &format!("{what} lse"));
+            assert_close_to_peak(&got_lse, &want_lse, 1e-3, 1e-3, &format!("{what} lse"));
         }
     }
 }
@@ -181,21 +140,21 @@ fn check_backward(imp: AttnImpl) {
             )
             .unwrap();
             let what = format!("{imp:?} {sched:?} {s:?}");
-            assert_close(
+            assert_close_to_peak(
                 &down_bf16(d, gq.ptr(), nq),
                 &dq,
                 2e-2,
                 1e-2,
                 &format!("{what} dq"),
             );
-            assert_close(
+            assert_close_to_peak(
                 &down_bf16(d, gk.ptr(), nk),
                 &dk,
                 2e-2,
                 1e-2,
                 &format!("{what} dk"),
             );
-            assert_close(
+            assert_close_to_peak(
                 &down_bf16(d, gv.ptr(), nk),
                 &dv,
                 2e-2,

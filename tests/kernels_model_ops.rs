@@ -7,44 +7,11 @@ use nanochat::cpu::ops;
 use nanochat::device::emu::EmuDevice;
 use nanochat::device::kernels::model_ops::{self, GateShape};
 use nanochat::device::kernels::rope_qknorm::{self, RopeShape};
-use nanochat::device::{DevPtr, Device, Schedule};
+use nanochat::device::{Device, Schedule};
 use nanochat::rng::Rng;
 
-fn devices() -> Vec<(Schedule, Box<dyn Device>)> {
-    Schedule::ALL
-        .iter()
-        .map(|&s| (s, Box::new(EmuDevice::new(s)) as Box<dyn Device>))
-        .collect()
-}
-
-/// Values in [-scale, scale), rounded to bf16 (so the device and the reference see the same inputs).
-fn randn(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| bf16::from_f32(rng.uniform(-scale, scale)).to_f32())
-        .collect()
-}
-
-fn to_bf16(x: &[f32]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f32(v)).collect()
-}
-
-fn down_bf16(dev: &dyn Device, p: DevPtr, n: usize) -> Vec<f32> {
-    dev.download_vec::<bf16>(p, n)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_f32())
-        .collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= abs + rel * w.abs(),
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
-}
+mod common;
+use common::{assert_close, devices, down_bf16, randn, to_bf16};
 
 /// Columns `[col, col + w)` of each row of a row-major `(n, stride)` matrix.
 fn columns(x: &[f32], stride: usize, col: usize, w: usize) -> Vec<f32> {

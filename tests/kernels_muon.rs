@@ -8,12 +8,8 @@ use nanochat::device::{Device, Schedule};
 use nanochat::optim::muon as cpu;
 use nanochat::rng::Rng;
 
-fn devices() -> Vec<(Schedule, Box<dyn Device>)> {
-    Schedule::ALL
-        .iter()
-        .map(|&s| (s, Box::new(EmuDevice::new(s)) as Box<dyn Device>))
-        .collect()
-}
+mod common;
+use common::{assert_close, devices, round_bf16, uniform};
 
 /// Tall, wide and square shapes; rows longer than a block (300), single rows and columns, odd sizes.
 const SHAPES: [(usize, usize); 7] = [
@@ -25,20 +21,6 @@ const SHAPES: [(usize, usize); 7] = [
     (1, 7),
     (9, 1),
 ];
-
-fn uniform(rng: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.uniform(lo, hi)).collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= abs + rel * w.abs(),
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
-}
 
 /// Runs `each` over every schedule, shape and K = 1..3 with a fresh stack description.
 fn for_all(mut each: impl FnMut(Schedule, &dyn Device, Stack, &mut Rng)) {
@@ -257,12 +239,6 @@ fn oversized_statistics_are_an_error() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("statistics"), "{e}");
-}
-
-fn round_bf16(x: &[f32]) -> Vec<f32> {
-    x.iter()
-        .map(|&v| half::bf16::from_f32(v).to_f32())
-        .collect()
 }
 
 /// Largest difference relative to the largest reference magnitude: the bf16 pipelines differ from the CPU

@@ -1,6 +1,9 @@
-//! Parity with upstream nanochat on the shipped fixture, and the `parity` binary on fixtures of other shapes
-//! (GQA, odd depth, padded vocabulary, pattern "SL", T = 320) written in the same format: the CPU reference
-//! with fp32 tolerances, the kernels (run by the emulator) with bf16 tolerances.
+//! Parity with upstream nanochat on the two shipped fixtures (`nanochat-ref-a`, and `nanochat-ref-c`: GQA 3:1,
+//! five layers, vocabulary 1000 padded to 1024, "SSL", T 192): the CPU reference within about ten times the
+//! errors it achieves (far tighter than the fixtures' suggested fp32 limits, so an accuracy regression fails),
+//! the kernels (run by the emulator) with bf16 tolerances. Also the `parity` binary on fixtures of other shapes
+//! that `write_fixture` makes from this implementation's own CPU numbers: those check the kernels against the
+//! CPU reference and the binary's handling of shapes, not agreement with upstream.
 
 use nanochat::config::ModelConfig;
 use nanochat::cpu::gpt::{Gpt, Storage};
@@ -13,17 +16,85 @@ use std::path::Path;
 use std::process::Command;
 
 const FIXTURE: &str = "tests/fixtures/nanochat-ref-a";
+const FIXTURE_C: &str = "tests/fixtures/nanochat-ref-c";
+
+/// About ten times what the CPU reference achieves on nanochat-ref-a (loss exact, one float ulp is 5e-7;
+/// logits 1.2e-6; gradients at most 1.6e-6 relative L2; steps at most 3.3e-4 of the update). The fixture's
+/// suggested limits (`Tolerances::FP32`: 1e-4, 1e-3, 1e-3, 1e-2) are hundreds of times looser.
+const ACHIEVED_A: Tolerances = Tolerances {
+    loss_abs: 1e-6,
+    logits: 1.5e-5,
+    logits_rel_l2: false,
+    grad_rel_l2: 2e-5,
+    step_rel_update: 3e-3,
+};
+
+/// The same for nanochat-ref-c (loss 4.8e-7, logits 1.8e-6, gradients at most 2.8e-5 (x0_lambdas, a dot
+/// product with heavy cancellation; the others below 3e-6), steps at most 4.7e-4).
+const ACHIEVED_C: Tolerances = Tolerances {
+    loss_abs: 5e-6,
+    logits: 2e-5,
+    logits_rel_l2: false,
+    grad_rel_l2: 3e-4,
+    step_rel_update: 5e-3,
+};
+
+fn failed(rows: &[parity::Row]) -> Vec<&parity::Row> {
+    rows.iter().filter(|r| !r.ok).collect()
+}
 
 #[test]
 fn upstream_fixture_passes_on_cpu() {
-    let rows = parity::run_cpu(Path::new(FIXTURE), Tolerances::FP32, Storage::F32).unwrap();
+    let rows = parity::run_cpu(Path::new(FIXTURE), ACHIEVED_A, Storage::F32).unwrap();
     // loss, logits, 35 grads, groups, 2 x 35 steps, loss_after_step1
     assert_eq!(rows.len(), 1 + 1 + 35 + 1 + 70 + 1);
-    let failed: Vec<_> = rows.iter().filter(|r| !r.ok).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(failed(&rows).is_empty(), "{:#?}", failed(&rows));
 }
 
-/// Writes a fixture for `cfg` in upstream's format with this implementation's own numbers.
+#[test]
+fn upstream_fixture_c_passes_on_cpu() {
+    let rows = parity::run_cpu(Path::new(FIXTURE_C), ACHIEVED_C, Storage::F32).unwrap();
+    // loss, logits, 43 grads (5 layers, value embeddings on 3 of them), groups, 2 x 43 steps, loss_after_step1
+    assert_eq!(rows.len(), 1 + 1 + 43 + 1 + 86 + 1);
+    assert!(failed(&rows).is_empty(), "{:#?}", failed(&rows));
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    for n in [
+        "grad.transformer.h.4.attn.c_k.weight",
+        "grad.value_embeds.4.weight",
+        "step2.transformer.h.4.attn.ve_gate.weight",
+    ] {
+        assert!(names.contains(&n), "{n} not compared: {names:?}");
+    }
+}
+
+#[test]
+fn the_cpu_limits_catch_a_small_logits_or_gradient_error() {
+    // An error of 1e-4 in one logit, or of 1e-4 relative L2 in one gradient, passes the fixture's suggested
+    // limits but not the achieved-error limits above.
+    let tmp = fixture_copy();
+    let path = tmp.path().join("expected.safetensors");
+    let mut exp = safetensors::read(&path).unwrap();
+    let mut logits = exp.get("logits").unwrap().to_f32();
+    logits[1234] += 1e-4;
+    let shape = exp.get("logits").unwrap().shape.clone();
+    exp.tensors
+        .insert("logits".into(), Tensor::from_f32(shape, &logits));
+    let name = "grad.transformer.h.2.mlp.c_proj.weight";
+    let mut g = exp.get(name).unwrap().to_f32();
+    let norm = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    g[99] += (1e-4 * norm) as f32;
+    let shape = exp.get(name).unwrap().shape.clone();
+    exp.tensors.insert(name.into(), Tensor::from_f32(shape, &g));
+    safetensors::write(&path, &exp.tensors, &exp.metadata).unwrap();
+    let loose = parity::run_cpu(tmp.path(), Tolerances::FP32, Storage::F32).unwrap();
+    assert!(failed(&loose).is_empty(), "{:#?}", failed(&loose));
+    let tight = parity::run_cpu(tmp.path(), ACHIEVED_A, Storage::F32).unwrap();
+    let names: Vec<&str> = failed(&tight).iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["logits", name]);
+}
+
+/// Writes a fixture for `cfg` in upstream's format with this implementation's own numbers: it tests the kernels
+/// against the CPU reference and the binary on other shapes, not agreement with upstream.
 fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
     let gpt = Gpt::new(cfg).unwrap();
     let mut rng = Rng::new(3);
@@ -349,7 +420,8 @@ fn upstream_fixture_on_the_kernels() {
 #[test]
 fn kernels_on_other_fixture_shapes() {
     // GQA 4/2, odd depth, padded vocabulary, "SL", T = 320 not a multiple of the attention tile; head_dim 64
-    // (flash kernels) and 32 (the naive kernels).
+    // (flash kernels) and 32 (the naive kernels). These fixtures hold this implementation's CPU numbers: the
+    // kernels against the CPU reference, not against upstream.
     for (n_embd, n_head) in [(256, 4), (64, 2)] {
         let cfg = ModelConfig {
             sequence_len: 320,
@@ -364,6 +436,44 @@ fn kernels_on_other_fixture_shapes() {
         write_fixture(tmp.path(), &cfg, 1, 320);
         check_bf16_rows(tmp.path());
     }
+}
+
+/// The rows of nanochat-ref-c at the bf16 floor (its README): the CPU reference that only rounds to bf16 where
+/// the kernels store bf16 fails exactly these, so no bf16 kernel set can pass them. x0_lambdas' gradient is a
+/// dot product with heavy cancellation (38% off in bf16), its sign flips move AdamW's first step, and the
+/// step-2 smear gate follows; the value-embedding rows are AdamW's first steps of embedding tables (README,
+/// "Precision").
+const REF_C_BF16_FLOOR: [&str; 8] = [
+    "grad.x0_lambdas",
+    "step1.value_embeds.0.weight",
+    "step1.value_embeds.2.weight",
+    "step1.value_embeds.4.weight",
+    "step1.x0_lambdas",
+    "step2.value_embeds.4.weight",
+    "step2.x0_lambdas",
+    "step2.smear_gate.weight",
+];
+
+#[test]
+fn upstream_fixture_c_on_the_kernels() {
+    let dir = Path::new(FIXTURE_C);
+    let floor = parity::run_cpu(dir, Tolerances::BF16, Storage::Bf16).unwrap();
+    let floor_failed: Vec<&str> = failed(&floor).iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(floor_failed, REF_C_BF16_FLOOR);
+    let dev = nanochat::backend::Backend::Emu
+        .kernel_device(nanochat::device::Schedule::Forward)
+        .unwrap();
+    let kernels = parity::run_kernels(dir, Tolerances::BF16, dev).unwrap();
+    assert_eq!(kernels.len(), 133);
+    // Every row outside the floor passes the bf16 tolerance.
+    let bad: Vec<_> = failed(&kernels)
+        .into_iter()
+        .filter(|r| !REF_C_BF16_FLOOR.contains(&r.name.as_str()))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    let get = |name: &str| kernels.iter().find(|r| r.name == name).unwrap().value;
+    assert!(get("loss") < 2e-3, "{}", get("loss"));
+    assert!(get("logits") < 1e-2, "{}", get("logits"));
 }
 
 #[test]

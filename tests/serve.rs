@@ -114,8 +114,39 @@ fn streams_page_health_and_errors() {
     .unwrap();
     let a = srv.addr();
 
-    // Upstream's SSE stream.
-    let (st, head, body) = http(a, "POST", "/chat/completions", &chat("hello", json!({})));
+    // Upstream's SSE stream, greedy: its text is the engine's own greedy reply to the chat prompt, rendered
+    // here by hand ([BOS] <|user_start|> hello <|user_end|> <|assistant_start|>) and decoded to the first
+    // <|assistant_end|> (or 40 tokens).
+    let reference = cpu_engine();
+    let tok = &reference.tokenizer;
+    let sp = |n: &str| tok.special_id(n).unwrap();
+    let mut prompt = vec![tok.bos_id(), sp("<|user_start|>")];
+    prompt.extend(tok.encode_ordinary("hello"));
+    prompt.extend([sp("<|user_end|>"), sp("<|assistant_start|>")]);
+    let greedy = nanochat::engine::GenConfig {
+        num_samples: 1,
+        max_tokens: Some(40),
+        temperature: 0.0,
+        top_k: None,
+        seed: 0,
+    };
+    let mut reply = Vec::new();
+    reference
+        .generate(&prompt, &greedy, &mut |col, _| {
+            if col[0] == sp("<|assistant_end|>") || col[0] == tok.bos_id() {
+                return false;
+            }
+            reply.push(col[0]);
+            true
+        })
+        .unwrap();
+    let expected = String::from_utf8_lossy(&tok.decode(&reply)).into_owned();
+    let (st, head, body) = http(
+        a,
+        "POST",
+        "/chat/completions",
+        &chat("hello", json!({"temperature": 0.0})),
+    );
     assert_eq!(st, 200, "{head}");
     assert!(head.contains("text/event-stream"), "{head}");
     let ev = events(&body);
@@ -128,6 +159,9 @@ fn streams_page_health_and_errors() {
         assert!(!piece.is_empty(), "no empty token events");
         text.push_str(piece);
     }
+    assert!(!reply.is_empty());
+    // A reply cut inside a character ends without its incomplete bytes (the stream waits for whole characters).
+    assert_eq!(text, expected.trim_end_matches('\u{FFFD}'), "{reply:?}");
 
     // Same seed source is random per request, but temperature 0 is deterministic: the OpenAI stream and the
     // non-streaming answer agree with each other.
@@ -315,7 +349,7 @@ fn more_requests_than_workers_queue_or_get_503() {
             assert!(v["error"].as_str().unwrap().contains("busy"));
         }
     }
-    // A request that waits longer than the queue timeout gets 503 too.
+    // Still serving (a wait past the queue timeout is queue_timeout_gives_503).
     let (st, _, _) = http(a, "GET", "/health", b"");
     assert_eq!(st, 200);
     srv.shutdown(Duration::from_secs(5));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nanochat::tasks::humaneval::{self, CodeRunner, ExecResult, HumanEval, NoRunner};
+use nanochat::tasks::humaneval::{self, CodeRunner, HumanEval, NoRunner, Sandbox};
 use nanochat::tasks::nprandom::{self, Pcg64};
 use nanochat::tasks::pyrandom::PyRandom;
 use nanochat::tasks::spelling::{self, SimpleSpelling, SpellingBee};
@@ -334,13 +334,10 @@ struct Recorder {
 }
 
 impl CodeRunner for Recorder {
-    fn execute(&self, program: &str, timeout: Duration) -> Result<ExecResult, String> {
+    fn run(&self, program: &str, timeout: Duration) -> Result<bool, String> {
         assert_eq!(timeout, Duration::from_secs(5));
         self.seen.lock().unwrap().push(program.to_string());
-        Ok(ExecResult {
-            success: program.contains(self.needle),
-            ..Default::default()
-        })
+        Ok(program.contains(self.needle))
     }
 }
 
@@ -649,4 +646,21 @@ fn mixture_shuffles_like_python_and_sequence_concatenates() {
     assert_eq!(seq.get(3).unwrap(), mmlu.get_example(0).unwrap());
     assert_eq!(seq.get(7).unwrap(), gsm.get_example(2).unwrap());
     assert!(seq.get(8).is_err());
+}
+
+#[test]
+fn humaneval_through_the_sandbox() {
+    let he = HumanEval::load(&fixtures(), Arc::new(Sandbox)).unwrap();
+    for i in 0..he.num_examples() {
+        let ex = he.get_example(i).unwrap();
+        // The reference completion (prompt + canonical solution) passes; a wrong body fails.
+        let good = he.evaluate(&ex, &ex.reference());
+        let bad = he.evaluate(&ex, &format!("{}\n    return None\n", ex.first_user()));
+        if humaneval::python_available() {
+            assert_eq!(good, Ok(true), "example {i}");
+            assert_eq!(bad, Ok(false), "example {i}");
+        } else {
+            assert_eq!(good.unwrap_err(), "skipped: no python3");
+        }
+    }
 }

@@ -91,23 +91,58 @@ fn logged_losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// Steps of the kill-and-resume runs: long enough (about 20 ms a step) that the kill, at most at step 8 plus
+/// 40 ms, lands well before the run's end.
+const RESUME_STEPS: &str = "16";
+
+/// The straight 16-step run the resumed runs must reproduce: its logged losses.
+fn straight_run(base: &Path) -> Vec<(u64, f64)> {
+    let reference = train(
+        &parse(&["--model-tag", "straight", "--num-iterations", RESUME_STEPS]),
+        base,
+    )
+    .unwrap();
+    assert_eq!(reference.losses.len(), 16);
+    let (first, last) = (reference.losses[0].1, reference.losses[15].1);
+    assert!(last < first, "loss should fall: {first} -> {last}");
+    let straight = logged_losses(&base.join("base_checkpoints").join("straight"));
+    assert_eq!(straight.len(), 16);
+    straight
+}
+
 #[test]
 fn sigkill_and_resume_reproduce_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     prepare(base);
-    let reference = train(&parse(&["--model-tag", "straight"]), base).unwrap();
-    assert_eq!(reference.losses.len(), 8);
-    let first = reference.losses[0].1;
-    let last = reference.losses[7].1;
-    assert!(last < first, "loss should fall: {first} -> {last}");
+    let straight = straight_run(base);
 
-    // Kill the binary at a random moment after a random step, then resume from the latest checkpoint.
-    let mut rng = Rng::new(std::process::id() as u64);
-    let kill_after = 2 + rng.below(5) as usize;
+    // Kill the binary at a random moment after a random step, then resume from the latest checkpoint. The seed
+    // is printed (and may be given in NANOCHAT_TEST_SEED) so a failure can be replayed.
+    let seed = std::env::var("NANOCHAT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let mut rng = Rng::new(seed);
+    let kill_after = 2 + rng.below(7) as usize;
+    let pause = rng.below(40);
+    println!("kill-and-resume: seed {seed}: SIGKILL {pause} ms after step {kill_after}");
     let bin = env!("CARGO_BIN_EXE_train_gpt");
+    let run = [
+        "--model-tag",
+        "killed",
+        "--save-every",
+        "2",
+        "--num-iterations",
+        RESUME_STEPS,
+    ];
     let mut child = Command::new(bin)
-        .args(&args(&["--model-tag", "killed", "--save-every", "2"])[1..])
+        .args(&args(&run)[1..])
         .env("NANOCHAT_BASE_DIR", base)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -119,30 +154,79 @@ fn sigkill_and_resume_reproduce_the_uninterrupted_run() {
             break;
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(rng.below(40)));
+    std::thread::sleep(std::time::Duration::from_millis(pause));
     child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    let ctx = format!("seed {seed}, killed {pause} ms after step {kill_after}");
+    // The kill must have interrupted the run: had the child finished first, the resumed run would train
+    // nothing and the comparison below would hold trivially.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{ctx}: train_gpt ended before the kill ({status:?})"
+    );
     let dir = base.join("base_checkpoints").join("killed");
     // Whatever the moment, every complete checkpoint loads.
-    for step in checkpoint::complete_steps(&dir) {
+    let steps = checkpoint::complete_steps(&dir);
+    for &step in &steps {
         checkpoint::load(&dir, Some(step), 0, None).unwrap();
     }
-    let resumed = train(
-        &parse(&["--model-tag", "killed", "--save-every", "2", "--resume"]),
+    let last = steps.iter().max().copied().unwrap_or(0);
+    assert!(last < 16, "{ctx}: complete checkpoint at the horizon");
+    let resumed = train(&parse(&[&run[..], &["--resume"]].concat()), base).unwrap();
+    assert!(
+        !resumed.losses.is_empty(),
+        "{ctx}: the resumed run trained nothing"
+    );
+    assert_eq!(
+        (resumed.losses[0].0, resumed.losses.len()),
+        (last, 16 - last),
+        "{ctx}: the resumed run starts at the last complete checkpoint and runs to the end"
+    );
+    let killed = logged_losses(&dir);
+    assert_eq!(
+        killed, straight,
+        "{ctx}: loss trajectory after kill + resume differs"
+    );
+}
+
+#[test]
+fn stopping_with_max_steps_this_run_and_resuming_reproduce_the_uninterrupted_run() {
+    // The deterministic twin of the SIGKILL test: stop after 5 steps (a checkpoint at 4 from --save-every and
+    // one where it stopped), then resume twice (5 more steps, then to the end).
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    let straight = straight_run(base);
+    let run = [
+        "--model-tag",
+        "boxed",
+        "--save-every",
+        "4",
+        "--num-iterations",
+        RESUME_STEPS,
+    ];
+    let first = train(
+        &parse(&[&run[..], &["--max-steps-this-run", "5"]].concat()),
         base,
     )
     .unwrap();
-    assert!(
-        resumed.losses.len() < 8,
-        "the resumed run should not start from scratch"
-    );
-    let straight = logged_losses(&base.join("base_checkpoints").join("straight"));
-    let killed = logged_losses(&dir);
-    assert_eq!(straight.len(), 8);
-    assert_eq!(
-        killed, straight,
-        "loss trajectory after kill + resume differs (killed after step {kill_after})"
-    );
+    let steps: Vec<usize> = first.losses.iter().map(|l| l.0).collect();
+    assert_eq!(steps, (0..5).collect::<Vec<_>>());
+    let dir = base.join("base_checkpoints").join("boxed");
+    assert_eq!(checkpoint::complete_steps(&dir), vec![4, 5]);
+    let second = train(
+        &parse(&[&run[..], &["--resume", "--max-steps-this-run", "5"]].concat()),
+        base,
+    )
+    .unwrap();
+    let steps: Vec<usize> = second.losses.iter().map(|l| l.0).collect();
+    assert_eq!(steps, (5..10).collect::<Vec<_>>());
+    let third = train(&parse(&[&run[..], &["--resume"]].concat()), base).unwrap();
+    let steps: Vec<usize> = third.losses.iter().map(|l| l.0).collect();
+    assert_eq!(steps, (10..16).collect::<Vec<_>>());
+    assert_eq!(logged_losses(&dir), straight);
 }
 
 #[test]

@@ -5,7 +5,9 @@
 #   3. the offline default corpus (real English text from those packages) as parquet shards;
 #   4. a BPE tokenizer trained on it, and token shards;
 #   5. a few minutes of pretraining a tiny GPT on the CPU reference, with validation bits per byte, a
-#      checkpoint and greedy samples at the end.
+#      checkpoint and greedy samples at the end;
+#   6. a short mid_train and chat_sft on the tasks that work offline (the identity conversations the project
+#      ships, the spelling tasks on Debian's word list), ending with a chat model chat_cli answers from.
 # Everything lands under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat). Real runs download ClimbMix instead
 # (`download_data`) and train with `train_gpt --depth N` on GPUs.
 set -euo pipefail
@@ -15,7 +17,7 @@ start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 
 step "system packages"
-packages="gcc g++ fortunes fortunes-min fortune-anarchism fortunes-bofh-excuses bible-kjv bible-kjv-text dict-jargon dict-devil"
+packages="gcc g++ wamerican fortunes fortunes-min fortune-anarchism fortunes-bofh-excuses bible-kjv bible-kjv-text dict-jargon dict-devil"
 missing=""
 for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -47,5 +49,18 @@ $bin/train_gpt --device cpu --depth 4 --head-dim 64 --max-seq-len 256 \
 step "samples from the trained model"
 $bin/base_eval --model-tag quickstart --eval bpb,sample --split-tokens 16384
 
+step "mid_train: the base model continues on conversations (identity + spelling tasks offline)"
+$bin/mid_train --model-tag quickstart --max-seq-len 256 --device-batch-size 8 --total-batch-size 2048 \
+  --num-iterations "${QUICKSTART_MID_STEPS:-30}" --eval-every 15 --eval-tokens 8192
+
+step "chat_sft: fine-tuning on assistant tokens (geometry and lrs inherited from the mid checkpoint)"
+$bin/chat_sft --model-tag quickstart --num-iterations "${QUICKSTART_SFT_STEPS:-30}" --eval-every 15 \
+  --eval-tokens 8192 --chatcore-every -1
+
+step "the chat model answers"
+$bin/chat_cli --model-tag quickstart -p "Spell the word: apple" || true
+$bin/chat_cli --model-tag quickstart -p "Who are you?" || true
+
 echo
-echo "done in $(( $(date +%s) - start ))s; run record (metrics.jsonl, loss.svg, checkpoints): $NANOCHAT_BASE_DIR/base_checkpoints/quickstart"
+echo "done in $(( $(date +%s) - start ))s; run records (metrics.jsonl, loss.svg, checkpoints) in $NANOCHAT_BASE_DIR/"\
+"{base,mid,chatsft}_checkpoints/quickstart; talk to the model with: $bin/chat_cli --model-tag quickstart"

@@ -13,7 +13,7 @@ use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
 #[derive(Parser)]
 #[command(about = "Chat with a nanochat model in the terminal")]
 struct Args {
-    /// Model source: sft, rl or base (sft falls back to base when no sft checkpoint exists).
+    /// Model source: sft, rl, mid or base (sft falls back to base when no sft checkpoint exists).
     #[arg(short = 'i', long, default_value = "sft")]
     source: String,
     /// Checkpoint directory name (default: the largest d<N>).

@@ -19,7 +19,7 @@ struct Args {
     /// Workers, one model replica each (on the CPU reference, each runs on all cores).
     #[arg(short = 'n', long, default_value_t = 1)]
     num_gpus: usize,
-    /// Model source: sft, rl or base (sft falls back to base when no sft checkpoint exists).
+    /// Model source: sft, rl, mid or base (sft falls back to base when no sft checkpoint exists).
     #[arg(short = 'i', long, default_value = "sft")]
     source: String,
     /// Default sampling temperature of requests that do not set one.

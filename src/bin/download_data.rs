@@ -4,6 +4,8 @@
 //! `$NANOCHAT_BASE_DIR/base_data_climbmix/`, as upstream's `python -m nanochat.dataset -n 8`.
 //! `download_data --default-corpus` needs no network: it builds a small corpus of real English text from
 //! Debian packages (see `tools/setup_default_data.sh`) into `base_data_default/`.
+//! `download_data --tasks` fetches the chat tasks' datasets from the Hugging Face hub into `task_data/`, the
+//! spelling word list, and writes the identity conversations.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +39,7 @@ struct Args {
     /// Serve the shards from this URL instead of the dataset's (a mirror).
     #[arg(long)]
     base_url: Option<String>,
-    /// Write here instead of the dataset's directory under $NANOCHAT_BASE_DIR.
+    /// Write here instead of the dataset's directory under $NANOCHAT_BASE_DIR (with --tasks: the base directory).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Build the offline default corpus from installed Debian packages instead of downloading.
@@ -46,10 +48,87 @@ struct Args {
     /// Number of parquet shards of the default corpus (the last is validation).
     #[arg(long, default_value_t = 8)]
     corpus_shards: usize,
+    /// Fetch the chat tasks' data instead (ARC, MMLU, GSM8K, HumanEval, SmolTalk from the Hugging Face hub,
+    /// the spelling word list) into $NANOCHAT_BASE_DIR/task_data, and write the identity conversations.
+    #[arg(long)]
+    tasks: bool,
+    /// The Hugging Face hub to list and fetch task data from (a mirror).
+    #[arg(long, default_value = nanochat::tasks::download::DEFAULT_HUB)]
+    hub_url: String,
+    /// Fetch the spelling word list from this URL instead of upstream's.
+    #[arg(long)]
+    words_url: Option<String>,
+    /// With --tasks: no network; write the identity conversations and say which tasks have their data.
+    #[arg(long)]
+    offline: bool,
+}
+
+/// `--tasks`: every split, the word list and the identity conversations; failures are listed at the end.
+fn download_tasks(args: &Args, opts: &DownloadOptions) -> Result<(), Box<dyn std::error::Error>> {
+    use nanochat::tasks::download::{
+        download_split, download_words, write_identity, Outcome, TASK_SPLITS,
+    };
+    let base = args.dir.clone().unwrap_or_else(base_dir);
+    if args.offline {
+        let identity = write_identity(&base)?;
+        println!(
+            "download_data: identity conversations: {}",
+            identity.display()
+        );
+        for line in nanochat::tasks::registry::availability(&base) {
+            println!("download_data: {line}");
+        }
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    let say = |what: &str, o: &Outcome| match o {
+        Outcome::Present => println!("download_data: {what}: already present"),
+        Outcome::Downloaded { files, bytes } => println!(
+            "download_data: {what}: {files} file(s), {:.1} MB",
+            *bytes as f64 / 1e6
+        ),
+    };
+    for s in &TASK_SPLITS {
+        let what = format!("{} {} {}", s.repo, s.subset, s.split);
+        match download_split(&base, &args.hub_url, s, opts) {
+            Ok(o) => say(&what, &o),
+            Err(e) => failed.push(format!("{what}: {e}")),
+        }
+    }
+    match download_words(&base, args.words_url.as_deref(), opts) {
+        Ok(o) => say("spelling word list", &o),
+        Err(e) => failed.push(format!("spelling word list: {e}")),
+    }
+    let identity = write_identity(&base)?;
+    println!(
+        "download_data: identity conversations: {}",
+        identity.display()
+    );
+    if !failed.is_empty() {
+        return Err(format!(
+            "some task data failed (re-run to resume):\n  {}",
+            failed.join("\n  ")
+        )
+        .into());
+    }
+    Ok(())
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
+    if args.tasks {
+        let opts = DownloadOptions {
+            attempts: args.attempts,
+            timeout: Duration::from_secs(args.timeout),
+            ..DownloadOptions::default()
+        };
+        download_tasks(&args, &opts)?;
+        println!(
+            "download_data: task data done ({:.1}s)",
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     if args.default_corpus {
         let dir = args.dir.unwrap_or_else(|| base_dir().join(DEFAULT_DIR));
         let report = build_default_corpus(&dir, &CorpusSources::default(), args.corpus_shards)?;

@@ -39,6 +39,19 @@ enum Cmd {
     Split,
     /// Encode texts: reads a JSON list of strings on stdin, writes a JSON list of id lists on stdout.
     Encode,
+    /// Render conversations with the chat template: reads one conversation or a JSON list of them on stdin
+    /// (upstream's format: `{"messages": [{"role": "user", "content": "..."}, ...]}` or the bare message list;
+    /// assistant content may be a list of `{"type": "text"|"python"|"python_output", "text": ...}` parts) and
+    /// writes `{"ids": [...], "mask": [...], "tokens": [...]}` per conversation (mask 1 = supervised in SFT).
+    Render {
+        /// Truncate each rendering to this many tokens (upstream: 2048).
+        #[arg(long, default_value_t = tokenizer::chat::DEFAULT_MAX_TOKENS)]
+        max_tokens: usize,
+        /// Render for completion instead: drop the last (assistant) message and end with
+        /// `<|assistant_start|>` (the prompt chat_eval and the engine sample from; the mask is all 0).
+        #[arg(long)]
+        completion: bool,
+    },
     /// Encoding throughput in MB/s on a text file: the whole file on one thread, then its paragraphs as a
     /// batch on `--threads` threads.
     Bench {
@@ -116,6 +129,16 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             );
             Ok(())
         }
+        Cmd::Render {
+            max_tokens,
+            completion,
+        } => {
+            let tok = load(&args.tokenizer)?;
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            println!("{}", render(&tok, &s, max_tokens, completion)?);
+            Ok(())
+        }
         Cmd::Bench {
             text,
             threads,
@@ -140,6 +163,56 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             Ok(())
         }
     }
+}
+
+/// `tok_eval render`: one conversation in, one object out; a list in, a list out.
+fn render(
+    tok: &Tokenizer,
+    input: &str,
+    max_tokens: usize,
+    completion: bool,
+) -> Result<String, Box<dyn Error>> {
+    use nanochat::tokenizer::{Conversation, Message};
+    use serde_json::{json, Value};
+    let v: Value = serde_json::from_str(input).map_err(|e| format!("stdin: not JSON: {e}"))?;
+    // A conversation is {"messages": [...]} or a list of messages (objects with a role).
+    let is_conversation = |v: &Value| {
+        v.get("messages").is_some()
+            || v.as_array()
+                .is_some_and(|a| a.first().is_some_and(|m| m.get("role").is_some()))
+    };
+    let (convs, single): (Vec<&Value>, bool) = if is_conversation(&v) {
+        (vec![&v], true)
+    } else if let Some(list) = v.as_array() {
+        (list.iter().collect(), false)
+    } else {
+        return Err("stdin: expected a conversation or a list of conversations".into());
+    };
+    let mut out = Vec::new();
+    for (i, c) in convs.into_iter().enumerate() {
+        let msgs = c.get("messages").unwrap_or(c);
+        let messages: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|e| {
+            format!("conversation {i}: not a list of {{\"role\", \"content\"}} messages: {e}")
+        })?;
+        let conv = Conversation { messages };
+        let (ids, mask) = if completion {
+            let ids = tok
+                .render_for_completion(&conv)
+                .map_err(|e| format!("conversation {i}: {e}"))?;
+            let n = ids.len();
+            (ids, vec![0u8; n])
+        } else {
+            tok.render_conversation(&conv, max_tokens)
+                .map_err(|e| format!("conversation {i}: {e}"))?
+        };
+        let tokens: Vec<String> = ids.iter().map(|&id| tok.decode_lossy(&[id])).collect();
+        out.push(json!({"ids": ids, "mask": mask, "tokens": tokens}));
+    }
+    Ok(if single {
+        out.remove(0).to_string()
+    } else {
+        Value::Array(out).to_string()
+    })
 }
 
 fn bench(

@@ -339,7 +339,8 @@ impl Gpt {
         if let Some(y) = targets {
             losses = vec![0.0; n];
             ops::softcap_ce_forward(&mut losses, &mut logits, y, v, vp);
-            let valid = y.iter().filter(|&&y| y >= 0).count();
+            // A batch without a supervised target (an all-masked SFT micro-batch) has loss 0, not 0/0.
+            let valid = y.iter().filter(|&&y| y >= 0).count().max(1);
             loss = (losses.iter().map(|&l| l as f64).sum::<f64>() / valid as f64) as f32;
         } else {
             for row in logits.chunks_exact_mut(vp) {

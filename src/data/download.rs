@@ -111,10 +111,7 @@ pub fn download_shards(
     opts: &DownloadOptions,
 ) -> Result<DownloadReport> {
     std::fs::create_dir_all(dir).map_err(|e| data_err!("cannot create {}: {e}", dir.display()))?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(opts.timeout)
-        .timeout_read(opts.timeout)
-        .build();
+    let agent = agent(opts);
     let next = AtomicUsize::new(0);
     let report = Mutex::new(DownloadReport::default());
     let record = |f: &dyn Fn(&mut DownloadReport)| {
@@ -165,16 +162,42 @@ pub fn download_shards(
     Ok(report)
 }
 
-/// Downloads `url` to `path` with retries and exponential backoff; returns the file size.
+/// An HTTP agent with the options' timeouts.
+pub fn agent(opts: &DownloadOptions) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(opts.timeout)
+        .timeout_read(opts.timeout)
+        .build()
+}
+
+/// Downloads `url` to `path` with retries and exponential backoff; returns the file size. The file must open as
+/// a text parquet shard.
 pub fn download_with_retries(
     agent: &ureq::Agent,
     url: &str,
     path: &Path,
     opts: &DownloadOptions,
 ) -> Result<u64> {
+    download_validated(agent, url, path, opts, &|p| {
+        TextParquet::open(p).map(|_| ())
+    })
+}
+
+/// How a downloaded file is judged usable before it is renamed into place.
+pub type Validator<'a> = &'a (dyn Fn(&Path) -> Result<()> + Sync);
+
+/// [`download_with_retries`] with any check of the finished file: a file that fails `validate` is deleted and
+/// the next attempt starts from scratch; only a file that passes is renamed from `.tmp` to `path`.
+pub fn download_validated(
+    agent: &ureq::Agent,
+    url: &str,
+    path: &Path,
+    opts: &DownloadOptions,
+    validate: Validator,
+) -> Result<u64> {
     let mut last = data_err!("no attempt made");
     for attempt in 1..=opts.attempts.max(1) {
-        match download_once(agent, url, path) {
+        match download_once(agent, url, path, validate) {
             Ok(bytes) => return Ok(bytes),
             Err(e) => {
                 if attempt < opts.attempts {
@@ -189,15 +212,16 @@ pub fn download_with_retries(
     Err(last)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// Where a download in progress lives: `path` + `.tmp`.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
 }
 
 /// One attempt: continues a partial `.tmp` with a range request when the server honours it, checks the
-/// result opens as a text parquet file, then renames it into place.
-fn download_once(agent: &ureq::Agent, url: &str, path: &Path) -> Result<u64> {
+/// result with `validate`, then renames it into place.
+fn download_once(agent: &ureq::Agent, url: &str, path: &Path, validate: Validator) -> Result<u64> {
     let tmp = tmp_path(path);
     let have = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
     let mut request = agent.get(url);
@@ -238,7 +262,7 @@ fn download_once(agent: &ureq::Agent, url: &str, path: &Path) -> Result<u64> {
     file.sync_all()
         .map_err(|e| data_err!("cannot write {}: {e}", tmp.display()))?;
     drop(file);
-    if let Err(e) = TextParquet::open(&tmp) {
+    if let Err(e) = validate(&tmp) {
         // A damaged download is not worth continuing: start the next attempt from scratch.
         let _ = std::fs::remove_file(&tmp);
         return Err(data_err!("{url}: downloaded file is not usable: {e}"));

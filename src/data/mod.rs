@@ -18,6 +18,7 @@ pub mod corpus;
 pub mod download;
 pub mod loader;
 pub mod parquet;
+pub mod sft;
 pub mod shards;
 pub mod tokenize;
 

@@ -130,6 +130,10 @@ impl KernelModel {
     ) -> std::result::Result<f32, String> {
         check_batch(&self.config, self.positions, ids, targets, b, t)?;
         self.ensure_arena(b, t)?;
+        let arena = self.arena.as_mut().expect("arena allocated");
+        let vp = self.config.padded_vocab();
+        let uploaded = embedding::upload_ids(self.dev.as_ref(), arena.acts.ids, ids, vp);
+        arena.ids = Some(uploaded.map_err(|e| format!("{}: forward: {e}", self.dev.name()))?);
         self.forward_kernels(ids, targets, b, t, dloss)
             .map_err(|e| format!("{}: forward: {e}", self.dev.name()))
     }
@@ -155,8 +159,6 @@ impl KernelModel {
         );
         let (qd, kvd, md) = (nh * d, nkv * d, cfg.mlp_dim());
         let n = b * t;
-        let ids_i32: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-        dev.upload(a.ids, bytemuck::cast_slice(&ids_i32))?;
         let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
 
         // Embedding, norm, smear: res[0] = x0.
@@ -326,7 +328,8 @@ impl KernelModel {
     pub(super) fn backward(&self, ids: &[u32], b: usize, t: usize) -> Result<()> {
         let cfg = &self.config;
         let dev = self.dev.as_ref();
-        let a = &self.arena.as_ref().expect("arena allocated").acts;
+        let arena = self.arena.as_ref().expect("arena allocated");
+        let (a, tokens) = (&arena.acts, arena.ids.as_ref().expect("forward ran"));
         let (c, nh, nkv, d, vp) = (
             cfg.n_embd,
             cfg.n_head,
@@ -485,8 +488,7 @@ impl KernelModel {
                     dev,
                     self.grad(Slot::ValueEmbeds, kv),
                     a.dve,
-                    ids,
-                    vp,
+                    tokens,
                     kvd,
                 )?;
             }
@@ -530,6 +532,6 @@ impl KernelModel {
         )?;
         dev.zero(a.dxn, rows(c))?;
         rmsnorm::rmsnorm_backward(dev, a.dxn, a.dxe, a.emb, a.rstd0, n, c)?;
-        embedding::embedding_backward(dev, self.grad(Slot::Wte, 0), a.dxn, ids, vp, c)
+        embedding::embedding_backward(dev, self.grad(Slot::Wte, 0), a.dxn, tokens, c)
     }
 }

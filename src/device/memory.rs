@@ -4,6 +4,7 @@
 //! (a GPU), or one allocation per part (the emulator, whose guard pages then catch an overrun of one
 //! activation into the next).
 
+use super::kernels::embedding::{self, DeviceIds};
 use super::kernels::model_ops::{self, GateShape};
 use super::kernels::muon::{MuonScratch, Stack};
 use super::kernels::reduce;
@@ -23,6 +24,7 @@ pub(super) const ALIGN: usize = 256;
 /// Where each activation of one micro-batch lives: every field is carved by [`carve`], so a field added
 /// here and there has its own memory (there is no other list of the fields).
 pub(super) struct Acts {
+    /// The token ids and their buckets by id ([`embedding::upload_ids`]).
     pub(super) ids: DevPtr,
     pub(super) targets: DevPtr,
     pub(super) emb: DevPtr,
@@ -155,7 +157,7 @@ fn carve(cfg: &ModelConfig, b: usize, t: usize, cv: &mut Carver) -> Acts {
     const LAYER: &str = "saved per-layer activations";
     const HEAD: &str = "final norm, logits, losses";
     const BWD: &str = "backward scratch";
-    let ids = cv.take(EMB, n * 4);
+    let ids = cv.take(EMB, embedding::ids_bytes(n));
     let targets = cv.take(EMB, n * 4);
     let emb = cv.take(EMB, rows(c));
     let xe = cv.take(EMB, rows(c));
@@ -267,6 +269,8 @@ pub(super) struct Arena {
     pub(super) b: usize,
     pub(super) t: usize,
     pub(super) acts: Acts,
+    /// The ids of the micro-batch the last forward ran on.
+    pub(super) ids: Option<DeviceIds>,
     _buffers: Vec<Buffer>,
 }
 
@@ -288,6 +292,7 @@ impl Arena {
                 b,
                 t,
                 acts,
+                ids: None,
                 _buffers: cv.buffers,
             });
         }
@@ -297,6 +302,7 @@ impl Arena {
             b,
             t,
             acts,
+            ids: None,
             _buffers: vec![buf],
         })
     }

@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod reference;
+pub mod roofline;
 
 use std::fmt;
 use std::sync::Arc;

@@ -348,11 +348,8 @@ impl ModelDevice for KernelModel {
         let sum = self.forward(ids, Some(targets), b, t, dloss)?;
         self.backward(ids, b, t)
             .map_err(|e| format!("{}: backward: {e}", self.dev.name()))?;
-        Ok(if valid == 0 {
-            f32::NAN
-        } else {
-            sum / valid as f32
-        })
+        // No supervised target (an all-masked SFT micro-batch): loss 0 and, with dloss 0, zero gradient.
+        Ok(if valid == 0 { 0.0 } else { sum / valid as f32 })
     }
 
     fn token_losses(

@@ -1,4 +1,5 @@
-//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, sft, rl) plus the tokenizer.
+//! Loading a chat model for chat_cli / chat_web: the checkpoint of a source (base, mid, sft, rl) plus the
+//! tokenizer.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +12,12 @@ use crate::tokenizer::load_tokenizer;
 fn phase_dir_name(source: &str) -> Result<&'static str, String> {
     match source {
         "base" => Ok("base_checkpoints"),
+        "mid" => Ok("mid_checkpoints"),
         "sft" => Ok("chatsft_checkpoints"),
         "rl" => Ok("chatrl_checkpoints"),
-        other => Err(format!("unknown source {other:?}: choose base, sft or rl")),
+        other => Err(format!(
+            "unknown source {other:?}: choose base, mid, sft or rl"
+        )),
     }
 }
 

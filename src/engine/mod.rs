@@ -6,6 +6,7 @@
 //! implement it with their own cache type.
 
 pub mod calc;
+pub mod full;
 pub mod load;
 
 use std::collections::VecDeque;

@@ -1,7 +1,7 @@
 //! HumanEval (`openai/openai_humaneval`, 164 problems): write the function the prompt starts. The completion's
 //! code is assembled into a program with the prompt's imports, the problem's tests and `check(entry_point)`, and
-//! passes when that program exits cleanly. Running it is the job of a [`CodeRunner`] (the sandbox); without one
-//! (or without python3) the task cannot judge and says why.
+//! passes when that program exits cleanly. Running it is the job of a [`CodeRunner`] ([`Sandbox`]: the
+//! process sandbox of [`crate::execution`]); without python3 the task cannot judge and says why.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::hub::{self, Rows};
 use super::{py_is_space, py_strip, qa, CodeTest, EvalType, Example, Task};
+use crate::execution;
 
 pub const REPO: &str = "openai/openai_humaneval";
 pub const SUBSET: &str = "openai_humaneval";
@@ -19,32 +20,42 @@ pub const SPLIT: &str = "test";
 /// Upstream's per-program time limit.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What running a program produced.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ExecResult {
-    /// Exit status 0 within the limits.
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
-    /// Why it failed (the last line of stderr, a limit that was hit...).
-    pub error: Option<String>,
-    pub timeout: bool,
-    pub memory_exceeded: bool,
-}
-
-/// Runs generated Python programs. `Err` means the program could not be run at all (no interpreter, no
-/// sandbox), which makes the task report itself skipped rather than failed.
+/// Runs generated Python programs: `Ok(passed)` when the program ran (passed = exit status 0 within the
+/// limits), `Err(why)` when it could not run at all (no interpreter), which makes the task report itself
+/// skipped rather than failed.
 pub trait CodeRunner: Send + Sync {
-    fn execute(&self, program: &str, timeout: Duration) -> Result<ExecResult, String>;
+    fn run(&self, program: &str, timeout: Duration) -> Result<bool, String>;
 }
 
-/// The runner used until a sandbox is configured: refuses to run anything.
+/// The sandbox of [`crate::execution`] with its default limits and the given timeout.
+pub struct Sandbox;
+
+impl CodeRunner for Sandbox {
+    fn run(&self, program: &str, timeout: Duration) -> Result<bool, String> {
+        let limits = execution::Limits {
+            timeout,
+            ..execution::Limits::default()
+        };
+        let r = execution::execute(program, &limits);
+        if r.no_python {
+            return Err("skipped: no python3".into());
+        }
+        Ok(r.success)
+    }
+}
+
+/// A runner that refuses to run anything (evaluation reports the task skipped).
 pub struct NoRunner;
 
 impl CodeRunner for NoRunner {
-    fn execute(&self, _program: &str, _timeout: Duration) -> Result<ExecResult, String> {
+    fn run(&self, _program: &str, _timeout: Duration) -> Result<bool, String> {
         Err("skipped: no code sandbox".into())
     }
+}
+
+/// Whether the sandbox has an interpreter to run programs with.
+pub fn python_available() -> bool {
+    execution::find_python().is_some()
 }
 
 pub struct HumanEval {
@@ -158,6 +169,6 @@ impl Task for HumanEval {
     }
     fn evaluate(&self, example: &Example, answer: &str) -> Result<bool, String> {
         let program = assemble_program(example, answer)?;
-        Ok(self.runner.execute(&program, TIMEOUT)?.success)
+        self.runner.run(&program, TIMEOUT)
     }
 }

@@ -7,13 +7,16 @@
 //! example, which is all a data loader or an evaluation needs.
 
 pub mod arc;
+pub mod chat_eval;
 pub mod customjson;
+pub mod download;
 pub mod gsm8k;
 pub mod hub;
 pub mod humaneval;
 pub mod mmlu;
 pub mod nprandom;
 pub mod pyrandom;
+pub mod registry;
 pub mod smoltalk;
 pub mod spelling;
 

@@ -7,6 +7,7 @@ use super::grad_average::GradAverage;
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
 use super::ranks::{self, Ranks};
+use super::stage::fmt_duration;
 use crate::backend::Backend;
 use crate::checkpoint::{self, LoopState, Meta};
 use crate::common::base_dir;
@@ -128,8 +129,8 @@ pub struct TrainArgs {
     /// FP8 matmuls (GPU only; ignored with a warning elsewhere).
     #[arg(long)]
     pub fp8: bool,
-    /// Stop after this many steps of this invocation (the plan and schedules are unchanged; for tests and
-    /// time-boxed runs; resume later).
+    /// Stop after this many steps of this invocation, saving a checkpoint there (the plan and schedules are
+    /// unchanged; for tests and time-boxed runs; continue with --resume).
     #[arg(long)]
     pub max_steps_this_run: Option<usize>,
     /// Start this many ranks on this node (torchrun-style, one per GPU) and supervise them; without it the
@@ -159,16 +160,6 @@ pub struct Summary {
     pub min_val_bpb: Option<f64>,
     pub last_step: usize,
     pub checkpoint_dir: PathBuf,
-}
-
-fn fmt_duration(secs: f64) -> String {
-    if secs < 90.0 {
-        format!("{secs:.0}s")
-    } else if secs < 5400.0 {
-        format!("{:.1}m", secs / 60.0)
-    } else {
-        format!("{:.2}h", secs / 3600.0)
-    }
 }
 
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
@@ -461,7 +452,9 @@ fn train_ranked(
             && step > 0
             && step != start
             && step % args.save_every as usize == 0;
-        if last_step || periodic {
+        // A run stopped by --max-steps-this-run saves where it stopped, so the next --resume continues there.
+        let stopping = stop_at == Some(step) && step != start;
+        if last_step || periodic || stopping {
             let params = model.params()?;
             if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
                 let name = model

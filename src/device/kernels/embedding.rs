@@ -1,4 +1,5 @@
-//! `cuda/embedding.cu`: the token-embedding gather and its deterministic backward.
+//! `cuda/embedding.cu`: the token-embedding gather and its deterministic backward. The ids and their buckets
+//! by id go to the device once per micro-batch ([`upload_ids`]); the launchers only launch.
 
 use super::as_i32;
 use crate::device::{err, Arg, DevPtr, Device, Dim3, Result};
@@ -63,37 +64,67 @@ pub fn buckets(ids: &[u32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     (order, start, id)
 }
 
-/// `dtable (vocab, c) f32 += Σ_t dout[t]` over the tokens `t` with each id, from `dout (n, c)` bf16 and
-/// the host copy of the ids. Deterministic: the same sums in the same order on every run.
+/// Bytes of the device buffer [`upload_ids`] fills for `n` tokens: the ids, then their buckets
+/// (`order` n, `bucket_start` at most n + 1, `bucket_id` at most n), all i32.
+pub fn ids_bytes(n: usize) -> usize {
+    (4 * n + 1) * 4
+}
+
+/// A micro-batch's token ids on the device, with the buckets [`embedding_backward`] reads.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceIds {
+    /// `(n)` i32, what [`embedding_forward`] gathers by.
+    pub ids: DevPtr,
+    pub n: usize,
+    order: DevPtr,
+    bucket_start: DevPtr,
+    bucket_id: DevPtr,
+    buckets: usize,
+}
+
+/// Checks `ids` against the vocabulary, buckets them on the host (the sort runs once per micro-batch, not
+/// once per embedding table) and copies ids and buckets to `dst` (at least [`ids_bytes`] bytes) in one upload.
+pub fn upload_ids(dev: &dyn Device, dst: DevPtr, ids: &[u32], vocab: usize) -> Result<DeviceIds> {
+    check_ids(ids, vocab)?;
+    let n = ids.len();
+    let (order, start, id) = buckets(ids);
+    let mut words: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    words.extend(&order);
+    words.extend(&start);
+    words.extend(&id);
+    dev.upload(dst, bytemuck::cast_slice(&words))?;
+    let at = |k: usize| dst.at::<i32>(k);
+    Ok(DeviceIds {
+        ids: dst,
+        n,
+        order: at(n),
+        bucket_start: at(2 * n),
+        bucket_id: at(2 * n + start.len()),
+        buckets: id.len(),
+    })
+}
+
+/// `dtable (vocab, c) f32 += Σ_t dout[t]` over the tokens `t` with each id, from `dout (n, c)` bf16 and the
+/// buckets of [`upload_ids`]. Deterministic: the same sums in the same order on every run. Launches only.
 pub fn embedding_backward(
     dev: &dyn Device,
     dtable: DevPtr,
     dout: DevPtr,
-    host_ids: &[u32],
-    vocab: usize,
+    ids: &DeviceIds,
     c: usize,
 ) -> Result<()> {
-    check_ids(host_ids, vocab)?;
-    if host_ids.is_empty() || c == 0 {
+    if ids.n == 0 || c == 0 {
         return Ok(());
     }
-    let (order, start, id) = buckets(host_ids);
-    let (d_order, d_start, d_id) = (
-        dev.upload_new(&order)?,
-        dev.upload_new(&start)?,
-        dev.upload_new(&id)?,
-    );
-    let grid = Dim3::xy(id.len() as u32, c.div_ceil(BLOCK as usize) as u32);
+    let grid = Dim3::xy(ids.buckets as u32, c.div_ceil(BLOCK as usize) as u32);
     let args = [
         Arg::Ptr(dtable),
         Arg::Ptr(dout),
-        Arg::Ptr(d_order.ptr()),
-        Arg::Ptr(d_start.ptr()),
-        Arg::Ptr(d_id.ptr()),
-        Arg::I32(id.len() as i32),
+        Arg::Ptr(ids.order),
+        Arg::Ptr(ids.bucket_start),
+        Arg::Ptr(ids.bucket_id),
+        Arg::I32(ids.buckets as i32),
         Arg::I32(as_i32(c, "embedding width")?),
     ];
-    dev.launch("embedding_backward", grid, Dim3::x(BLOCK), 0, &args)?;
-    // The bucket buffers are freed on return: wait for the kernel that reads them.
-    dev.synchronize()
+    dev.launch("embedding_backward", grid, Dim3::x(BLOCK), 0, &args)
 }

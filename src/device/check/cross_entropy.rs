@@ -1,0 +1,50 @@
+//! Checks of `kernels/cross_entropy.rs` (`cuda/cross_entropy.cu`): softcap + cross-entropy and its in-place gradient against `cpu::ops`.
+
+use super::Scale;
+use super::{bf, compare, down_bf, rand, summary};
+use crate::cpu::ops;
+use crate::device::kernels::cross_entropy;
+use crate::device::Device;
+use crate::device::Result;
+use crate::rng::Rng;
+
+pub(super) fn check_softcap_ce(dev: &dyn Device, s: Scale) -> Result<String> {
+    let (n, v, vp) = s.pick((6, 500, 512), (8192, 32768, 32768));
+    let mut rng = Rng::new(15);
+    let logits = rand(&mut rng, n * vp, 20.0);
+    let targets: Vec<i32> = (0..n)
+        .map(|t| {
+            if t % 5 == 4 {
+                -1
+            } else {
+                rng.below(v as u64) as i32
+            }
+        })
+        .collect();
+    let dloss = 1.0 / n as f32;
+    let (bl, bt, bloss) = (
+        dev.upload_new(&bf(&logits))?,
+        dev.upload_new(&targets)?,
+        dev.alloc(4 * n)?,
+    );
+    cross_entropy::softcap_ce(dev, bl.ptr(), bloss.ptr(), bt.ptr(), dloss, n, v, vp)?;
+    let (mut capped, mut wloss) = (logits.clone(), vec![0f32; n]);
+    ops::softcap_ce_forward(&mut wloss, &mut capped, &targets, v, vp);
+    let w1 = compare(
+        "softcap_ce loss",
+        &dev.download_vec::<f32>(bloss.ptr(), n)?,
+        &wloss,
+        1e-4,
+        1e-5,
+    )?;
+    let mut wd = vec![0f32; n * vp];
+    ops::softcap_ce_backward(&mut wd, &capped, &targets, &vec![dloss; n], v, vp);
+    let w2 = compare(
+        "softcap_ce dlogits",
+        &down_bf(dev, bl.ptr(), n * vp)?,
+        &wd,
+        1e-2,
+        1e-3 * dloss / v as f32,
+    )?;
+    Ok(summary(w1.max(w2)))
+}
