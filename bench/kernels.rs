@@ -365,6 +365,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
 
 /// Runs `kernel` on `d` with `inputs` uploaded (as i32 words) and an output of `out_words` i32, and
 /// returns the output.
+#[allow(clippy::too_many_arguments)]
 fn run_words(
     d: &dyn Device,
     kernel: &str,
@@ -431,7 +432,7 @@ fn cross_check(gpu: &dyn Device) -> Result<usize> {
             Dim3::x(1),
             Dim3::x(96),
             0,
-            &[pred.clone()],
+            std::slice::from_ref(&pred),
             &[],
             6 * 96,
         )

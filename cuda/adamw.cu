@@ -2,6 +2,7 @@
 //   p *= decay; m += (1-b1)(g - m); v += (1-b2)(g^2 - v); p -= step_size * m / (sqrt(v / bias2) + eps)
 //   p_bf16 = bf16(p)  (skipped when p_bf16 is null)
 // decay = 1 - lr*wd, step_size = lr / (1 - b1^t), bias2 = 1 - b2^t are computed once on the host.
+// Launcher: src/device/kernels/adamw.rs. CPU reference: src/optim/adamw.rs (adamw_update). Check: src/device/check/adamw.rs.
 #include "kernel_common.cuh"
 
 extern "C" __global__ void adamw_step(float* p, bf16* p_bf16, const float* g, float* m, float* v, int64_t n, float decay,

@@ -14,17 +14,13 @@
 // delta = rowsum(dout * out); dK/dV come from a kernel whose block owns a tile of keys and loops over every
 // query (of every query head of its GQA group) that sees it; dQ from a second kernel whose block owns a
 // tile of queries and loops over the keys it sees. Probabilities are recomputed from lse.
+// Launcher: src/device/kernels/attention.rs. CPU reference: src/cpu/ops.rs (attention_*). Check: src/device/check/attention.rs.
 #include "kernel_common.cuh"
 
 #define ATT_LOG2E 1.4426950408889634f
 #define ATT_LN2 0.6931471805599453f
 
 __device__ __forceinline__ float att_neg_inf() { return -__uint_as_float(0x7f800000u); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // ------------------------------------------------------------------------------------------------------
 // Naive kernels: blocks of NAIVE_WARPS warps, one row per warp; d <= 128, lane owns dims lane + 32c.

@@ -6,9 +6,9 @@
 // block; pass 2 recomputes z from the untouched raw logit of the same element before overwriting it.
 // Targets < 0 are ignored: loss 0 and a zero gradient row. `dloss` is the same for every token (1 / the
 // number of valid targets for a mean loss).
+// Launcher: src/device/kernels/cross_entropy.rs. CPU reference: src/cpu/ops.rs (softcap_ce_*). Check: src/device/check/cross_entropy.rs.
 #include "kernel_common.cuh"
 
-#define SOFTCAP 15.0f
 
 // Merges two (max, sum of exp relative to max) pairs.
 __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {

@@ -8,6 +8,7 @@
 // pointers are 16-byte aligned (the usual case: buffers are), so that enough bytes are in flight to
 // saturate HBM; the last partial chunk and unaligned views take a scalar path. Every thread reads its own
 // elements before writing them, so an output may alias an input of the same type (no __restrict__).
+// Launcher: src/device/kernels/elementwise.rs. CPU reference: src/cpu/ops.rs (relu2_*), src/device/reference.rs (casts, adds). Check: src/device/check/elementwise.rs.
 #include "kernel_common.cuh"
 
 #define ELEMS_PER_THREAD 8
@@ -26,13 +27,11 @@ extern "C" __global__ void relu2_forward(bf16* out, const bf16* x, int64_t n) {
     bool vec;
     int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
     if (vec) {
-        uint4 xv = *reinterpret_cast<const uint4*>(x + i0);
-        uint4 ov;
-        const bf16* xs = reinterpret_cast<const bf16*>(&xv);
-        bf16* os = reinterpret_cast<bf16*>(&ov);
+        float f[ELEMS_PER_THREAD];
+        load_bf16<ELEMS_PER_THREAD>(f, x + i0);
 #pragma unroll
-        for (int k = 0; k < ELEMS_PER_THREAD; ++k) os[k] = __float2bfloat16(relu2(__bfloat162float(xs[k])));
-        *reinterpret_cast<uint4*>(out + i0) = ov;
+        for (int k = 0; k < ELEMS_PER_THREAD; ++k) f[k] = relu2(f[k]);
+        store_bf16<ELEMS_PER_THREAD>(out + i0, f);
     } else {
         for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(relu2(__bfloat162float(x[i])));
     }
@@ -45,16 +44,12 @@ extern "C" __global__ void relu2_backward(bf16* dx, const bf16* dout, const bf16
     bool vec;
     int64_t i0 = chunk_start(n, aligned16(dx) && aligned16(dout) && aligned16(x), &vec);
     if (vec) {
-        uint4 xv = *reinterpret_cast<const uint4*>(x + i0);
-        uint4 gv = *reinterpret_cast<const uint4*>(dout + i0);
-        uint4 ov;
-        const bf16* xs = reinterpret_cast<const bf16*>(&xv);
-        const bf16* gs = reinterpret_cast<const bf16*>(&gv);
-        bf16* os = reinterpret_cast<bf16*>(&ov);
+        float f[ELEMS_PER_THREAD], g[ELEMS_PER_THREAD];
+        load_bf16<ELEMS_PER_THREAD>(f, x + i0);
+        load_bf16<ELEMS_PER_THREAD>(g, dout + i0);
 #pragma unroll
-        for (int k = 0; k < ELEMS_PER_THREAD; ++k)
-            os[k] = __float2bfloat16(relu2_grad(__bfloat162float(xs[k]), __bfloat162float(gs[k])));
-        *reinterpret_cast<uint4*>(dx + i0) = ov;
+        for (int k = 0; k < ELEMS_PER_THREAD; ++k) f[k] = relu2_grad(f[k], g[k]);
+        store_bf16<ELEMS_PER_THREAD>(dx + i0, f);
     } else {
         for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i)
             dx[i] = __float2bfloat16(relu2_grad(__bfloat162float(x[i]), __bfloat162float(dout[i])));
@@ -85,12 +80,10 @@ extern "C" __global__ void cast_bf16_to_f32(float* out, const bf16* x, int64_t n
     bool vec;
     int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
     if (vec) {
-        uint4 xv = *reinterpret_cast<const uint4*>(x + i0);
-        const bf16* xs = reinterpret_cast<const bf16*>(&xv);
-        float4 a = make_float4(__bfloat162float(xs[0]), __bfloat162float(xs[1]), __bfloat162float(xs[2]), __bfloat162float(xs[3]));
-        float4 b = make_float4(__bfloat162float(xs[4]), __bfloat162float(xs[5]), __bfloat162float(xs[6]), __bfloat162float(xs[7]));
-        *reinterpret_cast<float4*>(out + i0) = a;
-        *reinterpret_cast<float4*>(out + i0 + 4) = b;
+        float f[ELEMS_PER_THREAD];
+        load_bf16<ELEMS_PER_THREAD>(f, x + i0);
+        *reinterpret_cast<float4*>(out + i0) = make_float4(f[0], f[1], f[2], f[3]);
+        *reinterpret_cast<float4*>(out + i0 + 4) = make_float4(f[4], f[5], f[6], f[7]);
     } else {
         for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __bfloat162float(x[i]);
     }
@@ -102,13 +95,12 @@ extern "C" __global__ void add_bf16(bf16* out, const bf16* a, int64_t n) {
     bool vec;
     int64_t i0 = chunk_start(n, aligned16(out) && aligned16(a), &vec);
     if (vec) {
-        uint4 ov = *reinterpret_cast<const uint4*>(out + i0);
-        uint4 av = *reinterpret_cast<const uint4*>(a + i0);
-        bf16* os = reinterpret_cast<bf16*>(&ov);
-        const bf16* as = reinterpret_cast<const bf16*>(&av);
+        float f[ELEMS_PER_THREAD], g[ELEMS_PER_THREAD];
+        load_bf16<ELEMS_PER_THREAD>(f, out + i0);
+        load_bf16<ELEMS_PER_THREAD>(g, a + i0);
 #pragma unroll
-        for (int k = 0; k < ELEMS_PER_THREAD; ++k) os[k] = __float2bfloat16(__bfloat162float(os[k]) + __bfloat162float(as[k]));
-        *reinterpret_cast<uint4*>(out + i0) = ov;
+        for (int k = 0; k < ELEMS_PER_THREAD; ++k) f[k] += g[k];
+        store_bf16<ELEMS_PER_THREAD>(out + i0, f);
     } else {
         for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i)
             out[i] = __float2bfloat16(__bfloat162float(out[i]) + __bfloat162float(a[i]));
@@ -122,15 +114,11 @@ extern "C" __global__ void add_f32_bf16(bf16* out, const float* a, const bf16* b
     if (vec) {
         float4 a0 = *reinterpret_cast<const float4*>(a + i0);
         float4 a1 = *reinterpret_cast<const float4*>(a + i0 + 4);
-        uint4 bv = *reinterpret_cast<const uint4*>(b + i0);
-        const bf16* bs = reinterpret_cast<const bf16*>(&bv);
-        uint4 ov;
-        __nv_bfloat162* os = reinterpret_cast<__nv_bfloat162*>(&ov);
-        os[0] = __floats2bfloat162_rn(a0.x + __bfloat162float(bs[0]), a0.y + __bfloat162float(bs[1]));
-        os[1] = __floats2bfloat162_rn(a0.z + __bfloat162float(bs[2]), a0.w + __bfloat162float(bs[3]));
-        os[2] = __floats2bfloat162_rn(a1.x + __bfloat162float(bs[4]), a1.y + __bfloat162float(bs[5]));
-        os[3] = __floats2bfloat162_rn(a1.z + __bfloat162float(bs[6]), a1.w + __bfloat162float(bs[7]));
-        *reinterpret_cast<uint4*>(out + i0) = ov;
+        float f[ELEMS_PER_THREAD];
+        load_bf16<ELEMS_PER_THREAD>(f, b + i0);
+        f[0] += a0.x, f[1] += a0.y, f[2] += a0.z, f[3] += a0.w;
+        f[4] += a1.x, f[5] += a1.y, f[6] += a1.z, f[7] += a1.w;
+        store_bf16<ELEMS_PER_THREAD>(out + i0, f);
     } else {
         for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(a[i] + __bfloat162float(b[i]));
     }

@@ -1,9 +1,10 @@
 // Token embedding.
 //   embedding_forward   out (n, c) bf16 = table[ids] (bf16 rows); one block per token
 //   embedding_backward  dtable (vocab, c) fp32 += sum of dout rows per token id, deterministic without
-//                       atomics: the launcher buckets the token positions by id on the host (stable,
-//                       in token order) and each block owns one id and a slice of channels, summing its
-//                       bucket in order (llm.c's approach).
+//                       atomics: the token positions are bucketed by id on the host once per micro-batch
+//                       (stable, in token order; `upload_ids`) and each block owns one id and a slice of
+//                       channels, summing its bucket in order (llm.c's approach).
+// Launcher: src/device/kernels/embedding.rs. CPU reference: src/cpu/ops.rs (embedding_*). Check: src/device/check/embedding.rs.
 #include "kernel_common.cuh"
 
 extern "C" __global__ void embedding_forward(bf16* out, const int* ids, const bf16* table, int n, int c) {

@@ -11,15 +11,10 @@
 //   smear_backward      dx += dout + g_{t+1}·dout[t+1] + dz_t·w (first k), partials of dλ and dw
 //   backout_forward     out = x − λ·x_mid
 //   backout_backward    dx += dout, dx_mid −= λ·dout, partials of dλ = −Σ dout·x_mid
+// Launcher: src/device/kernels/model_ops.rs. CPU reference: src/cpu/ops.rs (ve_gate_*, smear_*, backout_*). Check: src/device/check/model_ops.rs.
 #include "kernel_common.cuh"
 
 __device__ __forceinline__ float mo_sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
-
-// (Named per file: all .cu files are compiled as one translation unit.)
-__device__ __forceinline__ float mo_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // out[p] += Σ_i partials[p·n + i], one block per p, fixed order.
 extern "C" __global__ void column_sums_accumulate(float* out, const float* partials, int m, int n) {
@@ -43,7 +38,7 @@ extern "C" __global__ void ve_gate_forward(bf16* v, float* gate, const bf16* xn,
     if (row < n) {  // warp-uniform
         float xj = lane < k ? __bfloat162float(xn[row * c + lane]) : 0.f;
         for (int h = 0; h < hkv; ++h) {
-            float z = mo_warp_sum(lane < k ? wg[h * k + lane] * xj : 0.f);
+            float z = warp_sum(lane < k ? wg[h * k + lane] * xj : 0.f);
             float g = 3.f * mo_sigmoid(z);
             bf16* vh = v + row * v_stride + (int64_t)h * d;
             const bf16* eh = ve + (row * hkv + h) * d;
@@ -74,7 +69,7 @@ extern "C" __global__ void ve_gate_backward(bf16* dve, bf16* dxn, float* partial
                 dh[j] = __float2bfloat16(g * gv);
                 dg += gv * __bfloat162float(eh[j]);
             }
-            dg = mo_warp_sum(dg);
+            dg = warp_sum(dg);
             float s = g / 3.f;
             float dz = dg * 3.f * s * (1.f - s);
             if (lane < k) {

@@ -11,14 +11,10 @@
 // results are bitwise reproducible: no float atomics. The per-row / per-column statistics of muon_eq and
 // muon_normuon live in dynamic shared memory (one float per row or column; the launcher checks the size).
 // `round_bf16` flags mirror the bf16 compute dtype of the orthogonalisation (see optim::muon::MuonHyper).
+// Launcher: src/device/kernels/muon.rs. CPU reference: src/optim/muon.rs (muon_update, cautious_update). Check: src/device/check/muon.rs.
 #include "kernel_common.cuh"
 
 __device__ __forceinline__ float muon_round_bf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
-
-__device__ __forceinline__ float muon_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Sum of squares of x[0..len) over the block, returned to every thread. Every thread must call it.
 __device__ float muon_block_sumsq(const float* x, int64_t len, float* scratch) {
@@ -35,7 +31,7 @@ __device__ void muon_row_sumsq(float* out, const float* x, int m, int n) {
         const float* row = x + (int64_t)r * n;
         float s = 0.f;
         for (int c = lane; c < n; c += 32) s += row[c] * row[c];
-        s = muon_warp_sum(s);
+        s = warp_sum(s);
         if (lane == 0) out[r] = s;
     }
 }

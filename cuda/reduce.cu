@@ -4,6 +4,7 @@
 //                               writes (=) or accumulates (+=, gradients across micro-steps) the result
 // The grid size is a function of n only (chosen by the launcher), and every sum has a fixed order, so
 // the result is bitwise reproducible from run to run: no float atomics.
+// Launcher: src/device/kernels/reduce.rs. CPU reference: src/device/reference.rs (fp64 sums). Check: src/device/check/reduce.rs.
 #include "kernel_common.cuh"
 
 template <typename T>

@@ -19,35 +19,8 @@
 //   rmsnorm_backout_backward  the final norm's backward fused with the backout's, for the same reason
 //                        (xf = x - lambda * x_mid): dx = g, dx_mid = -lambda * g (=, not +=), partials[row] =
 //                        -g.x_mid, with g = rstd * (dy - y * mean(dy * y)) in fp32
+// Launcher: src/device/kernels/rmsnorm.rs. CPU reference: src/cpu/ops.rs (rmsnorm_*, lambda_mix_*, backout_backward). Check: src/device/check/rmsnorm.rs.
 #include "kernel_common.cuh"
-
-#define RMS_EPS 1.1920928955078125e-07f  // fp32 machine epsilon, PyTorch's default for fp32/bf16 inputs
-
-
-// W = 8: one 16-byte vector; W = 1: one element.
-template <int W>
-__device__ __forceinline__ void load_bf16(float* f, const bf16* p) {
-    if (W == 8) {
-        uint4 v = *reinterpret_cast<const uint4*>(p);
-        const bf16* s = reinterpret_cast<const bf16*>(&v);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) f[k] = __bfloat162float(s[k]);
-    } else {
-        f[0] = __bfloat162float(p[0]);
-    }
-}
-template <int W>
-__device__ __forceinline__ void store_bf16(bf16* p, const float* f) {
-    if (W == 8) {
-        uint4 v;
-        bf16* s = reinterpret_cast<bf16*>(&v);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) s[k] = __float2bfloat16(f[k]);
-        *reinterpret_cast<uint4*>(p) = v;
-    } else {
-        p[0] = __float2bfloat16(f[0]);
-    }
-}
 
 template <int W>
 __device__ void rmsnorm_fwd(bf16* y, float* rstd, const bf16* x, int c) {

@@ -8,17 +8,10 @@
 //   rope_qknorm_forward   y (n, heads, d) bf16, rstd (n·heads) f32 saved, x strided bf16
 //   rope_qknorm_backward  dx (strided, = or += by `accumulate`) from dy (n, heads, d): the RMSNorm backward
 //                         on the recomputed rotation, then the transposed rotation
+// Launcher: src/device/kernels/rope_qknorm.rs. CPU reference: src/cpu/ops.rs (rope_*, qk_norm_*). Check: src/device/check/rope_qknorm.rs.
 #include "kernel_common.cuh"
 
-#define QKN_EPS 1.1920928955078125e-07f  // fp32 machine epsilon, as cuda/rmsnorm.cu
-#define QK_SCALE 1.2f
 #define QKN_PAIRS 4                       // pairs per lane: d/2 ≤ 4·32
-
-// (Named per file: all .cu files are compiled as one translation unit.)
-__device__ __forceinline__ float qkn_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Loads the head's pairs of lane `lane` and rotates them: a = first half, b = second half.
 __device__ __forceinline__ void load_rotated(float* a, float* b, const bf16* xh, const float* cs, const float* sn,
@@ -53,7 +46,7 @@ extern "C" __global__ void rope_qknorm_forward(bf16* y, float* rstd, const bf16*
         float ss = 0.f;
 #pragma unroll
         for (int k = 0; k < QKN_PAIRS; ++k) ss += a[k] * a[k] + b[k] * b[k];
-        float r = rsqrtf(qkn_warp_sum(ss) / d + QKN_EPS);
+        float r = rsqrtf(warp_sum(ss) / d + RMS_EPS);
         bf16* yh = y + unit * d;
 #pragma unroll
         for (int k = 0; k < QKN_PAIRS; ++k) {
@@ -96,7 +89,7 @@ extern "C" __global__ void rope_qknorm_backward(bf16* dx, const bf16* dy, const 
             }
             dot += ga[k] * a[k] * r + gb[k] * b[k] * r;
         }
-        float mean = qkn_warp_sum(dot) / d;
+        float mean = warp_sum(dot) / d;
         bf16* dh = dx + row * dx_stride + (int64_t)h * d;
 #pragma unroll
         for (int k = 0; k < QKN_PAIRS; ++k) {

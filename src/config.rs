@@ -29,8 +29,14 @@ fn default_window_pattern() -> String {
 pub const VE_GATE_CHANNELS: usize = 12;
 /// Channels of the embedding that feed the smear gate.
 pub const SMEAR_CHANNELS: usize = 24;
-/// Logit softcap: `15 * tanh(logits / 15)`.
+/// Logit softcap: `15 * tanh(logits / 15)` ([`softcap`]; `SOFTCAP` in `cuda/kernel_common.cuh`).
 pub const SOFTCAP: f32 = 15.0;
+
+/// The softcapped logit: `SOFTCAP · tanh(z / SOFTCAP)`, the one definition the CPU reference, inference and
+/// the kernel devices' logits use (the kernel computes the same in `cuda/cross_entropy.cu`).
+pub fn softcap(z: f32) -> f32 {
+    SOFTCAP * (z / SOFTCAP).tanh()
+}
 /// RoPE base.
 pub const ROPE_BASE: f32 = 100_000.0;
 /// Q and K are scaled by this after QK-norm.

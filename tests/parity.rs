@@ -95,6 +95,7 @@ fn the_cpu_limits_catch_a_small_logits_or_gradient_error() {
 
 /// Writes a fixture for `cfg` in upstream's format with this implementation's own numbers: it tests the kernels
 /// against the CPU reference and the binary on other shapes, not agreement with upstream.
+#[allow(clippy::needless_range_loop)] // k is the step number, also used to name the fixture tensors
 fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
     let gpt = Gpt::new(cfg).unwrap();
     let mut rng = Rng::new(3);

@@ -321,3 +321,70 @@ fn task_data_downloads_resume_refuse_corruption_and_load() {
     write_identity(base.path()).unwrap();
     assert_eq!(std::fs::read_to_string(&id).unwrap(), "mine");
 }
+
+#[test]
+fn download_data_tasks_eval_only_from_a_mirror() {
+    let arc = fixture("task_data/allenai--ai2_arc/ARC-Easy/test/00000.parquet");
+    let splits = [
+        ("allenai/ai2_arc", "ARC-Easy", "test"),
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        ("cais/mmlu", "all", "test"),
+        ("openai/gsm8k", "main", "test"),
+        ("openai/openai_humaneval", "openai_humaneval", "test"),
+    ];
+    let mut files = HashMap::new();
+    let mut lists = HashMap::new();
+    for (i, (repo, subset, split)) in splits.iter().enumerate() {
+        let name = format!("/f/{i}.parquet");
+        files.insert(name.clone(), (arc.clone(), Behaviour::Ok));
+        lists.insert(
+            format!("/api/datasets/{repo}/parquet/{subset}/{split}"),
+            vec![name],
+        );
+    }
+    files.insert(
+        "/words.txt".to_string(),
+        (b"apple\r\nzebra\r\n".to_vec(), Behaviour::Ok),
+    );
+    let server = Hub::start(files, lists);
+    let base = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_download_data"))
+        .args([
+            "--tasks",
+            "--eval-only",
+            "--hub-url",
+            &server.url,
+            "--attempts",
+            "2",
+        ])
+        .arg("--words-url")
+        .arg(format!("{}/words.txt", server.url))
+        .arg("--dir")
+        .arg(base.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (repo, subset, split) in splits {
+        let dir = hub::dataset_dir(base.path(), repo, subset, split);
+        assert!(complete_manifest(&dir).is_some(), "{repo} {subset} {split}");
+    }
+    // No training data was asked for.
+    assert!(!base
+        .path()
+        .join("task_data/HuggingFaceTB--smol-smoltalk")
+        .exists());
+    assert!(server
+        .requests("/api/datasets/openai/gsm8k/parquet/main/train")
+        .is_empty());
+    assert_eq!(
+        std::fs::read_to_string(base.path().join("words_alpha.txt")).unwrap(),
+        "apple\r\nzebra\r\n"
+    );
+    assert!(base.path().join("identity_conversations.jsonl").is_file());
+    assert!(stdout.contains("task data done"), "{stdout}");
+}

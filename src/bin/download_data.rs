@@ -61,6 +61,10 @@ struct Args {
     /// With --tasks: no network; write the identity conversations and say which tasks have their data.
     #[arg(long)]
     offline: bool,
+    /// With --tasks: only the evaluation splits chat_eval reads (ARC, MMLU, GSM8K and HumanEval test), not the
+    /// training data (SmolTalk, MMLU auxiliary_train, GSM8K train).
+    #[arg(long)]
+    eval_only: bool,
 }
 
 /// `--tasks`: every split, the word list and the identity conversations; failures are listed at the end.
@@ -88,7 +92,13 @@ fn download_tasks(args: &Args, opts: &DownloadOptions) -> Result<(), Box<dyn std
             *bytes as f64 / 1e6
         ),
     };
-    for s in &TASK_SPLITS {
+    let eval_split = |s: &&nanochat::tasks::download::HubSplit| {
+        s.split == "test" && !s.repo.contains("smol-smoltalk")
+    };
+    for s in TASK_SPLITS
+        .iter()
+        .filter(|s| !args.eval_only || eval_split(s))
+    {
         let what = format!("{} {} {}", s.repo, s.subset, s.split);
         match download_split(&base, &args.hub_url, s, opts) {
             Ok(o) => say(&what, &o),

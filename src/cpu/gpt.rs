@@ -344,9 +344,9 @@ impl Gpt {
             loss = (losses.iter().map(|&l| l as f64).sum::<f64>() / valid as f64) as f32;
         } else {
             for row in logits.chunks_exact_mut(vp) {
-                row[..v].iter_mut().for_each(|z| {
-                    *z = crate::config::SOFTCAP * (*z / crate::config::SOFTCAP).tanh()
-                });
+                row[..v]
+                    .iter_mut()
+                    .for_each(|z| *z = crate::config::softcap(*z));
             }
         }
         Ok(Forward {

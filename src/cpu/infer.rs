@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::ops;
-use crate::config::{ModelConfig, ROPE_BASE, SOFTCAP};
+use crate::config::{softcap, ModelConfig, ROPE_BASE};
 use crate::params::{ParamTable, Slot};
 
 /// Keys and values of every layer for `rows` sequences of up to `t_max` positions, all rows at one position.
@@ -296,7 +296,7 @@ impl CpuInfer {
         ops::linear_forward(&mut logits, &xnf, self.p(Slot::LmHead, 0), m, c, vp);
         Ok(logits
             .chunks_exact(vp)
-            .flat_map(|r| r[..v].iter().map(|&z| SOFTCAP * (z / SOFTCAP).tanh()))
+            .flat_map(|r| r[..v].iter().map(|&z| softcap(z)))
             .collect())
     }
 

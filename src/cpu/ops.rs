@@ -6,11 +6,11 @@
 //! both contributions; callers zero gradient buffers before a backward pass.
 
 use super::gemm::{gemm, Trans};
-use crate::config::{QK_SCALE, SOFTCAP};
+use crate::config::{softcap, QK_SCALE, SOFTCAP};
 use rayon::prelude::*;
 
 /// PyTorch's default RMSNorm epsilon for fp32/bf16 inputs: the fp32 machine epsilon.
-pub const RMS_EPS: f32 = f32::EPSILON;
+pub const RMS_EPS: f32 = f32::EPSILON; // `RMS_EPS` in cuda/kernel_common.cuh
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -223,6 +223,7 @@ pub fn lambda_mix_backward(
 // Value-embedding gate: v (n, hkv, d) += 3·sigmoid(xn[:, :12] · Wgᵀ) (n, hkv) · ve (n, hkv, d)
 
 /// `gate (n, hkv)` saved; `v` updated in place.
+#[allow(clippy::too_many_arguments)] // the kernel launcher's argument order (outputs, saved, inputs, weights, sizes)
 pub fn ve_gate_forward(
     v: &mut [f32],
     gate: &mut [f32],
@@ -424,9 +425,9 @@ pub fn attention_forward(
                     m = m.max(sc);
                 }
                 let mut sum = 0.0f32;
-                for j in k0..=p {
-                    scores[j] = (scores[j] - m).exp();
-                    sum += scores[j];
+                for s in &mut scores[k0..=p] {
+                    *s = (*s - m).exp();
+                    sum += *s;
                 }
                 let orow = &mut o[p * d..(p + 1) * d];
                 for j in k0..=p {
@@ -583,8 +584,7 @@ pub fn softcap_ce_forward(
         .zip(targets.par_iter())
         .for_each(|((loss, row), &y)| {
             let row = &mut row[..v];
-            row.iter_mut()
-                .for_each(|z| *z = SOFTCAP * (*z / SOFTCAP).tanh());
+            row.iter_mut().for_each(|z| *z = softcap(*z));
             *loss = if y < 0 {
                 0.0
             } else {

@@ -23,7 +23,7 @@ use super::memory::{
     self, largest_batch, muon_stacks, static_memory, Arena, ArenaLayout, BF16, F32,
 };
 use super::{Buffer, DevPtr, Device};
-use crate::config::{ModelConfig, ROPE_BASE, SOFTCAP};
+use crate::config::{softcap, ModelConfig, ROPE_BASE};
 use crate::model::ModelDevice;
 use crate::optim::{MuonAdamW, SetupArgs, StepJob, StepSettings};
 use crate::params::{ParamTable, Slot};
@@ -316,10 +316,6 @@ impl KernelModel {
         }
         Ok(())
     }
-}
-
-fn softcap(z: f32) -> f32 {
-    SOFTCAP * (z / SOFTCAP).tanh()
 }
 
 impl ModelDevice for KernelModel {

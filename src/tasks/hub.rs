@@ -65,23 +65,30 @@ impl Rows {
                 dir.display()
             ));
         }
-        let mut values = Vec::new();
         let parquet = list("parquet")?;
         if !parquet.is_empty() {
+            // Each row goes to compact JSON text as it is read: the whole split never exists as a JSON tree.
+            let mut rows = Vec::new();
             for f in &parquet {
-                values.extend(read_parquet_rows(f)?);
+                for_each_parquet_row(f, &mut |v| rows.push(v.to_string().into_boxed_str()))?;
             }
-        } else {
-            let jsonl = list("jsonl")?;
-            if jsonl.is_empty() {
-                return Err(format!(
-                    "{} holds no .parquet or .jsonl files: fetch the data with `download_data --tasks`",
-                    dir.display()
-                ));
-            }
-            for f in &jsonl {
-                values.extend(read_jsonl(f)?);
-            }
+            let order = nprandom::permutation(SHUFFLE_SEED, rows.len());
+            return Ok(Rows {
+                rows,
+                order,
+                origin: dir.to_path_buf(),
+            });
+        }
+        let jsonl = list("jsonl")?;
+        if jsonl.is_empty() {
+            return Err(format!(
+                "{} holds no .parquet or .jsonl files: fetch the data with `download_data --tasks`",
+                dir.display()
+            ));
+        }
+        let mut values = Vec::new();
+        for f in &jsonl {
+            values.extend(read_jsonl(f)?);
         }
         Ok(Rows::from_values(
             values,
@@ -118,22 +125,28 @@ impl Rows {
 
 /// Every row of a parquet file as a JSON object (nested groups and lists included).
 pub fn read_parquet_rows(path: &Path) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    for_each_parquet_row(path, &mut |v| out.push(v))?;
+    Ok(out)
+}
+
+/// Calls `f` with every row of a parquet file as a JSON object, in file order.
+pub fn for_each_parquet_row(path: &Path, f: &mut dyn FnMut(Value)) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| format!("{}: not a parquet file: {e}", path.display()))?;
     let iter = reader
         .get_row_iter(None)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = Vec::new();
     for (i, row) in iter.enumerate() {
         let row = row.map_err(|e| format!("{}: row {i}: {e}", path.display()))?;
         let obj: Map<String, Value> = row
             .get_column_iter()
-            .map(|(k, f)| (k.clone(), field_json(f)))
+            .map(|(k, v)| (k.clone(), field_json(v)))
             .collect();
-        out.push(Value::Object(obj));
+        f(Value::Object(obj));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn field_json(f: &Field) -> Value {

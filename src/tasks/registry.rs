@@ -4,13 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::arc::Arc as ArcTask;
-use super::customjson::{CustomJson, IDENTITY_FILE};
+use super::customjson::IDENTITY_FILE;
 use super::gsm8k::Gsm8k;
 use super::hub;
 use super::humaneval::{self, CodeRunner, HumanEval};
 use super::mmlu::Mmlu;
-use super::smoltalk::SmolTalk;
-use super::spelling::{self, SimpleSpelling, SpellingBee};
+use super::spelling::{self, SpellingBee};
 use super::Task;
 
 /// chat_eval's tasks, in its order. The first five make ChatCORE.
@@ -103,21 +102,4 @@ pub fn availability(base: &Path) -> Vec<String> {
             }
         ),
     ]
-}
-
-/// SimpleSpelling / SpellingBee / CustomJSON / SmolTalk for training mixtures, by upstream's constructors.
-pub fn simple_spelling(base: &Path, size: usize, split: &str) -> Result<SimpleSpelling, String> {
-    SimpleSpelling::load(base, size, split)
-}
-
-pub fn spelling_bee(base: &Path, size: usize, split: &str) -> Result<SpellingBee, String> {
-    SpellingBee::load(base, size, split)
-}
-
-pub fn identity(base: &Path) -> Result<CustomJson, String> {
-    CustomJson::load(&base.join(IDENTITY_FILE))
-}
-
-pub fn smoltalk(base: &Path, split: &str) -> Result<SmolTalk, String> {
-    SmolTalk::load(base, split)
 }

@@ -91,8 +91,11 @@ impl Metrics {
     }
 }
 
+/// One line of a chart: name, colour, (x, y) points.
+type Series<'a> = (&'a str, &'a str, &'a [(f64, f64)]);
+
 /// A minimal line chart: shared x axis (step), each series scaled to the shared y range.
-fn plot(series: &[(&str, &str, &[(f64, f64)])]) -> String {
+fn plot(series: &[Series]) -> String {
     let (w, h, pad) = (800.0, 480.0, 60.0);
     let pts: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.2.iter()).collect();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
