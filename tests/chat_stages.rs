@@ -266,6 +266,9 @@ fn chat_sft_from_base_and_both_stages_on_the_emulator() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path();
     prepare(base);
+    // The fixture task data (a few rows of each hub dataset): the mixtures use it, and ChatCORE has its tasks.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks/task_data");
+    copy_dir(&fixtures, &base.join("task_data"));
     // No mid checkpoint: chat_sft starts from base (and inherits base_train's flags: embedding lr 0.3).
     let short = [
         "--num-iterations",
@@ -276,13 +279,51 @@ fn chat_sft_from_base_and_both_stages_on_the_emulator() {
         "256",
     ];
     let mut a = sft_args(&short);
-    a.extend(["--model-tag", "d2"].map(String::from));
+    let core_flags = [
+        "--chatcore-every",
+        "2",
+        "--chatcore-max-cat",
+        "3",
+        "--chatcore-max-sample",
+        "1",
+    ];
+    a.extend(
+        ["--model-tag", "d2"]
+            .iter()
+            .chain(&core_flags)
+            .map(|s| s.to_string()),
+    );
     let cpu = chat_sft(&SftArgs::try_parse_from(&a).unwrap(), base).unwrap();
-    let meta = checkpoint::load(&base.join("chatsft_checkpoints/d2"), None, 0, None)
-        .unwrap()
-        .meta;
+    let dir = base.join("chatsft_checkpoints/d2");
+    let meta = checkpoint::load(&dir, None, 0, None).unwrap().meta;
     assert_eq!(meta.user_config["source"], "base");
     assert_eq!(meta.user_config["embedding_lr"], 0.3);
+    // ChatCORE at step 2 and at the end (step 3), every task scored on its slice (or skipped with a reason).
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let core: Vec<&serde_json::Value> =
+        records.iter().filter(|v| v["kind"] == "chatcore").collect();
+    let steps: Vec<u64> = core.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 3]);
+    for record in &core {
+        let tasks = record["tasks"].as_array().unwrap();
+        let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]
+        );
+        for t in tasks {
+            if t["skipped"].is_null() {
+                let generative = ["GSM8K", "HumanEval"].contains(&t["task"].as_str().unwrap());
+                assert_eq!(t["total"], if generative { 1 } else { 3 }, "{t}");
+            } else {
+                assert!(t["skipped"].as_str().unwrap().starts_with("skipped"), "{t}");
+            }
+        }
+    }
 
     // The same three steps on the kernel emulator, to another tag: losses agree with the CPU reference.
     let mut m = vec![

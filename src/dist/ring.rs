@@ -219,7 +219,7 @@ impl Ring {
             self.work = send;
             res?;
             for (dst, &got) in self.work[inc].iter_mut().zip(&self.recv) {
-                *dst += got;
+                *dst += got; // IEEE addition commutes: the order that matters is the ring's.
             }
         }
         if op == ReduceOp::Avg {

@@ -26,6 +26,23 @@ pub fn evaluate_bpb(
     steps: usize,
     token_bytes: &[u32],
 ) -> Result<f64, String> {
+    let (nats, bytes) = bpb_sums(model, shards, cfg, steps, token_bytes)?;
+    Ok(if bytes == 0 {
+        f64::INFINITY
+    } else {
+        nats / (std::f64::consts::LN_2 * bytes as f64)
+    })
+}
+
+/// The sums behind bits per byte: nats of every target token that stands for at least one byte, and those
+/// bytes (summed over ranks before dividing).
+pub fn bpb_sums(
+    model: &mut dyn ModelDevice,
+    shards: Arc<[TokenShard]>,
+    cfg: LoaderConfig,
+    steps: usize,
+    token_bytes: &[u32],
+) -> Result<(f64, u64), String> {
     let mut loader = DataLoader::new(shards, cfg).map_err(|e| e.to_string())?;
     let (mut nats, mut bytes) = (0f64, 0u64);
     for _ in 0..steps {
@@ -40,11 +57,7 @@ pub fn evaluate_bpb(
             }
         }
     }
-    Ok(if bytes == 0 {
-        f64::INFINITY
-    } else {
-        nats / (std::f64::consts::LN_2 * bytes as f64)
-    })
+    Ok((nats, bytes))
 }
 
 /// Greedy continuation of `prompt` (BOS prepended) by `max_tokens` tokens, re-running the full forward.

@@ -205,7 +205,9 @@ pub fn build(base: &Path, entries: &[Entry], what: &str) -> Result<TaskMixture, 
     for e in entries {
         match e.task.load(base) {
             Ok(task) => {
-                let slice = TaskSlice::new(task.clone(), 0, e.stop, 1)?;
+                // A row limit beyond the data (a small mirror) keeps all rows.
+                let stop = e.stop.map(|s| s.min(task.num_examples()));
+                let slice = TaskSlice::new(task.clone(), 0, stop, 1)?;
                 let rows = slice.len();
                 if rows == 0 {
                     println!("{what}: {} has no rows, left out", task.name());

@@ -4,10 +4,12 @@
 //! [`crate::model`], checkpoint files are [`crate::checkpoint`].
 
 pub mod eval;
+pub mod grad_average;
 pub mod metrics;
 pub mod mid;
 pub mod mixtures;
 pub mod plan;
+pub mod ranks;
 pub mod run;
 pub mod sft;
 pub mod stage;

@@ -2,10 +2,12 @@
 //! and token shards, build (or resume) the model and optimizer, then loop: evaluate, sample, checkpoint,
 //! train one step of `grad_accum` micro-batches, log.
 
-use super::eval::{evaluate_bpb, sample_greedy, SAMPLE_PROMPTS};
+use super::eval::{bpb_sums, sample_greedy, SAMPLE_PROMPTS};
+use super::grad_average::GradAverage;
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
-use super::stage::{fmt_duration, save_checked};
+use super::ranks::{self, Ranks};
+use super::stage::fmt_duration;
 use crate::backend::Backend;
 use crate::checkpoint::{self, LoopState, Meta};
 use crate::common::base_dir;
@@ -131,6 +133,23 @@ pub struct TrainArgs {
     /// unchanged; for tests and time-boxed runs; continue with --resume).
     #[arg(long)]
     pub max_steps_this_run: Option<usize>,
+    /// Start this many ranks on this node (torchrun-style, one per GPU) and supervise them; without it the
+    /// ranks come from the launcher's variables (mpirun, srun, RANK/WORLD_SIZE), or there is one.
+    #[arg(long)]
+    pub nproc_per_node: Option<usize>,
+    /// With --nproc-per-node: the number of nodes of the job (each runs the same command).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// With --nproc-per-node: this node's index (its ranks are node_rank x nproc_per_node + local rank).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Read the rows of this many data ranks in one process (each a share of the gradient accumulation):
+    /// reproduces a run on that many ranks without them.
+    #[arg(long, default_value_t = 1)]
+    pub data_ranks: usize,
+    /// Seconds the ranks wait for each other (to join, and for data in a collective) before failing.
+    #[arg(long, default_value_t = 600)]
+    pub dist_timeout: u64,
 }
 
 /// What a run reports at its end.
@@ -145,6 +164,14 @@ pub struct Summary {
 
 /// Runs pretraining as `args` describe, on the base directory `base` (usually `$NANOCHAT_BASE_DIR`).
 pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
+    // Each local rank takes its own GPU (set before the driver is initialised; an explicit setting wins).
+    if args.device == Backend::Cuda && std::env::var_os("CUDA_VISIBLE_DEVICES").is_none() {
+        if let Ok(info) = crate::dist::env::from_env() {
+            if info.local_world_size.value > 1 {
+                std::env::set_var("CUDA_VISIBLE_DEVICES", info.local_rank.value.to_string());
+            }
+        }
+    }
     // Open a kernel device first, so a machine without a driver or GPU hears exactly that.
     let mut kernel_device = if args.device.is_kernels() {
         // The emulator runs its threads in order; the kernel tests try the other schedules.
@@ -158,6 +185,15 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     if args.fp8 {
         eprintln!("warning: --fp8 is not implemented; training runs in bf16");
     }
+    let info = crate::dist::env::from_env()?;
+    let world = info.world_size.value;
+    if world > 1 && args.data_ranks > 1 {
+        return Err(format!(
+            "--data-ranks {} plays several ranks in one process; this process is already one of {world} ranks",
+            args.data_ranks
+        ));
+    }
+    let data_ranks = args.data_ranks.max(1);
     let tok = load_tokenizer(base)?;
     let plan = Plan::derive(&PlanArgs {
         depth: args.depth,
@@ -176,36 +212,14 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         matrix_lr: args.matrix_lr,
         scalar_lr: args.scalar_lr,
         weight_decay: args.weight_decay,
-        world_size: 1,
+        world_size: world * data_ranks,
     })?;
-    println!("{}", plan.describe());
-    let (b, t, n_iter, accum) = (
-        args.device_batch_size,
-        args.max_seq_len,
-        plan.num_iterations,
-        plan.grad_accum_steps,
-    );
-    let schedule = Schedule {
-        num_iterations: n_iter,
-        warmup_steps: args.warmup_steps,
-        warmdown_ratio: args.warmdown_ratio,
-        final_lr_frac: args.final_lr_frac,
-    };
-
     let tok_id = TokenizerId::of(&tok);
-    let train_shards = open_split(base, &tok_id, Split::Train).map_err(|e| e.to_string())?;
-    let val_shards = open_split(base, &tok_id, Split::Val).map_err(|e| e.to_string())?;
-    let loader_cfg = LoaderConfig {
-        batch_size: b,
-        seq_len: t,
-        ..LoaderConfig::default()
-    };
     let tag = args
         .model_tag
         .clone()
         .unwrap_or_else(|| format!("d{}", args.depth));
     let ckpt_dir = checkpoint::checkpoint_dir(base, "base", &tag);
-
     // Fresh start or resume.
     let resume_step = if args.resume_from_step >= 0 {
         Some(args.resume_from_step as usize)
@@ -214,62 +228,175 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     } else {
         None
     };
+    // Join the other ranks before the expensive part, so a mismatched launch fails at once.
+    let user_config = serde_json::to_value(args).map_err(|e| e.to_string())?;
+    let timeouts = crate::dist::Timeouts {
+        connect: std::time::Duration::from_secs(args.dist_timeout),
+        op: std::time::Duration::from_secs(args.dist_timeout),
+    };
+    let fp = ranks::fingerprint(&user_config, &tok_id.fingerprint, world, resume_step);
+    let ranks = Ranks::join(info, &fp, args.device == Backend::Cuda, &timeouts)?;
+    let result = train_ranked(
+        args,
+        base,
+        &ranks,
+        kernel_device.take(),
+        &tok,
+        &tok_id,
+        &plan,
+        &ckpt_dir,
+        resume_step,
+        user_config,
+    );
+    if let Err(e) = &result {
+        // The others fail at their next collective naming this rank and why.
+        ranks.abort(e);
+    }
+    result
+}
+
+/// Everything after the ranks have joined: the loop of every rank.
+#[allow(clippy::too_many_arguments)]
+fn train_ranked(
+    args: &TrainArgs,
+    base: &Path,
+    ranks: &Ranks,
+    mut kernel_device: Option<Box<dyn crate::device::Device>>,
+    tok: &crate::tokenizer::Tokenizer,
+    tok_id: &TokenizerId,
+    plan: &Plan,
+    ckpt_dir: &Path,
+    resume_step: Option<usize>,
+    user_config: serde_json::Value,
+) -> Result<Summary, String> {
+    let main = ranks.is_main();
+    let say = |s: String| {
+        if main {
+            println!("{s}");
+        }
+    };
+    let (rank, world, data_ranks) = (ranks.rank, ranks.world, args.data_ranks.max(1));
+    if world > 1 {
+        say(format!("data parallel: {}", ranks.info));
+    }
+    say(plan.describe());
+    let (b, t, n_iter) = (
+        args.device_batch_size,
+        args.max_seq_len,
+        plan.num_iterations,
+    );
+    // This process's micro-batches per step: its share of the accumulation for each data rank it plays.
+    let per_rank = plan.grad_accum_steps;
+    let accum = per_rank * data_ranks;
+    let schedule = Schedule {
+        num_iterations: n_iter,
+        warmup_steps: args.warmup_steps,
+        warmdown_ratio: args.warmdown_ratio,
+        final_lr_frac: args.final_lr_frac,
+    };
+    let train_shards = open_split(base, tok_id, Split::Train).map_err(|e| e.to_string())?;
+    let val_shards = open_split(base, tok_id, Split::Val).map_err(|e| e.to_string())?;
+    // Data rank d of this process is global data rank `rank × data_ranks + d` of `world × data_ranks`.
+    let loader_cfg = |d: usize| LoaderConfig {
+        batch_size: b,
+        seq_len: t,
+        rank: rank * data_ranks + d,
+        world_size: world * data_ranks,
+        ..LoaderConfig::default()
+    };
+
     // The model on the chosen device (built once, from fresh or resumed parameters).
     let mut make_model = |params: Vec<f32>| -> Result<Box<dyn ModelDevice>, String> {
         match kernel_device.take() {
-            None => Ok(Box::new(
-                CpuModel::new(&plan.model, params, &plan.optimizer)?
-                    .with_storage(args.device.cpu_storage().unwrap_or(Storage::F32)),
-            )),
+            None => {
+                let m = CpuModel::new(&plan.model, params, &plan.optimizer)?
+                    .with_storage(args.device.cpu_storage().unwrap_or(Storage::F32));
+                Ok(Box::new(if world > 1 {
+                    m.data_parallel(&plan.optimizer, ranks.comm.clone(), rank, world)
+                } else {
+                    m
+                }))
+            }
             Some(dev) => {
                 let m = KernelModel::new(dev, &plan.model, &params, &plan.optimizer)?;
-                println!(
+                say(format!(
                     "device memory ({}):\n{}",
                     m.device().name(),
                     m.memory_report(b, t)
-                );
-                Ok(Box::new(m))
+                ));
+                Ok(if world > 1 {
+                    Box::new(GradAverage {
+                        inner: Box::new(m),
+                        comm: ranks.comm.clone(),
+                    })
+                } else {
+                    Box::new(m)
+                })
             }
         }
     };
-    let (mut model, mut loader, mut loop_state, start) = match resume_step {
+    let (mut model, mut loaders, mut loop_state, start) = match resume_step {
         Some(step) => {
-            let l = checkpoint::load(&ckpt_dir, Some(step), 0, Some(&plan.model))?;
+            ranks::check_resume_world(ckpt_dir, step, world)?;
+            let l = checkpoint::load(ckpt_dir, Some(step), rank, Some(&plan.model))?;
             let mut model = make_model(l.params)?;
             let state = l.optim.ok_or_else(|| {
                 format!(
-                    "checkpoint step {step} in {} has no optimizer state",
+                    "checkpoint step {step} in {} has no optimizer state for rank {rank}",
                     ckpt_dir.display()
                 )
             })?;
             model.load_optimizer_state(&state)?;
-            let ls: LoaderState = serde_json::from_value(l.meta.dataloader_state_dict.clone())
-                .map_err(|e| format!("checkpoint step {step}: bad loader state: {e}"))?;
-            let loader = DataLoader::resume(train_shards.clone(), loader_cfg, &ls)
-                .map_err(|e| e.to_string())?;
-            println!("resuming from step {step} in {}", ckpt_dir.display());
-            (model, loader, l.meta.loop_state, step)
+            let mut loaders = Vec::new();
+            for d in 0..data_ranks {
+                let global = rank * data_ranks + d;
+                let ls = ranks::load_loader_state(
+                    ckpt_dir,
+                    step,
+                    global,
+                    &l.meta.dataloader_state_dict,
+                )?;
+                loaders.push(
+                    DataLoader::resume(train_shards.clone(), loader_cfg(d), &ls)
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            say(format!(
+                "resuming from step {step} in {}",
+                ckpt_dir.display()
+            ));
+            (model, loaders, l.meta.loop_state, step)
         }
         None => {
             let table = crate::params::ParamTable::new(&plan.model);
             let mut params = vec![0.0; table.numel];
             table.init(&mut params, args.seed);
             let model = make_model(params)?;
-            let loader =
-                DataLoader::new(train_shards.clone(), loader_cfg).map_err(|e| e.to_string())?;
-            (model, loader, LoopState::default(), 0)
+            let mut loaders = Vec::new();
+            for d in 0..data_ranks {
+                loaders.push(
+                    DataLoader::new(train_shards.clone(), loader_cfg(d))
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            (model, loaders, LoopState::default(), 0)
         }
     };
-    let mut metrics = Metrics::open(&ckpt_dir, Some(start))?;
+    // Only rank 0 keeps the run record.
+    let mut metrics = if main {
+        Some(Metrics::open(ckpt_dir, Some(start))?)
+    } else {
+        None
+    };
     let token_bytes = tok.token_bytes();
-    let eval_steps = (args.eval_tokens / (b * t)).max(1);
+    // Upstream's eval_steps = eval_tokens / (B·T·world), per rank.
+    let eval_steps = (args.eval_tokens / (b * t * world * data_ranks)).max(1);
     let tokens_per_step = plan.total_batch_size as f64;
-    let user_config = serde_json::to_value(args).map_err(|e| e.to_string())?;
     let mut summary = Summary {
         losses: Vec::new(),
         min_val_bpb: loop_state.min_val_bpb,
         last_step: start,
-        checkpoint_dir: ckpt_dir.clone(),
+        checkpoint_dir: ckpt_dir.to_path_buf(),
     };
     let mut val_bpb = None;
     let stop_at = args.max_steps_this_run.map(|k| start + k);
@@ -278,29 +405,46 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     for step in start..=n_iter {
         let last_step = step == n_iter;
         if args.eval_every > 0 && (last_step || step % args.eval_every == 0) {
-            let bpb = evaluate_bpb(
-                model.as_mut(),
-                val_shards.clone(),
-                loader_cfg,
-                eval_steps,
-                &token_bytes,
-            )?;
-            println!("step {step:05} | validation bpb: {bpb:.6}");
+            // Every rank its own rows; the sums of nats and bytes over the ranks give the bpb.
+            let (mut nats, mut bytes) = (0f64, 0f64);
+            for d in 0..data_ranks {
+                let (n, by) = bpb_sums(
+                    model.as_mut(),
+                    val_shards.clone(),
+                    loader_cfg(d),
+                    eval_steps,
+                    &token_bytes,
+                )?;
+                nats += n;
+                bytes += by as f64;
+            }
+            let s = ranks.sum("validation bpb", &[nats, bytes])?;
+            let bpb = if s[1] == 0.0 {
+                f64::INFINITY
+            } else {
+                s[0] / (std::f64::consts::LN_2 * s[1])
+            };
+            say(format!("step {step:05} | validation bpb: {bpb:.6}"));
             loop_state.min_val_bpb = Some(loop_state.min_val_bpb.map_or(bpb, |m: f64| m.min(bpb)));
             val_bpb = Some(bpb);
-            metrics.log(json!({"kind": "eval", "step": step, "val_bpb": bpb}))?;
+            if let Some(m) = &mut metrics {
+                m.log(json!({"kind": "eval", "step": step, "val_bpb": bpb}))?;
+            }
         }
         if args.core_metric_every > 0
             && step > 0
             && (last_step || step % args.core_metric_every == 0)
         {
-            println!("step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)");
+            say(format!("step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)"));
         }
-        if args.sample_every > 0 && (last_step || (step > 0 && step % args.sample_every == 0)) {
+        if main
+            && args.sample_every > 0
+            && (last_step || (step > 0 && step % args.sample_every == 0))
+        {
             for prompt in SAMPLE_PROMPTS {
                 println!(
                     "sample | {prompt}{}",
-                    sample_greedy(model.as_mut(), &tok, prompt, 16)?
+                    sample_greedy(model.as_mut(), tok, prompt, 16)?
                 );
             }
         }
@@ -311,39 +455,71 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         // A run stopped by --max-steps-this-run saves where it stopped, so the next --resume continues there.
         let stopping = stop_at == Some(step) && step != start;
         if last_step || periodic || stopping {
-            let meta = Meta {
-                step,
-                val_bpb,
-                model_config: plan.model.clone(),
-                user_config: user_config.clone(),
-                device_batch_size: b,
-                max_seq_len: t,
-                total_batch_size: plan.total_batch_size,
-                dataloader_state_dict: serde_json::to_value(loader.state())
-                    .map_err(|e| e.to_string())?,
-                loop_state: loop_state.clone(),
-            };
-            save_checked(&ckpt_dir, &meta, model.as_mut())?;
+            let params = model.params()?;
+            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+                let name = model
+                    .table()
+                    .params
+                    .iter()
+                    .find(|p| p.range.contains(&bad))
+                    .map_or("?", |p| &p.name);
+                return Err(format!(
+                    "parameters became non-finite ({name}) before step {step}; not saving. The last good \
+                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
+                    ckpt_dir.display()
+                ));
+            }
+            let optim_state = model.optimizer_state()?;
+            let states: Vec<(usize, LoaderState)> = loaders
+                .iter()
+                .enumerate()
+                .map(|(d, l)| (rank * data_ranks + d, l.state()))
+                .collect();
+            // Shards first, everywhere; the metadata (what makes the checkpoint exist) only after all.
+            if !main {
+                ranks::save_shard(ckpt_dir, step, rank, Some(&optim_state), &states)?;
+            } else {
+                ranks::save_shard(ckpt_dir, step, rank, None, &states)?;
+            }
+            ranks.barrier("checkpoint")?;
+            if main {
+                let meta = Meta {
+                    step,
+                    val_bpb,
+                    model_config: plan.model.clone(),
+                    user_config: user_config.clone(),
+                    device_batch_size: b,
+                    max_seq_len: t,
+                    total_batch_size: plan.total_batch_size,
+                    dataloader_state_dict: serde_json::to_value(&states[0].1)
+                        .map_err(|e| e.to_string())?,
+                    loop_state: loop_state.clone(),
+                };
+                checkpoint::save(ckpt_dir, &meta, model.table(), &params, &optim_state, 0)?;
+                println!("saved checkpoint step {step} to {}", ckpt_dir.display());
+            }
         }
         if last_step || stop_at == Some(step) {
             summary.last_step = step;
             break;
         }
 
-        // One optimizer step: grad_accum micro-batches, gradients averaged.
+        // One optimizer step: `accum` micro-batches here (micro-batch j from data rank j / per_rank),
+        // gradients averaged over them and over the ranks.
         let t0 = Instant::now();
-        let mut loss = 0.0;
-        for _ in 0..accum {
-            let batch = loader.next_batch();
+        let (mut loss, mut loss_sum) = (0.0, 0f64);
+        for j in 0..accum {
+            let batch = loaders[j / per_rank].next_batch();
             let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
             loss = model.forward_backward(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?;
             if !loss.is_finite() {
                 return Err(format!(
-                    "the loss became {loss} at step {step}; stopping without saving. The last good checkpoint \
-                     (if any) is intact in {}: resume from it with a lower learning rate",
+                    "rank {rank}: the loss became {loss} at step {step}; stopping without saving. The last good \
+                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
                     ckpt_dir.display()
                 ));
             }
+            loss_sum += loss as f64;
         }
         let settings = StepSettings {
             lr_multiplier: schedule.lr_multiplier(step),
@@ -351,6 +527,8 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             muon_weight_decay: schedule.muon_weight_decay(plan.weight_decay_scaled, step),
         };
         model.step(&settings)?;
+        // The mean loss of every micro-batch of every rank (what the step optimised).
+        let mean_loss = ranks.sum("train loss", &[loss_sum / accum as f64])?[0] / world as f64;
         let dt = t0.elapsed().as_secs_f64();
 
         loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * loss as f64;
@@ -359,47 +537,98 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
             loop_state.total_training_time += dt;
         }
         let done = step + 1 - start;
-        let mfu = 100.0 * plan.flops_per_token * tokens_per_step / dt / peak_flops;
+        let mfu = 100.0 * plan.flops_per_token * tokens_per_step / dt / peak_flops / world as f64;
         let avg = if step > 10 {
             loop_state.total_training_time / (step - 10) as f64
         } else {
             dt
         };
         let eta = avg * (n_iter - step - 1) as f64;
-        println!(
+        say(format!(
             "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: {mfu:.2} | epoch: {} | eta: {}",
             100.0 * (step + 1) as f64 / n_iter as f64,
             settings.lr_multiplier,
             dt * 1e3,
             tokens_per_step / dt,
-            loader.state().pos.epoch,
+            loaders[0].state().pos.epoch,
             fmt_duration(eta)
-        );
-        metrics.log(json!({
-            "kind": "train", "step": step, "loss": loss, "smooth_loss": smooth, "lrm": settings.lr_multiplier,
-            "dt": dt, "tok_per_sec": tokens_per_step / dt, "mfu": mfu, "total_training_time": loop_state.total_training_time,
-        }))?;
-        if done % 10 == 0 || step + 1 == n_iter {
-            metrics.write_svg()?;
+        ));
+        if let Some(m) = &mut metrics {
+            m.log(json!({
+                "kind": "train", "step": step, "loss": loss, "mean_loss": mean_loss, "smooth_loss": smooth,
+                "lrm": settings.lr_multiplier, "dt": dt, "tok_per_sec": tokens_per_step / dt, "mfu": mfu,
+                "total_training_time": loop_state.total_training_time,
+            }))?;
+            if done % 10 == 0 || step + 1 == n_iter {
+                m.write_svg()?;
+            }
         }
         summary.losses.push((step, loss));
         summary.last_step = step + 1;
     }
-    metrics.write_svg()?;
+    if let Some(m) = &mut metrics {
+        m.write_svg()?;
+    }
     summary.min_val_bpb = loop_state.min_val_bpb;
-    let crop = loader.stats().crop_fraction();
-    println!(
+    let crop = loaders[0].stats().crop_fraction();
+    say(format!(
         "done: {} steps this run, min validation bpb {}, crop fraction {:.1}%, total training time {}; run record in {}",
         summary.losses.len(),
         loop_state.min_val_bpb.map_or("-".into(), |v| format!("{v:.6}")),
         100.0 * crop,
         fmt_duration(loop_state.total_training_time),
         ckpt_dir.display()
-    );
+    ));
     Ok(summary)
 }
 
-/// Entry point of the binary.
+/// Entry point of the binary: with `--nproc-per-node`, start and supervise this node's ranks; else train.
 pub fn main_with(args: &TrainArgs) -> Result<Summary, String> {
+    if let Some(n) = args.nproc_per_node {
+        launch_ranks(args, n)?;
+        return Ok(Summary {
+            losses: Vec::new(),
+            min_val_bpb: None,
+            last_step: 0,
+            checkpoint_dir: PathBuf::new(),
+        });
+    }
     train(args, &base_dir())
+}
+
+/// Re-runs this program as `n` local ranks (same arguments, without the launcher flags).
+fn launch_ranks(args: &TrainArgs, n: usize) -> Result<(), String> {
+    let mut child_args = Vec::new();
+    let mut it = std::env::args_os().skip(1);
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        let flag = s.split('=').next().unwrap_or("").to_string();
+        if ["--nproc-per-node", "--nnodes", "--node-rank"].contains(&flag.as_str()) {
+            if !s.contains('=') {
+                it.next();
+            }
+            continue;
+        }
+        child_args.push(a);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let master_addr = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
+    let master_port = match std::env::var("MASTER_PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("MASTER_PORT={p:?} is not a port number"))?,
+        Err(_) => crate::dist::env::DEFAULT_PORT,
+    };
+    crate::dist::launch::run_local(
+        &exe,
+        &child_args,
+        &crate::dist::launch::LocalLaunch {
+            nproc_per_node: n,
+            nnodes: args.nnodes,
+            node_rank: args.node_rank,
+            master_addr,
+            master_port,
+            grace: std::time::Duration::from_secs(30),
+        },
+    )
 }

@@ -6,16 +6,17 @@
 //! Checkpoints: `chatsft_checkpoints/<tag>/`.
 
 use super::mixtures::{self, Rendered};
-use super::stage::{self, LrShape, Stage, StageSummary};
+use super::stage::{self, Hook, LrShape, Stage, StageSummary};
 use crate::backend::Backend;
 use crate::checkpoint::{self, Loaded};
 use crate::common::base_dir;
 use crate::data::sft::Supervision;
 use crate::optim::SetupArgs;
-use crate::tokenizer::load_tokenizer;
+use crate::tasks::chat_eval::{chatcore, chatcore_cat, chatcore_eval, table};
+use crate::tokenizer::{load_tokenizer, Tokenizer};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -250,9 +251,6 @@ pub fn chat_sft(args: &SftArgs, base: &Path) -> Result<StageSummary, String> {
         }
         (false, _) => None,
     };
-    if args.chatcore_every > 0 {
-        println!("chat_sft: ChatCORE: chat_eval is not part of this build (use --chatcore-every -1 to silence)");
-    }
     let mut model_config = src.meta.model_config.clone();
     model_config.sequence_len = t;
     let train = mixtures::build(
@@ -307,9 +305,50 @@ pub fn chat_sft(args: &SftArgs, base: &Path) -> Result<StageSummary, String> {
         }),
         bos: tok.bos_id(),
         token_bytes: tok.token_bytes(),
-        hook: None,
+        hook: chatcore_hook(
+            args,
+            base,
+            tok.clone(),
+            resolved.device_batch_size.unwrap_or(32),
+        ),
     };
     stage::run(stage)
+}
+
+/// ChatCORE every `--chatcore-every` steps (not step 0) and at the end, on the tasks with data (spec §9.1:
+/// categorical tasks on at most `--chatcore-max-cat` problems, generative ones on `--chatcore-max-sample`,
+/// greedy, 512 new tokens, prompts batched by the device batch size).
+fn chatcore_hook<'a>(
+    args: &SftArgs,
+    base: &Path,
+    tok: Arc<Tokenizer>,
+    batch: usize,
+) -> Option<Hook<'a>> {
+    if args.chatcore_every <= 0 {
+        return None;
+    }
+    let every = args.chatcore_every as usize;
+    let max_cat = usize::try_from(args.chatcore_max_cat).ok();
+    let max_sample = Some(args.chatcore_max_sample);
+    let base = base.to_path_buf();
+    Some(Box::new(move |model, step, last| {
+        if !(last || (step > 0 && step % every == 0)) {
+            return Ok(None);
+        }
+        let results = chatcore_eval(model, &tok, &base, batch, max_cat, max_sample, 512)?;
+        print!("{}", table(&results));
+        let (core, cat) = (chatcore(&results), chatcore_cat(&results));
+        let show =
+            |v: Option<f64>| v.map_or("- (a task was skipped)".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "step {step:05} | ChatCORE: {} | ChatCORE_cat: {}",
+            show(core),
+            show(cat)
+        );
+        Ok(Some(
+            json!({"kind": "chatcore", "step": step, "chatcore": core, "chatcore_cat": cat, "tasks": results}),
+        ))
+    }))
 }
 
 /// Entry point of the binary.

@@ -36,7 +36,7 @@ pub fn open_model(
     setup: &SetupArgs,
     b: usize,
     t: usize,
-) -> Result<Box<dyn ModelDevice>, String> {
+) -> Result<Box<dyn ModelDevice + Send>, String> {
     if !device.is_kernels() {
         let storage = device.cpu_storage().unwrap_or(Storage::F32);
         return Ok(Box::new(
@@ -139,8 +139,11 @@ pub fn muon_momentum(step: usize) -> f64 {
     (1.0 - frac) * 0.85 + frac * 0.95
 }
 
-/// Run hook of a stage (chat_sft's ChatCORE): called with the model, the step and whether it is the last.
-pub type Hook<'a> = Box<dyn FnMut(&mut dyn ModelDevice, usize, bool) -> Result<(), String> + 'a>;
+/// Run hook of a stage (chat_sft's ChatCORE): called at the top of every step with the model, the step and
+/// whether it is the last; a returned record goes into `metrics.jsonl`.
+pub type Hook<'a> = Box<
+    dyn FnMut(&mut (dyn ModelDevice + Send), usize, bool) -> Result<Option<Value>, String> + 'a,
+>;
 
 /// Everything a stage run is made of; the stage modules fill it from their flags.
 pub struct Stage<'a> {
@@ -347,7 +350,9 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
             metrics.log(json!({"kind": "eval", "step": step, "val_bpb": bpb}))?;
         }
         if let Some(hook) = s.hook.as_mut() {
-            hook(model.as_mut(), step, last_step)?;
+            if let Some(record) = hook(model.as_mut(), step, last_step)? {
+                metrics.log(record)?;
+            }
         }
         let periodic =
             s.save_every > 0 && step > 0 && step != start && step % s.save_every as usize == 0;
