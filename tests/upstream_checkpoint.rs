@@ -245,6 +245,19 @@ fn export_then_import_is_bit_identical_and_zip_has_torch_layout() {
         z.by_name("model_000003/data/0").unwrap().size(),
         512 * 128 * 2
     );
+    // The exported token_bytes.pt equals the one upstream wrote for this tokenizer.
+    let read_tb = |p: &Path| {
+        let mut f = torch_zip::TorchFile::open(p).unwrap();
+        let nanochat::upstream::pickle::Value::Tensor(t) = f.root.clone() else {
+            panic!("not a tensor")
+        };
+        let t = f.tensor(&t, "token_bytes").unwrap();
+        (t.dtype, t.to_i64())
+    };
+    assert_eq!(
+        read_tb(&up.path().join("tokenizer/token_bytes.pt")),
+        read_tb(&fixture().join("tokenizer/token_bytes.pt"))
+    );
     // The exported tokenizer.pkl reads back to the same tokenizer.
     let t1 = upstream::read_tokenizer_pkl(&up.path().join("tokenizer/tokenizer.pkl")).unwrap();
     let t0 = load_tokenizer(a.path()).unwrap();

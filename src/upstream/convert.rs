@@ -405,7 +405,13 @@ pub fn export(
     let tdir = to.join("tokenizer");
     std::fs::create_dir_all(&tdir).map_err(|e| format!("cannot create {}: {e}", tdir.display()))?;
     super::write_tokenizer_pkl(&tok, &tdir.join("tokenizer.pkl"))?;
-    let tb: Vec<i32> = tok.token_bytes().iter().map(|&x| x as i32).collect();
+    // Upstream's convention: the UTF-8 length of each token decoded with replacement (not its raw length).
+    let mut tb: Vec<i32> = tok
+        .mergeable_tokens()
+        .iter()
+        .map(|t| String::from_utf8_lossy(t).len() as i32)
+        .collect();
+    tb.resize(tok.vocab_size(), 0);
     super::torch_zip::write_tensor(
         &tdir.join("token_bytes.pt"),
         "token_bytes",
