@@ -60,6 +60,8 @@ check_tests! {
     smear => "smear fwd/bwd",
     backout => "backout fwd/bwd",
     muon_step => "muon_step (bf16 Polar Express), cautious update",
+    muon_stages => "muon stages (nesterov, eq, frobenius, plus, normuon, cautious)",
+    polar_express => "polar_express (bf16, through the GEMM)",
     ptx_mma => "mma.m16n8k16 bf16 (helper, reference, loop)",
     ptx_ldmatrix => "ldmatrix x1/x2/x4 (.trans) (helper, reference)",
     ptx_pipeline => "cp.async + ldmatrix + mma pipeline",

@@ -1,4 +1,5 @@
-//! Checks of `kernels/attention.rs` (`cuda/attention.cu`): flash and naive attention, forward and backward, against `cpu::ops`.
+//! Checks of `kernels/attention.rs` (`cuda/attention.cu`): flash and naive attention, forward and backward,
+//! against `cpu::ops`.
 
 use super::Scale;
 use super::{bf, compare, down_bf, peak, rand, summary};
@@ -21,11 +22,26 @@ fn attn(b: usize, t: usize, h: usize, hkv: usize, d: usize, window: usize) -> At
     }
 }
 
-/// Attention shapes: GQA, a window shorter than T, T not a multiple of the 64-row tile (the Large d128
-/// case is the training shape: whole tiles).
+/// Attention shapes. Small: ragged T (not a multiple of the 64-row tile), windows 0, small, larger than a
+/// tile and ≥ T, GQA groups 1, 2 and 4, head_dim 64 and 128. Large: the training shape (d128, whole tiles)
+/// and a ragged one.
 fn attention_shapes(s: Scale) -> Vec<AttnShape> {
     if s == Scale::Small {
-        vec![attn(1, 80, 4, 2, 64, 30), attn(1, 70, 2, 1, 128, 40)]
+        vec![
+            attn(1, 80, 4, 2, 64, 30),
+            attn(1, 70, 2, 1, 128, 40),
+            attn(1, 37, 2, 1, 64, usize::MAX), // full causal, group 2, one ragged tile
+            attn(2, 80, 4, 1, 64, 5),          // small window, group 4, two tiles (second ragged)
+            attn(1, 70, 2, 2, 128, 0),         // window 0: each query sees itself only
+            attn(1, 80, 2, 1, 128, 70),        // window between a tile and T: tile skipping edge
+            attn(1, 16, 4, 2, 64, 16),         // window = T, tiny T
+            attn(1, 65, 1, 1, 64, 64),         // one query past the tile, window = tile
+            attn(2, 50, 8, 2, 128, 3),         // group 4 at head_dim 128, two batches
+            attn(1, 64, 2, 2, 64, 63),         // T exactly one tile, window = T - 1
+            attn(1, 1, 2, 1, 128, 0),          // a single token
+            attn(1, 130, 1, 1, 64, 127), // unmasked tiles (below the diagonal, inside the window)
+            attn(1, 100, 1, 1, 128, usize::MAX), // the same at head_dim 128 (32-query dK/dV steps)
+        ]
     } else {
         vec![attn(2, 1024, 8, 4, 128, 384), attn(2, 1000, 8, 4, 64, 256)]
     }

@@ -125,6 +125,14 @@ pub fn all() -> Vec<Check> {
             name: "muon_step (bf16 Polar Express), cautious update",
             run: muon::check_muon_step,
         },
+        Check {
+            name: "muon stages (nesterov, eq, frobenius, plus, normuon, cautious)",
+            run: muon::check_muon_stages,
+        },
+        Check {
+            name: "polar_express (bf16, through the GEMM)",
+            run: muon::check_polar_express,
+        },
     ]
 }
 

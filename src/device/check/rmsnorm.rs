@@ -14,7 +14,7 @@ pub(super) fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
     let mut rng = Rng::new(14);
     let mut worst = 0f32;
     for &(n, c) in s.pick(
-        &[(1, 32), (5, 100), (3, 768), (5, 200)][..],
+        &[(1, 32), (5, 100), (3, 768), (5, 200), (1, 40), (9, 300)][..],
         &[(16384, 1280)],
     ) {
         let (x, x0, dy, dx0) = (
