@@ -14,18 +14,11 @@ fn cu_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn main() {
-    let root =
-        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let cuda = root.join("cuda");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let mut unity = format!(
-        "#include \"{}\"\n",
-        cuda.join("emu/emu_runtime.cpp").display()
-    );
-    for f in cu_files(&cuda)
-        .into_iter()
-        .chain(cu_files(&cuda.join("tests")))
-    {
+    let mut unity = format!("#include \"{}\"\n", cuda.join("emu/emu_runtime.cpp").display());
+    for f in cu_files(&cuda).into_iter().chain(cu_files(&cuda.join("tests"))) {
         unity += &format!("#include \"{}\"\n", f.display());
     }
     let tu = out.join("emu_all.cpp");
@@ -53,10 +46,7 @@ fn main() {
         .flag("-Wno-unused-parameter")
         .compile("nanochat_emu");
     println!("cargo:rerun-if-changed=cuda");
-    for f in cu_files(&cuda)
-        .into_iter()
-        .chain(cu_files(&cuda.join("tests")))
-    {
+    for f in cu_files(&cuda).into_iter().chain(cu_files(&cuda.join("tests"))) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     for h in [

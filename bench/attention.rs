@@ -13,9 +13,7 @@ use clap::Parser;
 use half::bf16;
 use nanochat::backend::Backend;
 use nanochat::device::check::{self, Scale};
-use nanochat::device::kernels::attention::{
-    attention_backward, attention_forward, forward_flops, AttnImpl, AttnShape,
-};
+use nanochat::device::kernels::attention::{attention_backward, attention_forward, forward_flops, AttnImpl, AttnShape};
 use nanochat::device::roofline::time;
 use nanochat::device::{Buffer, Device, Result, Schedule};
 use nanochat::rng::Rng;
@@ -66,11 +64,8 @@ fn problem(d: &dyn Device, s: AttnShape, seed: u64) -> Result<Problem> {
     let nq = s.b * s.t * s.h * s.d;
     let nk = s.b * s.t * s.hkv * s.d;
     let nl = s.b * s.h * s.t;
-    let mut gen = |n: usize, a: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| bf16::from_f32(rng.uniform(-a, a)).to_f32())
-            .collect()
-    };
+    let mut gen =
+        |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| bf16::from_f32(rng.uniform(-a, a)).to_f32()).collect() };
     let host = [gen(nq, 2.0), gen(nk, 1.0), gen(nk, 1.0), gen(nq, 1.0)];
     let up = |x: &[f32]| d.upload_new(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>());
     Ok(Problem {
@@ -90,16 +85,7 @@ fn problem(d: &dyn Device, s: AttnShape, seed: u64) -> Result<Problem> {
 
 fn forward(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<()> {
     let ptr = |b: &Buffer| b.ptr();
-    attention_forward(
-        d,
-        imp,
-        ptr(&p.out),
-        ptr(&p.lse),
-        ptr(&p.q),
-        ptr(&p.k),
-        ptr(&p.v),
-        p.s,
-    )
+    attention_forward(d, imp, ptr(&p.out), ptr(&p.lse), ptr(&p.q), ptr(&p.k), ptr(&p.v), p.s)
 }
 
 fn backward(d: &dyn Device, p: &Problem, imp: AttnImpl) -> Result<()> {
@@ -151,7 +137,9 @@ fn main() -> ExitCode {
     let dev = match args.device.kernel_device(Schedule::Forward) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("attention_bench: {e}\n(run `attention_bench --device emu` for the correctness checks on the emulator)");
+            eprintln!(
+                "attention_bench: {e}\n(run `attention_bench --device emu` for the correctness checks on the emulator)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -162,9 +150,7 @@ fn main() -> ExitCode {
     } else {
         Scale::Large
     };
-    let attention_checks = check::all()
-        .into_iter()
-        .filter(|c| c.name.starts_with("attention"));
+    let attention_checks = check::all().into_iter().filter(|c| c.name.starts_with("attention"));
     let mut ok = check::run(d, scale, attention_checks) == 0;
     if args.device == Backend::Cuda {
         // FlashAttention-2's shape: 16k tokens, hidden 2048, causal, T 2048 (head_dim 128 and 64), then
@@ -183,7 +169,9 @@ fn main() -> ExitCode {
                 ok = false;
             }
         }
-        println!("(FlashAttention-2, H100 SXM, causal, T 2048, head_dim 128: ~{FA2_FWD_BWD_TFLOPS:.0} TFLOP/s fwd+bwd)");
+        println!(
+            "(FlashAttention-2, H100 SXM, causal, T 2048, head_dim 128: ~{FA2_FWD_BWD_TFLOPS:.0} TFLOP/s fwd+bwd)"
+        );
     } else {
         // The timing path once at a toy shape (a functional run: emulator times mean nothing).
         for imp in [AttnImpl::Flash, AttnImpl::Naive] {

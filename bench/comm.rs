@@ -33,9 +33,7 @@ enum Backend {
 }
 
 #[derive(Parser)]
-#[command(
-    about = "All-reduce / reduce-scatter / all-gather bus bandwidth, and ZeRO-2 memory per rank"
-)]
+#[command(about = "All-reduce / reduce-scatter / all-gather bus bandwidth, and ZeRO-2 memory per rank")]
 struct Args {
     /// Communication backend.
     #[arg(long, value_enum, default_value = "cpu")]
@@ -91,16 +89,11 @@ fn memory_report(a: &Args) -> String {
         ("parameters (fp32 master)".into(), table.numel * 4),
         ("parameters (bf16 copy)".into(), table.numel * 2),
         ("gradients (fp32)".into(), table.numel * 4),
-        (
-            format!("optimizer state (1/{} shard)", a.world),
-            opt.state_len() * 4,
-        ),
+        (format!("optimizer state (1/{} shard)", a.world), opt.state_len() * 4),
     ];
     let (mut scratch, mut comm) = (0, 0);
     for ((m, n), chunk, owned) in opt.muon_chunks() {
-        scratch += MuonScratch::sizes(Stack { k: owned, m, n })
-            .iter()
-            .sum::<usize>();
+        scratch += MuonScratch::sizes(Stack { k: owned, m, n }).iter().sum::<usize>();
         // The stacked gradients (chunk·W matrices, reused for the gather) and the reduced chunk.
         comm += (chunk * a.world + chunk) * m * n * 4;
     }
@@ -166,9 +159,7 @@ impl Bench for CpuBench {
         self.part.resize(n / w, 1.0);
         let r = match op {
             0 => self.c.all_reduce(&mut self.full, ReduceOp::Sum),
-            1 => self
-                .c
-                .reduce_scatter(&self.full, &mut self.part, ReduceOp::Sum),
+            1 => self.c.reduce_scatter(&self.full, &mut self.part, ReduceOp::Sum),
             _ => self.c.all_gather(&self.part, &mut self.full),
         };
         r.map_err(String::from)
@@ -191,9 +182,7 @@ impl Bench for NcclBench {
         unsafe {
             match op {
                 0 => self.c.all_reduce_device(base, n, ReduceOp::Sum)?,
-                1 => self
-                    .c
-                    .reduce_scatter_device(base, part, n / w, ReduceOp::Sum)?,
+                1 => self.c.reduce_scatter_device(base, part, n / w, ReduceOp::Sum)?,
                 _ => self.c.all_gather_device(part, base, n / w)?,
             }
         }
@@ -249,9 +238,7 @@ fn bench(a: &Args) -> Result<(), String> {
             // Max over ranks through a sum of one-hot slots (the trait has no max).
             let mut slots = vec![0f32; w];
             slots[rank] = secs[0];
-            b.comm()
-                .all_reduce(&mut slots, ReduceOp::Sum)
-                .map_err(String::from)?;
+            b.comm().all_reduce(&mut slots, ReduceOp::Sum).map_err(String::from)?;
             secs[0] = slots.iter().cloned().fold(0.0, f32::max);
             if rank == 0 {
                 let bytes = n * 4;
@@ -291,22 +278,20 @@ fn main() -> ExitCode {
                 .ok()
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(29500);
-            std::env::current_exe()
-                .map_err(|e| e.to_string())
-                .and_then(|exe| {
-                    run_local(
-                        &exe,
-                        &args,
-                        &LocalLaunch {
-                            nproc_per_node: n,
-                            nnodes: 1,
-                            node_rank: 0,
-                            master_addr: "127.0.0.1".into(),
-                            master_port: port,
-                            grace: Duration::from_secs(10),
-                        },
-                    )
-                })
+            std::env::current_exe().map_err(|e| e.to_string()).and_then(|exe| {
+                run_local(
+                    &exe,
+                    &args,
+                    &LocalLaunch {
+                        nproc_per_node: n,
+                        nnodes: 1,
+                        node_rank: 0,
+                        master_addr: "127.0.0.1".into(),
+                        master_port: port,
+                        grace: Duration::from_secs(10),
+                    },
+                )
+            })
         }
         None => bench(&a),
     };

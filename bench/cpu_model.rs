@@ -26,9 +26,7 @@ fn bench(name: &str, cfg: ModelConfig, b: usize, t: usize, iters: usize) {
     let (mut fb, mut st) = (f64::MAX, f64::MAX);
     for _ in 0..iters {
         let t0 = Instant::now();
-        let fwd = gpt
-            .forward(&params, &ids, Some(&targets), b, t)
-            .expect("forward");
+        let fwd = gpt.forward(&params, &ids, Some(&targets), b, t).expect("forward");
         grads.fill(0.0);
         gpt.backward(&params, &fwd, &Gpt::mean_dloss(&fwd), &mut grads);
         fb = fb.min(t0.elapsed().as_secs_f64());

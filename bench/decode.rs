@@ -32,9 +32,7 @@ fn bench(depth: usize, prompt_len: usize, new_tokens: usize, rows: usize) {
     for _ in 0..2 {
         let t0 = Instant::now();
         let mut one = KvCache::new(&cfg, 1, prompt_len);
-        let last = inf
-            .forward_last(&mut one, &prompt, prompt_len)
-            .expect("prefill");
+        let last = inf.forward_last(&mut one, &prompt, prompt_len).expect("prefill");
         let mut logits = last.repeat(rows);
         let _ = sample_next_token(&logits[..cfg.vocab_size], &mut rng, 1.0, Some(50));
         ttft = ttft.min(t0.elapsed().as_secs_f64());

@@ -46,9 +46,7 @@ fn engine() -> Engine<CpuInfer> {
 
 /// One streamed chat request; Ok(tokens events) when it ends with the done event.
 fn request(addr: SocketAddr, i: usize) -> Result<usize, String> {
-    let body = format!(
-        r#"{{"messages":[{{"role":"user","content":"hello number {i}"}}],"max_tokens":{MAX_TOKENS}}}"#
-    );
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"hello number {i}"}}],"max_tokens":{MAX_TOKENS}}}"#);
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
@@ -89,8 +87,7 @@ fn main() {
     let t0 = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (next, lat, errors, tokens) =
-                (next.clone(), lat.clone(), errors.clone(), tokens.clone());
+            let (next, lat, errors, tokens) = (next.clone(), lat.clone(), errors.clone(), tokens.clone());
             std::thread::spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= REQUESTS || t0.elapsed() > DEADLINE {
@@ -100,9 +97,7 @@ fn main() {
                 match request(addr, i) {
                     Ok(n) => {
                         tokens.fetch_add(n, Ordering::Relaxed);
-                        lat.lock()
-                            .expect("latency list")
-                            .push(t.elapsed().as_secs_f64());
+                        lat.lock().expect("latency list").push(t.elapsed().as_secs_f64());
                     }
                     Err(e) => {
                         errors.fetch_add(1, Ordering::Relaxed);

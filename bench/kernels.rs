@@ -60,10 +60,7 @@ fn elementwise_bench(name: &'static str, bufs: Vec<Buffer>, n: usize, bytes_per:
             args.push(Arg::I64(n as i64));
             d.launch(
                 name,
-                Dim3::x(
-                    n.div_ceil(elementwise::ELEMS_PER_THREAD)
-                        .div_ceil(b as usize) as u32,
-                ),
+                Dim3::x(n.div_ceil(elementwise::ELEMS_PER_THREAD).div_ceil(b as usize) as u32),
                 Dim3::x(b),
                 0,
                 &args,
@@ -152,11 +149,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         rc * 8.0,
     ));
     // The fused backward kernels (without their second, tiny reduction of the per-row lambda partials).
-    let (dx0, dmid, parts) = (
-        d.alloc(4 * r * c)?,
-        d.alloc(2 * r * c)?,
-        d.alloc(4 * 2 * r)?,
-    );
+    let (dx0, dmid, parts) = (d.alloc(4 * r * c)?, d.alloc(2 * r * c)?, d.alloc(4 * 2 * r)?);
     d.zero(dx0.ptr(), 4 * r * c)?;
     // Reads dres (aliasing dx), dy, xmix, x, x0 and dx0 (fp32), writes dx and dx0.
     out.push(rows(
@@ -196,11 +189,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         r,
         rc * 10.0,
     ));
-    let (logits, losses, targets) = (
-        d.alloc(2 * r * v)?,
-        d.alloc(4 * r)?,
-        d.upload_new(&vec![1i32; r])?,
-    );
+    let (logits, losses, targets) = (d.alloc(2 * r * v)?, d.alloc(4 * r)?, d.upload_new(&vec![1i32; r])?);
     d.zero(logits.ptr(), 2 * r * v)?;
     // Minimal traffic: read the logits once, write the gradient once (the kernel's second read hits L2
     // only for small rows, so this is a lower bound and the % is honest).
@@ -259,11 +248,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
         }),
     });
     // GEMM: the MLP up-projection of depth 20 at B*T = 16384 (bf16 out) and its weight gradient (fp32, beta = 1).
-    let (ga, gb, gc) = (
-        d.alloc(2 * r * c)?,
-        d.alloc(2 * 4 * c * c)?,
-        d.alloc(4 * r * 4 * c)?,
-    );
+    let (ga, gb, gc) = (d.alloc(2 * r * c)?, d.alloc(2 * 4 * c * c)?, d.alloc(4 * r * 4 * c)?);
     for (buf, bytes) in [(&ga, 2 * r * c), (&gb, 8 * c * c), (&gc, 16 * r * c)] {
         d.zero(buf.ptr(), bytes)?;
     }
@@ -281,11 +266,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
     // Embedding gather (bf16 table) and its deterministic scatter-add (fp32 table gradient), d20 sizes.
     let mut rng = nanochat::rng::Rng::new(1);
     let ids: Vec<u32> = (0..r).map(|_| rng.below(v as u64) as u32).collect();
-    let (table, dtable, emb) = (
-        d.alloc(2 * v * c)?,
-        d.alloc(4 * v * c)?,
-        d.alloc(2 * r * c)?,
-    );
+    let (table, dtable, emb) = (d.alloc(2 * v * c)?, d.alloc(4 * v * c)?, d.alloc(2 * r * c)?);
     let ids_dev = d.alloc(embedding::ids_bytes(ids.len()))?;
     let dids = embedding::upload_ids(d, ids_dev.ptr(), &ids, v)?;
     for (buf, bytes) in [(&table, 2 * v * c), (&dtable, 4 * v * c), (&emb, 2 * r * c)] {
@@ -347,16 +328,7 @@ fn benches(d: &dyn Device, small: bool) -> Result<(Vec<Bench>, Vec<Buffer>)> {
             bytes: 0.0,
             flops: k as f64 * 5.0 * (4.0 * big * small * small + 2.0 * small.powi(3)),
             launch: Box::new(move |d, _| {
-                muon::muon_step(
-                    d,
-                    &scratch,
-                    mp.ptr(),
-                    Some(mpb.ptr()),
-                    mg.ptr(),
-                    mm.ptr(),
-                    ms.ptr(),
-                    &h,
-                )
+                muon::muon_step(d, &scratch, mp.ptr(), Some(mpb.ptr()), mg.ptr(), mm.ptr(), ms.ptr(), &h)
             }),
         });
     }
@@ -378,10 +350,7 @@ fn run_words(
 ) -> Result<Vec<i32>> {
     let out = d.alloc(4 * out_words)?;
     d.zero(out.ptr(), 4 * out_words)?;
-    let bufs = inputs
-        .iter()
-        .map(|v| d.upload_new(v))
-        .collect::<Result<Vec<_>>>()?;
+    let bufs = inputs.iter().map(|v| d.upload_new(v)).collect::<Result<Vec<_>>>()?;
     let mut args: Vec<Arg> = vec![(&out).into()];
     args.extend(bufs.iter().map(Arg::from));
     args.extend_from_slice(scalars);
@@ -402,27 +371,11 @@ fn cross_check(gpu: &dyn Device) -> Result<usize> {
             if ok { "PASS" } else { "FAIL" }
         );
     };
-    let both = |f: &dyn Fn(&dyn Device) -> Result<Vec<i32>>| -> Result<Vec<Vec<i32>>> {
-        Ok(vec![f(gpu)?, f(&emu)?])
-    };
+    let both = |f: &dyn Fn(&dyn Device) -> Result<Vec<i32>>| -> Result<Vec<Vec<i32>>> { Ok(vec![f(gpu)?, f(&emu)?]) };
     for (mode, arg, width) in [(0, 5, 32), (1, 3, 16), (2, 1, 8), (3, 16, 32), (3, 5, 4)] {
         let scalars = [Arg::I32(mode), Arg::I32(arg), Arg::I32(width)];
-        let outs = both(&|d| {
-            run_words(
-                d,
-                "emu_shuffle",
-                Dim3::x(1),
-                Dim3::x(64),
-                0,
-                &[],
-                &scalars,
-                64,
-            )
-        })?;
-        report(
-            format!("emu_shuffle mode {mode} arg {arg} width {width}"),
-            outs,
-        );
+        let outs = both(&|d| run_words(d, "emu_shuffle", Dim3::x(1), Dim3::x(64), 0, &[], &scalars, 64))?;
+        report(format!("emu_shuffle mode {mode} arg {arg} width {width}"), outs);
     }
     let pred: Vec<i32> = (0..96).map(|i| ((i % 3 == 0) || i >= 64) as i32).collect();
     let outs = both(&|d| {
@@ -437,22 +390,8 @@ fn cross_check(gpu: &dyn Device) -> Result<usize> {
             6 * 96,
         )
     })?;
-    report(
-        "emu_votes (ballot, any, all, __syncthreads_count/and/or)".into(),
-        outs,
-    );
-    let outs = both(&|d| {
-        run_words(
-            d,
-            "emu_half_warps",
-            Dim3::x(1),
-            Dim3::x(64),
-            0,
-            &[],
-            &[],
-            64,
-        )
-    })?;
+    report("emu_votes (ballot, any, all, __syncthreads_count/and/or)".into(), outs);
+    let outs = both(&|d| run_words(d, "emu_half_warps", Dim3::x(1), Dim3::x(64), 0, &[], &[], 64))?;
     report(
         "emu_half_warps (half-warp masks, __syncwarp, __reduce_add_sync)".into(),
         outs,
@@ -491,7 +430,9 @@ fn main() -> ExitCode {
     let dev = match args.device.kernel_device(Schedule::Reverse) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("kernel_bench: {e}\n(run `kernel_bench --device emu` for the correctness checks on the emulator)");
+            eprintln!(
+                "kernel_bench: {e}\n(run `kernel_bench --device emu` for the correctness checks on the emulator)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -503,11 +444,7 @@ fn main() -> ExitCode {
     };
     println!("device: {}", d.name());
     println!("kernel checks against the CPU reference ({scale:?} shapes):");
-    let mut failures = check::run(
-        d,
-        scale,
-        check::all().into_iter().chain(check::ptx_helper_checks()),
-    );
+    let mut failures = check::run(d, scale, check::all().into_iter().chain(check::ptx_helper_checks()));
     let peaks = Peaks::of(d);
     if args.selfcheck {
         println!("self-test kernels, this device vs the emulator (forward schedule):");

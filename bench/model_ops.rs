@@ -22,9 +22,7 @@ use nanochat::rng::Rng;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    about = "RoPE + QK-norm, value-embedding gate, smear and backout kernels: GB/s and checks"
-)]
+#[command(about = "RoPE + QK-norm, value-embedding gate, smear and backout kernels: GB/s and checks")]
 struct Args {
     /// Device to run on.
     #[arg(long, value_enum, default_value_t = Backend::Cuda)]
@@ -81,10 +79,7 @@ fn problem(d: &dyn Device, s: Shape) -> Result<Problem> {
     let (host_qkv, host_x, host_x2) = (gen(s.n * stride), gen(s.n * s.c), gen(s.n * s.c));
     let ve = gen(s.n * s.hkv * s.d);
     // Gate weights (ve, then smear), then the smear lambda.
-    let mut params: Vec<f32> = gen(s.hkv * K_VE + K_SMEAR)
-        .iter()
-        .map(|v| 0.3 * v)
-        .collect();
+    let mut params: Vec<f32> = gen(s.hkv * K_VE + K_SMEAR).iter().map(|v| 0.3 * v).collect();
     params.push(LAMBDA);
     let (host_cos, host_sin) = ops::rope_tables(s.t, s.d, 10000.0);
     let up = |x: &[f32]| d.upload_new(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>());
@@ -141,11 +136,7 @@ type Run<'a> = Box<dyn Fn() -> Result<()> + 'a>;
 fn kernels<'a>(d: &'a dyn Device, p: &'a Problem) -> Vec<(&'static str, f64, Run<'a>)> {
     let s = p.s;
     let (rs, gs) = (rope_shape(s), gate_shape(s));
-    let (q_elems, v_elems, x_elems) = (
-        (s.n * s.h * s.d) as f64,
-        (s.n * s.hkv * s.d) as f64,
-        (s.n * s.c) as f64,
-    );
+    let (q_elems, v_elems, x_elems) = ((s.n * s.h * s.d) as f64, (s.n * s.hkv * s.d) as f64, (s.n * s.c) as f64);
     let vcol = (s.h + s.hkv) * s.d;
     let (wve, wsm, lam) = (
         p.params.ptr(),
@@ -158,15 +149,7 @@ fn kernels<'a>(d: &'a dyn Device, p: &'a Problem) -> Vec<(&'static str, f64, Run
             "rope_qknorm_forward (q)",
             4.0 * q_elems,
             Box::new(move || {
-                rope_qknorm::rope_qknorm_forward(
-                    d,
-                    p.q.ptr(),
-                    p.rstd.ptr(),
-                    p.qkv.ptr(),
-                    p.cos.ptr(),
-                    p.sin.ptr(),
-                    rs,
-                )
+                rope_qknorm::rope_qknorm_forward(d, p.q.ptr(), p.rstd.ptr(), p.qkv.ptr(), p.cos.ptr(), p.sin.ptr(), rs)
             }),
         ),
         (
@@ -191,15 +174,7 @@ fn kernels<'a>(d: &'a dyn Device, p: &'a Problem) -> Vec<(&'static str, f64, Run
             "ve_gate_forward",
             6.0 * v_elems,
             Box::new(move || {
-                model_ops::ve_gate_forward(
-                    d,
-                    p.dqkv.at::<bf16>(vcol),
-                    p.gate.ptr(),
-                    p.x.ptr(),
-                    p.ve.ptr(),
-                    wve,
-                    gs,
-                )
+                model_ops::ve_gate_forward(d, p.dqkv.at::<bf16>(vcol), p.gate.ptr(), p.x.ptr(), p.ve.ptr(), wve, gs)
             }),
         ),
         (
@@ -263,9 +238,7 @@ fn kernels<'a>(d: &'a dyn Device, p: &'a Problem) -> Vec<(&'static str, f64, Run
         (
             "backout_forward",
             6.0 * x_elems,
-            Box::new(move || {
-                model_ops::backout_forward(d, p.out.ptr(), p.x.ptr(), p.x2.ptr(), lam, s.n * s.c)
-            }),
+            Box::new(move || model_ops::backout_forward(d, p.out.ptr(), p.x.ptr(), p.x2.ptr(), lam, s.n * s.c)),
         ),
         (
             "backout_backward",
@@ -293,7 +266,9 @@ fn main() -> ExitCode {
     let dev = match args.device.kernel_device(Schedule::Forward) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("model_ops_bench: {e}\n(run `model_ops_bench --device emu` for the correctness checks on the emulator)");
+            eprintln!(
+                "model_ops_bench: {e}\n(run `model_ops_bench --device emu` for the correctness checks on the emulator)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -337,11 +312,7 @@ fn main() -> ExitCode {
                 let t = time(d, args.iters, &run)?;
                 let bw = bytes / t;
                 let pct = pct_cell(peaks.bytes_pct(bytes, t));
-                println!(
-                    "{name:<26} {:>8.1} us {:>7.0} GB/s {pct:>7} of peak",
-                    t * 1e6,
-                    bw / 1e9
-                );
+                println!("{name:<26} {:>8.1} us {:>7.0} GB/s {pct:>7} of peak", t * 1e6, bw / 1e9);
             }
             println!("({})", peaks.describe());
         } else {

@@ -11,10 +11,7 @@ use nanochat::rng::Rng;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let depth: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(4);
     let steps: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let cfg = ModelConfig::from_depth(depth, 64, 128, 2048, 32768, "SSSL");

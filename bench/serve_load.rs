@@ -33,8 +33,7 @@ fn prepare(base: &Path) {
     let docs = (0..300).map(|i| format!("the quick brown fox {i} jumps over the lazy dog. hello!"));
     let tok = Tokenizer::train(docs, 512, 64, &mut |_, _| {}).expect("tokenizer");
     std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
-        .unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE)).unwrap();
     let cfg = ModelConfig {
         sequence_len: 256,
         vocab_size: tok.vocab_size(),
@@ -124,16 +123,11 @@ type Outcome = Result<(u16, Duration), String>;
 fn request(addr: &str, i: usize) -> Outcome {
     let (path, extra, end): (&str, &str, &[u8]) = match i % 3 {
         0 => ("/chat/completions", "", b"data: {\"done\":true}\n\n"),
-        1 => (
-            "/v1/chat/completions",
-            r#","stream":true"#,
-            b"data: [DONE]\n\n",
-        ),
+        1 => ("/v1/chat/completions", r#","stream":true"#, b"data: [DONE]\n\n"),
         _ => ("/v1/chat/completions", "", b"}"),
     };
-    let body = format!(
-        r#"{{"messages":[{{"role":"user","content":"hello number {i}"}}],"max_tokens":{MAX_TOKENS}{extra}}}"#
-    );
+    let body =
+        format!(r#"{{"messages":[{{"role":"user","content":"hello number {i}"}}],"max_tokens":{MAX_TOKENS}{extra}}}"#);
     let t0 = Instant::now();
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(ANSWER_LIMIT)).unwrap();

@@ -110,14 +110,8 @@ fn run(args: &Args) -> Result<(), String> {
     println!("{}", model.memory_report(b, t));
 
     let mut rng = Rng::new(7);
-    let ids: Vec<u32> = (0..b * t)
-        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-        .collect();
-    let targets: Vec<i32> = ids[1..]
-        .iter()
-        .map(|&x| x as i32)
-        .chain([ids[0] as i32])
-        .collect();
+    let ids: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).chain([ids[0] as i32]).collect();
     let settings = StepSettings {
         lr_multiplier: 1.0,
         muon_momentum: 0.95,
@@ -133,10 +127,7 @@ fn run(args: &Args) -> Result<(), String> {
         let loss = model.forward_backward(&ids, &targets, b, t, 1.0)?;
         let t1 = Instant::now();
         model.step(&settings)?;
-        model
-            .device()
-            .synchronize()
-            .map_err(|e| format!("{name}: {e}"))?;
+        model.device().synchronize().map_err(|e| format!("{name}: {e}"))?;
         let t2 = Instant::now();
         let (fb, opt) = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());
         let dt = fb + opt;
@@ -163,14 +154,11 @@ fn run(args: &Args) -> Result<(), String> {
         fb_total / n * 1e3,
         opt_total / n * 1e3,
         tokens / dt,
-        peak.map_or(
-            "unknown (device not in the peak table)".to_string(),
-            |p| format!(
-                "{:.1}% of {:.0} TFLOP/s",
-                100.0 * cfg.flops_per_token() * tokens / dt / p,
-                p / 1e12
-            )
-        )
+        peak.map_or("unknown (device not in the peak table)".to_string(), |p| format!(
+            "{:.1}% of {:.0} TFLOP/s",
+            100.0 * cfg.flops_per_token() * tokens / dt / p,
+            p / 1e12
+        ))
     );
     let (first, last) = (losses[0], *losses.last().unwrap_or(&losses[0]));
     if !last.is_finite() || losses.len() > 1 && last >= first {

@@ -81,8 +81,7 @@ pub fn save(
     let step = meta.step;
     if rank == 0 {
         let path = model_file(dir, step);
-        safetensors::export_params(table, params, &path, ExportDtype::F32)
-            .map_err(|e| e.to_string())?;
+        safetensors::export_params(table, params, &path, ExportDtype::F32).map_err(|e| e.to_string())?;
     }
     let path = optim_file(dir, step, rank);
     safetensors::write(&path, optim, &BTreeMap::new()).map_err(|e| e.to_string())?;
@@ -102,10 +101,7 @@ pub fn complete_steps(dir: &Path) -> Vec<usize> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            name.strip_prefix("meta_")?
-                .strip_suffix(".json")?
-                .parse()
-                .ok()
+            name.strip_prefix("meta_")?.strip_suffix(".json")?.parse().ok()
         })
         .collect();
     steps.sort_unstable();
@@ -118,14 +114,10 @@ pub fn last_step(dir: &Path) -> Option<usize> {
 
 /// Whether `dir` holds upstream's `model_<step>.pt` files.
 fn has_upstream_pt(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            let n = e.file_name().to_string_lossy().to_string();
-            n.starts_with("model_") && n.ends_with(".pt")
-        })
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let n = e.file_name().to_string_lossy().to_string();
+        n.starts_with("model_") && n.ends_with(".pt")
+    })
 }
 
 /// A loaded checkpoint.
@@ -137,12 +129,7 @@ pub struct Loaded {
 
 /// Loads step `step` (the latest when None). The model configuration must equal `expect` when given; the
 /// error says what differs.
-pub fn load(
-    dir: &Path,
-    step: Option<usize>,
-    rank: usize,
-    expect: Option<&ModelConfig>,
-) -> Result<Loaded, String> {
+pub fn load(dir: &Path, step: Option<usize>, rank: usize, expect: Option<&ModelConfig>) -> Result<Loaded, String> {
     let upstream_hint = has_upstream_pt(dir);
     if upstream_hint && !model_file(dir, step.or_else(|| last_step(dir)).unwrap_or(0)).exists() {
         return Err(format!(
@@ -163,13 +150,9 @@ pub fn load(
     let mpath = meta_file(dir, step);
     let text = std::fs::read(&mpath).map_err(|e| {
         let have = complete_steps(dir);
-        format!(
-            "{}: {e} (complete checkpoints here: {have:?})",
-            mpath.display()
-        )
+        format!("{}: {e} (complete checkpoints here: {have:?})", mpath.display())
     })?;
-    let meta: Meta = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: bad metadata: {e}", mpath.display()))?;
+    let meta: Meta = serde_json::from_slice(&text).map_err(|e| format!("{}: bad metadata: {e}", mpath.display()))?;
     if let Some(cfg) = expect {
         if &meta.model_config != cfg {
             return Err(format!(
@@ -186,19 +169,11 @@ pub fn load(
     let params = safetensors::import_params(&table, &file, &path).map_err(|e| e.to_string())?;
     let opath = optim_file(dir, step, rank);
     let optim = if opath.exists() {
-        Some(
-            safetensors::read(&opath)
-                .map_err(|e| e.to_string())?
-                .tensors,
-        )
+        Some(safetensors::read(&opath).map_err(|e| e.to_string())?.tensors)
     } else {
         None
     };
-    Ok(Loaded {
-        meta,
-        params,
-        optim,
-    })
+    Ok(Loaded { meta, params, optim })
 }
 
 /// `<base>/<phase>_checkpoints/<tag>`.
@@ -213,10 +188,7 @@ pub fn find_largest_model(phase_dir: &Path) -> Option<String> {
         .flatten()
         .filter(|e| e.path().is_dir())
         .map(|e| {
-            let t = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
+            let t = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
             (e.file_name().to_string_lossy().to_string(), t)
         })
         .collect();
@@ -298,9 +270,7 @@ mod tests {
         assert!(e.contains("was made for model"), "{e}");
         let e = load(&dir, Some(15), 0, None).err().unwrap();
         assert!(e.contains("[10, 20]"), "{e}");
-        let e = load(&tmp.path().join("nothing"), None, 0, None)
-            .err()
-            .unwrap();
+        let e = load(&tmp.path().join("nothing"), None, 0, None).err().unwrap();
         assert!(e.contains("no checkpoint"), "{e}");
     }
 

@@ -88,19 +88,12 @@ impl ModelConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return fail(format!(
-                "head_dim {} must be even for RoPE",
-                self.head_dim()
-            ));
+            return fail(format!("head_dim {} must be even for RoPE", self.head_dim()));
         }
         if self.n_embd < SMEAR_CHANNELS || self.n_embd < VE_GATE_CHANNELS {
-            return fail(format!(
-                "n_embd must be at least {SMEAR_CHANNELS} (smear gate input)"
-            ));
+            return fail(format!("n_embd must be at least {SMEAR_CHANNELS} (smear gate input)"));
         }
-        if self.window_pattern.is_empty()
-            || !self.window_pattern.chars().all(|c| c == 'S' || c == 'L')
-        {
+        if self.window_pattern.is_empty() || !self.window_pattern.chars().all(|c| c == 'S' || c == 'L') {
             return fail(format!(
                 "window_pattern {:?} must be a non-empty string of 'S' and 'L'",
                 self.window_pattern
@@ -165,12 +158,8 @@ impl ModelConfig {
 
     /// Index into the stacked value embeddings for a layer that has one.
     pub fn ve_index(&self, layer: usize) -> Option<usize> {
-        self.has_ve(layer).then(|| {
-            self.ve_layers()
-                .iter()
-                .position(|&l| l == layer)
-                .unwrap_or(0)
-        })
+        self.has_ve(layer)
+            .then(|| self.ve_layers().iter().position(|&l| l == layer).unwrap_or(0))
     }
 
     /// The block whose output is subtracted (scaled by `backout_lambda`) before the final norm.

@@ -95,11 +95,7 @@ impl std::fmt::Display for Isolation {
             } else {
                 "uid permissions only"
             },
-            if self.own_uid {
-                "own"
-            } else {
-                "shared with the caller"
-            }
+            if self.own_uid { "own" } else { "shared with the caller" }
         )
     }
 }
@@ -177,12 +173,7 @@ const MAX_PROGRAM_BYTES: usize = 120 << 10;
 pub fn execute(program: &str, limits: &Limits) -> ExecResult {
     let python = match &limits.python {
         Some(p) if is_executable(p) => p.clone(),
-        Some(p) => {
-            return ExecResult::not_run(
-                format!("no python3: {} is not executable", p.display()),
-                true,
-            )
-        }
+        Some(p) => return ExecResult::not_run(format!("no python3: {} is not executable", p.display()), true),
         None => match find_python() {
             Some(p) => p,
             None => {
@@ -195,18 +186,13 @@ pub fn execute(program: &str, limits: &Limits) -> ExecResult {
     };
     if program.len() > MAX_PROGRAM_BYTES || program.contains('\0') {
         return ExecResult::not_run(
-            format!(
-                "program of {} bytes is too long or contains NUL",
-                program.len()
-            ),
+            format!("program of {} bytes is too long or contains NUL", program.len()),
             false,
         );
     }
     let dir = match WorkDir::create() {
         Ok(d) => d,
-        Err(e) => {
-            return ExecResult::not_run(format!("cannot create the sandbox directory: {e}"), false)
-        }
+        Err(e) => return ExecResult::not_run(format!("cannot create the sandbox directory: {e}"), false),
     };
     // Namespaces first; where they are refused, the same run without them (said once, remembered).
     let isolated = if limits.namespaces && NAMESPACES.load(Ordering::Relaxed) != REFUSED {
@@ -228,12 +214,7 @@ pub fn execute(program: &str, limits: &Limits) -> ExecResult {
                 }
                 r
             }
-            Err(e) => {
-                return ExecResult::not_run(
-                    format!("cannot start {}: {e}", python.display()),
-                    false,
-                )
-            }
+            Err(e) => return ExecResult::not_run(format!("cannot start {}: {e}", python.display()), false),
         },
     };
     drop(dir);
@@ -247,20 +228,16 @@ static NAMESPACES: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 /// The first `python3` that is a real executable (a pyenv-style shell shim needs the environment we drop).
 pub fn find_python() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> =
-        ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+    let mut candidates: Vec<PathBuf> = ["/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("python3")));
     }
-    candidates.into_iter().find(|p| {
-        is_executable(p)
-            && std::fs::read(p)
-                .map(|b| !b.starts_with(b"#!"))
-                .unwrap_or(false)
-    })
+    candidates
+        .into_iter()
+        .find(|p| is_executable(p) && std::fs::read(p).map(|b| !b.starts_with(b"#!")).unwrap_or(false))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -293,18 +270,10 @@ impl Drop for WorkDir {
 /// Uids handed to programs when we run as root: a high range no account uses, one uid per execution, so that
 /// "every process with this uid" is exactly the program's processes.
 fn sandbox_uid() -> u32 {
-    0x5eed_0000
-        + (std::process::id() & 0xfff) * 0x100
-        + COUNTER.fetch_add(1, Ordering::Relaxed) % 0x100
+    0x5eed_0000 + (std::process::id() & 0xfff) * 0x100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 0x100
 }
 
-fn run(
-    python: &Path,
-    program: &str,
-    limits: &Limits,
-    dir: &WorkDir,
-    namespaces: bool,
-) -> std::io::Result<ExecResult> {
+fn run(python: &Path, program: &str, limits: &Limits, dir: &WorkDir, namespaces: bool) -> std::io::Result<ExecResult> {
     // SAFETY: geteuid/getegid have no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let (uid, gid) = if root {
@@ -328,8 +297,7 @@ fn run(
         uid_map: CString::new(format!("1000 {uid} 1")).expect("no NUL"),
         gid_map: CString::new(format!("1000 {gid} 1")).expect("no NUL"),
         dir: CString::new(dir.0.as_os_str().as_bytes()).map_err(std::io::Error::other)?,
-        tmpfs_opts: CString::new(format!("size={},mode=0700", limits.file_bytes.max(1 << 20)))
-            .expect("no NUL"),
+        tmpfs_opts: CString::new(format!("size={},mode=0700", limits.file_bytes.max(1 << 20))).expect("no NUL"),
         limits: [
             (libc::RLIMIT_CORE, 0),
             (libc::RLIMIT_CPU, limits.cpu_seconds.max(1)),
@@ -391,20 +359,14 @@ fn run(
     let error = if success {
         None
     } else if timeout {
-        Some(format!(
-            "timed out after {:.1} s",
-            limits.timeout.as_secs_f64()
-        ))
+        Some(format!("timed out after {:.1} s", limits.timeout.as_secs_f64()))
     } else if let Some(line) = stderr.lines().rev().find(|l| !l.trim().is_empty()) {
         Some(line.to_string())
     } else {
         Some(match status.and_then(|s| s.signal()) {
             Some(libc::SIGXCPU) => "CPU time limit exceeded".to_string(),
             Some(sig) => format!("killed by signal {sig}"),
-            None => format!(
-                "exit status {}",
-                status.and_then(|s| s.code()).unwrap_or(-1)
-            ),
+            None => format!("exit status {}", status.and_then(|s| s.code()).unwrap_or(-1)),
         })
     };
     Ok(ExecResult {
@@ -468,10 +430,7 @@ fn kill_uid(uid: u32) {
     unsafe {
         let pid = libc::fork();
         if pid == 0 {
-            if libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(uid) == 0
-                && libc::setuid(uid) == 0
-            {
+            if libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(uid) == 0 && libc::setuid(uid) == 0 {
                 libc::kill(-1, libc::SIGKILL);
             }
             libc::_exit(0);
@@ -549,13 +508,7 @@ impl ChildSetup {
         ) != 0
         {
             let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
-            check(libc::mount(
-                null,
-                c"/".as_ptr(),
-                null,
-                flags,
-                std::ptr::null(),
-            ))?;
+            check(libc::mount(null, c"/".as_ptr(), null, flags, std::ptr::null()))?;
         }
         let tmpfs = c"tmpfs".as_ptr();
         let opts = self.tmpfs_opts.as_ptr() as *const libc::c_void;
@@ -601,11 +554,7 @@ unsafe fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> std::io:
 unsafe fn write_file(path: &std::ffi::CStr, text: &std::ffi::CStr) -> std::io::Result<()> {
     let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
     check(fd)?;
-    let n = libc::write(
-        fd,
-        text.as_ptr() as *const libc::c_void,
-        text.to_bytes().len(),
-    );
+    let n = libc::write(fd, text.as_ptr() as *const libc::c_void, text.to_bytes().len());
     libc::close(fd);
     if n < 0 {
         return Err(std::io::Error::last_os_error());

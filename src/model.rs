@@ -18,22 +18,10 @@ pub trait ModelDevice {
     fn table(&self) -> &ParamTable;
     /// Forward and backward of one micro-batch `(b, t)`; adds `scale ×` the gradient of the mean loss into the
     /// gradient buffer and returns the mean loss.
-    fn forward_backward(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-        scale: f32,
-    ) -> Result<f32, String>;
+    fn forward_backward(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize, scale: f32)
+        -> Result<f32, String>;
     /// Per-token losses `(b·t)` without touching gradients (0 where the target is -1).
-    fn token_losses(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<Vec<f32>, String>;
+    fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String>;
     /// Softcapped logits of every position, `(b·t, vocab)`.
     fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
     /// The gradients accumulated since the last step, fp32 in the flat layout.
@@ -43,10 +31,7 @@ pub trait ModelDevice {
     /// Replaces the accumulated gradients (fp32, flat layout): how data parallelism installs the gradients
     /// averaged over ranks on a device that keeps the whole optimizer.
     fn set_grads(&mut self, _grads: &[f32]) -> Result<(), String> {
-        Err(format!(
-            "{}: setting gradients is not supported",
-            self.device_name()
-        ))
+        Err(format!("{}: setting gradients is not supported", self.device_name()))
     }
     /// One optimizer step with the accumulated gradients, which are then cleared.
     fn step(&mut self, settings: &StepSettings) -> Result<(), String>;
@@ -82,11 +67,7 @@ pub fn check_batch(
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
         return Err(format!("token id {bad} is outside the vocabulary of {v}"));
     }
-    if let Some(&bad) = targets
-        .unwrap_or(&[])
-        .iter()
-        .find(|&&y| y < -1 || y >= v as i32)
-    {
+    if let Some(&bad) = targets.unwrap_or(&[]).iter().find(|&&y| y < -1 || y >= v as i32) {
         return Err(format!(
             "target {bad} is outside the vocabulary of {v} (and is not the ignore index -1)"
         ));

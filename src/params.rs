@@ -158,14 +158,7 @@ impl ParamTable {
                 AdamEmbedding,
                 StoreDtype::Compute,
             ),
-            spec(
-                LmHead,
-                &one,
-                vec![vp, c],
-                Init::Normal { std: 0.001 },
-                AdamLmHead,
-                f32d,
-            ),
+            spec(LmHead, &one, vec![vp, c], Init::Normal { std: 0.001 }, AdamLmHead, f32d),
             spec(
                 ValueEmbeds,
                 &ve_layers,
@@ -198,14 +191,7 @@ impl ParamTable {
                 Muon,
                 f32d,
             ),
-            spec(
-                AttnProj,
-                &all_layers,
-                vec![c, cfg.q_dim()],
-                Init::Zeros,
-                Muon,
-                f32d,
-            ),
+            spec(AttnProj, &all_layers, vec![c, cfg.q_dim()], Init::Zeros, Muon, f32d),
             spec(
                 VeGate,
                 &ve_layers,
@@ -225,22 +211,12 @@ impl ParamTable {
                 Muon,
                 f32d,
             ),
-            spec(
-                MlpProj,
-                &all_layers,
-                vec![c, cfg.mlp_dim()],
-                Init::Zeros,
-                Muon,
-                f32d,
-            ),
+            spec(MlpProj, &all_layers, vec![c, cfg.mlp_dim()], Init::Zeros, Muon, f32d),
             spec(
                 ResidLambdas,
                 &one,
                 vec![l],
-                Init::Ramp {
-                    from: 1.15,
-                    to: 1.05,
-                },
+                Init::Ramp { from: 1.15, to: 1.05 },
                 AdamResid,
                 f32d,
             ),
@@ -248,10 +224,7 @@ impl ParamTable {
                 X0Lambdas,
                 &one,
                 vec![l],
-                Init::Ramp {
-                    from: 0.20,
-                    to: 0.05,
-                },
+                Init::Ramp { from: 0.20, to: 0.05 },
                 AdamX0,
                 f32d,
             ),
@@ -264,14 +237,7 @@ impl ParamTable {
                 f32d,
             ),
             spec(SmearLambda, &one, vec![1], Init::Zeros, AdamSmear, f32d),
-            spec(
-                BackoutLambda,
-                &one,
-                vec![1],
-                Init::Const(0.2),
-                AdamSmear,
-                f32d,
-            ),
+            spec(BackoutLambda, &one, vec![1], Init::Const(0.2), AdamSmear, f32d),
         ];
         let mut offset = 0;
         for s in slots.iter_mut() {
@@ -343,11 +309,7 @@ impl ParamTable {
 
     /// Fills `buf` (len `numel`) per the init rules of spec §1.6, one independent RNG stream per copy.
     pub fn init(&self, buf: &mut [f32], seed: u64) {
-        assert_eq!(
-            buf.len(),
-            self.numel,
-            "parameter buffer has the wrong length"
-        );
+        assert_eq!(buf.len(), self.numel, "parameter buffer has the wrong length");
         for (si, spec) in self.slots.iter().enumerate() {
             for k in 0..spec.count() {
                 let dst = &mut buf[spec.copy_range(k)];
@@ -355,9 +317,7 @@ impl ParamTable {
                 let n = dst.len();
                 match spec.init {
                     Init::Normal { std } => dst.iter_mut().for_each(|x| *x = std * rng.normal()),
-                    Init::Uniform { lo, hi } => {
-                        dst.iter_mut().for_each(|x| *x = rng.uniform(lo, hi))
-                    }
+                    Init::Uniform { lo, hi } => dst.iter_mut().for_each(|x| *x = rng.uniform(lo, hi)),
                     Init::Zeros => dst.fill(0.0),
                     Init::Const(v) => dst.fill(v),
                     Init::Ramp { from, to } => {
@@ -414,12 +374,7 @@ mod tests {
             // Every element belongs to exactly one upstream parameter.
             let mut covered = vec![0u8; t.numel];
             for p in &t.params {
-                assert_eq!(
-                    p.range.len(),
-                    p.shape.iter().product::<usize>(),
-                    "{}",
-                    p.name
-                );
+                assert_eq!(p.range.len(), p.shape.iter().product::<usize>(), "{}", p.name);
                 covered[p.range.clone()].iter_mut().for_each(|c| *c += 1);
             }
             assert!(covered.iter().all(|&c| c == 1));
@@ -433,18 +388,13 @@ mod tests {
         assert!(names.contains(&"transformer.h.0.attn.ve_gate.weight"));
         assert!(!names.contains(&"transformer.h.1.attn.ve_gate.weight"));
         assert!(names.contains(&"value_embeds.2.weight"));
-        assert_eq!(
-            t.by_name("transformer.wte.weight").unwrap().shape,
-            vec![704, 128]
-        );
+        assert_eq!(t.by_name("transformer.wte.weight").unwrap().shape, vec![704, 128]);
         assert_eq!(
             t.by_name("transformer.h.2.attn.c_k.weight").unwrap().shape,
             vec![64, 128]
         );
         assert_eq!(
-            t.by_name("transformer.h.2.attn.ve_gate.weight")
-                .unwrap()
-                .shape,
+            t.by_name("transformer.h.2.attn.ve_gate.weight").unwrap().shape,
             vec![1, 12]
         );
         assert_eq!(t.by_name("smear_gate.weight").unwrap().shape, vec![1, 24]);
@@ -473,9 +423,7 @@ mod tests {
         assert!(get(Slot::AttnProj, 2).iter().all(|&x| x == 0.0));
         let s = 3f32.sqrt() / 128f32.sqrt();
         assert!(get(Slot::MlpFc, 1).iter().all(|&x| x.abs() <= 0.4 * s));
-        assert!(get(Slot::VeGate, 1)
-            .iter()
-            .all(|&x| (0.0..0.02).contains(&x)));
+        assert!(get(Slot::VeGate, 1).iter().all(|&x| (0.0..0.02).contains(&x)));
         let wte = get(Slot::Wte, 0);
         let std = (wte.iter().map(|x| x * x).sum::<f32>() / wte.len() as f32).sqrt();
         assert!((std - 0.8).abs() < 0.02, "wte std {std}");

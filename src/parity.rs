@@ -110,26 +110,19 @@ fn tensor(file: &File, name: &str, what: &Path, len: usize) -> Result<Vec<f32>, 
 /// row per compared quantity.
 pub fn run_cpu(dir: &Path, tol: Tolerances, storage: Storage) -> Result<Vec<Row>, String> {
     run(dir, tol, |cfg, p0, setup| {
-        Ok(Box::new(
-            CpuModel::new(cfg, p0, setup)?.with_storage(storage),
-        ))
+        Ok(Box::new(CpuModel::new(cfg, p0, setup)?.with_storage(storage)))
     })
 }
 
 /// Runs the comparison on a kernel device (the model in bf16, see `crate::device::model`).
-pub fn run_kernels(
-    dir: &Path,
-    tol: Tolerances,
-    dev: Box<dyn crate::device::Device>,
-) -> Result<Vec<Row>, String> {
+pub fn run_kernels(dir: &Path, tol: Tolerances, dev: Box<dyn crate::device::Device>) -> Result<Vec<Row>, String> {
     run(dir, tol, |cfg, p0, setup| {
         Ok(Box::new(KernelModel::new(dev, cfg, &p0, setup)?))
     })
 }
 
 /// A model on some device, built from the fixture's config, parameters and optimizer arguments.
-type MakeModel<'a> =
-    dyn FnOnce(&ModelConfig, Vec<f32>, &SetupArgs) -> Result<Box<dyn ModelDevice>, String> + 'a;
+type MakeModel<'a> = dyn FnOnce(&ModelConfig, Vec<f32>, &SetupArgs) -> Result<Box<dyn ModelDevice>, String> + 'a;
 
 /// Runs the comparison on the model `make` builds and returns one row per compared quantity.
 pub fn run(
@@ -140,21 +133,18 @@ pub fn run(
     let make: Box<MakeModel> = Box::new(make);
     let cfg_path = dir.join("config.json");
     let text = std::fs::read(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    let cfg: FixtureConfig = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a fixture config: {e}", cfg_path.display()))?;
+    let cfg: FixtureConfig =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: not a fixture config: {e}", cfg_path.display()))?;
     cfg.model.validate()?;
     let table = ParamTable::new(&cfg.model);
     let read = |name: &str| {
         let p = dir.join(name);
-        safetensors::read(&p)
-            .map_err(|e| e.to_string())
-            .map(|f| (f, p))
+        safetensors::read(&p).map_err(|e| e.to_string()).map(|f| (f, p))
     };
     let (model_file, model_path) = read("model.safetensors")?;
     let (batch, batch_path) = read("batch.safetensors")?;
     let (expected, exp_path) = read("expected.safetensors")?;
-    let p0 =
-        safetensors::import_params(&table, &model_file, &model_path).map_err(|e| e.to_string())?;
+    let p0 = safetensors::import_params(&table, &model_file, &model_path).map_err(|e| e.to_string())?;
     let (b, t) = (cfg.batch, cfg.seq);
     let n = b * t;
     let ids: Vec<u32> = tensor(&batch, "inputs", &batch_path, n)?
@@ -178,12 +168,7 @@ pub fn run(
     let (loss, grads) = loss_grad(model.as_mut())?;
     let logits = model.logits(&ids, b, t)?;
     let ref_loss = tensor(&expected, "loss", &exp_path, 1)?[0];
-    rows.push(row(
-        "loss",
-        "abs",
-        (loss - ref_loss).abs() as f64,
-        tol.loss_abs,
-    ));
+    rows.push(row("loss", "abs", (loss - ref_loss).abs() as f64, tol.loss_abs));
     let ref_logits = tensor(&expected, "logits", &exp_path, n * cfg.model.vocab_size)?;
     let logit_err = if tol.logits_rel_l2 {
         rel_l2(&logits, &ref_logits, None)
@@ -196,21 +181,12 @@ pub fn run(
     };
     rows.push(row(
         "logits",
-        if tol.logits_rel_l2 {
-            "rel_l2"
-        } else {
-            "max_abs"
-        },
+        if tol.logits_rel_l2 { "rel_l2" } else { "max_abs" },
         logit_err,
         tol.logits,
     ));
     for p in &table.params {
-        let r = tensor(
-            &expected,
-            &format!("grad.{}", p.name),
-            &exp_path,
-            p.range.len(),
-        )?;
+        let r = tensor(&expected, &format!("grad.{}", p.name), &exp_path, p.range.len())?;
         rows.push(row(
             format!("grad.{}", p.name),
             "rel_l2",
@@ -220,8 +196,7 @@ pub fn run(
     }
 
     // Two optimizer steps on the same batch, gradients recomputed in between.
-    let groups_ok =
-        MuonAdamW::new(&table, &cfg.setup_optimizer_args).check_groups(&cfg.optimizer_param_groups);
+    let groups_ok = MuonAdamW::new(&table, &cfg.setup_optimizer_args).check_groups(&cfg.optimizer_param_groups);
     if let Err(e) = &groups_ok {
         eprintln!("optimizer groups differ: {e}");
     }
@@ -246,12 +221,7 @@ pub fn run(
             if k == 0 {
                 if let Some(t) = expected.get("loss_after_step1") {
                     let r = t.to_f32().first().copied().unwrap_or(f32::NAN);
-                    rows.push(row(
-                        "loss_after_step1",
-                        "abs",
-                        (loss - r).abs() as f64,
-                        tol.loss_abs,
-                    ));
+                    rows.push(row("loss_after_step1", "abs", (loss - r).abs() as f64, tol.loss_abs));
                 }
             }
         }
@@ -277,11 +247,6 @@ pub fn print_rows(rows: &[Row]) -> bool {
         );
     }
     let failed = rows.iter().filter(|r| !r.ok).count();
-    println!(
-        "{} rows, {} passed, {} failed",
-        rows.len(),
-        rows.len() - failed,
-        failed
-    );
+    println!("{} rows, {} passed, {} failed", rows.len(), rows.len() - failed, failed);
     failed == 0
 }

@@ -92,10 +92,7 @@ impl Tensor {
     }
     pub fn from_bf16(shape: Vec<usize>, values: &[f32]) -> Tensor {
         assert_eq!(shape.iter().product::<usize>(), values.len());
-        let data = values
-            .iter()
-            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-            .collect();
+        let data = values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
         Tensor {
             dtype: Dtype::BF16,
             shape,
@@ -194,26 +191,18 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<File, Error> {
             continue;
         }
         let bad = |m: &str| err(path, format!("tensor {name}: {m}"));
-        let dtype = match v
-            .get("dtype")
-            .and_then(Value::as_str)
-            .and_then(Dtype::parse)
-        {
+        let dtype = match v.get("dtype").and_then(Value::as_str).and_then(Dtype::parse) {
             Some(d) => d,
             None => return bad("missing or unsupported dtype"),
         };
-        let shape: Option<Vec<usize>> = v.get("shape").and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as usize)
-                .collect()
-        });
-        let offs: Option<Vec<usize>> = v.get("data_offsets").and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_u64())
-                .map(|x| x as usize)
-                .collect()
-        });
+        let shape: Option<Vec<usize>> = v
+            .get("shape")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect());
+        let offs: Option<Vec<usize>> = v
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect());
         let (Some(shape), Some(offs)) = (shape, offs) else {
             return bad("missing shape or data_offsets");
         };
@@ -261,10 +250,7 @@ pub fn write(
         let mut e = Map::new();
         e.insert("dtype".into(), Value::String(t.dtype.name().into()));
         e.insert("shape".into(), Value::from(t.shape.clone()));
-        e.insert(
-            "data_offsets".into(),
-            Value::from(vec![offset, offset + t.data.len()]),
-        );
+        e.insert("data_offsets".into(), Value::from(vec![offset, offset + t.data.len()]));
         offset += t.data.len();
         header.insert(name.clone(), Value::Object(e));
     }
@@ -302,17 +288,11 @@ pub enum ExportDtype {
 }
 
 /// Exports every parameter of the flat buffer under its upstream name.
-pub fn export_params(
-    table: &ParamTable,
-    params: &[f32],
-    path: &Path,
-    dtype: ExportDtype,
-) -> Result<(), Error> {
+pub fn export_params(table: &ParamTable, params: &[f32], path: &Path, dtype: ExportDtype) -> Result<(), Error> {
     let mut tensors = BTreeMap::new();
     for p in &table.params {
         let values = &params[p.range.clone()];
-        let bf =
-            dtype == ExportDtype::UpstreamBf16 && table.slot(p.slot).dtype == StoreDtype::Compute;
+        let bf = dtype == ExportDtype::UpstreamBf16 && table.slot(p.slot).dtype == StoreDtype::Compute;
         let t = if bf {
             Tensor::from_bf16(p.shape.clone(), values)
         } else {
@@ -337,10 +317,7 @@ pub fn import_params(table: &ParamTable, file: &File, path: &Path) -> Result<Vec
         let Some(t) = lookup.remove(p.name.as_str()) else {
             return err(
                 path,
-                format!(
-                    "parameter {} is missing (expected shape {:?})",
-                    p.name, p.shape
-                ),
+                format!("parameter {} is missing (expected shape {:?})", p.name, p.shape),
             );
         };
         if t.shape != p.shape {
@@ -353,10 +330,7 @@ pub fn import_params(table: &ParamTable, file: &File, path: &Path) -> Result<Vec
             );
         }
         if !matches!(t.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
-            return err(
-                path,
-                format!("parameter {} has non-float dtype {:?}", p.name, t.dtype),
-            );
+            return err(path, format!("parameter {} has non-float dtype {:?}", p.name, t.dtype));
         }
         out[p.range.clone()].copy_from_slice(&t.to_f32());
     }

@@ -5,8 +5,7 @@ use std::process::Command;
 
 fn run(bin: &str, args: &[&str]) -> String {
     let out = Command::new(bin).args(args).output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{bin} {args:?}:\n{text}");
     text
 }
@@ -28,10 +27,7 @@ fn kernel_bench_runs_every_row_on_the_emulator() {
         "muon_step (2 x 512x128)",
         "muon_step (3 x 128x128)",
     ] {
-        assert!(
-            text.lines().any(|l| l.starts_with(row)),
-            "{row} missing:\n{text}"
-        );
+        assert!(text.lines().any(|l| l.starts_with(row)), "{row} missing:\n{text}");
     }
     assert!(text.contains("all checks passed"), "{text}");
 }
@@ -49,13 +45,7 @@ fn attention_and_model_ops_benches_run_on_the_emulator() {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
     let text = run(env!("CARGO_BIN_EXE_model_ops_bench"), &["--device", "emu"]);
-    for line in [
-        "PASS rope_qknorm",
-        "PASS ve_gate",
-        "PASS smear",
-        "PASS backout",
-        "ran ",
-    ] {
+    for line in ["PASS rope_qknorm", "PASS ve_gate", "PASS smear", "PASS backout", "ran "] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
 }

@@ -22,12 +22,9 @@ use nanochat::optim::StepSettings;
 use nanochat::params::ParamTable;
 use nanochat::safetensors::Tensor;
 use nanochat::tasks::chat_eval::{
-    centered, chatcore, chatcore_cat, chatcore_eval, eval_categorical, eval_generative,
-    EvalSettings, TaskResult,
+    centered, chatcore, chatcore_cat, chatcore_eval, eval_categorical, eval_generative, EvalSettings, TaskResult,
 };
-use nanochat::tasks::{
-    arc::Arc as ArcTask, gsm8k::Gsm8k, humaneval::NoRunner, mmlu::Mmlu, Examples, Task, TaskSlice,
-};
+use nanochat::tasks::{arc::Arc as ArcTask, gsm8k::Gsm8k, humaneval::NoRunner, mmlu::Mmlu, Examples, Task, TaskSlice};
 use nanochat::tokenizer::{files, pattern, Tokenizer, SPECIAL_TOKENS, TOKENIZER_FILE};
 
 fn fixtures() -> PathBuf {
@@ -35,8 +32,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn tok() -> Tokenizer {
-    let ranks = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+    let ranks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
     let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
     files::import_tiktoken(&ranks, pattern::SPLIT_PATTERN, specials).unwrap()
 }
@@ -82,23 +78,10 @@ impl ModelDevice for Scripted {
     fn table(&self) -> &ParamTable {
         &self.table
     }
-    fn forward_backward(
-        &mut self,
-        _: &[u32],
-        _: &[i32],
-        _: usize,
-        _: usize,
-        _: f32,
-    ) -> Result<f32, String> {
+    fn forward_backward(&mut self, _: &[u32], _: &[i32], _: usize, _: usize, _: f32) -> Result<f32, String> {
         unimplemented!()
     }
-    fn token_losses(
-        &mut self,
-        _: &[u32],
-        _: &[i32],
-        _: usize,
-        _: usize,
-    ) -> Result<Vec<f32>, String> {
+    fn token_losses(&mut self, _: &[u32], _: &[i32], _: usize, _: usize) -> Result<Vec<f32>, String> {
         unimplemented!()
     }
     fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
@@ -106,10 +89,7 @@ impl ModelDevice for Scripted {
         let mut out = vec![0.0f32; b * t * v];
         for r in 0..b {
             let row = &ids[r * t..(r + 1) * t];
-            let content = row
-                .iter()
-                .rposition(|&x| x != self.bos)
-                .map_or(0, |p| p + 1);
+            let content = row.iter().rposition(|&x| x != self.bos).map_or(0, |p| p + 1);
             for p in 0..t {
                 let l = &mut out[(r * t + p) * v..(r * t + p + 1) * v];
                 if p >= content {
@@ -245,9 +225,7 @@ fn generative_through_the_engine_cpu_and_emulator() {
         )),
         tok.clone(),
     );
-    let prompt = tok
-        .render_for_completion(&gsm.get(0).unwrap().conversation)
-        .unwrap();
+    let prompt = tok.render_for_completion(&gsm.get(0).unwrap().conversation).unwrap();
     let g = GenConfig {
         num_samples: 3,
         max_tokens: Some(8),
@@ -282,9 +260,7 @@ fn generative_through_the_engine_cpu_and_emulator() {
     assert_eq!((r.total, r.skipped), (1, None));
 
     // A task that cannot judge is reported skipped.
-    let he = slice(
-        nanochat::tasks::humaneval::HumanEval::load(&fixtures(), Arc::new(NoRunner)).unwrap(),
-    );
+    let he = slice(nanochat::tasks::humaneval::HumanEval::load(&fixtures(), Arc::new(NoRunner)).unwrap());
     let r = eval_generative(&cpu, &he, &s1, &mut |_, _, _| {}).unwrap();
     assert_eq!(r.skipped.as_deref(), Some("skipped: no code sandbox"));
 }
@@ -324,15 +300,9 @@ fn chatcore_is_the_mean_centered_accuracy_over_five_tasks() {
 fn prepare(base: &Path) {
     let tok = tok();
     std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
-        .unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE)).unwrap();
     let copy = |from: &Path, to: &Path| {
-        let status = Command::new("cp")
-            .arg("-r")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
+        let status = Command::new("cp").arg("-r").arg(from).arg(to).status().unwrap();
         assert!(status.success());
     };
     copy(&fixtures().join("task_data"), base);
@@ -350,15 +320,7 @@ fn prepare(base: &Path) {
         loop_state: LoopState::default(),
     };
     let dir = base.join("chatsft_checkpoints").join("d2");
-    checkpoint::save(
-        &dir,
-        &meta,
-        &ParamTable::new(&cfg),
-        &params(&cfg),
-        &BTreeMap::new(),
-        0,
-    )
-    .unwrap();
+    checkpoint::save(&dir, &meta, &ParamTable::new(&cfg), &params(&cfg), &BTreeMap::new(), 0).unwrap();
 }
 
 #[test]
@@ -386,20 +348,11 @@ fn chat_eval_program_on_cpu_and_emu() {
     // Every task on small slices; ChatCORE is printed when the five ran.
     let (ok, out, err) = run(&["-i", "sft", "-x", "2", "-m", "6", "-b", "2"]);
     assert!(ok, "{err}");
-    for t in [
-        "ARC-Easy",
-        "ARC-Challenge",
-        "MMLU",
-        "GSM8K",
-        "HumanEval",
-        "SpellingBee",
-    ] {
+    for t in ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"] {
         assert!(out.contains(&format!("{t}:")), "{t} missing:\n{out}");
     }
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(base.join("chat_eval/sft_d2_7.json")).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("chat_eval/sft_d2_7.json")).unwrap()).unwrap();
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), 6);
     for r in results {
@@ -414,10 +367,7 @@ fn chat_eval_program_on_cpu_and_emu() {
         assert!(out.contains("ChatCORE: "), "{out}");
         assert!(json["chatcore"].is_number());
     } else {
-        assert!(
-            out.contains("ChatCORE: n/a (not scored: HumanEval)"),
-            "{out}"
-        );
+        assert!(out.contains("ChatCORE: n/a (not scored: HumanEval)"), "{out}");
     }
 
     // A task without data is skipped, the rest still run; the emulator runs the same program.
@@ -440,8 +390,7 @@ fn chat_eval_program_on_cpu_and_emu() {
     assert!(ok, "{err}");
     assert!(out.contains("GSM8K: skipped"), "{out}");
     assert!(out.contains("ChatCORE: n/a"), "{out}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
     assert_eq!(json["results"][0]["total"], 1);
     assert_eq!(json["device"], "emu");
 }
@@ -453,10 +402,7 @@ fn chatcore_during_training_borrows_the_model() {
     let mut m = CpuModel::new(&cfg, params(&cfg), &Default::default()).unwrap();
     let results = chatcore_eval(&mut m, &tok, &fixtures(), 2, Some(3), Some(1), 8).unwrap();
     let names: Vec<&str> = results.iter().map(|r| r.task.as_str()).collect();
-    assert_eq!(
-        names,
-        ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]
-    );
+    assert_eq!(names, ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]);
     for r in &results[..3] {
         assert_eq!(r.total, 3, "{r:?}");
     }

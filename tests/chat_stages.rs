@@ -48,9 +48,7 @@ fn prepare(base: &Path) {
     let docs: Vec<String> = (0..600)
         .map(|_| {
             let n = 5 + rng.below(40) as usize;
-            let w: Vec<&str> = (0..n)
-                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-                .collect();
+            let w: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
             format!("{}.", w.join(" "))
         })
         .collect();
@@ -62,11 +60,9 @@ fn prepare(base: &Path) {
     }
     let tok = Tokenizer::train(docs.iter().cloned(), 400, 64, &mut |_, _| {}).unwrap();
     std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
-        .unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE)).unwrap();
     data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), &tok, false).unwrap();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks/words_alpha.txt");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks/words_alpha.txt");
     std::fs::copy(fixture, base.join("words_alpha.txt")).unwrap();
     let a = [
         "train_gpt",
@@ -163,24 +159,15 @@ fn mid_train_then_chat_sft_lower_validation_loss_and_resume_exactly() {
     prepare(&base);
 
     // Before mid_train exists, chat_sft would start from base; -i mid says there is none.
-    let e = chat_sft(
-        &SftArgs::try_parse_from(sft_args(&["-i", "mid"])).unwrap(),
-        &base,
-    )
-    .err()
-    .unwrap();
-    assert!(
-        e.contains("mid_checkpoints") && e.contains("mid_train"),
-        "{e}"
-    );
+    let e = chat_sft(&SftArgs::try_parse_from(sft_args(&["-i", "mid"])).unwrap(), &base)
+        .err()
+        .unwrap();
+    assert!(e.contains("mid_checkpoints") && e.contains("mid_train"), "{e}");
 
     let mid = mid_train(&mid_args(&[]), &base).unwrap();
     assert_eq!(mid.losses.len(), 24);
     let (first, last) = (mid.val_bpb[0].1, mid.val_bpb.last().unwrap().1);
-    assert_eq!(
-        mid.val_bpb.iter().map(|v| v.0).collect::<Vec<_>>(),
-        [0, 8, 16, 24]
-    );
+    assert_eq!(mid.val_bpb.iter().map(|v| v.0).collect::<Vec<_>>(), [0, 8, 16, 24]);
     assert!(
         last < first - 0.05,
         "mid_train validation bpb should fall: {:?}",
@@ -231,10 +218,7 @@ fn mid_train_then_chat_sft_lower_validation_loss_and_resume_exactly() {
         .spawn()
         .unwrap();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        if line
-            .unwrap()
-            .starts_with(&format!("step {kill_after:05} ("))
-        {
+        if line.unwrap().starts_with(&format!("step {kill_after:05} (")) {
             break;
         }
     }
@@ -270,14 +254,7 @@ fn chat_sft_from_base_and_both_stages_on_the_emulator() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks/task_data");
     copy_dir(&fixtures, &base.join("task_data"));
     // No mid checkpoint: chat_sft starts from base (and inherits base_train's flags: embedding lr 0.3).
-    let short = [
-        "--num-iterations",
-        "3",
-        "--eval-every",
-        "-1",
-        "--eval-tokens",
-        "256",
-    ];
+    let short = ["--num-iterations", "3", "--eval-every", "-1", "--eval-tokens", "256"];
     let mut a = sft_args(&short);
     let core_flags = [
         "--chatcore-every",
@@ -287,12 +264,7 @@ fn chat_sft_from_base_and_both_stages_on_the_emulator() {
         "--chatcore-max-sample",
         "1",
     ];
-    a.extend(
-        ["--model-tag", "d2"]
-            .iter()
-            .chain(&core_flags)
-            .map(|s| s.to_string()),
-    );
+    a.extend(["--model-tag", "d2"].iter().chain(&core_flags).map(|s| s.to_string()));
     let cpu = chat_sft(&SftArgs::try_parse_from(&a).unwrap(), base).unwrap();
     let dir = base.join("chatsft_checkpoints/d2");
     let meta = checkpoint::load(&dir, None, 0, None).unwrap().meta;
@@ -300,21 +272,14 @@ fn chat_sft_from_base_and_both_stages_on_the_emulator() {
     assert_eq!(meta.user_config["embedding_lr"], 0.3);
     // ChatCORE at step 2 and at the end (step 3), every task scored on its slice (or skipped with a reason).
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let core: Vec<&serde_json::Value> =
-        records.iter().filter(|v| v["kind"] == "chatcore").collect();
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let core: Vec<&serde_json::Value> = records.iter().filter(|v| v["kind"] == "chatcore").collect();
     let steps: Vec<u64> = core.iter().map(|v| v["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [2, 3]);
     for record in &core {
         let tasks = record["tasks"].as_array().unwrap();
         let names: Vec<&str> = tasks.iter().map(|t| t["task"].as_str().unwrap()).collect();
-        assert_eq!(
-            names,
-            ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]
-        );
+        assert_eq!(names, ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"]);
         for t in tasks {
             if t["skipped"].is_null() {
                 let generative = ["GSM8K", "HumanEval"].contains(&t["task"].as_str().unwrap());

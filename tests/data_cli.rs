@@ -46,9 +46,7 @@ fn tokenize_data_on_a_base_dir() {
     let (ok, text) = run(tokenize, base.path(), &["--byte-level"]);
     assert!(ok, "{text}");
     assert!(
-        text.contains("offline default corpus")
-            && text.contains("tokens/s")
-            && text.contains("ETA"),
+        text.contains("offline default corpus") && text.contains("tokens/s") && text.contains("ETA"),
         "{text}"
     );
     let manifest = Manifest::load(&base.path().join("base_data_default_tokens"))
@@ -94,20 +92,12 @@ fn download_data_default_corpus_builds_or_names_the_missing_packages() {
     // With any of the Debian packages installed the corpus must build; with none the error must name them all.
     let download = env!("CARGO_BIN_EXE_download_data");
     let base = tempfile::tempdir().expect("tempdir");
-    let (ok, text) = run(
-        download,
-        base.path(),
-        &["--default-corpus", "--corpus-shards", "3"],
-    );
+    let (ok, text) = run(download, base.path(), &["--default-corpus", "--corpus-shards", "3"]);
     assert!(!text.contains("panicked"), "{text}");
     if default_corpus_sources_present() {
-        assert!(
-            ok,
-            "sources are installed but the corpus did not build: {text}"
-        );
+        assert!(ok, "sources are installed but the corpus did not build: {text}");
         assert!(text.contains("default corpus:"), "{text}");
-        let shards =
-            nanochat::data::list_parquet(&base.path().join("base_data_default")).expect("list");
+        let shards = nanochat::data::list_parquet(&base.path().join("base_data_default")).expect("list");
         // 3 asked for; a small corpus (few packages) may come out as 2.
         assert!((2..=3).contains(&shards.len()), "{text}");
         // An installed fortune file is in it: its third fortune (split on "%" lines here) is a document.
@@ -118,18 +108,10 @@ fn download_data_default_corpus_builds_or_names_the_missing_packages() {
             for shard in &shards {
                 let pq = nanochat::data::parquet::TextParquet::open(shard).expect("shard");
                 for rg in 0..pq.num_row_groups() {
-                    found |= pq
-                        .read_row_group(rg)
-                        .expect("rows")
-                        .iter()
-                        .any(|d| d == third);
+                    found |= pq.read_row_group(rg).expect("rows").iter().any(|d| d == third);
                 }
             }
-            assert!(
-                found,
-                "{third:?} from {} not in the corpus",
-                fortunes.display()
-            );
+            assert!(found, "{third:?} from {} not in the corpus", fortunes.display());
         }
     } else {
         assert!(!ok, "no sources installed, yet it succeeded: {text}");

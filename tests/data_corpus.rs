@@ -5,9 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use nanochat::data::corpus::{
-    build_default_corpus, split_bible, split_dict, split_fortunes, CorpusSources,
-};
+use nanochat::data::corpus::{build_default_corpus, split_bible, split_dict, split_fortunes, CorpusSources};
 use nanochat::data::list_parquet;
 use nanochat::data::parquet::TextParquet;
 
@@ -16,11 +14,7 @@ fn fortunes_split_on_percent_lines() {
     let text = "A penny saved.\n%\nTwo\nlines\n%\n%\n   \n%\nLast one, no trailing percent";
     assert_eq!(
         split_fortunes(text),
-        vec![
-            "A penny saved.",
-            "Two\nlines",
-            "Last one, no trailing percent"
-        ]
+        vec!["A penny saved.", "Two\nlines", "Last one, no trailing percent"]
     );
 }
 
@@ -58,11 +52,7 @@ fn dictionary() -> (String, String) {
     ];
     let mut data = String::new();
     let mut index = String::new();
-    let words = [
-        vec!["00-database-short"],
-        vec!["abbey"],
-        vec!["bore", "boredom"],
-    ];
+    let words = [vec!["00-database-short"], vec!["abbey"], vec!["bore", "boredom"]];
     for (entry, words) in entries.iter().zip(&words) {
         for w in words {
             index.push_str(&format!("{w}\t{}\t{}\n", b64(data.len()), b64(entry.len())));
@@ -101,8 +91,11 @@ fn stand_in_sources(dir: &Path) -> CorpusSources {
     std::fs::write(dir.join("test.index"), index).expect("write");
     // A stand-in for `bible`, printing two chapters in its layout.
     let bible = dir.join("bible");
-    std::fs::write(&bible, "#!/bin/sh\nprintf '\\nGenesis 1\\n\\n  1 In the beginning.\\n\\nGenesis 2\\n\\n  1 Thus.\\n'\n")
-        .expect("write");
+    std::fs::write(
+        &bible,
+        "#!/bin/sh\nprintf '\\nGenesis 1\\n\\n  1 In the beginning.\\n\\nGenesis 2\\n\\n  1 Thus.\\n'\n",
+    )
+    .expect("write");
     std::fs::set_permissions(&bible, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     CorpusSources {
         fortune_dirs: vec![fortunes],
@@ -136,20 +129,10 @@ fn builds_shuffled_parquet_shards_deterministically() {
     let shards = read_all(out.path());
     assert_eq!(shards.len(), 3);
     for shard in &shards[..shards.len() - 1] {
-        assert_eq!(
-            shard.len() % 1024,
-            0,
-            "training shards hold whole row groups"
-        );
+        assert_eq!(shard.len() % 1024, 0, "training shards hold whole row groups");
     }
     let mut docs: Vec<String> = shards.concat();
-    assert_ne!(
-        docs[..10]
-            .iter()
-            .filter(|d| d.starts_with("Fortune"))
-            .count(),
-        0
-    );
+    assert_ne!(docs[..10].iter().filter(|d| d.starts_with("Fortune")).count(), 0);
     assert!(
         docs[..2500]
             .iter()
@@ -185,17 +168,11 @@ fn missing_packages_are_a_clear_error() {
     let sources = CorpusSources {
         fortune_dirs: vec![out.path().join("nothing")],
         fortune_skip: Vec::new(),
-        dictionaries: vec![(
-            out.path().join("none.dict.dz"),
-            out.path().join("none.index"),
-        )],
+        dictionaries: vec![(out.path().join("none.dict.dz"), out.path().join("none.index"))],
         bible_program: Some(out.path().join("no-bible").display().to_string()),
     };
     let msg = build_default_corpus(&out.path().join("corpus"), &sources, 4)
         .expect_err("no text")
         .to_string();
-    assert!(
-        msg.contains("apt-get install") && msg.contains("fortunes"),
-        "{msg}"
-    );
+    assert!(msg.contains("apt-get install") && msg.contains("fortunes"), "{msg}");
 }

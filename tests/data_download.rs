@@ -35,10 +35,7 @@ struct Server {
 impl Server {
     fn start(files: HashMap<String, (Vec<u8>, Behaviour)>) -> Server {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("bind loopback");
-        let url = format!(
-            "http://{}",
-            server.server_addr().to_ip().expect("ip address")
-        );
+        let url = format!("http://{}", server.server_addr().to_ip().expect("ip address"));
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (stop2, log2) = (stop.clone(), log.clone());
@@ -54,32 +51,24 @@ impl Server {
                     .iter()
                     .find(|h| h.field.equiv("Range"))
                     .map(|h| h.value.as_str().to_string());
-                log2.lock()
-                    .expect("log")
-                    .push((path.clone(), range.clone()));
+                log2.lock().expect("log").push((path.clone(), range.clone()));
                 let count = seen.entry(path.clone()).or_default();
                 *count += 1;
                 let response = match files.get(&path) {
-                    None => {
-                        tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404)
-                    }
+                    None => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
                     Some((_, Behaviour::FailFirst(n))) if *count <= *n => {
                         tiny_http::Response::from_data(b"busy".to_vec()).with_status_code(503)
                     }
                     Some((data, Behaviour::HalfFirst)) if *count == 1 => {
                         tiny_http::Response::from_data(data[..data.len() / 2].to_vec())
                     }
-                    Some((data, _)) => {
-                        match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
-                            Some(r) => {
-                                let from: usize =
-                                    r.trim_end_matches('-').parse().expect("range start");
-                                tiny_http::Response::from_data(data[from..].to_vec())
-                                    .with_status_code(206)
-                            }
-                            None => tiny_http::Response::from_data(data.clone()),
+                    Some((data, _)) => match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
+                        Some(r) => {
+                            let from: usize = r.trim_end_matches('-').parse().expect("range start");
+                            tiny_http::Response::from_data(data[from..].to_vec()).with_status_code(206)
                         }
-                    }
+                        None => tiny_http::Response::from_data(data.clone()),
+                    },
                 };
                 let _ = req.respond(response);
             }
@@ -94,10 +83,7 @@ impl Server {
 
     fn requests(&self, path: &str) -> Vec<Option<String>> {
         let log = self.log.lock().expect("log");
-        log.iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, r)| r.clone())
-            .collect()
+        log.iter().filter(|(p, _)| p == path).map(|(_, r)| r.clone()).collect()
     }
 }
 
@@ -125,16 +111,9 @@ fn downloads_with_retries_resume_and_validation() {
     let gen = tempfile::tempdir().expect("tempdir");
     let max_shard = 9;
     let indices = shard_indices(Some(4), max_shard);
-    assert_eq!(
-        indices,
-        vec![0, 1, 2, 3, 9],
-        "shards 0..n plus the validation shard"
-    );
+    assert_eq!(indices, vec![0, 1, 2, 3, 9], "shards 0..n plus the validation shard");
     assert_eq!(shard_indices(None, max_shard), (0..=9).collect::<Vec<_>>());
-    assert_eq!(
-        shard_indices(Some(50), max_shard),
-        (0..=9).collect::<Vec<_>>()
-    );
+    assert_eq!(shard_indices(Some(50), max_shard), (0..=9).collect::<Vec<_>>());
 
     let behaviours = [
         (0, Behaviour::Ok),
@@ -170,11 +149,7 @@ fn downloads_with_retries_resume_and_validation() {
     assert_eq!(report.skipped, vec![9]);
     assert_eq!(report.failed.len(), 1);
     assert_eq!(report.failed[0].0, 3);
-    assert!(
-        report.failed[0].1.contains("HTTP 404"),
-        "{}",
-        report.failed[0].1
-    );
+    assert!(report.failed[0].1.contains("HTTP 404"), "{}", report.failed[0].1);
 
     for i in [0, 1, 2, 9] {
         let got = std::fs::read(out.path().join(shard_name(i))).expect("downloaded file");
@@ -198,11 +173,7 @@ fn downloads_with_retries_resume_and_validation() {
         vec![Some("bytes=1000-".to_string())],
         "partial file continued"
     );
-    assert_eq!(
-        server.requests(&shard_name(1)).len(),
-        3,
-        "two 503s then success"
-    );
+    assert_eq!(server.requests(&shard_name(1)).len(), 3, "two 503s then success");
     assert_eq!(
         server.requests(&shard_name(2)).len(),
         2,
@@ -226,11 +197,7 @@ fn downloads_with_retries_resume_and_validation() {
     // A second run has nothing left to do but the missing shard.
     let report = download_shards(&server.url, out.path(), &indices, &opts).expect("download");
     assert_eq!(
-        (
-            report.downloaded.len(),
-            report.skipped.len(),
-            report.failed.len()
-        ),
+        (report.downloaded.len(), report.skipped.len(), report.failed.len()),
         (0, 4, 1)
     );
 }

@@ -24,11 +24,7 @@ fn shards_with(dir: &Path, lengths: &[Vec<usize>]) -> (Arc<[TokenShard]>, Vec<Ve
     let mut docs = Vec::new();
     let mut opened = Vec::new();
     for (s, lens) in lengths.iter().enumerate() {
-        let d: Vec<Vec<u32>> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| make_doc(s, i, l))
-            .collect();
+        let d: Vec<Vec<u32>> = lens.iter().enumerate().map(|(i, &l)| make_doc(s, i, l)).collect();
         let path = dir.join(format!("shard_{s:05}.tok"));
         write_shard(&path, &d, VOCAB, BOS).expect("write shard");
         opened.push(TokenShard::open(&path).expect("open shard"));
@@ -65,10 +61,7 @@ fn rows(inputs: &[u32], targets: &[u32], t: usize) -> Vec<Vec<u32>> {
 
 fn concat(docs: &[Vec<Vec<u32>>], parts: &[(usize, usize)]) -> Vec<u32> {
     // (doc index in shard 0, tokens taken)
-    parts
-        .iter()
-        .flat_map(|&(d, n)| docs[0][d][..n].to_vec())
-        .collect()
+    parts.iter().flat_map(|&(d, n)| docs[0][d][..n].to_vec()).collect()
 }
 
 #[test]
@@ -117,18 +110,12 @@ fn hand_worked_crop() {
     assert_eq!(got[0], concat(&docs, &[(0, 8)]));
     assert_eq!(got[1], concat(&docs, &[(5, 3), (3, 2), (2, 3)]));
     let stats = loader.stats();
-    assert_eq!(
-        (stats.tokens_used, stats.tokens_cropped, stats.docs),
-        (16, 1 + 6, 4)
-    );
+    assert_eq!((stats.tokens_used, stats.tokens_cropped, stats.docs), (16, 1 + 6, 4));
     assert!((stats.crop_fraction() - 7.0 / 23.0).abs() < 1e-12);
 }
 
 /// §4.2 written plainly: the refills rank `rank` of `world` sees, epoch after epoch.
-fn reference_refills(
-    lengths: &[Vec<usize>],
-    cfg: &LoaderConfig,
-) -> impl Iterator<Item = Vec<(usize, usize)>> {
+fn reference_refills(lengths: &[Vec<usize>], cfg: &LoaderConfig) -> impl Iterator<Item = Vec<(usize, usize)>> {
     let lengths = lengths.to_vec();
     let cfg = *cfg;
     (0..).flat_map(move |_epoch| {
@@ -185,9 +172,7 @@ fn reference_rows(
                 used += doc.len() as u64;
                 row.extend(doc);
             } else {
-                let shortest = (0..buffer.len())
-                    .min_by_key(|&i| buffer[i].len())
-                    .expect("non-empty");
+                let shortest = (0..buffer.len()).min_by_key(|&i| buffer[i].len()).expect("non-empty");
                 let doc = buffer.remove(shortest);
                 used += remaining as u64;
                 cropped += (doc.len() - remaining) as u64;
@@ -199,18 +184,11 @@ fn reference_rows(
     (out, used, cropped)
 }
 
-fn random_lengths(
-    rng: &mut Rng,
-    shards: usize,
-    max_docs: usize,
-    max_len: usize,
-) -> Vec<Vec<usize>> {
+fn random_lengths(rng: &mut Rng, shards: usize, max_docs: usize, max_len: usize) -> Vec<Vec<usize>> {
     (0..shards)
         .map(|_| {
             let n = 1 + rng.below(max_docs as u64) as usize;
-            (0..n)
-                .map(|_| 1 + rng.below(max_len as u64) as usize)
-                .collect()
+            (0..n).map(|_| 1 + rng.below(max_len as u64) as usize).collect()
         })
         .collect()
 }
@@ -281,10 +259,7 @@ fn resume_continues_with_the_very_next_batch() {
                     );
                 }
             }
-            assert!(
-                full.state().pos.epoch >= 2,
-                "the run should cross an epoch boundary"
-            );
+            assert!(full.state().pos.epoch >= 2, "the run should cross an epoch boundary");
         }
     }
 }
@@ -332,20 +307,12 @@ fn ranks_see_disjoint_documents_that_cover_the_stream() {
             let mut stream = DocStream::new(shards.clone(), cfg, start).expect("stream");
             while stream.pos().epoch == 1 {
                 for r in stream.next_refill() {
-                    assert_eq!(
-                        (r.doc as usize / 64) % world,
-                        rank,
-                        "block dealt to the wrong rank"
-                    );
+                    assert_eq!((r.doc as usize / 64) % world, rank, "block dealt to the wrong rank");
                     assert!(seen.insert(r), "document {r:?} seen twice (world {world})");
                 }
             }
         }
-        assert_eq!(
-            seen.len(),
-            total,
-            "world {world}: ranks together cover the stream"
-        );
+        assert_eq!(seen.len(), total, "world {world}: ranks together cover the stream");
     }
 }
 
@@ -358,11 +325,6 @@ fn rank_without_documents_is_an_error() {
         world_size: 2,
         ..config(1, 8, 8, 16, 64)
     };
-    let err = DataLoader::new(shards, cfg)
-        .err()
-        .expect("rank 1 owns no block");
-    assert!(
-        err.to_string().contains("rank 1 of 2 gets no documents"),
-        "{err}"
-    );
+    let err = DataLoader::new(shards, cfg).err().expect("rank 1 owns no block");
+    assert!(err.to_string().contains("rank 1 of 2 gets no documents"), "{err}");
 }

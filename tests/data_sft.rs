@@ -66,12 +66,7 @@ fn hand_checked_rows_targets_and_state() {
     );
     let st = sft.stats();
     assert_eq!(
-        (
-            st.rows,
-            st.conversations,
-            st.padding_tokens,
-            st.all_masked_rows
-        ),
+        (st.rows, st.conversations, st.padding_tokens, st.all_masked_rows),
         (3, 5, 2, 0)
     );
     assert_eq!(st.supervised_targets, 4 + 3 + 2);
@@ -94,15 +89,7 @@ struct Reference {
 }
 
 impl Reference {
-    fn new(
-        convs: &[Conv],
-        b: usize,
-        t: usize,
-        rank: usize,
-        world: usize,
-        buffer_size: usize,
-        masked: bool,
-    ) -> Self {
+    fn new(convs: &[Conv], b: usize, t: usize, rank: usize, world: usize, buffer_size: usize, masked: bool) -> Self {
         Reference {
             convs: convs.to_vec(),
             b,
@@ -130,8 +117,7 @@ impl Reference {
                 while self.buffer.len() < self.buffer_size {
                     let (ids, mask) = &self.convs[self.cursor];
                     let n = ids.len().min(2048).min(cap);
-                    self.buffer
-                        .push((self.cursor, (ids[..n].to_vec(), mask[..n].to_vec())));
+                    self.buffer.push((self.cursor, (ids[..n].to_vec(), mask[..n].to_vec())));
                     self.cursor += self.world;
                     if self.cursor >= self.convs.len() {
                         self.cursor %= self.convs.len();
@@ -191,13 +177,7 @@ fn random_convs(rng: &mut Rng, n: usize, max_len: u64, p_all_masked: f64) -> Vec
                 .chain((1..len).map(|_| 1 + rng.below(50) as u32))
                 .collect();
             let mask: Vec<u8> = (0..len)
-                .map(|k| {
-                    if k == 0 || all_masked {
-                        0
-                    } else {
-                        rng.below(2) as u8
-                    }
-                })
+                .map(|k| if k == 0 || all_masked { 0 } else { rng.below(2) as u8 })
                 .collect();
             (ids, mask)
         })
@@ -223,11 +203,7 @@ fn matches_the_reference_on_random_conversations_and_resumes_exactly() {
             (t as u64 * 3 / 2).max(2),
             if case % 3 == 0 { 0.9 } else { 0.2 },
         );
-        let sup = if masked {
-            Supervision::Masked
-        } else {
-            Supervision::All
-        };
+        let sup = if masked { Supervision::Masked } else { Supervision::All };
         let c = SftConfig {
             rank,
             world_size: world,
@@ -249,31 +225,17 @@ fn matches_the_reference_on_random_conversations_and_resumes_exactly() {
             let st = ours.state();
             assert_eq!(
                 (st.cursor, st.epoch, st.consumed, st.batches),
-                (
-                    reference.cursor,
-                    reference.epoch,
-                    reference.consumed,
-                    reference.it
-                ),
+                (reference.cursor, reference.epoch, reference.consumed, reference.it),
                 "case {case} batch {k}: position"
             );
             let buf: Vec<usize> = reference.buffer.iter().map(|(i, _)| *i).collect();
             assert_eq!(st.buffer, buf, "case {case} batch {k}: buffer");
         }
-        assert_eq!(
-            ours.stats().all_masked_rows,
-            reference.all_masked_rows,
-            "case {case}"
-        );
+        assert_eq!(ours.stats().all_masked_rows, reference.all_masked_rows, "case {case}");
         assert_eq!(ours.stats().rows, (batches * b) as u64);
         all_masked_rows += reference.all_masked_rows;
         // A loader resumed from the state taken before batch `resume_at` yields the same batches.
-        let mut again = SftLoader::resume(
-            Arc::new(RenderedConversations(convs.clone())),
-            c,
-            &state.unwrap(),
-        )
-        .unwrap();
+        let mut again = SftLoader::resume(Arc::new(RenderedConversations(convs.clone())), c, &state.unwrap()).unwrap();
         let mut replay = loader(&convs, c);
         for _ in 0..resume_at {
             replay.next_batch().unwrap();
@@ -286,10 +248,7 @@ fn matches_the_reference_on_random_conversations_and_resumes_exactly() {
             );
         }
     }
-    assert!(
-        all_masked_rows > 0,
-        "the random cases should include all-masked rows"
-    );
+    assert!(all_masked_rows > 0, "the random cases should include all-masked rows");
 }
 
 #[test]
@@ -331,9 +290,7 @@ fn tiny_config() -> ModelConfig {
 /// supervised one still trains (non-zero gradient).
 fn check_all_masked(model: &mut dyn ModelDevice, what: &str) {
     // Conversations whose masks are all 0 make rows without a supervised target.
-    let convs: Vec<Conv> = (0..6)
-        .map(|k| (vec![0, 5 + k, 6, 7, 8], vec![0; 5]))
-        .collect();
+    let convs: Vec<Conv> = (0..6).map(|k| (vec![0, 5 + k, 6, 7, 8], vec![0; 5])).collect();
     let mut l = loader(&convs, cfg(2, 16, 4, Supervision::Masked));
     let batch = l.next_batch().unwrap();
     assert!(batch.targets.iter().all(|&y| y == -1));
@@ -349,9 +306,7 @@ fn check_all_masked(model: &mut dyn ModelDevice, what: &str) {
     );
     let mut targets = batch.targets.clone();
     targets[3] = 9;
-    let loss = model
-        .forward_backward(&batch.inputs, &targets, 2, 16, 0.5)
-        .unwrap();
+    let loss = model.forward_backward(&batch.inputs, &targets, 2, 16, 0.5).unwrap();
     assert!(loss.is_finite() && loss > 0.0, "{what}: {loss}");
     let grads = model.grads().unwrap();
     assert!(

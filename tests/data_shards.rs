@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use nanochat::data::loader::open_split;
 use nanochat::data::parquet::{write_text_parquet, TextParquet};
-use nanochat::data::shards::{
-    self, open_token_dir, write_shard, Manifest, TokenShard, TokenizerId,
-};
+use nanochat::data::shards::{self, open_token_dir, write_shard, Manifest, TokenShard, TokenizerId};
 use nanochat::data::tokenize::{tokenize_dir, ByteEncoder};
 use nanochat::data::{resolve_dataset_dir, split_files, tokens_dir_for, DocEncoder, Split};
 use parquet::basic::{Repetition, Type as PhysicalType};
@@ -78,18 +76,13 @@ fn parquet_without_text_or_damaged_is_a_clear_error() {
     let err = TextParquet::open(&no_text).err().expect("no text column");
     let msg = err.to_string();
     assert!(
-        msg.contains("no_text.parquet")
-            && msg.contains("no `text` column")
-            && msg.contains("content"),
+        msg.contains("no_text.parquet") && msg.contains("no `text` column") && msg.contains("content"),
         "{msg}"
     );
 
     let garbage = dir.path().join("garbage.parquet");
     std::fs::write(&garbage, b"<html>rate limited</html>").expect("write");
-    let msg = TextParquet::open(&garbage)
-        .err()
-        .expect("not parquet")
-        .to_string();
+    let msg = TextParquet::open(&garbage).err().expect("not parquet").to_string();
     assert!(msg.contains("garbage.parquet"), "{msg}");
 
     // A real file with its middle overwritten: the footer still parses, the data does not.
@@ -106,10 +99,7 @@ fn parquet_without_text_or_damaged_is_a_clear_error() {
                 .filter_map(|rg| file.read_row_group(rg).err().map(|e| e.to_string()))
                 .collect();
             assert!(!errors.is_empty(), "damage went unnoticed");
-            assert!(
-                errors.iter().all(|e| e.contains("damaged.parquet")),
-                "{errors:?}"
-            );
+            assert!(errors.iter().all(|e| e.contains("damaged.parquet")), "{errors:?}");
         }
     }
 
@@ -134,12 +124,7 @@ fn token_shard_round_trip_and_width() {
     let (path, docs) = good_shard(dir.path());
     let shard = TokenShard::open(&path).expect("open");
     assert_eq!(
-        (
-            shard.num_docs(),
-            shard.num_tokens(),
-            shard.vocab_size(),
-            shard.bos_id()
-        ),
+        (shard.num_docs(), shard.num_tokens(), shard.vocab_size(), shard.bos_id()),
         (3, 10, 257, 256)
     );
     for (d, doc) in docs.iter().enumerate() {
@@ -244,17 +229,9 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
         .map(|s| texts(if s == 0 { 4100 } else { 1100 + s * 10 }, &format!("s{s}")))
         .collect();
     for (s, docs) in all.iter().enumerate() {
-        write_text_parquet(
-            &parquet_dir.join(format!("shard_{s:05}.parquet")),
-            &refs(docs),
-            1024,
-        )
-        .expect("write");
+        write_text_parquet(&parquet_dir.join(format!("shard_{s:05}.parquet")), &refs(docs), 1024).expect("write");
     }
-    assert_eq!(
-        resolve_dataset_dir(base.path()).expect("resolve"),
-        parquet_dir
-    );
+    assert_eq!(resolve_dataset_dir(base.path()).expect("resolve"), parquet_dir);
     let tokens_dir = tokens_dir_for(&parquet_dir);
     assert_eq!(tokens_dir, base.path().join("base_data_default_tokens"));
 
@@ -283,27 +260,15 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
     );
 
     // Re-running does nothing new; a new parquet shard is picked up.
-    let modified = |p: &Path| {
-        std::fs::metadata(p)
-            .and_then(|m| m.modified())
-            .expect("mtime")
-    };
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime");
     let first = tokens_dir.join("shard_00000.tok");
     let before = modified(&first);
-    write_text_parquet(
-        &parquet_dir.join("shard_00003.parquet"),
-        &refs(&texts(5, "new")),
-        1024,
-    )
-    .expect("write");
+    write_text_parquet(&parquet_dir.join("shard_00003.parquet"), &refs(&texts(5, "new")), 1024).expect("write");
     let msg = open_split(base.path(), &id, Split::Train)
         .err()
         .expect("stale")
         .to_string();
-    assert!(
-        msg.contains("out of date") && msg.contains("tokenize_data"),
-        "{msg}"
-    );
+    assert!(msg.contains("out of date") && msg.contains("tokenize_data"), "{msg}");
     let manifest = tokenize_dir(&parquet_dir, &tokens_dir, &ByteEncoder, false).expect("resume");
     assert_eq!(manifest.shards.len(), 4);
     assert_eq!(modified(&first), before, "finished shards are not redone");
@@ -311,19 +276,14 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
     // Another tokenizer: a clear error, unless overwriting.
     let other = TokenizerId::of(&ShiftedBytes);
     assert_ne!(other, id);
-    let msg = open_token_dir(&tokens_dir, &other)
-        .err()
-        .expect("mismatch")
-        .to_string();
+    let msg = open_token_dir(&tokens_dir, &other).err().expect("mismatch").to_string();
     assert!(
         msg.contains("another tokenizer") && msg.contains("tokenize_data"),
         "{msg}"
     );
     assert!(tokenize_dir(&parquet_dir, &tokens_dir, &ShiftedBytes, false).is_err());
     tokenize_dir(&parquet_dir, &tokens_dir, &ShiftedBytes, true).expect("overwrite");
-    let manifest = Manifest::load(&tokens_dir)
-        .expect("load")
-        .expect("manifest");
+    let manifest = Manifest::load(&tokens_dir).expect("load").expect("manifest");
     assert_eq!(manifest.tokenizer, other);
     assert!(open_token_dir(&tokens_dir, &other).is_ok());
 }
@@ -331,9 +291,7 @@ fn tokenize_directory_resumes_and_rejects_other_tokenizers() {
 #[test]
 fn dataset_resolution_order_and_split() {
     let base = tempfile::tempdir().expect("tempdir");
-    let msg = resolve_dataset_dir(base.path())
-        .expect_err("nothing there")
-        .to_string();
+    let msg = resolve_dataset_dir(base.path()).expect_err("nothing there").to_string();
     assert!(msg.contains("download_data"), "{msg}");
     let put = |name: &str| {
         let dir = base.path().join(name);

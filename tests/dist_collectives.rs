@@ -54,9 +54,7 @@ fn on_ranks<T: Send + 'static>(
 
 /// Rank r's contribution: small integers, so that every sum is exact in fp32 in any order.
 fn data(r: usize, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| ((i * 7 + r * 13) % 17) as f32 - 8.0)
-        .collect()
+    (0..n).map(|i| ((i * 7 + r * 13) % 17) as f32 - 8.0).collect()
 }
 
 #[test]
@@ -72,8 +70,7 @@ fn every_collective_on_two_three_and_four_ranks() {
                 c.all_reduce(&mut avg, ReduceOp::Avg).unwrap();
                 let k = n / world;
                 let mut rs = vec![0.0; k];
-                c.reduce_scatter(&data(r, k * world), &mut rs, ReduceOp::Sum)
-                    .unwrap();
+                c.reduce_scatter(&data(r, k * world), &mut rs, ReduceOp::Sum).unwrap();
                 let mut ag = vec![0.0; k * world];
                 c.all_gather(&data(r, k), &mut ag).unwrap();
                 let mut bc = data(r, n);
@@ -81,9 +78,7 @@ fn every_collective_on_two_three_and_four_ranks() {
                 c.barrier().unwrap();
                 (sum, avg, rs, ag, bc)
             });
-            let expect_sum: Vec<f32> = (0..n)
-                .map(|i| (0..world).map(|r| data(r, n)[i]).sum())
-                .collect();
+            let expect_sum: Vec<f32> = (0..n).map(|i| (0..world).map(|r| data(r, n)[i]).sum()).collect();
             let k = n / world;
             for (r, (sum, avg, rs, ag, bc)) in results.iter().enumerate() {
                 assert_eq!(sum, &expect_sum, "all_reduce sum, world {world}, n {n}");
@@ -125,14 +120,10 @@ fn mismatched_fingerprint_fails_on_every_rank_naming_the_difference() {
         Fingerprint::new().with("depth", 4).with("batch", 8),
         Fingerprint::new().with("depth", 2).with("batch", 8),
     ];
-    let errs = on_ranks(2, fps, |_, c| {
-        c.err().expect("a mismatched launch must fail")
-    });
+    let errs = on_ranks(2, fps, |_, c| c.err().expect("a mismatched launch must fail"));
     for e in &errs {
         assert!(
-            e.contains("depth: 4 on rank 0, 2 on rank 1")
-                && !e.contains("batch")
-                && !e.contains('\n'),
+            e.contains("depth: 4 on rank 0, 2 on rank 1") && !e.contains("batch") && !e.contains('\n'),
             "{e}"
         );
     }
@@ -141,18 +132,13 @@ fn mismatched_fingerprint_fails_on_every_rank_naming_the_difference() {
 #[test]
 fn mismatched_world_size_is_named() {
     let port = free_port();
-    let t = std::thread::spawn(move || {
-        connect(&info(0, 2, port), &Fingerprint::new(), &timeouts()).err()
-    });
+    let t = std::thread::spawn(move || connect(&info(0, 2, port), &Fingerprint::new(), &timeouts()).err());
     let other = connect(&info(1, 3, port), &Fingerprint::new(), &timeouts())
         .err()
         .unwrap();
     let master = t.join().unwrap().unwrap();
     for e in [master, other] {
-        assert!(
-            e.contains("world size of 3") && e.contains("rank 0 with 2"),
-            "{e}"
-        );
+        assert!(e.contains("world size of 3") && e.contains("rank 0 with 2"), "{e}");
     }
 }
 
@@ -176,10 +162,7 @@ fn port_in_use_and_unreachable_master_are_one_line_errors() {
     let e = connect(&info(1, 2, free_port()), &Fingerprint::new(), &quick)
         .err()
         .unwrap();
-    assert!(
-        e.contains("could not reach the master") && !e.contains('\n'),
-        "{e}"
-    );
+    assert!(e.contains("could not reach the master") && !e.contains('\n'), "{e}");
     // And the master alone: nobody joins.
     let e = connect(&info(0, 3, free_port()), &Fingerprint::new(), &quick)
         .err()
@@ -210,9 +193,7 @@ fn a_dead_rank_is_named_by_every_other_rank() {
         if r == 2 {
             continue;
         }
-        let e = e
-            .as_ref()
-            .unwrap_or_else(|| panic!("rank {r} did not fail"));
+        let e = e.as_ref().unwrap_or_else(|| panic!("rank {r} did not fail"));
         assert!(e.contains("rank 2 failed"), "rank {r}: {e}");
     }
 }

@@ -13,10 +13,7 @@ fn cuda_device_reports_a_missing_driver_or_gpu_as_an_error() {
     let r = CudaDevice::open(0);
     if !driver_present() {
         let e = r.err().expect("opening CUDA without a driver must fail");
-        assert!(
-            e.0.contains("libcuda.so") && e.0.contains("--device cpu"),
-            "{e}"
-        );
+        assert!(e.0.contains("libcuda.so") && e.0.contains("--device cpu"), "{e}");
     } else if let Err(e) = r {
         assert!(e.0.starts_with("cuda: "), "{e}");
     }
@@ -25,10 +22,7 @@ fn cuda_device_reports_a_missing_driver_or_gpu_as_an_error() {
         assert!(e.starts_with("--device cuda: cuda: "), "{e}");
     }
     // A CPU choice is no kernel device.
-    let e = Backend::CpuBf16
-        .kernel_device(Schedule::Forward)
-        .err()
-        .unwrap();
+    let e = Backend::CpuBf16.kernel_device(Schedule::Forward).err().unwrap();
     assert!(
         e.starts_with("--device cpu-bf16: ") && e.contains("--device emu"),
         "{e}"
@@ -62,16 +56,8 @@ fn round(x: f32) -> f32 {
 }
 
 fn run_case(dev: &dyn Device, c: &Case) {
-    let (ar, ac) = if c.op_a == Op::N {
-        (c.m, c.k)
-    } else {
-        (c.k, c.m)
-    };
-    let (br, bc) = if c.op_b == Op::N {
-        (c.k, c.n)
-    } else {
-        (c.n, c.k)
-    };
+    let (ar, ac) = if c.op_a == Op::N { (c.m, c.k) } else { (c.k, c.m) };
+    let (br, bc) = if c.op_b == Op::N { (c.k, c.n) } else { (c.n, c.k) };
     let (lda, ldb, ldc) = (ac + c.pad, bc + c.pad, c.n + c.pad);
     let (sa, sb, sc) = (ar * lda + 3, br * ldb + 5, c.m * ldc + 1);
     let a: Vec<f32> = (0..sa * c.batch)
@@ -199,12 +185,7 @@ fn gemm_rejects_bad_descriptions() {
     let c = d.alloc(4 * 8 * 8).unwrap();
     let ok = Gemm::new(8, 8, 4, a.ptr(), b.ptr(), c.ptr(), Dtype::F32);
     d.gemm(&ok).unwrap();
-    let e = d
-        .gemm(&Gemm {
-            lda: 2,
-            ..ok.clone()
-        })
-        .unwrap_err();
+    let e = d.gemm(&Gemm { lda: 2, ..ok.clone() }).unwrap_err();
     assert!(e.0.contains("leading dimensions too small"), "{e}");
     let e = d
         .gemm(&Gemm {
@@ -225,9 +206,6 @@ fn gemm_rejects_bad_descriptions() {
     assert!(e.0.contains("overlaps"), "{e}");
     let e = d.gemm(&Gemm { m: 0, ..ok.clone() }).unwrap_err();
     assert!(e.0.contains("empty shape"), "{e}");
-    let e = d
-        .gemm(&ok.clone().transpose_a().transpose_b())
-        .map(|_| ())
-        .err();
+    let e = d.gemm(&ok.clone().transpose_a().transpose_b()).map(|_| ()).err();
     assert!(e.is_none(), "{e:?}");
 }

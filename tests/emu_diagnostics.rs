@@ -5,13 +5,7 @@ use nanochat::device::emu::EmuDevice;
 use nanochat::device::{Arg, Device, Dim3, Schedule};
 
 /// Launches `kernel` on every schedule and returns the error messages.
-fn errors(
-    kernel: &str,
-    grid: u32,
-    block: u32,
-    smem: u32,
-    args: &dyn Fn(&dyn Device) -> Vec<Arg>,
-) -> Vec<String> {
+fn errors(kernel: &str, grid: u32, block: u32, smem: u32, args: &dyn Fn(&dyn Device) -> Vec<Arg>) -> Vec<String> {
     Schedule::ALL
         .iter()
         .map(|&s| {
@@ -58,9 +52,7 @@ fn divergent_barrier_names_both_sites() {
 
 #[test]
 fn barrier_after_early_return_is_reported() {
-    let m = errors("bug_exit_then_barrier", 1, 64, 0, &|d| {
-        vec![buf(d, 256), Arg::I32(40)]
-    });
+    let m = errors("bug_exit_then_barrier", 1, 64, 0, &|d| vec![buf(d, 256), Arg::I32(40)]);
     for msg in &m {
         assert!(
             msg.contains("post-exit barrier") || msg.contains("thread exited while"),
@@ -117,9 +109,7 @@ fn out_of_bounds_read_hits_the_guard_page() {
 
 #[test]
 fn dynamic_shared_memory_overrun_is_caught() {
-    let m = errors("bug_smem_overrun", 1, 64, 256, &|d| {
-        vec![buf(d, 256), Arg::I32(64)]
-    });
+    let m = errors("bug_smem_overrun", 1, 64, 256, &|d| vec![buf(d, 256), Arg::I32(64)]);
     assert_all_contain(
         &m,
         &[
@@ -138,13 +128,7 @@ fn fiber_stack_overflow_is_caught() {
 #[test]
 fn caller_outside_its_mask_is_reported() {
     let m = errors("bug_not_in_mask", 1, 32, 0, &|d| vec![buf(d, 128)]);
-    assert_all_contain(
-        &m,
-        &[
-            "__shfl_sync at emu_bugs.cu:69",
-            "is not in its mask 0x00000001",
-        ],
-    );
+    assert_all_contain(&m, &["__shfl_sync at emu_bugs.cu:69", "is not in its mask 0x00000001"]);
 }
 
 #[test]
@@ -179,7 +163,10 @@ fn argument_count_and_size_mismatches() {
             &[(&out).into(), (&inp).into()],
         )
         .unwrap_err();
-    assert!(e.0.contains("emu_block_reverse(float*, float const*, int)` takes 3 parameter(s), the launch passed 2"), "{e}");
+    assert!(
+        e.0.contains("emu_block_reverse(float*, float const*, int)` takes 3 parameter(s), the launch passed 2"),
+        "{e}"
+    );
     let e = d
         .launch(
             "emu_block_reverse",
@@ -193,9 +180,7 @@ fn argument_count_and_size_mismatches() {
         e.0.contains("parameter 2 is int (4 bytes), the launch passed 8 bytes"),
         "{e}"
     );
-    let e = d
-        .launch("no_such_kernel", Dim3::x(1), Dim3::x(1), 0, &[])
-        .unwrap_err();
+    let e = d.launch("no_such_kernel", Dim3::x(1), Dim3::x(1), 0, &[]).unwrap_err();
     assert!(e.0.contains("no kernel named `no_such_kernel`"), "{e}");
     let e = d
         .launch(
@@ -225,17 +210,11 @@ fn copies_outside_buffers_are_errors() {
     let d: &dyn Device = &dev;
     let b = d.alloc(16).unwrap();
     let e = d.upload(b.ptr(), &[0u8; 17]).unwrap_err();
-    assert!(
-        e.0.contains("run past the end of the 16-byte buffer"),
-        "{e}"
-    );
+    assert!(e.0.contains("run past the end of the 16-byte buffer"), "{e}");
     let c = d.alloc(32).unwrap();
     d.upload(b.ptr(), &[7u8; 16]).unwrap();
     d.copy(c.ptr().byte_add(8), b.ptr(), 16).unwrap();
-    assert_eq!(
-        d.download_vec::<u8>(c.ptr().byte_add(8), 16).unwrap(),
-        vec![7u8; 16]
-    );
+    assert_eq!(d.download_vec::<u8>(c.ptr().byte_add(8), 16).unwrap(), vec![7u8; 16]);
     let e = d.copy(c.ptr().byte_add(20), b.ptr(), 16).unwrap_err();
     assert!(e.0.contains("copy destination"), "{e}");
     let e = d.copy(c.ptr().byte_add(4), c.ptr(), 16).unwrap_err();
@@ -256,13 +235,7 @@ fn the_emulator_keeps_working_after_a_failed_launch() {
         .launch("bug_deadlock", Dim3::x(1), Dim3::x(64), 0, &[(&out).into()])
         .is_err());
     assert!(d
-        .launch(
-            "bug_stack_overflow",
-            Dim3::x(1),
-            Dim3::x(32),
-            0,
-            &[(&out).into()]
-        )
+        .launch("bug_stack_overflow", Dim3::x(1), Dim3::x(32), 0, &[(&out).into()])
         .is_err());
     let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
     let inp = d.upload_new(&x).unwrap();
@@ -304,11 +277,5 @@ fn misaligned_cp_async_is_reported() {
         std::mem::forget(inp);
         vec![buf(d, 64), a]
     });
-    assert_all_contain(
-        &m,
-        &[
-            "cp.async (shared address): address",
-            "is not 16-byte aligned",
-        ],
-    );
+    assert_all_contain(&m, &["cp.async (shared address): address", "is not 16-byte aligned"]);
 }

@@ -36,13 +36,7 @@ fn mma_matches_a_plain_loop_and_the_shuffle_reference() {
                 Dim3::x(1),
                 Dim3::x(32),
                 0,
-                &[
-                    (&dd).into(),
-                    (&da).into(),
-                    (&db).into(),
-                    (&dc).into(),
-                    Arg::I32(mode),
-                ],
+                &[(&dd).into(), (&da).into(), (&db).into(), (&dc).into(), Arg::I32(mode)],
             )
             .unwrap();
             let got: Vec<f32> = dev.download_vec(dd.ptr(), 128).unwrap();
@@ -79,12 +73,7 @@ fn ldmatrix_matches_the_layout_and_the_reference() {
                     Dim3::x(1),
                     Dim3::x(32),
                     0,
-                    &[
-                        (&out).into(),
-                        (&src).into(),
-                        Arg::I32(mode as i32),
-                        Arg::I32(reference),
-                    ],
+                    &[(&out).into(), (&src).into(), Arg::I32(mode as i32), Arg::I32(reference)],
                 )
                 .unwrap();
                 let got: Vec<u32> = dev.download_vec(out.ptr(), 128).unwrap();
@@ -103,16 +92,8 @@ fn ldmatrix_matches_the_layout_and_the_reference() {
     }
 }
 
-fn pipeline(
-    dev: &dyn Device,
-    m: usize,
-    n: usize,
-    k: usize,
-    wait_first: i32,
-) -> (Vec<f32>, Vec<f32>) {
-    let a: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 7 + 2) % 11) as f32 - 5.0)
-        .collect();
+fn pipeline(dev: &dyn Device, m: usize, n: usize, k: usize, wait_first: i32) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 2) % 11) as f32 - 5.0).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 3 + 1) % 5) as f32 - 2.0).collect();
     let mut want = vec![0f32; m * n];
     for i in 0..m {

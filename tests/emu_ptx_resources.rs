@@ -40,15 +40,9 @@ fn every_kernel_is_in_the_fatbin_for_both_architectures() {
 #[test]
 fn no_kernel_spills_registers() {
     let r = report();
-    let lines: Vec<&str> = r
-        .lines()
-        .filter(|l| l.contains("bytes spill stores"))
-        .collect();
+    let lines: Vec<&str> = r.lines().filter(|l| l.contains("bytes spill stores")).collect();
     assert!(!lines.is_empty(), "the report has no spill lines");
     for l in lines {
-        assert!(
-            l.contains(" 0 bytes spill stores, 0 bytes spill loads"),
-            "spill: {l}"
-        );
+        assert!(l.contains(" 0 bytes spill stores, 0 bytes spill loads"), "spill: {l}");
     }
 }

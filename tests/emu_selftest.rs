@@ -53,13 +53,7 @@ fn matmul_ref(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     c
 }
 
-fn run_matmul(
-    dev: &dyn Device,
-    kernel: &str,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> (Vec<f32>, Vec<f32>) {
+fn run_matmul(dev: &dyn Device, kernel: &str, m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
     // Small integers: every product and sum is exact in fp32, whatever the order.
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
@@ -74,12 +68,8 @@ fn run_matmul(
         Arg::I32(n as i32),
         Arg::I32(k as i32),
     ];
-    dev.launch(kernel, grid, Dim3::xy(16, 16), 16 * 16 * 4, &args)
-        .unwrap();
-    (
-        dev.download_vec(dc.ptr(), m * n).unwrap(),
-        matmul_ref(&a, &b, m, n, k),
-    )
+    dev.launch(kernel, grid, Dim3::xy(16, 16), 16 * 16 * 4, &args).unwrap();
+    (dev.download_vec(dc.ptr(), m * n).unwrap(), matmul_ref(&a, &b, m, n, k))
 }
 
 #[test]
@@ -176,14 +166,7 @@ fn votes_and_barrier_counts() {
             let row = &got[6 * i..6 * i + 6];
             assert_eq!(
                 row,
-                &[
-                    ballot,
-                    (ballot != 0) as u32,
-                    (ballot == u32::MAX) as u32,
-                    count,
-                    0,
-                    1
-                ],
+                &[ballot, (ballot != 0) as u32, (ballot == u32::MAX) as u32, count, 0, 1],
                 "{s:?} thread {i}"
             );
         }
@@ -218,22 +201,12 @@ fn block_reduction_with_shuffles() {
 fn half_warp_groups_syncwarp_and_reduce() {
     for (s, dev) in devices() {
         let out = dev.alloc(4 * 64).unwrap();
-        dev.launch(
-            "emu_half_warps",
-            Dim3::x(1),
-            Dim3::x(64),
-            0,
-            &[(&out).into()],
-        )
-        .unwrap();
+        dev.launch("emu_half_warps", Dim3::x(1), Dim3::x(64), 0, &[(&out).into()])
+            .unwrap();
         let got: Vec<i32> = dev.download_vec(out.ptr(), 64).unwrap();
         for t in 0..64 {
             let lane = t % 32;
-            let half_sum: i32 = if lane < 16 {
-                (0..16).sum()
-            } else {
-                (16..32).sum()
-            };
+            let half_sum: i32 = if lane < 16 { (0..16).sum() } else { (16..32).sum() };
             assert_eq!(got[t as usize], half_sum + 32_000, "{s:?} thread {t}");
         }
     }
@@ -244,14 +217,8 @@ fn dynamic_shared_memory_is_poisoned_per_block() {
     let dev = EmuDevice::new(Schedule::Forward);
     let out = dev.alloc(4 * 64).unwrap();
     let d: &dyn Device = &dev;
-    d.launch(
-        "emu_smem_poison",
-        Dim3::x(2),
-        Dim3::x(32),
-        128,
-        &[(&out).into()],
-    )
-    .unwrap();
+    d.launch("emu_smem_poison", Dim3::x(2), Dim3::x(32), 128, &[(&out).into()])
+        .unwrap();
     let got: Vec<u32> = d.download_vec(out.ptr(), 64).unwrap();
     assert!(got.iter().all(|&v| v == u32::MAX), "{got:?}");
 }
@@ -272,14 +239,8 @@ fn device_memory_starts_poisoned() {
 fn spin_wait_with_nanosleep_progresses() {
     for (s, dev) in devices() {
         let out = dev.alloc(4 * 64).unwrap();
-        dev.launch(
-            "emu_spin_wait",
-            Dim3::x(1),
-            Dim3::x(64),
-            0,
-            &[(&out).into()],
-        )
-        .unwrap();
+        dev.launch("emu_spin_wait", Dim3::x(1), Dim3::x(64), 0, &[(&out).into()])
+            .unwrap();
         let got: Vec<i32> = dev.download_vec(out.ptr(), 64).unwrap();
         assert!(got.iter().all(|&v| v == 42), "{s:?} {got:?}");
     }
@@ -322,10 +283,7 @@ fn bf16_rounds_to_nearest_even_like_half() {
     )
     .unwrap();
     let got: Vec<f32> = d.download_vec(out.ptr(), n).unwrap();
-    let want: Vec<f32> = x
-        .iter()
-        .map(|&v| half::bf16::from_f32(v).to_f32())
-        .collect();
+    let want: Vec<f32> = x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
     assert_eq!(got, want);
 }
 

@@ -33,10 +33,7 @@ fn params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Prefill `prefill` tokens at batch 1, expand to `rows`, decode the rest of each row's own sequence one token
@@ -263,9 +260,7 @@ fn calculator_output_is_forced_into_the_stream() {
     let gen_mask = &masks[0][prompt.len()..];
     let n_expr = tok.encode_ordinary("12/4").len();
     assert!(gen_mask[..n_expr + 2].iter().all(|&m| m == 1));
-    assert!(gen_mask[n_expr + 2..n_expr + 2 + forced]
-        .iter()
-        .all(|&m| m == 0));
+    assert!(gen_mask[n_expr + 2..n_expr + 2 + forced].iter().all(|&m| m == 0));
     assert!(gen_mask[n_expr + 2 + forced..].iter().all(|&m| m == 1));
 }
 
@@ -274,10 +269,7 @@ fn text_stream_never_splits_a_character() {
     let tok = tokenizer();
     let text = "héllo ✓ wörld 🙂!";
     // Byte-level tokens: multi-byte characters arrive over several tokens.
-    let ids: Vec<u32> = text
-        .bytes()
-        .map(|b| tok.encode_ordinary_bytes(&[b])[0])
-        .collect();
+    let ids: Vec<u32> = text.bytes().map(|b| tok.encode_ordinary_bytes(&[b])[0]).collect();
     let mut s = TextStream::new();
     let mut out = String::new();
     for &i in &ids {

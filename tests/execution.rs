@@ -117,10 +117,7 @@ fn writing_2_gb_to_a_file_is_stopped() {
     assert!(!r.success && !r.timeout, "{r:?}");
     assert!(r.stdout.is_empty());
     let err = r.error.unwrap_or_default();
-    assert!(
-        err.contains("File too large") || err.contains("No space left"),
-        "{err}"
-    );
+    assert!(err.contains("File too large") || err.contains("No space left"), "{err}");
 }
 
 #[test]
@@ -163,10 +160,7 @@ fn no_socket_reaches_127_0_0_1() {
     listener.set_nonblocking(true).unwrap();
     let accepted = listener.accept().is_ok();
     if !r.isolation.network {
-        eprintln!(
-            "note: network: not isolated on this machine ({})",
-            r.isolation
-        );
+        eprintln!("note: network: not isolated on this machine ({})", r.isolation);
         return;
     }
     assert!(!r.success && !accepted, "{r:?}");
@@ -190,8 +184,7 @@ fn the_parent_environment_is_not_readable() {
     };
     let names = r.stdout.trim();
     assert!(
-        names == "['OMP_NUM_THREADS', 'PATH']"
-            || names == "['LC_CTYPE', 'OMP_NUM_THREADS', 'PATH']",
+        names == "['OMP_NUM_THREADS', 'PATH']" || names == "['LC_CTYPE', 'OMP_NUM_THREADS', 'PATH']",
         "{names}"
     );
 }

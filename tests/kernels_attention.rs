@@ -84,8 +84,7 @@ fn flash_backward_is_deterministic() {
         let g = d.alloc(2 * (nq + 2 * nk)).unwrap();
         let delta = d.alloc(4 * nl).unwrap();
         let imp = AttnImpl::Flash;
-        attention::attention_forward(d, imp, o.ptr(), l.ptr(), q.ptr(), k.ptr(), v.ptr(), s)
-            .unwrap();
+        attention::attention_forward(d, imp, o.ptr(), l.ptr(), q.ptr(), k.ptr(), v.ptr(), s).unwrap();
         attention::attention_backward(
             d,
             imp,

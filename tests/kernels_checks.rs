@@ -20,8 +20,7 @@ fn run(name: &str) {
     let Check { name, run } = checks;
     for &s in schedules {
         let dev = EmuDevice::new(s);
-        let summary = run(&dev as &dyn Device, Scale::Small)
-            .unwrap_or_else(|e| panic!("{name} under {s:?}: {e}"));
+        let summary = run(&dev as &dyn Device, Scale::Small).unwrap_or_else(|e| panic!("{name} under {s:?}: {e}"));
         assert!(summary.starts_with("ok"), "{name} under {s:?}: {summary}");
     }
 }

@@ -65,10 +65,7 @@ fn model_ops_reject_bad_shapes() {
         GateShape { k: 17, ..ok },
         GateShape { v_stride: 15, ..ok },
     ] {
-        assert!(
-            model_ops::ve_gate_forward(dev, p, p, p, p, p, s).is_err(),
-            "{s:?}"
-        );
+        assert!(model_ops::ve_gate_forward(dev, p, p, p, p, p, s).is_err(), "{s:?}");
     }
     assert!(model_ops::smear_forward(dev, p, p, p, p, p, 5, 2, 8, 4).is_err());
     assert!(model_ops::smear_forward(dev, p, p, p, p, p, 4, 2, 8, 9).is_err());
@@ -109,16 +106,7 @@ fn parameter_gradients_are_deterministic() {
         let gate = dev.alloc(4 * n * hkv).unwrap();
         let (dve, dxn) = (dev.alloc(2 * n * hkv * d).unwrap(), up(&x));
         let (gbuf, scratch) = (up(&x), dev.alloc(4 * n * 64).unwrap());
-        model_ops::ve_gate_forward(
-            dev,
-            ddv.ptr(),
-            gate.ptr(),
-            dx_.ptr(),
-            dve_in.ptr(),
-            dwg_in.ptr(),
-            shape,
-        )
-        .unwrap();
+        model_ops::ve_gate_forward(dev, ddv.ptr(), gate.ptr(), dx_.ptr(), dve_in.ptr(), dwg_in.ptr(), shape).unwrap();
         model_ops::ve_gate_backward(
             dev,
             dve.ptr(),

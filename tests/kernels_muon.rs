@@ -15,11 +15,7 @@ use common::{devices, uniform};
 #[test]
 fn per_matrix_stages_are_bitwise_deterministic() {
     // The reductions have a fixed order, so every schedule gives the same bits.
-    let s = Stack {
-        k: 2,
-        m: 37,
-        n: 300,
-    };
+    let s = Stack { k: 2, m: 37, n: 300 };
     let mut rng = Rng::new(5);
     let x = uniform(&mut rng, s.total(), -1.0, 1.0);
     let mut results = Vec::new();
@@ -35,10 +31,7 @@ fn per_matrix_stages_are_bitwise_deterministic() {
         muon::muon_normuon(d, bx.ptr(), bs.ptr(), s, 0.9).unwrap();
         results.push(d.download_vec::<f32>(bx.ptr(), s.total()).unwrap());
     }
-    assert!(
-        results.windows(2).all(|w| w[0] == w[1]),
-        "schedules disagree"
-    );
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "schedules disagree");
 }
 
 #[test]
@@ -51,14 +44,7 @@ fn oversized_statistics_are_an_error() {
     };
     let e = muon::muon_eq(&d, nanochat::device::DevPtr(0), s, false).unwrap_err();
     assert!(e.to_string().contains("muon_eq"), "{e}");
-    let e = muon::muon_normuon(
-        &d,
-        nanochat::device::DevPtr(0),
-        nanochat::device::DevPtr(0),
-        s,
-        0.9,
-    )
-    .unwrap_err();
+    let e = muon::muon_normuon(&d, nanochat::device::DevPtr(0), nanochat::device::DevPtr(0), s, 0.9).unwrap_err();
     assert!(e.to_string().contains("statistics"), "{e}");
 }
 

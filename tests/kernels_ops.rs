@@ -29,16 +29,7 @@ fn reductions_do_not_depend_on_the_schedule() {
                 let scratch = dev.alloc(4 * reduce::partials_for(n)).unwrap();
                 let out = dev.alloc(4).unwrap();
                 for r in [Sum, SumOfSquares, Norm] {
-                    reduce::reduce(
-                        dev.as_ref(),
-                        out.ptr(),
-                        scratch.ptr(),
-                        dx.ptr(),
-                        dtype,
-                        n,
-                        r,
-                    )
-                    .unwrap();
+                    reduce::reduce(dev.as_ref(), out.ptr(), scratch.ptr(), dx.ptr(), dtype, n, r).unwrap();
                     bits.push(dev.download_vec::<f32>(out.ptr(), 1).unwrap()[0].to_bits());
                 }
             }
@@ -80,12 +71,8 @@ fn embedding_backward_is_deterministic_and_bad_ids_are_errors() {
         assert_ne!(results[0], dtable0, "{s:?} backward added nothing");
 
         let bad = [0u32, 50];
-        let e = embedding::embedding_forward(d, out.ptr(), bids.ptr(), bt.ptr(), &bad, vocab, c)
-            .unwrap_err();
-        assert!(
-            e.0.contains("token 1 has id 50 but the vocabulary has 50 rows"),
-            "{e}"
-        );
+        let e = embedding::embedding_forward(d, out.ptr(), bids.ptr(), bt.ptr(), &bad, vocab, c).unwrap_err();
+        assert!(e.0.contains("token 1 has id 50 but the vocabulary has 50 rows"), "{e}");
         let e = embedding::upload_ids(d, bids.ptr(), &bad, vocab).unwrap_err();
         assert!(e.0.contains("token 1 has id 50"), "{e}");
     }
@@ -115,10 +102,7 @@ fn residual_mix_backward_is_bitwise_deterministic() {
             for _ in 0..2 {
                 // dx aliases dxmix: the in-place use the model makes of it.
                 let bmix = d.upload_new(&to_bf16(&dmix)).unwrap();
-                let (bdx0, bdl) = (
-                    d.upload_new(&dx0_init).unwrap(),
-                    d.upload_new(&dl_init).unwrap(),
-                );
+                let (bdx0, bdl) = (d.upload_new(&dx0_init).unwrap(), d.upload_new(&dl_init).unwrap());
                 let scratch = d.alloc(4 * rmsnorm::mix_backward_scratch(n)).unwrap();
                 rmsnorm::mix_backward(
                     d,
@@ -181,18 +165,12 @@ fn fused_norm_and_mix_backward_is_bitwise_deterministic() {
             let dl_init = [0.125f32, -2.0];
             let up = |v: &[f32]| d.upload_new(&to_bf16(v)).unwrap();
             let (bx, bx0, bmix, bdy) = (up(&x), up(&x0), up(&xmix), up(&dy));
-            let (bl, brstd) = (
-                d.upload_new(&lambdas).unwrap(),
-                d.upload_new(&rstd).unwrap(),
-            );
+            let (bl, brstd) = (d.upload_new(&lambdas).unwrap(), d.upload_new(&rstd).unwrap());
             let mut runs = Vec::new();
             for _ in 0..2 {
                 // dx aliases dres: the in-place use the model makes of it.
                 let bres = up(&dres);
-                let (bdx0, bdl) = (
-                    d.upload_new(&dx0_init).unwrap(),
-                    d.upload_new(&dl_init).unwrap(),
-                );
+                let (bdx0, bdl) = (d.upload_new(&dx0_init).unwrap(), d.upload_new(&dl_init).unwrap());
                 let scratch = d.alloc(4 * rmsnorm::mix_backward_scratch(n)).unwrap();
                 rmsnorm::rmsnorm_mix_backward(
                     d,

@@ -8,12 +8,7 @@ use std::path::Path;
 
 /// The top-level module of a file under `src/` (`device/kernels/rmsnorm.rs` -> `device`).
 fn module_of(rel: &Path) -> String {
-    let first = rel
-        .components()
-        .next()
-        .unwrap()
-        .as_os_str()
-        .to_string_lossy();
+    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -105,15 +100,9 @@ fn the_parser_sees_grouped_and_inline_paths() {
 #[test]
 fn no_module_reaches_itself() {
     let g = graph();
-    assert!(
-        g.contains_key("device") && g["device"].contains("model"),
-        "{g:?}"
-    );
+    assert!(g.contains_key("device") && g["device"].contains("model"), "{g:?}");
     let cyclic: Vec<&String> = g.keys().filter(|m| reaches(&g, m, m)).collect();
-    assert!(
-        cyclic.is_empty(),
-        "modules on an import cycle: {cyclic:?}\n{g:#?}"
-    );
+    assert!(cyclic.is_empty(), "modules on an import cycle: {cyclic:?}\n{g:#?}");
 }
 
 #[test]

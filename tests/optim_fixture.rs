@@ -29,12 +29,7 @@ fn fixture() -> Fixture {
     let config: FixtureConfig = serde_json::from_str(&text).expect("fixture config.json parses");
     let table = ParamTable::new(&config.model);
     let model_path = dir.join("model.safetensors");
-    let p0 = import_params(
-        &table,
-        &safetensors::read(&model_path).unwrap(),
-        &model_path,
-    )
-    .unwrap();
+    let p0 = import_params(&table, &safetensors::read(&model_path).unwrap(), &model_path).unwrap();
     let expected_path = dir.join("expected.safetensors");
     let expected = safetensors::read(&expected_path).unwrap();
     Fixture {
@@ -74,11 +69,7 @@ fn worst_update_error(f: &Fixture, ours: &[f32], reference: &[f32]) -> (f64, Str
                 .sqrt()
         };
         let update = l2(&reference[r.clone()], &f.p0[r.clone()]);
-        assert!(
-            update > 0.0,
-            "{}: the reference step does not move it",
-            p.name
-        );
+        assert!(update > 0.0, "{}: the reference step does not move it", p.name);
         let err = l2(&ours[r.clone()], &reference[r]) / update;
         println!("{:<40} {err:.3e}", p.name);
         if err > worst.0 {
@@ -117,10 +108,7 @@ fn first_step_matches_upstream() {
     assert_eq!(opt.step_count(), 1);
     let (worst, name) = worst_update_error(&f, &params, &step1);
     println!("worst relative-to-update L2: {worst:.3e} ({name})");
-    assert!(
-        worst < 1e-2,
-        "step 1: {name} is off by {worst:.3e} of its update"
-    );
+    assert!(worst < 1e-2, "step 1: {name} is off by {worst:.3e} of its update");
 }
 
 #[test]

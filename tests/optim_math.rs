@@ -109,11 +109,7 @@ fn adamw_groups_match_a_reference_over_ten_steps() {
         }
     }
     let mut checked = 0;
-    for s in t
-        .slots
-        .iter()
-        .filter(|s| s.group != nanochat::params::Group::Muon)
-    {
+    for s in t.slots.iter().filter(|s| s.group != nanochat::params::Group::Muon) {
         for i in s.range() {
             let (got, want) = (p[i] as f64, reference[i]);
             assert!(
@@ -137,11 +133,7 @@ fn run(t: &ParamTable) -> (Vec<f32>, Vec<(String, Vec<u8>)>) {
     for k in 0..3 {
         opt.step(&mut p, &normal(t.numel, 200 + k, 1.0), &settings(1.0));
     }
-    let state = opt
-        .state_tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.data))
-        .collect();
+    let state = opt.state_tensors().into_iter().map(|(k, v)| (k, v.data)).collect();
     (p, state)
 }
 
@@ -150,10 +142,7 @@ fn steps_are_bitwise_deterministic() {
     let t = table();
     let (p1, s1) = run(&t);
     // Again on a single thread: the result must not depend on how rayon schedules the matrices.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let (p2, s2) = pool.install(|| run(&t));
     assert!(p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()));
     assert_eq!(s1, s2);
@@ -210,11 +199,7 @@ fn minimising_distance_to_a_target_halves_it_within_50_steps() {
     for (spec, s0) in t.slots.iter().zip(&start) {
         let end = dist(&p, spec.slot);
         println!("{:?}: {s0:.3} -> {end:.3}", spec.slot);
-        assert!(
-            end <= 0.5 * s0,
-            "{:?}: distance {s0} only fell to {end}",
-            spec.slot
-        );
+        assert!(end <= 0.5 * s0, "{:?}: distance {s0} only fell to {end}", spec.slot);
     }
 }
 
@@ -262,13 +247,9 @@ fn singular_values(x: &[f32], m: usize, n: usize) -> Vec<f64> {
     for i in 0..k {
         for j in 0..k {
             gram[i * k + j] = if m >= n {
-                (0..m)
-                    .map(|r| x[r * n + i] as f64 * x[r * n + j] as f64)
-                    .sum()
+                (0..m).map(|r| x[r * n + i] as f64 * x[r * n + j] as f64).sum()
             } else {
-                (0..n)
-                    .map(|c| x[i * n + c] as f64 * x[j * n + c] as f64)
-                    .sum()
+                (0..n).map(|c| x[i * n + c] as f64 * x[j * n + c] as f64).sum()
             };
         }
     }
@@ -324,11 +305,7 @@ fn first_muon_update_is_nearly_semi_orthogonal() {
     };
     opt.step(&mut p, &g, &s);
     let mut shapes_seen = Vec::new();
-    for spec in t
-        .slots
-        .iter()
-        .filter(|s| s.group == nanochat::params::Group::Muon)
-    {
+    for spec in t.slots.iter().filter(|s| s.group == nanochat::params::Group::Muon) {
         let (m, n) = spec.matrix_dims();
         if m == n {
             continue;
@@ -339,13 +316,8 @@ fn first_muon_update_is_nearly_semi_orthogonal() {
                 .map(|&x| -x / lr_shape_factor(m, n) as f32)
                 .collect();
             let sv = singular_values(&o, m, n);
-            let (lo, hi) = sv
-                .iter()
-                .fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-            println!(
-                "{:?} {k} ({m}, {n}): singular values in [{lo:.3}, {hi:.3}]",
-                spec.slot
-            );
+            let (lo, hi) = sv.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            println!("{:?} {k} ({m}, {n}): singular values in [{lo:.3}, {hi:.3}]", spec.slot);
             assert!(
                 lo > 0.0 && hi / lo < 4.0,
                 "{:?} copy {k}: max/min {}",
@@ -370,9 +342,7 @@ fn muon_pieces_keep_their_invariants() {
     let before = fro(&x);
     muon::muon_eq(&mut x, (m, n));
     let row_norms: Vec<f64> = x.chunks(n).map(fro).collect();
-    assert!(row_norms
-        .iter()
-        .all(|r| (r - row_norms[0]).abs() < 1e-5 * r));
+    assert!(row_norms.iter().all(|r| (r - row_norms[0]).abs() < 1e-5 * r));
     assert!((fro(&x) - before).abs() < 1e-5 * before);
 
     muon::frobenius_normalize(&mut x, false);
@@ -394,12 +364,7 @@ fn muon_pieces_keep_their_invariants() {
     // Cautious weight decay only where update and parameter agree in sign.
     let mut p = [1.0f32, 1.0, -1.0, -1.0];
     muon::cautious_update(&mut p, &[0.5, -0.5, 0.5, -0.5], 0.1, 0.5);
-    let want = [
-        1.0 - 0.05 - 0.05,
-        1.0 + 0.05,
-        -1.0 - 0.05,
-        -1.0 + 0.05 + 0.05,
-    ];
+    let want = [1.0 - 0.05 - 0.05, 1.0 + 0.05, -1.0 - 0.05, -1.0 + 0.05 + 0.05];
     for (a, b) in p.iter().zip(want) {
         assert!((a - b).abs() < 1e-6, "{p:?} vs {want:?}");
     }
@@ -432,9 +397,7 @@ fn d12_groups_and_peak_lrs_follow_the_spec() {
         .iter()
         .filter_map(|g| match g.kind {
             GroupKind::Muon {
-                shape,
-                weight_decay,
-                ..
+                shape, weight_decay, ..
             } => {
                 assert_eq!(weight_decay, 0.28);
                 Some((shape, g.params.len(), lr_shape_factor(shape.0, shape.1)))
@@ -475,15 +438,7 @@ fn gqa_splits_attention_matrices_into_two_muon_groups() {
     let kv = opt
         .groups()
         .iter()
-        .find(|g| {
-            matches!(
-                g.kind,
-                GroupKind::Muon {
-                    shape: (32, 64),
-                    ..
-                }
-            )
-        })
+        .find(|g| matches!(g.kind, GroupKind::Muon { shape: (32, 64), .. }))
         .expect("a (32, 64) group for c_k and c_v");
     assert_eq!(
         kv.params,

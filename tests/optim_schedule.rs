@@ -61,10 +61,7 @@ fn muon_weight_decay_is_a_cosine_to_zero() {
     assert!(close(s.muon_weight_decay(0.28, 0), 0.28));
     assert!(close(s.muon_weight_decay(0.28, 500), 0.14));
     assert!(s.muon_weight_decay(0.28, 999) < 1e-6);
-    assert!(close(
-        s.muon_weight_decay(0.28, 250),
-        0.14 * (1.0 + 0.5f64.sqrt())
-    ));
+    assert!(close(s.muon_weight_decay(0.28, 250), 0.14 * (1.0 + 0.5f64.sqrt())));
 }
 
 #[test]
@@ -79,9 +76,6 @@ fn fixture_steps_come_from_these_schedules() {
     for (it, (lrm, mom, wd)) in steps.into_iter().enumerate() {
         assert!(close(s.lr_multiplier(it), lrm), "lrm at {it}");
         assert!(close(s.muon_momentum(it), mom), "momentum at {it}");
-        assert!(
-            (s.muon_weight_decay(wd0, it) - wd).abs() < 1e-15,
-            "wd at {it}"
-        );
+        assert!((s.muon_weight_decay(wd0, it) - wd).abs() < 1e-15, "wd at {it}");
     }
 }

@@ -88,11 +88,7 @@ fn bad_state_is_a_clear_error_and_changes_nothing() {
     let expect_err = |opt: &mut MuonAdamW, state: BTreeMap<String, Tensor>, needle: &str| {
         let e = opt.load_state_tensors(&state).unwrap_err();
         assert!(e.contains(needle), "error '{e}' should mention '{needle}'");
-        assert_eq!(
-            opt.state_tensors(),
-            good,
-            "a failed load must not change the state"
-        );
+        assert_eq!(opt.state_tensors(), good, "a failed load must not change the state");
     };
     let mut fresh = MuonAdamW::new(&t, &SetupArgs::default());
     let empty = fresh.state_tensors();
@@ -109,17 +105,11 @@ fn bad_state_is_a_clear_error_and_changes_nothing() {
     expect_err(&mut opt, s, "shape [64, 32], expected [64, 64]");
 
     let mut s = good.clone();
-    s.insert(
-        "exp_avg_sq.resid_lambdas".into(),
-        Tensor::from_i32(vec![3], &[1, 2, 3]),
-    );
+    s.insert("exp_avg_sq.resid_lambdas".into(), Tensor::from_i32(vec![3], &[1, 2, 3]));
     expect_err(&mut opt, s, "dtype");
 
     let mut s = good.clone();
-    s.insert(
-        "exp_avg.not_a_param".into(),
-        Tensor::from_f32(vec![1], &[0.0]),
-    );
+    s.insert("exp_avg.not_a_param".into(), Tensor::from_f32(vec![1], &[0.0]));
     expect_err(&mut opt, s, "unexpected tensor 'exp_avg.not_a_param'");
 
     let mut s = good.clone();

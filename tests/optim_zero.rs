@@ -76,8 +76,7 @@ fn sharded_run(world: usize, p0: &[f32]) -> Vec<(Vec<f32>, BTreeMap<String, Tens
                 let mut opt = ShardedMuonAdamW::new(&table, &SetupArgs::default(), r, world);
                 let mut p = p0;
                 for step in 0..2 {
-                    opt.step(&mut p, &grads(table.numel, step), &S, comm.as_mut())
-                        .unwrap();
+                    opt.step(&mut p, &grads(table.numel, step), &S, comm.as_mut()).unwrap();
                 }
                 (p, opt.state_tensors())
             })
@@ -92,9 +91,7 @@ fn each_rank_holds_exactly_its_slice_or_chunk_of_the_one_rank_state() {
     let mut p0 = vec![0.0; table.numel];
     table.init(&mut p0, 5);
     let (p_ref, s_ref) = reference(&table, &p0);
-    let groups = MuonAdamW::new(&table, &SetupArgs::default())
-        .groups()
-        .to_vec();
+    let groups = MuonAdamW::new(&table, &SetupArgs::default()).groups().to_vec();
     let shape_of = |name: &str| table.by_name(name).unwrap().shape.clone();
 
     for world in [2, 3, 4] {
@@ -137,25 +134,14 @@ fn each_rank_holds_exactly_its_slice_or_chunk_of_the_one_rank_state() {
                         );
                         sharded_seen += 1;
                     } else {
-                        assert!(
-                            got.to_f32() == full,
-                            "world {world} rank {r}: replicated {name}"
-                        );
+                        assert!(got.to_f32() == full, "world {world} rank {r}: replicated {name}");
                     }
                 } else if muon_owner[param] == r {
-                    let got =
-                        got.unwrap_or_else(|| panic!("rank {r} owns {param} but lacks {name}"));
+                    let got = got.unwrap_or_else(|| panic!("rank {r} owns {param} but lacks {name}"));
                     assert_eq!(got.shape, t_ref.shape);
-                    assert!(
-                        got.to_f32() == t_ref.to_f32(),
-                        "world {world} rank {r}: {name}"
-                    );
+                    assert!(got.to_f32() == t_ref.to_f32(), "world {world} rank {r}: {name}");
                 } else {
-                    assert!(
-                        got.is_none(),
-                        "rank {r} holds {name} of rank {}",
-                        muon_owner[param]
-                    );
+                    assert!(got.is_none(), "rank {r} holds {name} of rank {}", muon_owner[param]);
                 }
             }
         }
@@ -179,11 +165,9 @@ fn one_rank_sharded_equals_the_plain_optimizer_and_state_round_trips() {
     let (p_ref, s_ref) = reference(&table, &p0);
     let mut opt = ShardedMuonAdamW::new(&table, &SetupArgs::default(), 0, 1);
     let mut p = p0.clone();
-    opt.step(&mut p, &grads(table.numel, 0), &S, &mut Solo)
-        .unwrap();
+    opt.step(&mut p, &grads(table.numel, 0), &S, &mut Solo).unwrap();
     let mid = opt.state_tensors();
-    opt.step(&mut p, &grads(table.numel, 1), &S, &mut Solo)
-        .unwrap();
+    opt.step(&mut p, &grads(table.numel, 1), &S, &mut Solo).unwrap();
     assert!(p == p_ref);
     let state = opt.state_tensors();
     for (name, t) in &s_ref {
@@ -195,14 +179,10 @@ fn one_rank_sharded_equals_the_plain_optimizer_and_state_round_trips() {
     let mut p2 = p0.clone();
     let mut plain = MuonAdamW::new(&table, &SetupArgs::default());
     plain.step(&mut p2, &grads(table.numel, 0), &S);
-    again
-        .step(&mut p2, &grads(table.numel, 1), &S, &mut Solo)
-        .unwrap();
+    again.step(&mut p2, &grads(table.numel, 1), &S, &mut Solo).unwrap();
     assert!(p2 == p_ref);
     let mut from_plain = ShardedMuonAdamW::new(&table, &SetupArgs::default(), 0, 1);
-    from_plain
-        .load_state_tensors(&plain.state_tensors())
-        .unwrap();
+    from_plain.load_state_tensors(&plain.state_tensors()).unwrap();
 }
 
 #[test]

@@ -77,8 +77,7 @@ fn the_cpu_limits_catch_a_small_logits_or_gradient_error() {
     let mut logits = exp.get("logits").unwrap().to_f32();
     logits[1234] += 1e-4;
     let shape = exp.get("logits").unwrap().shape.clone();
-    exp.tensors
-        .insert("logits".into(), Tensor::from_f32(shape, &logits));
+    exp.tensors.insert("logits".into(), Tensor::from_f32(shape, &logits));
     let name = "grad.transformer.h.2.mlp.c_proj.weight";
     let mut g = exp.get(name).unwrap().to_f32();
     let norm = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
@@ -140,10 +139,7 @@ fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
                 exp.insert("loss".to_string(), Tensor::from_f32(vec![1], &[fwd.loss]));
                 exp.insert(
                     "logits".into(),
-                    Tensor::from_f32(
-                        vec![b, t, cfg.vocab_size],
-                        &fwd.logits_unpadded(cfg.vocab_size),
-                    ),
+                    Tensor::from_f32(vec![b, t, cfg.vocab_size], &fwd.logits_unpadded(cfg.vocab_size)),
                 );
                 for p in &gpt.table.params {
                     exp.insert(
@@ -153,10 +149,7 @@ fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
                 }
             }
             1 => {
-                exp.insert(
-                    "loss_after_step1".into(),
-                    Tensor::from_f32(vec![1], &[fwd.loss]),
-                );
+                exp.insert("loss_after_step1".into(), Tensor::from_f32(vec![1], &[fwd.loss]));
             }
             _ => break,
         }
@@ -179,10 +172,7 @@ fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
     .unwrap();
     let mut batch = BTreeMap::new();
     batch.insert("inputs".to_string(), Tensor::from_i32(vec![b, t], &ids));
-    batch.insert(
-        "targets".to_string(),
-        Tensor::from_i32(vec![b, t], &targets),
-    );
+    batch.insert("targets".to_string(), Tensor::from_i32(vec![b, t], &targets));
     safetensors::write(&dir.join("batch.safetensors"), &batch, &none).unwrap();
     let config = serde_json::json!({
         "model": cfg, "batch": b, "seq": t,
@@ -193,11 +183,7 @@ fn write_fixture(dir: &Path, cfg: &ModelConfig, b: usize, t: usize) {
             {"it": 1, "lr_multiplier": 0.05, "muon_momentum": 0.8503, "muon_weight_decay": 0.2799993}
         ],
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(&config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
 }
 
 fn opt_groups(gpt: &Gpt, args: &SetupArgs) -> serde_json::Value {
@@ -214,8 +200,7 @@ fn run_parity_on(dir: &Path, device: &str) -> (i32, String) {
         .args(["--device", device])
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -235,10 +220,7 @@ fn binary_accepts_other_fixture_shapes_and_detects_mismatches() {
     write_fixture(dir, &cfg, 2, 320);
     let (code, text) = run_parity(dir);
     assert_eq!(code, 0, "{text}");
-    assert!(
-        text.contains("grad.transformer.h.0.attn.ve_gate.weight"),
-        "{text}"
-    );
+    assert!(text.contains("grad.transformer.h.0.attn.ve_gate.weight"), "{text}");
     assert!(text.contains("value_embeds.2.weight"), "{text}");
 
     // A wrong gradient in the reference makes that row, and the run, fail.
@@ -309,17 +291,13 @@ fn malformed_fixtures_give_clear_errors() {
     let tmp = fixture_copy();
     let path = tmp.path().join("model.safetensors");
     let mut model = safetensors::read(&path).unwrap();
-    model.tensors.insert(
-        "smear_gate.weight".into(),
-        Tensor::from_f32(vec![1, 12], &[0.0; 12]),
-    );
+    model
+        .tensors
+        .insert("smear_gate.weight".into(), Tensor::from_f32(vec![1, 12], &[0.0; 12]));
     safetensors::write(&path, &model.tensors, &model.metadata).unwrap();
     let (code, text) = run_parity(tmp.path());
     assert_eq!(code, 2, "{text}");
-    assert!(
-        text.contains("smear_gate.weight") && text.contains("[1, 12]"),
-        "{text}"
-    );
+    assert!(text.contains("smear_gate.weight") && text.contains("[1, 12]"), "{text}");
 
     // Truncated expected file.
     let tmp = fixture_copy();
@@ -380,12 +358,7 @@ fn check_bf16_rows(dir: &Path) -> Vec<parity::Row> {
         .unwrap();
     let kernels = parity::run_kernels(dir, Tolerances::BF16, dev).unwrap();
     let floor = parity::run_cpu(dir, Tolerances::BF16, Storage::Bf16).unwrap();
-    let expected = 1
-        + 1
-        + kernels
-            .iter()
-            .filter(|r| r.name.starts_with("grad."))
-            .count();
+    let expected = 1 + 1 + kernels.iter().filter(|r| r.name.starts_with("grad.")).count();
     assert!(kernels.len() > expected, "too few rows: {kernels:#?}");
     assert_eq!(kernels.len(), floor.len());
     for (k, f) in kernels.iter().zip(&floor) {

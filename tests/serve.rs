@@ -14,8 +14,7 @@ use nanochat::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 fn tokenizer() -> Tokenizer {
-    let docs =
-        (0..200).map(|i| format!("hello there, number {i}! the cat sat on the mat. héllo wörld"));
+    let docs = (0..200).map(|i| format!("hello there, number {i}! the cat sat on the mat. héllo wörld"));
     Tokenizer::train(docs, 300, 64, &mut |_, _| {}).unwrap()
 }
 
@@ -64,10 +63,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let status = head[9..12].parse().unwrap();
     let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
     (status, head, body)
@@ -97,21 +93,13 @@ fn events(body: &[u8]) -> Vec<String> {
 
 fn chat(content: &str, extra: Value) -> Vec<u8> {
     let mut v = json!({"messages": [{"role": "user", "content": content}], "max_tokens": 40});
-    v.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     v.to_string().into_bytes()
 }
 
 #[test]
 fn streams_page_health_and_errors() {
-    let srv = Server::start(
-        vec![cpu_engine()],
-        vec!["cpu".into()],
-        quiet(),
-        "127.0.0.1:0",
-    )
-    .unwrap();
+    let srv = Server::start(vec![cpu_engine()], vec!["cpu".into()], quiet(), "127.0.0.1:0").unwrap();
     let a = srv.addr();
 
     // Upstream's SSE stream, greedy: its text is the engine's own greedy reply to the chat prompt, rendered
@@ -179,9 +167,7 @@ fn streams_page_health_and_errors() {
         .map(|e| serde_json::from_str(e).unwrap())
         .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks
-        .iter()
-        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     let last = chunks.last().unwrap();
     let finish = last["choices"][0]["finish_reason"].as_str().unwrap();
     assert!(finish == "stop" || finish == "length");
@@ -210,10 +196,7 @@ fn streams_page_health_and_errors() {
     let (st, _, body) = http(a, "GET", "/health", b"");
     assert_eq!(st, 200);
     let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        (v["status"].as_str(), v["num_gpus"].as_u64()),
-        (Some("ok"), Some(1))
-    );
+    assert_eq!((v["status"].as_str(), v["num_gpus"].as_u64()), (Some("ok"), Some(1)));
     let (_, _, body) = http(a, "GET", "/stats", b"");
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["total_workers"], 1);
@@ -222,9 +205,7 @@ fn streams_page_health_and_errors() {
 
     // Every validation limit answers 400 with a JSON error.
     let long = "x".repeat(8001);
-    let many: Vec<Value> = (0..501)
-        .map(|_| json!({"role": "user", "content": "hi"}))
-        .collect();
+    let many: Vec<Value> = (0..501).map(|_| json!({"role": "user", "content": "hi"})).collect();
     let total: Vec<Value> = (0..5)
         .map(|_| json!({"role": "user", "content": "y".repeat(7000)}))
         .collect();
@@ -317,12 +298,7 @@ fn more_requests_than_workers_queue_or_get_503() {
         .map(|i| {
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 150 }));
-                let (st, _, body) = http(
-                    a,
-                    "POST",
-                    "/chat/completions",
-                    &chat("hi", json!({"max_tokens": 10})),
-                );
+                let (st, _, body) = http(a, "POST", "/chat/completions", &chat("hi", json!({"max_tokens": 10})));
                 (st, body)
             })
         })
@@ -330,12 +306,7 @@ fn more_requests_than_workers_queue_or_get_503() {
     let results: Vec<(u16, Vec<u8>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let busy = results.iter().filter(|r| r.0 == 503).count();
-    assert_eq!(
-        ok + busy,
-        6,
-        "{:?}",
-        results.iter().map(|r| r.0).collect::<Vec<_>>()
-    );
+    assert_eq!(ok + busy, 6, "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
     assert!(ok >= 2, "the running and the queued request both finish");
     assert!(busy >= 1, "beyond the queue requests get 503");
     for (st, body) in &results {
@@ -380,15 +351,8 @@ fn queue_timeout_gives_503() {
     )
     .unwrap();
     let a = srv.addr();
-    let first = std::thread::spawn(move || {
-        http(
-            a,
-            "POST",
-            "/chat/completions",
-            &chat("hi", json!({"max_tokens": 25})),
-        )
-        .0
-    });
+    let first =
+        std::thread::spawn(move || http(a, "POST", "/chat/completions", &chat("hi", json!({"max_tokens": 25}))).0);
     std::thread::sleep(Duration::from_millis(300));
     let (st, _, body) = http(a, "POST", "/chat/completions", &chat("hi", json!({})));
     assert_eq!(st, 503);
@@ -406,12 +370,7 @@ fn long_conversations_drop_the_oldest_messages() {
         content: content.into(),
     };
     let conv: Vec<ChatMessage> = (0..20)
-        .map(|i| {
-            msg(
-                if i % 2 == 0 { "user" } else { "assistant" },
-                "the cat sat on the mat",
-            )
-        })
+        .map(|i| msg(if i % 2 == 0 { "user" } else { "assistant" }, "the cat sat on the mat"))
         .collect();
     let (ids, dropped) = render_prompt(&tok, &conv, 100, 20).unwrap();
     let (ids_odd, _) = render_prompt(&tok, &conv[..19], 100, 20).unwrap();
@@ -419,16 +378,10 @@ fn long_conversations_drop_the_oldest_messages() {
     assert!(dropped > 0 && ids.len() <= 80, "{dropped} {}", ids.len());
     assert_eq!(ids[0], tok.bos_id());
     assert_eq!(ids[1], tok.special_id("<|user_start|>").unwrap());
-    assert_eq!(
-        *ids.last().unwrap(),
-        tok.special_id("<|assistant_start|>").unwrap()
-    );
+    assert_eq!(*ids.last().unwrap(), tok.special_id("<|assistant_start|>").unwrap());
     let (all, none) = render_prompt(&tok, &conv, 4096, 20).unwrap();
     assert_eq!(none, 0);
-    assert!(
-        all.ends_with(&ids[1..]),
-        "the kept messages are the latest ones"
-    );
+    assert!(all.ends_with(&ids[1..]), "the kept messages are the latest ones");
     // A last message that cannot fit is an error, not a panic.
     let huge = vec![msg("user", &"word ".repeat(500))];
     assert!(render_prompt(&tok, &huge, 100, 20).is_err());
@@ -477,13 +430,7 @@ fn keep_alive(s: &mut TcpStream, path: &str, body: &[u8]) -> (String, Vec<u8>) {
     let head = String::from_utf8(raw).unwrap();
     let lower = head.to_ascii_lowercase();
     if let Some(i) = lower.find("content-length: ") {
-        let n: usize = lower[i + 16..]
-            .lines()
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let n: usize = lower[i + 16..].lines().next().unwrap().trim().parse().unwrap();
         let mut b = vec![0; n];
         s.read_exact(&mut b).unwrap();
         return (head, b);
@@ -509,24 +456,14 @@ fn keep_alive(s: &mut TcpStream, path: &str, body: &[u8]) -> (String, Vec<u8>) {
 
 #[test]
 fn streams_end_on_kept_alive_and_http10_connections() {
-    let srv = Server::start(
-        vec![cpu_engine()],
-        vec!["cpu".into()],
-        quiet(),
-        "127.0.0.1:0",
-    )
-    .unwrap();
+    let srv = Server::start(vec![cpu_engine()], vec!["cpu".into()], quiet(), "127.0.0.1:0").unwrap();
     let a = srv.addr();
     // Three answers on one kept-alive connection: each stream's body ends (the last chunk), so the next
     // request is read. A stream that ended only by closing would block the second read forever (the 60 s
     // socket timeout fails the test then).
     let mut s = TcpStream::connect(a).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    for path in [
-        "/chat/completions",
-        "/v1/chat/completions",
-        "/chat/completions",
-    ] {
+    for path in ["/chat/completions", "/v1/chat/completions", "/chat/completions"] {
         let stream = chat("hello", json!({"stream": true}));
         let (head, body) = keep_alive(&mut s, path, &stream);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -572,10 +509,7 @@ fn a_client_that_leaves_mid_stream_frees_its_worker() {
     // 500 tokens at 40 ms would hold the worker for 20 s; the client reads 2 tokens and leaves.
     let srv = slow_server(1024, quiet());
     let a = srv.addr();
-    for (k, path) in ["/chat/completions", "/v1/chat/completions"]
-        .iter()
-        .enumerate()
-    {
+    for (k, path) in ["/chat/completions", "/v1/chat/completions"].iter().enumerate() {
         let before = stats(a)["generated_tokens"].as_u64().unwrap();
         let mut s = TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -611,12 +545,7 @@ fn a_client_that_leaves_mid_stream_frees_its_worker() {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        let v = freed.unwrap_or_else(|| {
-            panic!(
-                "{path}: worker still busy 10 s after the client left: {}",
-                stats(a)
-            )
-        });
+        let v = freed.unwrap_or_else(|| panic!("{path}: worker still busy 10 s after the client left: {}", stats(a)));
         let generated = v["generated_tokens"].as_u64().unwrap() - before;
         println!(
             "{path}: worker free {:.0} ms after the client left, {generated} tokens generated",
@@ -628,18 +557,10 @@ fn a_client_that_leaves_mid_stream_frees_its_worker() {
             generated <= 12,
             "{path}: {generated} tokens generated after 2 were read"
         );
-        assert_eq!(
-            v["completions"], 0,
-            "a cancelled stream is not a completion"
-        );
+        assert_eq!(v["completions"], 0, "a cancelled stream is not a completion");
     }
     // The worker serves the next request.
-    let (st, _, body) = http(
-        a,
-        "POST",
-        "/chat/completions",
-        &chat("hi", json!({"max_tokens": 3})),
-    );
+    let (st, _, body) = http(a, "POST", "/chat/completions", &chat("hi", json!({"max_tokens": 3})));
     assert_eq!(st, 200);
     assert_eq!(events(&body).len(), 4);
     srv.shutdown(Duration::from_secs(5));
@@ -674,12 +595,7 @@ fn openai_models_errors_and_usage() {
             "invalid_request_error"
         };
         assert_eq!(e["type"], kind, "{v}");
-        (
-            st,
-            e["param"].clone(),
-            e["code"].clone(),
-            e["message"].clone(),
-        )
+        (st, e["param"].clone(), e["code"].clone(), e["message"].clone())
     };
     let post = |b: Value| {
         let (st, _, body) = http(a, "POST", "/v1/chat/completions", b.to_string().as_bytes());
@@ -698,10 +614,7 @@ fn openai_models_errors_and_usage() {
     assert_eq!(obj(st, &body).0, 400);
     let (st, _, body) = http(a, "GET", "/v1/models/gpt-4", b"");
     let e = obj(st, &body);
-    assert_eq!(
-        (e.0, e.1, e.2),
-        (404, json!("model"), json!("model_not_found"))
-    );
+    assert_eq!((e.0, e.1, e.2), (404, json!("model"), json!("model_not_found")));
     let (st, _, body) = http(a, "GET", "/v1/nothing", b"");
     assert_eq!(obj(st, &body).2, json!("unknown_url"));
     let (st, _, body) = http(a, "DELETE", "/v1/models/nanochat", b"");
@@ -720,12 +633,7 @@ fn openai_models_errors_and_usage() {
     // [BOS] <|user_start|> "hi" <|user_end|> <|assistant_start|>.
     let req = json!({"messages": hi, "max_tokens": 5, "stream": true,
                      "stream_options": {"include_usage": true}});
-    let (st, _, body) = http(
-        a,
-        "POST",
-        "/v1/chat/completions",
-        req.to_string().as_bytes(),
-    );
+    let (st, _, body) = http(a, "POST", "/v1/chat/completions", req.to_string().as_bytes());
     assert_eq!(st, 200);
     let ev = events(&body);
     assert_eq!(ev.last().unwrap(), "[DONE]");
@@ -745,27 +653,16 @@ fn openai_models_errors_and_usage() {
         .filter(|c| c["choices"][0]["delta"]["content"].is_string())
         .collect();
     assert_eq!(content.len(), 5);
-    assert_eq!(
-        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
-        "length"
-    );
+    assert_eq!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"], "length");
     assert!(chunks[..chunks.len() - 1]
         .iter()
         .all(|c| c.get("usage") == Some(&Value::Null)));
     // Without include_usage no chunk has a usage field.
     let req = json!({"messages": hi, "max_tokens": 2, "stream": true});
-    let (_, _, body) = http(
-        a,
-        "POST",
-        "/v1/chat/completions",
-        req.to_string().as_bytes(),
-    );
+    let (_, _, body) = http(a, "POST", "/v1/chat/completions", req.to_string().as_bytes());
     let ev = events(&body);
     assert!(ev[..ev.len() - 1]
         .iter()
-        .all(|e| serde_json::from_str::<Value>(e)
-            .unwrap()
-            .get("usage")
-            .is_none()));
+        .all(|e| serde_json::from_str::<Value>(e).unwrap().get("usage").is_none()));
     srv.shutdown(Duration::from_secs(5));
 }

@@ -18,8 +18,7 @@ fn prepare(base: &Path) {
     let docs = (0..200).map(|i| format!("hello there, number {i}! the cat sat on the mat."));
     let tok = Tokenizer::train(docs, 300, 64, &mut |_, _| {}).unwrap();
     std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
-        .unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE)).unwrap();
     let cfg = ModelConfig {
         sequence_len: 64,
         vocab_size: tok.vocab_size(),
@@ -82,14 +81,8 @@ fn chat_cli_single_shot_and_interactive() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let script =
-        "hello\n\nthe cat sat\non the mat\nnumber one\nnumber two\nclear\nhi again\nquit\n";
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
+    let script = "hello\n\nthe cat sat\non the mat\nnumber one\nnumber two\nclear\nhi again\nquit\n";
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let (so, se) = (
         String::from_utf8_lossy(&out.stdout),
@@ -133,48 +126,29 @@ fn chat_web_serves_and_stops_on_sigterm() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     // Chunked: the done event is the last chunk with data, then the empty last chunk ends the body.
     assert!(resp.contains("Transfer-Encoding: chunked\r\n"), "{resp}");
-    assert!(
-        resp.ends_with("data: {\"done\":true}\n\n\r\n0\r\n\r\n"),
-        "{resp}"
-    );
+    assert!(resp.ends_with("data: {\"done\":true}\n\n\r\n0\r\n\r\n"), "{resp}");
 
     // /v1/models describes the checkpoint that prepare() wrote.
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let json = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     let m = &v["data"][0];
     assert_eq!(m["id"], "nanochat-base-d2", "{v}");
-    assert_eq!(
-        (m["step"].as_u64(), m["context_length"].as_u64()),
-        (Some(5), Some(64))
-    );
+    assert_eq!((m["step"].as_u64(), m["context_length"].as_u64()), (Some(5), Some(64)));
     let ckpt = m["checkpoint"].as_str().unwrap();
     assert!(ckpt.ends_with("base_checkpoints/d2"), "{ckpt}");
     assert!(m["created"].as_u64().unwrap() > 1_600_000_000, "{m}");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(err.contains("POST /chat/completions -> 200"), "{err}");
     assert!(err.contains("stopped"), "{err}");
 }

@@ -40,14 +40,12 @@ impl InferModel for Scripted {
 }
 
 fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
+    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 fn unescape(s: &str) -> String {
@@ -89,10 +87,7 @@ fn page_streams_a_reply_in_headless_chromium() {
     let browser = chromium().expect("no chromium on PATH (apt-get install chromium)");
     let docs = (0..50).map(|i| format!("hello {i}"));
     let tok = Tokenizer::train(docs, 280, 64, &mut |_, _| {}).unwrap();
-    let mut script: Vec<u32> = REPLY
-        .bytes()
-        .map(|b| tok.encode_ordinary_bytes(&[b])[0])
-        .collect();
+    let mut script: Vec<u32> = REPLY.bytes().map(|b| tok.encode_ordinary_bytes(&[b])[0]).collect();
     script.push(tok.special_id("<|assistant_end|>").unwrap());
     let cfg = ModelConfig {
         sequence_len: 256,

@@ -20,8 +20,7 @@ use serde_json::Value;
 const MODEL_ID: &str = "nanochat-test-d2";
 
 fn tokenizer() -> Tokenizer {
-    let docs =
-        (0..200).map(|i| format!("hello there, number {i}! the cat sat on the mat. héllo wörld"));
+    let docs = (0..200).map(|i| format!("hello there, number {i}! the cat sat on the mat. héllo wörld"));
     Tokenizer::train(docs, 300, 64, &mut |_, _| {}).unwrap()
 }
 
@@ -77,13 +76,7 @@ fn opts() -> Options {
 }
 
 fn cpu_server() -> Server {
-    Server::start(
-        vec![cpu_engine()],
-        vec!["cpu".into()],
-        opts(),
-        "127.0.0.1:0",
-    )
-    .unwrap()
+    Server::start(vec![cpu_engine()], vec!["cpu".into()], opts(), "127.0.0.1:0").unwrap()
 }
 
 /// One slow worker with a queue of 4 (chat_web --max-queue 4).
@@ -98,10 +91,7 @@ fn busy_server() -> Server {
         n_embd: 32,
         window_pattern: "L".into(),
     };
-    let o = Options {
-        max_queue: 4,
-        ..opts()
-    };
+    let o = Options { max_queue: 4, ..opts() };
     Server::start(
         vec![Engine::new(Slow { cfg }, tok)],
         vec!["cpu".into()],
@@ -141,9 +131,7 @@ fn have(program: &str, arg: &str) -> bool {
 /// curl as a user types it (keep-alive HTTP/1.1, no Connection: close), with a 20 s cap: (exit code, body).
 fn curl(args: &[&str]) -> (Option<i32>, String, String) {
     let out = run_bounded(
-        Command::new("curl")
-            .args(["-sS", "-N", "--max-time", "20"])
-            .args(args),
+        Command::new("curl").args(["-sS", "-N", "--max-time", "20"]).args(args),
         Duration::from_secs(40),
     );
     (
@@ -170,8 +158,7 @@ fn curl_gets_bodies_that_end() {
     assert!(out.starts_with("data: {\"gpu\":0,\"token\":"), "{out}");
 
     // The OpenAI stream, and the same over HTTP/1.0 (no chunked encoding there: a Content-Length).
-    let stream =
-        r#"{"messages":[{"role":"user","content":"Tell me"}],"max_tokens":8,"stream":true}"#;
+    let stream = r#"{"messages":[{"role":"user","content":"Tell me"}],"max_tokens":8,"stream":true}"#;
     for extra in [&[][..], &["--http1.0"][..]] {
         let mut args = vec!["-X", "POST", "-H", "Content-Type: application/json"];
         args.extend_from_slice(extra);
@@ -183,13 +170,7 @@ fn curl_gets_bodies_that_end() {
     }
 
     // Not streaming: one JSON document.
-    let (code, out, err) = curl(&[
-        "-X",
-        "POST",
-        &format!("{url}/v1/chat/completions"),
-        "-d",
-        chat,
-    ]);
+    let (code, out, err) = curl(&["-X", "POST", &format!("{url}/v1/chat/completions"), "-d", chat]);
     assert_eq!(code, Some(0), "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -247,9 +228,7 @@ fn client_python(root: &Path) -> Option<PathBuf> {
         return None;
     }
     let out = run_bounded(
-        Command::new("bash")
-            .arg(root.join("tools/client_venv.sh"))
-            .arg(&venv),
+        Command::new("bash").arg(root.join("tools/client_venv.sh")).arg(&venv),
         Duration::from_secs(300),
     );
     assert!(

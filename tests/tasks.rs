@@ -14,8 +14,8 @@ use nanochat::tasks::nprandom::{self, Pcg64};
 use nanochat::tasks::pyrandom::PyRandom;
 use nanochat::tasks::spelling::{self, SimpleSpelling, SpellingBee};
 use nanochat::tasks::{
-    arc::Arc as ArcTask, customjson::CustomJson, gsm8k, mmlu::Mmlu, smoltalk::SmolTalk, EvalType,
-    Example, Examples, Task, TaskMixture, TaskSequence, TaskSlice,
+    arc::Arc as ArcTask, customjson::CustomJson, gsm8k, mmlu::Mmlu, smoltalk::SmolTalk, EvalType, Example, Examples,
+    Task, TaskMixture, TaskSequence, TaskSlice,
 };
 use nanochat::tokenizer::{files, pattern, Content, PartKind, Tokenizer, SPECIAL_TOKENS};
 
@@ -26,8 +26,7 @@ fn fixtures() -> PathBuf {
 fn tok() -> &'static Tokenizer {
     static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
     TOK.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
         let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
         files::import_tiktoken(&path, pattern::SPLIT_PATTERN, specials).unwrap()
     })
@@ -77,11 +76,7 @@ fn qa_pieces<'a>(user: &'a str, answer: &'a str) -> Vec<(S<'a>, u8)> {
 fn python_random_matches_cpython() {
     // python3: r = random.Random(42); [r.random() for _ in range(3)]
     let mut r = PyRandom::new(42);
-    let want = [
-        0.6394267984578837,
-        0.025010755222666936,
-        0.27502931836911926,
-    ];
+    let want = [0.6394267984578837, 0.025010755222666936, 0.27502931836911926];
     for w in want {
         assert_eq!(r.random(), w);
     }
@@ -96,10 +91,7 @@ fn python_random_matches_cpython() {
     let mut x: Vec<usize> = (0..1000).collect();
     PyRandom::new(42).shuffle(&mut x);
     assert_eq!(&x[..10], &[776, 507, 895, 922, 33, 483, 85, 750, 354, 523]);
-    assert_eq!(
-        x.iter().enumerate().map(|(i, v)| i * v).sum::<usize>(),
-        250181598
-    );
+    assert_eq!(x.iter().enumerate().map(|(i, v)| i * v).sum::<usize>(), 250181598);
     // Random(10000007): getrandbits(32), then randrange(370105); seeds 2**40 + 5 (two key words) and 0.
     let mut r = PyRandom::new(10_000_007);
     assert_eq!(r.getrandbits(32), 2870197135);
@@ -123,20 +115,11 @@ fn numpy_permutation_matches_numpy() {
     let mut g = Pcg64::new(42);
     assert_eq!(g.next_u64(), 14276969152011380360);
     assert_eq!(g.next_u64(), 8095878257575067585);
-    assert_eq!(
-        nprandom::permutation(42, 10),
-        [5, 6, 0, 7, 3, 2, 4, 9, 1, 8]
-    );
+    assert_eq!(nprandom::permutation(42, 10), [5, 6, 0, 7, 3, 2, 4, 9, 1, 8]);
     assert_eq!(nprandom::permutation(42, 5), [4, 2, 3, 1, 0]);
     let p = nprandom::permutation(42, 1000);
-    assert_eq!(
-        &p[..10],
-        &[978, 933, 859, 916, 127, 608, 856, 260, 147, 810]
-    );
-    assert_eq!(
-        p.iter().enumerate().map(|(i, v)| i * v).sum::<usize>(),
-        248321539
-    );
+    assert_eq!(&p[..10], &[978, 933, 859, 916, 127, 608, 856, 260, 147, 810]);
+    assert_eq!(p.iter().enumerate().map(|(i, v)| i * v).sum::<usize>(), 248321539);
     let p = nprandom::permutation(7, 100_000);
     assert_eq!(
         &p[..10],
@@ -186,9 +169,7 @@ fn arc_renders_choices_with_their_labels() {
         .err()
         .unwrap()
         .contains("ARC-Easy or ARC-Challenge"));
-    let missing = ArcTask::load(&fixtures(), "ARC-Challenge", "train")
-        .err()
-        .unwrap();
+    let missing = ArcTask::load(&fixtures(), "ARC-Challenge", "train").err().unwrap();
     assert!(missing.contains("download_data --tasks"), "{missing}");
 }
 
@@ -213,12 +194,7 @@ fn mmlu_renders_a_to_d() {
     // The auxiliary_train subset's rows wrap the fields in a "train" group.
     let wrapped = serde_json::json!({"train": {"question": "Q?", "subject": "s",
         "choices": ["w", "x", "y", "z"], "answer": 1}});
-    assert_eq!(
-        nanochat::tasks::mmlu::example(&wrapped)
-            .unwrap()
-            .reference(),
-        "B"
-    );
+    assert_eq!(nanochat::tasks::mmlu::example(&wrapped).unwrap().reference(), "B");
     assert!(Mmlu::load(&fixtures(), "all", "train").is_err());
 }
 
@@ -266,10 +242,7 @@ fn gsm8k_turns_calculator_annotations_into_tool_calls() {
             (X, "Weng earns 12/60 = $"),
             (P, "12/60"),
             (O, "0.2"),
-            (
-                X,
-                "0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $"
-            ),
+            (X, "0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $"),
             (P, "0.2*50"),
             (O, "10"),
             (X, "10.\n#### 10"),
@@ -301,22 +274,14 @@ fn gsm8k_turns_calculator_annotations_into_tool_calls() {
 
 #[test]
 fn gsm8k_answer_extraction_and_evaluation() {
-    assert_eq!(
-        gsm8k::extract_answer("so #### 1,234.5 done").as_deref(),
-        Some("1234.5")
-    );
+    assert_eq!(gsm8k::extract_answer("so #### 1,234.5 done").as_deref(), Some("1234.5"));
     assert_eq!(gsm8k::extract_answer("#### -5").as_deref(), Some("-5"));
     assert_eq!(gsm8k::extract_answer("#### - 5"), None);
-    assert_eq!(
-        gsm8k::extract_answer("#### abc then #### 7").as_deref(),
-        Some("7")
-    );
+    assert_eq!(gsm8k::extract_answer("#### abc then #### 7").as_deref(), Some("7"));
     assert_eq!(gsm8k::extract_answer("####7"), None);
     let g = gsm8k::Gsm8k::load(&fixtures(), "main", "test").unwrap();
     let natalia = g.get_example(2).unwrap(); // row 0, answer 72
-    assert!(g
-        .evaluate(&natalia, "She sold 72 in all.\n#### 72")
-        .unwrap());
+    assert!(g.evaluate(&natalia, "She sold 72 in all.\n#### 72").unwrap());
     assert!(g.evaluate(&natalia, "#### 7,2").unwrap());
     assert!(!g.evaluate(&natalia, "#### 72.0").unwrap());
     assert!(!g.evaluate(&natalia, "#### -72").unwrap());
@@ -342,7 +307,8 @@ impl CodeRunner for Recorder {
 }
 
 const ADD_ALL_PROMPT: &str = "from typing import List\n\n\ndef add_all(xs: List[int]) -> int:\n    \"\"\" Sum of xs.\n    >>> add_all([1, 2])\n    3\n    \"\"\"\n";
-const ADD_ALL_TEST: &str = "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n";
+const ADD_ALL_TEST: &str =
+    "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n";
 
 #[test]
 fn humaneval_renders_and_assembles_programs() {
@@ -356,14 +322,9 @@ fn humaneval_renders_and_assembles_programs() {
     let ex = he.get_example(1).unwrap();
     let solution = format!("{ADD_ALL_PROMPT}\n    return sum(xs)\n");
     assert_eq!(render(&ex), expected(&qa_pieces(ADD_ALL_PROMPT, &solution)));
+    assert_eq!(humaneval::extract_imports(ADD_ALL_PROMPT), "from typing import List");
     assert_eq!(
-        humaneval::extract_imports(ADD_ALL_PROMPT),
-        "from typing import List"
-    );
-    assert_eq!(
-        humaneval::extract_imports(
-            "# c\n\nimport os\n  from a import b\ndef f():\n    import sys\n"
-        ),
+        humaneval::extract_imports("# c\n\nimport os\n  from a import b\ndef f():\n    import sys\n"),
         "import os\nfrom a import b"
     );
 
@@ -372,9 +333,7 @@ fn humaneval_renders_and_assembles_programs() {
     let program = rec.seen.lock().unwrap()[0].clone();
     assert_eq!(
         program,
-        format!(
-            "from typing import List\n\ndef add_all(xs):\n    return sum(xs)\n\n{ADD_ALL_TEST}\ncheck(add_all)"
-        )
+        format!("from typing import List\n\ndef add_all(xs):\n    return sum(xs)\n\n{ADD_ALL_TEST}\ncheck(add_all)")
     );
     assert!(!he.evaluate(&ex, "def add_all(xs):\n    return 0").unwrap());
     // Without a sandbox the task cannot judge: an error, not a failure.
@@ -441,10 +400,7 @@ fn customjson_validates_every_line() {
                  {\"role\":\"user\",\"content\":\"c\"},{\"role\":\"assistant\",\"content\":\"d\"}]\n";
     let c = CustomJson::parse(good, &p).unwrap();
     assert_eq!(c.num_examples(), 2);
-    assert_eq!(
-        render(&c.get_example(0).unwrap()),
-        expected(&qa_pieces("hi", "hello"))
-    );
+    assert_eq!(render(&c.get_example(0).unwrap()), expected(&qa_pieces("hi", "hello")));
     for (bad, why) in [
         ("[{\"role\":\"user\",\"content\":\"hi\"}]", "at least 2"),
         ("[{\"role\":\"system\",\"content\":\"s\"},{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"x\"}]", "role"),
@@ -483,9 +439,7 @@ fn simple_spelling_matches_python() {
     let train = SimpleSpelling::new(words.clone(), 5, spelling::Split::Train);
     let test = SimpleSpelling::new(words, 5, spelling::Split::Test);
     assert_eq!(train.num_examples(), 5);
-    let picks: Vec<String> = (0..5)
-        .map(|i| train.get_example(i).unwrap().reference())
-        .collect();
+    let picks: Vec<String> = (0..5).map(|i| train.get_example(i).unwrap().reference()).collect();
     assert_eq!(
         picks,
         [
@@ -522,7 +476,8 @@ fn spelling_bee_matches_python() {
         assert_eq!(bee.get_example(i).unwrap().first_user(), *u, "example {i}");
     }
     let ex = bee.get_example(4).unwrap();
-    let manual = "We are asked to find the number 'e' in the word 'strawberry'. Let me try a manual approach first.\n\n\
+    let manual =
+        "We are asked to find the number 'e' in the word 'strawberry'. Let me try a manual approach first.\n\n\
         First spell the word out:\nstrawberry:s,t,r,a,w,b,e,r,r,y\n\nThen count the occurrences of 'e':\n\
         1:s\n2:t\n3:r\n4:a\n5:w\n6:b\n7:e hit! count=1\n8:r\n9:r\n10:y\n\nThis gives us 1.";
     assert_eq!(
@@ -541,10 +496,7 @@ fn spelling_bee_matches_python() {
             (Sp("<|output_start|>"), 0),
             (T("1"), 0),
             (Sp("<|output_end|>"), 0),
-            (
-                T("\n\nPython gives us 1.\n\nMy final answer is:\n\n#### 1"),
-                1
-            ),
+            (T("\n\nPython gives us 1.\n\nMy final answer is:\n\n#### 1"), 1),
             (Sp("<|assistant_end|>"), 1),
         ])
     );
@@ -574,10 +526,7 @@ fn debian_word_lists_keep_lowercase_words_only() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("american-english");
     std::fs::write(&p, "A\nAachen\napple\napple's\nbanana\ncafé\n\nzebra\n").unwrap();
-    assert_eq!(
-        spelling::read_words(&p).unwrap(),
-        ["apple", "banana", "zebra"]
-    );
+    assert_eq!(spelling::read_words(&p).unwrap(), ["apple", "banana", "zebra"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -617,16 +566,7 @@ fn mixture_shuffles_like_python_and_sequence_concatenates() {
     let mix = TaskMixture::new(parts());
     assert_eq!(mix.len(), 8);
     // Python: m = [(t, i) for t, n in enumerate([3, 2, 3]) for i in range(n)]; random.Random(42).shuffle(m)
-    let want = [
-        (1, 0),
-        (1, 1),
-        (2, 1),
-        (2, 2),
-        (0, 2),
-        (2, 0),
-        (0, 0),
-        (0, 1),
-    ];
+    let want = [(1, 0), (1, 1), (2, 1), (2, 2), (0, 2), (2, 0), (0, 0), (0, 1)];
     let tasks = [&arc, &mmlu, &gsm];
     for (i, &(t, j)) in want.iter().enumerate() {
         assert_eq!(mix.source(i), Some((t, j)));

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use nanochat::data::download::DownloadOptions;
 use nanochat::tasks::download::{
-    complete_manifest, download_split, download_words, write_identity, HubSplit, Manifest, Outcome,
-    MANIFEST,
+    complete_manifest, download_split, download_words, write_identity, HubSplit, Manifest, Outcome, MANIFEST,
 };
 use nanochat::tasks::{arc::Arc as ArcTask, hub, Task};
 
@@ -53,15 +52,13 @@ fn read_head(s: &mut TcpStream) -> Option<(String, Option<String>)> {
     let path = text.split_whitespace().nth(1)?.to_string();
     let range = text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("range")
-            .then(|| v.trim().to_string())
+        k.eq_ignore_ascii_case("range").then(|| v.trim().to_string())
     });
     Some((path, range))
 }
 
 fn respond(s: &mut TcpStream, status: &str, announced: usize, body: &[u8]) {
-    let head =
-        format!("HTTP/1.1 {status}\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n");
+    let head = format!("HTTP/1.1 {status}\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n");
     let _ = s.write_all(head.as_bytes());
     let _ = s.write_all(body);
     let _ = s.flush();
@@ -69,10 +66,7 @@ fn respond(s: &mut TcpStream, status: &str, announced: usize, body: &[u8]) {
 
 impl Hub {
     /// `files`: path -> (bytes, behaviour); `/api/...` listings are JSON answered from `lists`.
-    fn start(
-        files: HashMap<String, (Vec<u8>, Behaviour)>,
-        lists: HashMap<String, Vec<String>>,
-    ) -> Hub {
+    fn start(files: HashMap<String, (Vec<u8>, Behaviour)>, lists: HashMap<String, Vec<String>>) -> Hub {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -137,10 +131,7 @@ impl Hub {
 
     fn requests(&self, path: &str) -> Vec<Option<String>> {
         let log = self.log.lock().unwrap();
-        log.iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, r)| r.clone())
-            .collect()
+        log.iter().filter(|(p, _)| p == path).map(|(_, r)| r.clone()).collect()
     }
 }
 
@@ -202,14 +193,8 @@ fn task_data_downloads_resume_refuse_corruption_and_load() {
     let mut files = HashMap::new();
     // ARC-Easy comes as two files: the first is cut off mid-transfer once, the second was half downloaded by
     // an earlier run.
-    files.insert(
-        "/files/easy0.parquet".to_string(),
-        (easy.clone(), Behaviour::CutFirst),
-    );
-    files.insert(
-        "/files/easy1.parquet".to_string(),
-        (challenge.clone(), Behaviour::Ok),
-    );
+    files.insert("/files/easy0.parquet".to_string(), (easy.clone(), Behaviour::CutFirst));
+    files.insert("/files/easy1.parquet".to_string(), (challenge.clone(), Behaviour::Ok));
     files.insert(
         "/files/challenge0.parquet".to_string(),
         (challenge.clone(), Behaviour::Corrupt),
@@ -221,10 +206,7 @@ fn task_data_downloads_resume_refuse_corruption_and_load() {
     let mut lists = HashMap::new();
     lists.insert(
         "/api/datasets/allenai/ai2_arc/parquet/ARC-Easy/test".to_string(),
-        vec![
-            "/files/easy0.parquet".to_string(),
-            "/files/easy1.parquet".to_string(),
-        ],
+        vec!["/files/easy0.parquet".to_string(), "/files/easy1.parquet".to_string()],
     );
     lists.insert(
         "/api/datasets/allenai/ai2_arc/parquet/ARC-Challenge/test".to_string(),
@@ -256,14 +238,10 @@ fn task_data_downloads_resume_refuse_corruption_and_load() {
         server.requests("/files/easy1.parquet"),
         [Some("bytes=700-".to_string())]
     );
-    let m: Manifest =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
+    let m: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
     assert_eq!(m.files.len(), 2);
     assert_eq!((m.files[0].rows, m.files[1].rows), (4, 3));
-    assert_eq!(
-        m.files[0].url,
-        format!("{}/files/easy0.parquet", server.url)
-    );
+    assert_eq!(m.files[0].url, format!("{}/files/easy0.parquet", server.url));
     assert_eq!(complete_manifest(&dir), Some(m));
 
     // The two files load as one task of 7 rows, in upstream's shuffled order.
@@ -282,12 +260,7 @@ fn task_data_downloads_resume_refuse_corruption_and_load() {
     let e = download_split(base.path(), &server.url, &CHALLENGE, &opts()).unwrap_err();
     assert!(e.to_string().contains("not usable"), "{e}");
     assert_eq!(server.requests("/files/challenge0.parquet").len(), 3);
-    let cdir = hub::dataset_dir(
-        base.path(),
-        CHALLENGE.repo,
-        CHALLENGE.subset,
-        CHALLENGE.split,
-    );
+    let cdir = hub::dataset_dir(base.path(), CHALLENGE.repo, CHALLENGE.subset, CHALLENGE.split);
     assert!(files_in(&cdir).is_empty(), "{:?}", files_in(&cdir));
     assert!(ArcTask::load(base.path(), "ARC-Challenge", "test").is_err());
 
@@ -299,18 +272,12 @@ fn task_data_downloads_resume_refuse_corruption_and_load() {
     };
     let e = download_split(base.path(), &server.url, &missing, &opts()).unwrap_err();
     assert!(
-        e.to_string()
-            .contains("/api/datasets/cais/mmlu/parquet/all/test"),
+        e.to_string().contains("/api/datasets/cais/mmlu/parquet/all/test"),
         "{e}"
     );
 
     // A word list that is an error page is refused too.
-    let e = download_words(
-        base.path(),
-        Some(&format!("{}/words.txt", server.url)),
-        &opts(),
-    )
-    .unwrap_err();
+    let e = download_words(base.path(), Some(&format!("{}/words.txt", server.url)), &opts()).unwrap_err();
     assert!(e.to_string().contains("not a word list"), "{e}");
     assert!(!base.path().join("words_alpha.txt").exists());
 
@@ -337,10 +304,7 @@ fn download_data_tasks_eval_only_from_a_mirror() {
     for (i, (repo, subset, split)) in splits.iter().enumerate() {
         let name = format!("/f/{i}.parquet");
         files.insert(name.clone(), (arc.clone(), Behaviour::Ok));
-        lists.insert(
-            format!("/api/datasets/{repo}/parquet/{subset}/{split}"),
-            vec![name],
-        );
+        lists.insert(format!("/api/datasets/{repo}/parquet/{subset}/{split}"), vec![name]);
     }
     files.insert(
         "/words.txt".to_string(),
@@ -349,14 +313,7 @@ fn download_data_tasks_eval_only_from_a_mirror() {
     let server = Hub::start(files, lists);
     let base = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_download_data"))
-        .args([
-            "--tasks",
-            "--eval-only",
-            "--hub-url",
-            &server.url,
-            "--attempts",
-            "2",
-        ])
+        .args(["--tasks", "--eval-only", "--hub-url", &server.url, "--attempts", "2"])
         .arg("--words-url")
         .arg(format!("{}/words.txt", server.url))
         .arg("--dir")
@@ -364,20 +321,13 @@ fn download_data_tasks_eval_only_from_a_mirror() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for (repo, subset, split) in splits {
         let dir = hub::dataset_dir(base.path(), repo, subset, split);
         assert!(complete_manifest(&dir).is_some(), "{repo} {subset} {split}");
     }
     // No training data was asked for.
-    assert!(!base
-        .path()
-        .join("task_data/HuggingFaceTB--smol-smoltalk")
-        .exists());
+    assert!(!base.path().join("task_data/HuggingFaceTB--smol-smoltalk").exists());
     assert!(server
         .requests("/api/datasets/openai/gsm8k/parquet/main/train")
         .is_empty());

@@ -9,8 +9,7 @@ use nanochat::tokenizer::{files, pattern, Tokenizer, SPECIAL_TOKENS};
 use serde_json::Value;
 
 fn fixture_tokenizer(dir: &std::path::Path) -> (Tokenizer, PathBuf) {
-    let ranks = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+    let ranks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
     let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
     let tok = files::import_tiktoken(&ranks, pattern::SPLIT_PATTERN, specials).unwrap();
     let path = dir.join("tokenizer.bin");
@@ -29,12 +28,7 @@ fn run(tok: &PathBuf, args: &[&str], stdin: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
@@ -58,13 +52,7 @@ fn expected(tok: &Tokenizer, pieces: &[(Result<&str, &str>, u8)]) -> (Vec<u64>, 
 }
 
 fn ids_mask(v: &Value) -> (Vec<u64>, Vec<u64>) {
-    let list = |k: &str| -> Vec<u64> {
-        v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect()
-    };
+    let list = |k: &str| -> Vec<u64> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect() };
     (list("ids"), list("mask"))
 }
 
@@ -131,18 +119,8 @@ fn render_shows_ids_and_the_sft_mask() {
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
-    let full = expected(
-        &tok,
-        &[
-            (Ok("<|bos|>"), 0),
-            (Ok("<|user_start|>"), 0),
-            (Err("hi"), 0),
-        ],
-    );
-    assert_eq!(
-        ids_mask(&v[0]),
-        (full.0[..3].to_vec(), full.1[..3].to_vec())
-    );
+    let full = expected(&tok, &[(Ok("<|bos|>"), 0), (Ok("<|user_start|>"), 0), (Err("hi"), 0)]);
+    assert_eq!(ids_mask(&v[0]), (full.0[..3].to_vec(), full.1[..3].to_vec()));
 
     // For completion: the last assistant message dropped, <|assistant_start|> appended.
     let hi = r#"[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]"#;
@@ -177,11 +155,7 @@ fn render_errors_name_the_conversation() {
         err.contains("conversation 1") && err.contains("should be from User"),
         "{err}"
     );
-    let (ok, _, err) = run(
-        &path,
-        &[],
-        r#"{"messages": [{"role": "robot", "content": "x"}]}"#,
-    );
+    let (ok, _, err) = run(&path, &[], r#"{"messages": [{"role": "robot", "content": "x"}]}"#);
     assert!(!ok);
     assert!(err.contains("conversation 0"), "{err}");
     let (ok, _, err) = run(&path, &[], "not json");

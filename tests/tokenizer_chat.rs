@@ -3,9 +3,7 @@
 
 use std::sync::OnceLock;
 
-use nanochat::tokenizer::{
-    Content, Conversation, Message, Part, PartKind, Role, Tokenizer, SPECIAL_TOKENS,
-};
+use nanochat::tokenizer::{Content, Conversation, Message, Part, PartKind, Role, Tokenizer, SPECIAL_TOKENS};
 
 const TRAIN_TEXT: &str = "The quick brown fox jumps over the lazy dog. The dog sleeps. \
     Hello world! Hello there, how are you today? I am fine, thank you. \
@@ -62,10 +60,7 @@ fn special_tokens_unique_and_bos() {
     assert_eq!(tok().bos_id(), sp("<|bos|>"));
     assert_eq!(tok().special_id("<|nope|>"), None);
     // Special tokens decode to their names and count zero bytes for bits per byte.
-    assert_eq!(
-        tok().decode(&[sp("<|assistant_end|>")]),
-        b"<|assistant_end|>"
-    );
+    assert_eq!(tok().decode(&[sp("<|assistant_end|>")]), b"<|assistant_end|>");
     assert!(tok().token_bytes()[291..].iter().all(|&b| b == 0));
     assert!(tok().token_bytes()[..256].iter().all(|&b| b == 1));
 }
@@ -177,10 +172,7 @@ fn python_part_supervised_output_not() {
         pos("<|output_end|>"),
     );
     assert!(ps < pe && pe < os && os < oe);
-    assert!(
-        mask[ps..=pe].iter().all(|&m| m == 1),
-        "python span supervised"
-    );
+    assert!(mask[ps..=pe].iter().all(|&m| m == 1), "python span supervised");
     assert!(
         mask[os..=oe].iter().all(|&m| m == 0),
         "python output span not supervised"
@@ -188,10 +180,7 @@ fn python_part_supervised_output_not() {
     assert_eq!(&ids[os + 1..oe], tok().encode_ordinary("4").as_slice());
     let a_start = pos("<|assistant_start|>");
     assert_eq!(mask[a_start], 0);
-    assert!(
-        mask[a_start + 1..ps].iter().all(|&m| m == 1),
-        "text part supervised"
-    );
+    assert!(mask[a_start + 1..ps].iter().all(|&m| m == 1), "text part supervised");
     assert!(
         mask[oe + 1..].iter().all(|&m| m == 1),
         "final text and assistant_end supervised"
@@ -204,9 +193,7 @@ fn conversation_json_shape() {
     let json = r#"{"messages": [{"role": "user", "content": "Hi"},
         {"role": "assistant", "content": [{"type": "python", "text": "1+1"}, {"type": "python_output", "text": "2"}]}]}"#;
     let c: Conversation = serde_json::from_str(json).unwrap();
-    assert!(
-        matches!(&c.messages[1].content, Content::Parts(p) if p[1].kind == PartKind::PythonOutput)
-    );
+    assert!(matches!(&c.messages[1].content, Content::Parts(p) if p[1].kind == PartKind::PythonOutput));
     assert!(tok().render_conversation(&c, 2048).is_ok());
     assert!(serde_json::from_str::<Conversation>(
         r#"{"messages": [{"role": "user", "content": [{"type": "video", "text": ""}]}]}"#
@@ -246,20 +233,11 @@ fn malformed_conversations_are_errors() {
         conv(&[(Role::User, "a"), (Role::User, "b")]),
         conv(&[(Role::System, "only a system message")]),
         conv(&[(Role::System, "s"), (Role::Assistant, "a")]),
-        conv(&[
-            (Role::User, "a"),
-            (Role::Assistant, "b"),
-            (Role::System, "c"),
-        ]),
+        conv(&[(Role::User, "a"), (Role::Assistant, "b"), (Role::System, "c")]),
     ];
     for c in &bad {
         let e = tok().render_conversation(c, 2048).unwrap_err();
-        assert!(
-            e.to_string().starts_with("cannot render conversation"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("cannot render conversation"), "{e}");
     }
-    assert!(tok()
-        .render_for_completion(&conv(&[(Role::User, "a")]))
-        .is_err());
+    assert!(tok().render_for_completion(&conv(&[(Role::User, "a")])).is_err());
 }

@@ -37,9 +37,7 @@ fn write_shards(dir: &Path) {
         let docs: Vec<String> = (0..20)
             .map(|i| {
                 let tag = if shard == 2 { "validation" } else { "training" };
-                let s = format!(
-                    "{tag} document {shard} {i} the quick brown fox jumps over the lazy dog "
-                );
+                let s = format!("{tag} document {shard} {i} the quick brown fox jumps over the lazy dog ");
                 format!("{s:.<100}")
             })
             .collect();
@@ -56,23 +54,12 @@ fn trains_from_parquet_with_upstream_budget_semantics() {
     let bin = env!("CARGO_BIN_EXE_tok_train");
 
     // Stops after the document that crosses the budget: 10 x 100 = 1000 <= 1050, the 11th crosses it.
-    let out = run(
-        bin,
-        &["--max-chars", "1050", "--vocab-size", "300"],
-        base.path(),
-    );
+    let out = run(bin, &["--max-chars", "1050", "--vocab-size", "300"], base.path());
     assert_eq!(docs_and_chars(&out), (11, 1100));
     // Each document is capped first: 21 x 50 = 1050 is not past the budget, the 22nd is.
     let out = run(
         bin,
-        &[
-            "--max-chars",
-            "1050",
-            "--doc-cap",
-            "50",
-            "--vocab-size",
-            "300",
-        ],
+        &["--max-chars", "1050", "--doc-cap", "50", "--vocab-size", "300"],
         base.path(),
     );
     assert_eq!(docs_and_chars(&out), (22, 1100));
@@ -84,21 +71,13 @@ fn trains_from_parquet_with_upstream_budget_semantics() {
     let dir = base.path().join("tokenizer");
     let tok = Tokenizer::load(&dir.join("tokenizer.bin")).unwrap();
     // The corpus runs out of pairs before 400: every training chunk became a token.
-    assert!(
-        tok.vocab_size() > 300 && tok.vocab_size() < 400,
-        "{}",
-        tok.vocab_size()
-    );
+    assert!(tok.vocab_size() > 300 && tok.vocab_size() < 400, "{}", tok.vocab_size());
     assert_eq!(
         files::load_token_bytes(&dir.join("token_bytes.bin")).unwrap(),
         tok.token_bytes()
     );
-    let imported = files::import_tiktoken(
-        &dir.join("tokenizer.tiktoken"),
-        tok.pattern(),
-        tok.specials().to_vec(),
-    )
-    .unwrap();
+    let imported =
+        files::import_tiktoken(&dir.join("tokenizer.tiktoken"), tok.pattern(), tok.specials().to_vec()).unwrap();
     assert_eq!(imported.mergeable_tokens(), tok.mergeable_tokens());
     // The validation shard was not trained on, the training shards were.
     let has = |s: &str| tok.mergeable_tokens().iter().any(|t| t == s.as_bytes());
@@ -106,24 +85,15 @@ fn trains_from_parquet_with_upstream_budget_semantics() {
 
     // tok_eval reports on the default tokenizer and checks round trips.
     let report = run(env!("CARGO_BIN_EXE_tok_eval"), &[], base.path());
-    assert!(
-        report.contains("all texts round-trip losslessly"),
-        "{report}"
-    );
-    assert!(
-        report.contains("korean") && report.contains("data-train") && report.contains("data-val")
-    );
+    assert!(report.contains("all texts round-trip losslessly"), "{report}");
+    assert!(report.contains("korean") && report.contains("data-train") && report.contains("data-val"));
 }
 
 #[test]
 fn trains_from_text_files() {
     let base = tempfile::tempdir().unwrap();
     let text = base.path().join("corpus.txt");
-    std::fs::write(
-        &text,
-        "first paragraph\nstill first\n\n\nsecond paragraph\n  \nthird\n",
-    )
-    .unwrap();
+    std::fs::write(&text, "first paragraph\nstill first\n\n\nsecond paragraph\n  \nthird\n").unwrap();
     let out_dir = base.path().join("out");
     let out = run(
         env!("CARGO_BIN_EXE_tok_train"),
@@ -159,13 +129,7 @@ fn clear_errors_without_data_or_with_bad_arguments() {
     assert!(fail(&["--input-text", "/nonexistent.txt"]).contains("/nonexistent.txt"));
     let text = base.path().join("t.txt");
     std::fs::write(&text, "hello").unwrap();
-    assert!(fail(&[
-        "--input-text",
-        text.to_str().unwrap(),
-        "--vocab-size",
-        "100"
-    ])
-    .contains("vocab size 100"));
+    assert!(fail(&["--input-text", text.to_str().unwrap(), "--vocab-size", "100"]).contains("vocab size 100"));
     // A tokenizer file that is not one.
     std::fs::write(base.path().join("bad.bin"), "garbage").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tok_eval"))

@@ -7,8 +7,7 @@ use nanochat::tokenizer::{files, pattern, Tokenizer, TokenizerError, SPECIAL_TOK
 use proptest::prelude::*;
 
 fn small() -> Tokenizer {
-    let docs =
-        vec!["hello hello world, the world is wide; hello again 12345 héllo".to_string(); 10];
+    let docs = vec!["hello hello world, the world is wide; hello again 12345 héllo".to_string(); 10];
     Tokenizer::train(docs, 256 + 9 + 20, 4, &mut |_, _| {}).unwrap()
 }
 
@@ -179,9 +178,6 @@ fn decode_of_unknown_ids() {
     let n = tok.vocab_size() as u32;
     assert_eq!(tok.decode(&[104, n, 105]), "h\u{FFFD}i".as_bytes());
     let e = tok.try_decode(&[104, n]).unwrap_err();
-    assert!(
-        e.to_string().contains(&format!("id {n} at position 1")),
-        "{e}"
-    );
+    assert!(e.to_string().contains(&format!("id {n} at position 1")), "{e}");
     assert_eq!(tok.try_decode(&[104, 105]).unwrap(), b"hi");
 }

@@ -35,12 +35,8 @@ fn specials() -> Vec<String> {
 }
 
 fn reference_tokenizer() -> Tokenizer {
-    files::import_tiktoken(
-        &fixture("rustbpe_ranks.tiktoken"),
-        pattern::SPLIT_PATTERN,
-        specials(),
-    )
-    .expect("fixture ranks import")
+    files::import_tiktoken(&fixture("rustbpe_ranks.tiktoken"), pattern::SPLIT_PATTERN, specials())
+        .expect("fixture ranks import")
 }
 
 #[test]
@@ -52,10 +48,7 @@ fn split_equals_reference_regex_on_edge_cases() {
     for c in &cases {
         let ours = s.split_str(&c.text);
         if ours != c.pieces {
-            bad.push(format!(
-                "{:?}: ours {:?} reference {:?}",
-                c.text, ours, c.pieces
-            ));
+            bad.push(format!("{:?}: ours {:?} reference {:?}", c.text, ours, c.pieces));
         }
     }
     assert!(
@@ -80,17 +73,11 @@ fn split_examples_with_expected_pieces() {
     let gpt4 = pattern::Splitter::for_pattern(pattern::GPT4_SPLIT_PATTERN).unwrap();
     assert_eq!(gpt4.split_str("12345"), ["123", "45"]);
     // Whitespace before a word leaves its last space to the word; newlines end a whitespace piece.
-    assert_eq!(
-        s.split_str("a   b\r\n\r\nc"),
-        ["a", "  ", " b", "\r\n\r\n", "c"]
-    );
+    assert_eq!(s.split_str("a   b\r\n\r\nc"), ["a", "  ", " b", "\r\n\r\n", "c"]);
     // Punctuation runs take trailing newlines.
     assert_eq!(s.split_str("Hi!!\n\nYo"), ["Hi", "!!\n\n", "Yo"]);
     // Non-Latin letters are letters; combining marks are not.
-    assert_eq!(
-        s.split_str("你好 мир e\u{301}"),
-        ["你好", " мир", " e", "\u{301}"]
-    );
+    assert_eq!(s.split_str("你好 мир e\u{301}"), ["你好", " мир", " e", "\u{301}"]);
 }
 
 #[test]

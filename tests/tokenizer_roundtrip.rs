@@ -10,8 +10,7 @@ use proptest::prelude::*;
 fn tok() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
         let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
         files::import_tiktoken(&path, pattern::SPLIT_PATTERN, specials).unwrap()
     })
@@ -90,18 +89,12 @@ fn empty_input() {
     let t = tok();
     assert!(t.encode_ordinary("").is_empty());
     assert!(t.encode_ordinary_batch(&[]).is_empty());
-    assert_eq!(
-        t.encode_ordinary_batch(&["", ""]),
-        vec![Vec::<u32>::new(), Vec::new()]
-    );
+    assert_eq!(t.encode_ordinary_batch(&["", ""]), vec![Vec::<u32>::new(), Vec::new()]);
     assert!(t.decode(&[]).is_empty());
     // Training on nothing gives the 256 bytes and the specials.
     let empty = Tokenizer::train(Vec::<String>::new(), 1000, 16, &mut |_, _| {}).unwrap();
     assert_eq!(empty.vocab_size(), 256 + 9);
-    assert_eq!(
-        empty.decode(&empty.encode_ordinary("héllo")),
-        "héllo".as_bytes()
-    );
+    assert_eq!(empty.decode(&empty.encode_ordinary("héllo")), "héllo".as_bytes());
 }
 
 #[test]
@@ -109,8 +102,7 @@ fn single_100mb_document() {
     let t = tok();
     let docs: Vec<String> = serde_json::from_str(
         &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/tokenizer/train_docs.json"),
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/train_docs.json"),
         )
         .unwrap(),
     )
@@ -120,10 +112,7 @@ fn single_100mb_document() {
     assert!(text.len() >= 100_000_000);
     let ids = t.encode_ordinary(&text);
     assert!(ids.len() > text.len() / 10, "{} ids", ids.len());
-    assert!(
-        t.decode(&ids) == text.as_bytes(),
-        "100 MB document does not round-trip"
-    );
+    assert!(t.decode(&ids) == text.as_bytes(), "100 MB document does not round-trip");
 }
 
 #[test]

@@ -12,9 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 const WORDS: &[&str] = &[
-    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small",
-    "red", "blue", "green", "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird",
-    "sky", "river", "stone", "light", "day",
+    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small", "red", "blue", "green",
+    "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird", "sky", "river", "stone", "light", "day",
 ];
 
 /// A base directory with 3 parquet shards of generated sentences, a tokenizer and token shards.
@@ -23,9 +22,7 @@ fn prepare(base: &Path) {
     let docs: Vec<String> = (0..900)
         .map(|_| {
             let n = 5 + rng.below(60) as usize;
-            let words: Vec<&str> = (0..n)
-                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-                .collect();
+            let words: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
             format!("{}.", words.join(" "))
         })
         .collect();
@@ -37,8 +34,7 @@ fn prepare(base: &Path) {
     }
     let tok = Tokenizer::train(docs.iter().cloned(), 320, 64, &mut |_, _| {}).unwrap();
     std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
-        .unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE)).unwrap();
     data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), &tok, false).unwrap();
 }
 
@@ -175,20 +171,14 @@ fn sigkill_and_resume_reproduce_the_uninterrupted_run() {
     let last = steps.iter().max().copied().unwrap_or(0);
     assert!(last < 16, "{ctx}: complete checkpoint at the horizon");
     let resumed = train(&parse(&[&run[..], &["--resume"]].concat()), base).unwrap();
-    assert!(
-        !resumed.losses.is_empty(),
-        "{ctx}: the resumed run trained nothing"
-    );
+    assert!(!resumed.losses.is_empty(), "{ctx}: the resumed run trained nothing");
     assert_eq!(
         (resumed.losses[0].0, resumed.losses.len()),
         (last, 16 - last),
         "{ctx}: the resumed run starts at the last complete checkpoint and runs to the end"
     );
     let killed = logged_losses(&dir);
-    assert_eq!(
-        killed, straight,
-        "{ctx}: loss trajectory after kill + resume differs"
-    );
+    assert_eq!(killed, straight, "{ctx}: loss trajectory after kill + resume differs");
 }
 
 #[test]
@@ -207,11 +197,7 @@ fn stopping_with_max_steps_this_run_and_resuming_reproduce_the_uninterrupted_run
         "--num-iterations",
         RESUME_STEPS,
     ];
-    let first = train(
-        &parse(&[&run[..], &["--max-steps-this-run", "5"]].concat()),
-        base,
-    )
-    .unwrap();
+    let first = train(&parse(&[&run[..], &["--max-steps-this-run", "5"]].concat()), base).unwrap();
     let steps: Vec<usize> = first.losses.iter().map(|l| l.0).collect();
     assert_eq!(steps, (0..5).collect::<Vec<_>>());
     let dir = base.join("base_checkpoints").join("boxed");
@@ -241,9 +227,7 @@ fn gradient_accumulation_equals_the_big_batch() {
     b.extend(["--model-tag", "big", "--device-batch-size", "4"]); // 4 rows x 1
     train(&parse(&a), base).unwrap();
     train(&parse(&b), base).unwrap();
-    let load = |tag: &str| {
-        checkpoint::load(&base.join("base_checkpoints").join(tag), Some(1), 0, None).unwrap()
-    };
+    let load = |tag: &str| checkpoint::load(&base.join("base_checkpoints").join(tag), Some(1), 0, None).unwrap();
     let (pa, pb) = (load("accum").params, load("big").params);
     // The same initialisation; compare the updates.
     let table = nanochat::params::ParamTable::new(&load("big").meta.model_config);
@@ -278,22 +262,11 @@ fn clear_errors_for_missing_inputs_bad_checkpoints_and_divergence() {
 
     // A checkpoint of another depth under the same tag.
     train(
-        &parse(&[
-            "--model-tag",
-            "t",
-            "--num-iterations",
-            "1",
-            "--eval-every",
-            "0",
-        ]),
+        &parse(&["--model-tag", "t", "--num-iterations", "1", "--eval-every", "0"]),
         base,
     )
     .unwrap();
-    let e = train(
-        &parse(&["--model-tag", "t", "--depth", "3", "--resume"]),
-        base,
-    )
-    .unwrap_err();
+    let e = train(&parse(&["--model-tag", "t", "--depth", "3", "--resume"]), base).unwrap_err();
     assert!(e.contains("was made for model"), "{e}");
 
     // A diverging run stops with a message and leaves its last checkpoint loadable.
@@ -310,10 +283,7 @@ fn clear_errors_for_missing_inputs_bad_checkpoints_and_divergence() {
         "0",
     ];
     let e = train(&parse(&blowup), base).unwrap_err();
-    assert!(
-        e.contains("the loss became") || e.contains("non-finite"),
-        "{e}"
-    );
+    assert!(e.contains("the loss became") || e.contains("non-finite"), "{e}");
     let dir = base.join("base_checkpoints").join("nan");
     let step = checkpoint::last_step(&dir).expect("the checkpoint saved before the divergence");
     let loaded = checkpoint::load(&dir, Some(step), 0, None).unwrap();
@@ -326,36 +296,18 @@ fn base_eval_reports_bpb_and_samples_of_a_checkpoint() {
     let base = tmp.path();
     prepare(base);
     train(
-        &parse(&[
-            "--model-tag",
-            "ev",
-            "--num-iterations",
-            "2",
-            "--eval-every",
-            "0",
-        ]),
+        &parse(&["--model-tag", "ev", "--num-iterations", "2", "--eval-every", "0"]),
         base,
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_base_eval"))
-        .args([
-            "--model-tag",
-            "ev",
-            "--device-batch-size",
-            "2",
-            "--split-tokens",
-            "256",
-        ])
+        .args(["--model-tag", "ev", "--device-batch-size", "2", "--split-tokens", "256"])
         .env("NANOCHAT_BASE_DIR", base)
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("Train bpb:") && text.contains("Val bpb:"),
-        "{text}"
-    );
+    assert!(text.contains("Train bpb:") && text.contains("Val bpb:"), "{text}");
     assert!(text.contains("The capital of France is"), "{text}");
     assert!(text.contains("unconditioned samples"), "{text}");
     // A missing checkpoint step is an error naming what exists.
@@ -378,14 +330,7 @@ fn the_kernel_device_trains_like_the_cpu_reference() {
     let base = tmp.path();
     prepare(base);
     // head_dim 64: the flash attention kernels; 4 steps with a checkpoint at the end.
-    let common = [
-        "--num-iterations",
-        "4",
-        "--eval-every",
-        "0",
-        "--head-dim",
-        "64",
-    ];
+    let common = ["--num-iterations", "4", "--eval-every", "0", "--head-dim", "64"];
     let run = |device: &str| {
         let mut a = common.to_vec();
         a.extend(["--device", device, "--model-tag", device]);
@@ -440,8 +385,7 @@ fn step_bench_trains_a_repeated_batch_on_the_emulator() {
         "1",
     ];
     let out = Command::new(bench).args(tiny).output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("micro-batch 2 x 64"), "{text}");
     assert!(text.contains("total"), "{text}");

@@ -18,9 +18,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const WORDS: &[&str] = &[
-    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small",
-    "red", "blue", "green", "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird",
-    "sky", "river", "stone", "light", "day",
+    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small", "red", "blue", "green",
+    "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird", "sky", "river", "stone", "light", "day",
 ];
 
 /// A base directory with a train shard and a validation shard, each with more than 4 blocks of 1024
@@ -29,9 +28,7 @@ fn prepare(base: &Path) {
     let mut rng = Rng::new(11);
     let mut doc = || {
         let n = 3 + rng.below(20) as usize;
-        let words: Vec<&str> = (0..n)
-            .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-            .collect();
+        let words: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
         format!("{}.", words.join(" "))
     };
     let train: Vec<String> = (0..4200).map(|_| doc()).collect();
@@ -44,8 +41,7 @@ fn prepare(base: &Path) {
     }
     let tok = Tokenizer::train(train.iter().take(2000).cloned(), 300, 64, &mut |_, _| {}).unwrap();
     std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE))
-        .unwrap();
+    tok.save(&base.join("tokenizer").join(TOKENIZER_FILE)).unwrap();
     data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), &tok, false).unwrap();
 }
 
@@ -124,14 +120,7 @@ enum Launch {
     Slurm,
 }
 
-fn spawn_rank(
-    base: &Path,
-    args: &[String],
-    how: Launch,
-    rank: usize,
-    world: usize,
-    port: u16,
-) -> Child {
+fn spawn_rank(base: &Path, args: &[String], how: Launch, rank: usize, world: usize, port: u16) -> Child {
     let mut c = train_gpt(base, args);
     match how {
         Launch::Torchrun => c
@@ -157,10 +146,7 @@ fn run_ranks(base: &Path, args: &[String], how: Launch, world: usize) -> Vec<Out
     let children: Vec<Child> = (0..world)
         .map(|r| spawn_rank(base, args, how, r, world, port))
         .collect();
-    children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect()
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
 }
 
 fn text(b: &[u8]) -> String {
@@ -188,12 +174,7 @@ fn mean_losses(base: &Path, tag: &str) -> Vec<(u64, f64)> {
     text.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == "train")
-        .map(|v| {
-            (
-                v["step"].as_u64().unwrap(),
-                v["mean_loss"].as_f64().unwrap(),
-            )
-        })
+        .map(|v| (v["step"].as_u64().unwrap(), v["mean_loss"].as_f64().unwrap()))
         .collect()
 }
 
@@ -210,21 +191,12 @@ fn assert_close(what: &str, got: &[(u64, f64)], want: &[(u64, f64)], rel: f64) {
     assert_eq!(got.len(), want.len(), "{what}: steps {got:?} vs {want:?}");
     for ((s, a), (s2, b)) in got.iter().zip(want) {
         assert_eq!(s, s2);
-        assert!(
-            ((a - b) / b).abs() <= rel,
-            "{what}: step {s}: {a} vs {b} (one process)"
-        );
+        assert!(((a - b) / b).abs() <= rel, "{what}: step {s}: {a} vs {b} (one process)");
     }
 }
 
 /// One process reading the rows of `world` ranks.
-fn reference(
-    base: &Path,
-    tag: &str,
-    world: usize,
-    steps: usize,
-    extra: &[&str],
-) -> Vec<(u64, f64)> {
+fn reference(base: &Path, tag: &str, world: usize, steps: usize, extra: &[&str]) -> Vec<(u64, f64)> {
     let w = world.to_string();
     let mut e = vec!["--data-ranks", &w];
     e.extend(extra);
@@ -253,22 +225,14 @@ fn two_three_and_four_ranks_match_one_process_over_the_same_rows() {
                     .unwrap();
                 let stdout = text(&out.stdout);
                 assert!(stdout.contains("[rank 0] step 00019/00020"), "{stdout}");
-                assert!(
-                    !stdout.contains("[rank 1] step"),
-                    "only rank 0 logs: {stdout}"
-                );
+                assert!(!stdout.contains("[rank 1] step"), "only rank 0 logs: {stdout}");
                 vec![out]
             }
             3 => run_ranks(base, &args(&tag, 20, &[]), Launch::Slurm, 3),
             _ => run_ranks(base, &args(&tag, 20, &[]), Launch::Torchrun, 4),
         };
         assert_ok(&outs);
-        assert_close(
-            &format!("{world} ranks"),
-            &mean_losses(base, &tag),
-            &want,
-            1e-5,
-        );
+        assert_close(&format!("{world} ranks"), &mean_losses(base, &tag), &want, 1e-5);
         let (a, b) = (val_bpbs(base, &tag), val_bpbs(base, &format!("one{world}")));
         assert_eq!(a.len(), 3);
         for (x, y) in a.iter().zip(&b) {
@@ -277,13 +241,9 @@ fn two_three_and_four_ranks_match_one_process_over_the_same_rows() {
         // One optimizer shard per rank, the model and metadata once.
         let dir = run_dir(base, &tag);
         for r in 0..world {
-            assert!(dir
-                .join(format!("optim_000020_rank{r}.safetensors"))
-                .exists());
+            assert!(dir.join(format!("optim_000020_rank{r}.safetensors")).exists());
         }
-        assert!(!dir
-            .join(format!("optim_000020_rank{world}.safetensors"))
-            .exists());
+        assert!(!dir.join(format!("optim_000020_rank{world}.safetensors")).exists());
         assert!(dir.join("meta_000020.json").exists());
     }
 }
@@ -302,10 +262,7 @@ fn two_ranks_on_the_emulator_match_one_process() {
 
 #[test]
 fn real_mpirun_launches_two_ranks() {
-    let Ok(which) = Command::new("sh")
-        .args(["-c", "command -v mpirun"])
-        .output()
-    else {
+    let Ok(which) = Command::new("sh").args(["-c", "command -v mpirun"]).output() else {
         return;
     };
     if !which.status.success() {
@@ -378,10 +335,7 @@ fn a_killed_rank_is_named_and_a_resume_reproduces_the_run() {
     let dir = run_dir(base, "killed");
     let t0 = Instant::now();
     while !dir.join("meta_000004.json").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(600),
-            "no checkpoint appeared"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(600), "no checkpoint appeared");
         std::thread::sleep(Duration::from_millis(20));
     }
     ranks[1].kill().unwrap();
@@ -391,10 +345,7 @@ fn a_killed_rank_is_named_and_a_resume_reproduces_the_run() {
         let out = wait_bounded(c, Duration::from_secs(180));
         let err = text(&out.stderr);
         assert!(!out.status.success(), "rank {r} exited 0 after rank 1 died");
-        assert!(
-            err.contains("rank 1 failed"),
-            "rank {r} does not name rank 1: {err}"
-        );
+        assert!(err.contains("rank 1 failed"), "rank {r} does not name rank 1: {err}");
     }
     // Resume all three from the last complete checkpoint: the same trajectory as without the kill.
     let resumed = run_ranks(
@@ -407,12 +358,7 @@ fn a_killed_rank_is_named_and_a_resume_reproduces_the_run() {
     assert_eq!(mean_losses(base, "killed"), mean_losses(base, "straight"));
 
     // Another world size at resume: a one-line error naming both sizes.
-    let outs = run_ranks(
-        base,
-        &args("killed", steps + 2, &["--resume"]),
-        Launch::Torchrun,
-        2,
-    );
+    let outs = run_ranks(base, &args("killed", steps + 2, &["--resume"]), Launch::Torchrun, 2);
     for o in &outs {
         let err = text(&o.stderr);
         assert!(!o.status.success());
@@ -437,19 +383,9 @@ fn mismatched_launches_fail_with_one_line_naming_the_cause() {
     // Rank 1 started with another depth.
     let port = free_port();
     let r0 = spawn_rank(base, &args("m", 2, &[]), Launch::Torchrun, 0, 2, port);
-    let r1 = spawn_rank(
-        base,
-        &args("m", 2, &["--depth", "3"]),
-        Launch::Torchrun,
-        1,
-        2,
-        port,
-    );
+    let r1 = spawn_rank(base, &args("m", 2, &["--depth", "3"]), Launch::Torchrun, 1, 2, port);
     for c in [r0, r1] {
-        one_line(
-            &c.wait_with_output().unwrap(),
-            "--depth: 2 on rank 0, 3 on rank 1",
-        );
+        one_line(&c.wait_with_output().unwrap(), "--depth: 2 on rank 0, 3 on rank 1");
     }
     // The master's port taken by another program.
     let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();

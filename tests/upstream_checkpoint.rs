@@ -37,20 +37,8 @@ fn imported_forward_matches_upstream() {
     assert_eq!((cfg.n_layer, cfg.n_embd, cfg.vocab_size), (4, 128, 512));
     assert_eq!(cfg.window_pattern, "SSSL");
     let exp = safetensors::read(&fixture().join("expected.safetensors")).unwrap();
-    let ids: Vec<u32> = exp
-        .get("inputs")
-        .unwrap()
-        .to_i64()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
-    let tg: Vec<i32> = exp
-        .get("targets")
-        .unwrap()
-        .to_i64()
-        .iter()
-        .map(|&x| x as i32)
-        .collect();
+    let ids: Vec<u32> = exp.get("inputs").unwrap().to_i64().iter().map(|&x| x as u32).collect();
+    let tg: Vec<i32> = exp.get("targets").unwrap().to_i64().iter().map(|&x| x as i32).collect();
     let gpt = Gpt::new(cfg).unwrap();
     let fwd = gpt.forward(&l.params, &ids, Some(&tg), 2, 128).unwrap();
     let logits = fwd.logits_unpadded(512);
@@ -71,10 +59,7 @@ fn imported_forward_matches_upstream() {
         .collect();
     let loss = valid.iter().map(|&x| x as f64).sum::<f64>() / valid.len() as f64;
     let want_loss = exp.get("loss").unwrap().to_f32()[0] as f64;
-    assert!(
-        (loss - want_loss).abs() <= 1e-4,
-        "loss {loss} vs upstream {want_loss}"
-    );
+    assert!((loss - want_loss).abs() <= 1e-4, "loss {loss} vs upstream {want_loss}");
     drop(tmp);
 }
 
@@ -93,13 +78,7 @@ fn imported_tokenizer_encodes_like_the_pickled_one() {
     // `inputs` is upstream's tiktoken encoding of a text (BOS first): decoding and re-encoding gives it back
     // (all but the last few tokens, where the 128-token cut may have split a piece).
     let exp = safetensors::read(&fixture().join("expected.safetensors")).unwrap();
-    let ids: Vec<u32> = exp
-        .get("inputs")
-        .unwrap()
-        .to_i64()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let ids: Vec<u32> = exp.get("inputs").unwrap().to_i64().iter().map(|&x| x as u32).collect();
     let row = &ids[..128];
     assert_eq!(row[0], tok.bos_id());
     let text = tok.decode(&row[1..]);
@@ -112,8 +91,7 @@ fn imported_tokenizer_encodes_like_the_pickled_one() {
         panic!("not a tensor")
     };
     let upstream_tb: Vec<i64> = tb.tensor(&t, "token_bytes").unwrap().to_i64();
-    let have =
-        tokenizer::files::load_token_bytes(&tmp.path().join("tokenizer/token_bytes.bin")).unwrap();
+    let have = tokenizer::files::load_token_bytes(&tmp.path().join("tokenizer/token_bytes.bin")).unwrap();
     assert_eq!(have.len(), 512);
     for (i, tok_bytes) in tok.mergeable_tokens().iter().enumerate() {
         assert_eq!(have[i] as usize, tok_bytes.len());
@@ -160,10 +138,7 @@ fn greedy_chat_replies_match_upstream() {
         })
         .unwrap();
         assert_eq!(got, want, "prompt {}", c["prompt"]);
-        assert_eq!(
-            String::from_utf8_lossy(&tok.decode(&got)),
-            c["reply"].as_str().unwrap()
-        );
+        assert_eq!(String::from_utf8_lossy(&tok.decode(&got)), c["reply"].as_str().unwrap());
     }
 }
 
@@ -208,19 +183,9 @@ fn export_then_import_is_bit_identical_and_zip_has_torch_layout() {
     assert_eq!(names, want);
     for i in 0..z.len() {
         let f = z.by_index(i).unwrap();
-        assert_eq!(
-            f.compression(),
-            zip::CompressionMethod::Stored,
-            "{}",
-            f.name()
-        );
+        assert_eq!(f.compression(), zip::CompressionMethod::Stored, "{}", f.name());
         if f.name().contains("/data/") {
-            assert_eq!(
-                f.data_start().unwrap() % 64,
-                0,
-                "{} not 64-byte aligned",
-                f.name()
-            );
+            assert_eq!(f.data_start().unwrap() % 64, 0, "{} not 64-byte aligned", f.name());
         }
     }
     let mut s = String::new();
@@ -241,10 +206,7 @@ fn export_then_import_is_bit_identical_and_zip_has_torch_layout() {
     assert!(has(b"ctorch\nBFloat16Storage\n") && has(b"ctorch\nFloatStorage\n"));
     assert_eq!(*pkl.last().unwrap(), b'.');
     // The first storage is wte in bf16: 512 x 128 x 2 bytes.
-    assert_eq!(
-        z.by_name("model_000003/data/0").unwrap().size(),
-        512 * 128 * 2
-    );
+    assert_eq!(z.by_name("model_000003/data/0").unwrap().size(), 512 * 128 * 2);
     // The exported token_bytes.pt equals the one upstream wrote for this tokenizer.
     let read_tb = |p: &Path| {
         let mut f = torch_zip::TorchFile::open(p).unwrap();
@@ -273,10 +235,7 @@ fn optimizer_state_converts_and_loads() {
     let state = l.optim.expect("optimizer state imported");
     assert_eq!(state["step"].to_i64(), vec![3]);
     // Upstream keeps AdamW state in the parameter's dtype: wte's exp_avg was bf16, now fp32, same values.
-    assert_eq!(
-        state["exp_avg.transformer.wte.weight"].shape,
-        vec![512, 128]
-    );
+    assert_eq!(state["exp_avg.transformer.wte.weight"].shape, vec![512, 128]);
     assert_eq!(
         state["second_momentum_buffer.transformer.h.0.mlp.c_fc.weight"].shape,
         vec![512, 1]
@@ -317,11 +276,9 @@ fn refusals_are_clear_errors() {
     {
         use std::io::Write;
         let mut z = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
-        let o = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
+        let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         z.start_file("evil/data.pkl", o).unwrap();
-        z.write_all(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.")
-            .unwrap();
+        z.write_all(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.").unwrap();
         z.finish().unwrap();
     }
     let e = err_of(torch_zip::TorchFile::open(&evil).map(|_| ()));
@@ -339,12 +296,10 @@ fn refusals_are_clear_errors() {
     assert!(e.contains("tensor w") && e.contains("16 elements"), "{e}");
 
     // A shape that does not match the configuration.
-    let meta: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture().join("base_checkpoints/d4/meta_000003.json")).unwrap(),
-    )
-    .unwrap();
-    let mut cfg: nanochat::config::ModelConfig =
-        serde_json::from_value(meta["model_config"].clone()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("base_checkpoints/d4/meta_000003.json")).unwrap())
+            .unwrap();
+    let mut cfg: nanochat::config::ModelConfig = serde_json::from_value(meta["model_config"].clone()).unwrap();
     cfg.n_kv_head = 2;
     let e = err_of(upstream::read_model_pt(&model, &cfg));
     assert!(
@@ -397,8 +352,7 @@ fn write_zero2_shards(
                     let mut vals = vec![0f32; chunk * per];
                     for j in 0..chunk {
                         if let Some(n) = names.get(r * chunk + j) {
-                            vals[j * per..(j + 1) * per]
-                                .copy_from_slice(&state[&format!("{buf}.{n}")].to_f32());
+                            vals[j * per..(j + 1) * per].copy_from_slice(&state[&format!("{buf}.{n}")].to_f32());
                         }
                     }
                     let mut shape = vec![chunk];
@@ -408,10 +362,7 @@ fn write_zero2_shards(
                 st.push((Value::Int(ids[0]), Value::Dict(entry)));
             } else {
                 for (i, n) in ids.iter().zip(names) {
-                    let mut entry = vec![(
-                        Value::Str("step".into()),
-                        Value::Int(state["step"].to_i64()[0]),
-                    )];
+                    let mut entry = vec![(Value::Str("step".into()), Value::Int(state["step"].to_i64()[0]))];
                     for buf in ["exp_avg", "exp_avg_sq"] {
                         let t = &state[&format!("{buf}.{n}")];
                         let t = if t.numel() >= 1024 {
@@ -470,23 +421,16 @@ fn zero2_optimizer_shards_of_two_ranks_merge_to_the_same_state() {
     let b = tempfile::tempdir().unwrap();
     let r2 = convert::import(up.path(), b.path(), "base", None, None).unwrap();
     assert_eq!(r2.optimizer_ranks, 2);
-    let merged = checkpoint::load(&r2.dir, None, 0, None)
-        .unwrap()
-        .optim
-        .unwrap();
-    assert_eq!(
-        merged.keys().collect::<Vec<_>>(),
-        state.keys().collect::<Vec<_>>()
-    );
+    let merged = checkpoint::load(&r2.dir, None, 0, None).unwrap().optim.unwrap();
+    assert_eq!(merged.keys().collect::<Vec<_>>(), state.keys().collect::<Vec<_>>());
     for (k, t) in &state {
         assert_eq!(&merged[k], t, "{k}");
     }
 }
 
 const WORDS: &[&str] = &[
-    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small",
-    "red", "blue", "green", "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird",
-    "sky", "river", "stone",
+    "the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "big", "small", "red", "blue", "green",
+    "tree", "over", "under", "quickly", "slowly", "jumped", "saw", "bird", "sky", "river", "stone",
 ];
 
 /// A base directory with parquet shards of generated sentences, a tokenizer and token shards.
@@ -496,9 +440,7 @@ fn prepare(base: &Path) {
     let docs: Vec<String> = (0..600)
         .map(|_| {
             let n = 5 + rng.below(60) as usize;
-            let w: Vec<&str> = (0..n)
-                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-                .collect();
+            let w: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
             format!("{}.", w.join(" "))
         })
         .collect();
@@ -575,20 +517,13 @@ fn train_gpt_resumes_from_an_imported_checkpoint_with_two_optimizer_shards() {
             }
         }
     }
-    assert_ne!(
-        want, orig.params,
-        "the run's fp32 embeddings are not all bf16 values"
-    );
+    assert_ne!(want, orig.params, "the run's fp32 embeddings are not all bf16 values");
     assert_eq!(got.params, want);
     assert_eq!(
         got.optim, orig.optim,
         "optimizer state survives export, two-rank split and import"
     );
-    let resumed = train(
-        &train_args(&["--num-iterations", "6", "--resume"]),
-        b.path(),
-    )
-    .unwrap();
+    let resumed = train(&train_args(&["--num-iterations", "6", "--resume"]), b.path()).unwrap();
     assert_eq!(
         (resumed.losses[0].0, resumed.losses.len()),
         (3, 3),

@@ -19,10 +19,7 @@ fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tokenizer/train_docs.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tokenizer/train_docs.json");
     let unit: Vec<String> = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let unit_bytes: usize = unit.iter().map(|d| d.len() + 1).sum();
     let docs: Vec<String> = unit

@@ -40,23 +40,14 @@ struct Args {
 fn run(args: &Args) -> Result<(), String> {
     let base = base_dir();
     let parts: Vec<&str> = args.eval.split(',').map(str::trim).collect();
-    if let Some(bad) = parts
-        .iter()
-        .find(|p| !matches!(**p, "bpb" | "sample" | "core"))
-    {
-        return Err(format!(
-            "--eval: unknown part {bad:?} (choose from bpb, sample, core)"
-        ));
+    if let Some(bad) = parts.iter().find(|p| !matches!(**p, "bpb" | "sample" | "core")) {
+        return Err(format!("--eval: unknown part {bad:?} (choose from bpb, sample, core)"));
     }
     let phase_dir = base.join("base_checkpoints");
     let tag = match &args.model_tag {
         Some(t) => t.clone(),
-        None => checkpoint::find_largest_model(&phase_dir).ok_or_else(|| {
-            format!(
-                "no checkpoints under {}: run train_gpt first",
-                phase_dir.display()
-            )
-        })?,
+        None => checkpoint::find_largest_model(&phase_dir)
+            .ok_or_else(|| format!("no checkpoints under {}: run train_gpt first", phase_dir.display()))?,
     };
     let dir = phase_dir.join(&tag);
     let loaded = checkpoint::load(&dir, args.step, 0, None)?;

@@ -132,17 +132,9 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
     if args.temperature.is_nan() || args.temperature < 0.0 {
-        return Err(format!(
-            "--temperature must be >= 0, got {}",
-            args.temperature
-        ));
+        return Err(format!("--temperature must be >= 0, got {}", args.temperature));
     }
-    let (engine, desc, notice) = load_engine(
-        &base_dir(),
-        &args.source,
-        args.model_tag.as_deref(),
-        args.step,
-    )?;
+    let (engine, desc, notice) = load_engine(&base_dir(), &args.source, args.model_tag.as_deref(), args.step)?;
     if let Some(n) = notice {
         eprintln!("note: {n}");
     }

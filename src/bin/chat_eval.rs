@@ -23,18 +23,14 @@ use nanochat::device::model::KernelModel;
 use nanochat::device::Schedule;
 use nanochat::engine::full::FullForward;
 use nanochat::engine::Engine;
-use nanochat::tasks::chat_eval::{
-    chatcore, eval_categorical, eval_generative, table, EvalSettings, TaskResult,
-};
+use nanochat::tasks::chat_eval::{chatcore, eval_categorical, eval_generative, table, EvalSettings, TaskResult};
 use nanochat::tasks::humaneval::{python_available, Sandbox};
 use nanochat::tasks::registry::{eval_task, CHATCORE_TASKS, EVAL_TASKS};
 use nanochat::tasks::{EvalType, TaskSlice};
 use nanochat::tokenizer::load_tokenizer;
 
 #[derive(Parser, Debug)]
-#[command(
-    about = "Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval and SpellingBee; print ChatCORE"
-)]
+#[command(about = "Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval and SpellingBee; print ChatCORE")]
 struct Args {
     /// Which checkpoints: base, mid, sft or rl.
     #[arg(short = 'i', long)]
@@ -117,9 +113,7 @@ fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<T
         }
     };
     let r = match (models, task.eval_type()) {
-        (Models::Cpu(m, e), EvalType::Categorical) => {
-            eval_categorical(m, &e.tokenizer, task, s, &mut progress)
-        }
+        (Models::Cpu(m, e), EvalType::Categorical) => eval_categorical(m, &e.tokenizer, task, s, &mut progress),
         (Models::Cpu(_, e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
         (Models::Device(e), EvalType::Categorical) => e
             .model
@@ -249,8 +243,7 @@ fn run(args: Args) -> Result<(), String> {
             .join(format!("{}_{tag}_{step}.json", args.source))
     });
     if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let json = serde_json::json!({
         "source": args.source,

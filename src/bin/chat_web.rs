@@ -71,9 +71,7 @@ fn run(args: &Args) -> Result<(), String> {
         return Err("--num-gpus must be at least 1".into());
     }
     if !(0.0..=2.0).contains(&args.temperature) || args.top_k > 200 || args.max_tokens == 0 {
-        return Err(
-            "defaults out of range: temperature 0..2, top-k 0..200, max-tokens >= 1".into(),
-        );
+        return Err("defaults out of range: temperature 0..2, top-k 0..200, max-tokens >= 1".into());
     }
     if !(args.queue_timeout >= 0.0 && args.grace >= 0.0) {
         return Err("--queue-timeout and --grace must be >= 0".into());
@@ -82,12 +80,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut devices = Vec::new();
     let mut model = ModelInfo::default();
     for i in 0..args.num_gpus {
-        let (engine, card, notice) = load_engine(
-            &base_dir(),
-            &args.source,
-            args.model_tag.as_deref(),
-            args.step,
-        )?;
+        let (engine, card, notice) = load_engine(&base_dir(), &args.source, args.model_tag.as_deref(), args.step)?;
         if i == 0 {
             if let Some(n) = notice {
                 eprintln!("note: {n}");

@@ -17,9 +17,7 @@ use nanochat::data::download::{download_shards, shard_indices, Dataset, Download
 use nanochat::data::{base_dir, DEFAULT_DIR};
 
 #[derive(Parser, Debug)]
-#[command(
-    about = "Download parquet shards of the pretraining dataset, or build the offline default corpus"
-)]
+#[command(about = "Download parquet shards of the pretraining dataset, or build the offline default corpus")]
 struct Args {
     /// Number of training shards to fetch, starting at 0 (-1: all); the validation shard is always fetched.
     #[arg(short = 'n', long, default_value_t = -1, allow_negative_numbers = true)]
@@ -69,16 +67,11 @@ struct Args {
 
 /// `--tasks`: every split, the word list and the identity conversations; failures are listed at the end.
 fn download_tasks(args: &Args, opts: &DownloadOptions) -> Result<(), Box<dyn std::error::Error>> {
-    use nanochat::tasks::download::{
-        download_split, download_words, write_identity, Outcome, TASK_SPLITS,
-    };
+    use nanochat::tasks::download::{download_split, download_words, write_identity, Outcome, TASK_SPLITS};
     let base = args.dir.clone().unwrap_or_else(base_dir);
     if args.offline {
         let identity = write_identity(&base)?;
-        println!(
-            "download_data: identity conversations: {}",
-            identity.display()
-        );
+        println!("download_data: identity conversations: {}", identity.display());
         for line in nanochat::tasks::registry::availability(&base) {
             println!("download_data: {line}");
         }
@@ -87,18 +80,12 @@ fn download_tasks(args: &Args, opts: &DownloadOptions) -> Result<(), Box<dyn std
     let mut failed = Vec::new();
     let say = |what: &str, o: &Outcome| match o {
         Outcome::Present => println!("download_data: {what}: already present"),
-        Outcome::Downloaded { files, bytes } => println!(
-            "download_data: {what}: {files} file(s), {:.1} MB",
-            *bytes as f64 / 1e6
-        ),
+        Outcome::Downloaded { files, bytes } => {
+            println!("download_data: {what}: {files} file(s), {:.1} MB", *bytes as f64 / 1e6)
+        }
     };
-    let eval_split = |s: &&nanochat::tasks::download::HubSplit| {
-        s.split == "test" && !s.repo.contains("smol-smoltalk")
-    };
-    for s in TASK_SPLITS
-        .iter()
-        .filter(|s| !args.eval_only || eval_split(s))
-    {
+    let eval_split = |s: &&nanochat::tasks::download::HubSplit| s.split == "test" && !s.repo.contains("smol-smoltalk");
+    for s in TASK_SPLITS.iter().filter(|s| !args.eval_only || eval_split(s)) {
         let what = format!("{} {} {}", s.repo, s.subset, s.split);
         match download_split(&base, &args.hub_url, s, opts) {
             Ok(o) => say(&what, &o),
@@ -110,16 +97,9 @@ fn download_tasks(args: &Args, opts: &DownloadOptions) -> Result<(), Box<dyn std
         Err(e) => failed.push(format!("spelling word list: {e}")),
     }
     let identity = write_identity(&base)?;
-    println!(
-        "download_data: identity conversations: {}",
-        identity.display()
-    );
+    println!("download_data: identity conversations: {}", identity.display());
     if !failed.is_empty() {
-        return Err(format!(
-            "some task data failed (re-run to resume):\n  {}",
-            failed.join("\n  ")
-        )
-        .into());
+        return Err(format!("some task data failed (re-run to resume):\n  {}", failed.join("\n  ")).into());
     }
     Ok(())
 }
@@ -133,10 +113,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ..DownloadOptions::default()
         };
         download_tasks(&args, &opts)?;
-        println!(
-            "download_data: task data done ({:.1}s)",
-            start.elapsed().as_secs_f64()
-        );
+        println!("download_data: task data done ({:.1}s)", start.elapsed().as_secs_f64());
         return Ok(());
     }
     if args.default_corpus {
@@ -155,14 +132,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let dir = args
-        .dir
-        .unwrap_or_else(|| base_dir().join(args.dataset.dir_name()));
+    let dir = args.dir.unwrap_or_else(|| base_dir().join(args.dataset.dir_name()));
     let num = usize::try_from(args.num_shards).ok();
     let indices = shard_indices(num, args.dataset.max_shard());
-    let base_url = args
-        .base_url
-        .unwrap_or_else(|| args.dataset.base_url().to_string());
+    let base_url = args.base_url.unwrap_or_else(|| args.dataset.base_url().to_string());
     println!(
         "download_data: {} shards from {base_url} into {}",
         indices.len(),
@@ -185,16 +158,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         report.failed.len()
     );
     if !report.failed.is_empty() {
-        let list: Vec<String> = report
-            .failed
-            .iter()
-            .map(|(i, e)| format!("shard {i}: {e}"))
-            .collect();
-        return Err(format!(
-            "some shards failed (re-run to retry):\n  {}",
-            list.join("\n  ")
-        )
-        .into());
+        let list: Vec<String> = report.failed.iter().map(|(i, e)| format!("shard {i}: {e}")).collect();
+        return Err(format!("some shards failed (re-run to retry):\n  {}", list.join("\n  ")).into());
     }
     Ok(())
 }

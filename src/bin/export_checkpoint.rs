@@ -31,13 +31,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let from = args.from.clone().unwrap_or_else(base_dir);
-    match convert::export(
-        &from,
-        &args.to,
-        &args.source,
-        args.model_tag.as_deref(),
-        args.step,
-    ) {
+    match convert::export(&from, &args.to, &args.source, args.model_tag.as_deref(), args.step) {
         Ok((dir, step)) => println!(
             "exported step {step} to {} (and the tokenizer to {})",
             dir.display(),

@@ -9,9 +9,7 @@ use nanochat::upstream::convert;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    about = "Import an upstream nanochat checkpoint (.pt + tokenizer.pkl) into this project's files"
-)]
+#[command(about = "Import an upstream nanochat checkpoint (.pt + tokenizer.pkl) into this project's files")]
 struct Args {
     /// Upstream base directory (the one holding tokenizer/ and base_checkpoints/).
     #[arg(long)]
@@ -39,13 +37,7 @@ fn main() {
         args.from.display(),
         to.display()
     );
-    match convert::import(
-        &args.from,
-        &to,
-        &args.source,
-        args.model_tag.as_deref(),
-        args.step,
-    ) {
+    match convert::import(&args.from, &to, &args.source, args.model_tag.as_deref(), args.step) {
         Ok(r) => {
             let mut kinds: Vec<String> = r.dtypes.values().map(|d| format!("{d:?}")).collect();
             kinds.sort();
@@ -66,9 +58,7 @@ fn main() {
                     r.optimizer_ranks
                 );
             } else {
-                println!(
-                    "no optimizer files: chat and evaluation work; resuming training does not"
-                );
+                println!("no optimizer files: chat and evaluation work; resuming training does not");
             }
         }
         Err(e) => {

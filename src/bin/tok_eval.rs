@@ -102,8 +102,7 @@ fn load(path: &Option<PathBuf>) -> Result<Tokenizer, Box<dyn Error>> {
 fn read_json_strings() -> Result<Vec<String>, Box<dyn Error>> {
     let mut s = String::new();
     std::io::stdin().read_to_string(&mut s)?;
-    Ok(serde_json::from_str(&s)
-        .map_err(|e| format!("stdin: expected a JSON list of strings: {e}"))?)
+    Ok(serde_json::from_str(&s).map_err(|e| format!("stdin: expected a JSON list of strings: {e}"))?)
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
@@ -123,27 +122,17 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
             let tok = load(&args.tokenizer)?;
             let texts = read_json_strings()?;
             let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-            println!(
-                "{}",
-                serde_json::to_string(&tok.encode_ordinary_batch(&refs))?
-            );
+            println!("{}", serde_json::to_string(&tok.encode_ordinary_batch(&refs))?);
             Ok(())
         }
-        Cmd::Render {
-            max_tokens,
-            completion,
-        } => {
+        Cmd::Render { max_tokens, completion } => {
             let tok = load(&args.tokenizer)?;
             let mut s = String::new();
             std::io::stdin().read_to_string(&mut s)?;
             println!("{}", render(&tok, &s, max_tokens, completion)?);
             Ok(())
         }
-        Cmd::Bench {
-            text,
-            threads,
-            repeat,
-        } => bench(&load(&args.tokenizer)?, &text, threads, repeat),
+        Cmd::Bench { text, threads, repeat } => bench(&load(&args.tokenizer)?, &text, threads, repeat),
         Cmd::ExportTiktoken { out } => {
             files::export_tiktoken(&load(&args.tokenizer)?, &out)?;
             Ok(())
@@ -166,12 +155,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 }
 
 /// `tok_eval render`: one conversation in, one object out; a list in, a list out.
-fn render(
-    tok: &Tokenizer,
-    input: &str,
-    max_tokens: usize,
-    completion: bool,
-) -> Result<String, Box<dyn Error>> {
+fn render(tok: &Tokenizer, input: &str, max_tokens: usize, completion: bool) -> Result<String, Box<dyn Error>> {
     use nanochat::tokenizer::{Conversation, Message};
     use serde_json::{json, Value};
     let v: Value = serde_json::from_str(input).map_err(|e| format!("stdin: not JSON: {e}"))?;
@@ -191,9 +175,8 @@ fn render(
     let mut out = Vec::new();
     for (i, c) in convs.into_iter().enumerate() {
         let msgs = c.get("messages").unwrap_or(c);
-        let messages: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|e| {
-            format!("conversation {i}: not a list of {{\"role\", \"content\"}} messages: {e}")
-        })?;
+        let messages: Vec<Message> = serde_json::from_value(msgs.clone())
+            .map_err(|e| format!("conversation {i}: not a list of {{\"role\", \"content\"}} messages: {e}"))?;
         let conv = Conversation { messages };
         let (ids, mask) = if completion {
             let ids = tok
@@ -215,12 +198,7 @@ fn render(
     })
 }
 
-fn bench(
-    tok: &Tokenizer,
-    path: &Path,
-    threads: Option<usize>,
-    repeat: usize,
-) -> Result<(), Box<dyn Error>> {
+fn bench(tok: &Tokenizer, path: &Path, threads: Option<usize>, repeat: usize) -> Result<(), Box<dyn Error>> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mb = text.len() as f64 / 1e6;
     let mut best = f64::INFINITY;
@@ -230,10 +208,7 @@ fn bench(
         n_tokens = tok.encode_ordinary(&text).len();
         best = best.min(t.elapsed().as_secs_f64());
     }
-    println!(
-        "single_thread_mb_s {:.2} tokens {n_tokens} mb {mb:.2}",
-        mb / best
-    );
+    println!("single_thread_mb_s {:.2} tokens {n_tokens} mb {mb:.2}", mb / best);
     // The pre-tokenization split alone, for reference.
     let mut best = f64::INFINITY;
     for _ in 0..repeat.max(1) {
@@ -276,22 +251,13 @@ const SAMPLES: &[(&str, &str)] = &[
 fn dataset_samples() -> Vec<(String, String)> {
     let sample = |split: data::Split| -> Result<String, Box<dyn Error>> {
         let dir = data::resolve_dataset_dir(&tokenizer::base_dir())?;
-        let shards =
-            data::split_files(data::list_parquet(&dir)?, split, &dir.display().to_string())?;
+        let shards = data::split_files(data::list_parquet(&dir)?, split, &dir.display().to_string())?;
         let first = shards.first().ok_or("no shard")?;
         let docs = TextParquet::open(first)?.read_row_group(0)?;
-        Ok(docs
-            .iter()
-            .take(128)
-            .map(|d| d.as_str())
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(docs.iter().take(128).map(|d| d.as_str()).collect::<Vec<_>>().join("\n"))
     };
     let mut out = Vec::new();
-    for (name, split) in [
-        ("data-train", data::Split::Train),
-        ("data-val", data::Split::Val),
-    ] {
+    for (name, split) in [("data-train", data::Split::Train), ("data-val", data::Split::Val)] {
         match sample(split) {
             Ok(text) => out.push((name.to_string(), text)),
             Err(e) => println!("({name} skipped: {e})"),
@@ -301,10 +267,7 @@ fn dataset_samples() -> Vec<(String, String)> {
 }
 
 fn report(tok: &Tokenizer, gpt4: Option<&Path>, extra: &[PathBuf]) -> Result<(), Box<dyn Error>> {
-    let mut texts: Vec<(String, String)> = SAMPLES
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.to_string()))
-        .collect();
+    let mut texts: Vec<(String, String)> = SAMPLES.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
     texts.extend(dataset_samples());
     for p in extra {
         let t = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -313,11 +276,7 @@ fn report(tok: &Tokenizer, gpt4: Option<&Path>, extra: &[PathBuf]) -> Result<(),
     let other = match gpt4 {
         Some(p) => {
             let specials = vec!["<|endoftext|>".to_string()];
-            Some(files::import_tiktoken(
-                p,
-                pattern::GPT4_SPLIT_PATTERN,
-                specials,
-            )?)
+            Some(files::import_tiktoken(p, pattern::GPT4_SPLIT_PATTERN, specials)?)
         }
         None => None,
     };
@@ -334,18 +293,9 @@ fn report(tok: &Tokenizer, gpt4: Option<&Path>, extra: &[PathBuf]) -> Result<(),
         let ratio = text.len() as f64 / ids.len().max(1) as f64;
         let g = other
             .as_ref()
-            .map(|o| {
-                format!(
-                    "{:.2}",
-                    text.len() as f64 / o.encode_ordinary(text).len().max(1) as f64
-                )
-            })
+            .map(|o| format!("{:.2}", text.len() as f64 / o.encode_ordinary(text).len().max(1) as f64))
             .unwrap_or_else(|| "-".into());
-        println!(
-            "{name:<40} {:>9} {:>9} {ratio:>9.2} {g:>9}",
-            text.len(),
-            ids.len()
-        );
+        println!("{name:<40} {:>9} {:>9} {ratio:>9.2} {g:>9}", text.len(), ids.len());
     }
     println!("all texts round-trip losslessly");
     Ok(())

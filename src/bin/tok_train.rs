@@ -53,28 +53,22 @@ fn main() {
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
-    let out_dir = args
-        .output_dir
-        .clone()
-        .unwrap_or_else(tokenizer::default_dir);
+    let out_dir = args.output_dir.clone().unwrap_or_else(tokenizer::default_dir);
     let t0 = Instant::now();
 
     // The document stream: capped documents until the character budget is crossed.
-    let docs: Box<dyn Iterator<Item = Result<String, Box<dyn Error>>>> =
-        if args.input_text.is_empty() {
-            let dir = match &args.data_dir {
-                Some(d) => d.clone(),
-                None => data::resolve_dataset_dir(&tokenizer::base_dir())?,
-            };
-            println!("tok_train: reading parquet shards from {}", dir.display());
-            Box::new(parquet_train_docs(&dir)?)
-        } else {
-            Box::new(text_docs(&args.input_text)?.into_iter().map(Ok))
+    let docs: Box<dyn Iterator<Item = Result<String, Box<dyn Error>>>> = if args.input_text.is_empty() {
+        let dir = match &args.data_dir {
+            Some(d) => d.clone(),
+            None => data::resolve_dataset_dir(&tokenizer::base_dir())?,
         };
+        println!("tok_train: reading parquet shards from {}", dir.display());
+        Box::new(parquet_train_docs(&dir)?)
+    } else {
+        Box::new(text_docs(&args.input_text)?.into_iter().map(Ok))
+    };
     let n_chars = std::cell::Cell::new(0u64);
     let n_docs = std::cell::Cell::new(0u64);
     let mut read_error: Option<Box<dyn Error>> = None;
@@ -108,10 +102,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         let pct = done * 100 / total.max(1);
         if pct >= last_pct + 10 || done == total {
             last_pct = pct;
-            println!(
-                "merges {done}/{total} ({pct}%) {:.1}s",
-                t.elapsed().as_secs_f64()
-            );
+            println!("merges {done}/{total} ({pct}%) {:.1}s", t.elapsed().as_secs_f64());
         }
     })?;
     if let Some(e) = read_error {
@@ -182,23 +173,13 @@ fn text_docs(paths: &[PathBuf]) -> Result<Vec<String>, Box<dyn Error>> {
 }
 
 /// Training documents from the parquet shards (all but the last), row group by row group, in order.
-fn parquet_train_docs(
-    dir: &Path,
-) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
-    let shards = data::split_files(
-        data::list_parquet(dir)?,
-        data::Split::Train,
-        &dir.display().to_string(),
-    )?;
+fn parquet_train_docs(dir: &Path) -> Result<impl Iterator<Item = Result<String, Box<dyn Error>>>, Box<dyn Error>> {
+    let shards = data::split_files(data::list_parquet(dir)?, data::Split::Train, &dir.display().to_string())?;
     Ok(shards.into_iter().flat_map(|path| {
-        let groups: Box<dyn Iterator<Item = Result<Vec<String>, Box<dyn Error>>>> =
-            match TextParquet::open(&path) {
-                Ok(file) => Box::new(
-                    (0..file.num_row_groups())
-                        .map(move |g| file.read_row_group(g).map_err(|e| e.into())),
-                ),
-                Err(e) => Box::new(std::iter::once(Err(e.into()))),
-            };
+        let groups: Box<dyn Iterator<Item = Result<Vec<String>, Box<dyn Error>>>> = match TextParquet::open(&path) {
+            Ok(file) => Box::new((0..file.num_row_groups()).map(move |g| file.read_row_group(g).map_err(|e| e.into()))),
+            Err(e) => Box::new(std::iter::once(Err(e.into()))),
+        };
         groups.flat_map(|g| match g {
             Ok(docs) => docs.into_iter().map(Ok).collect::<Vec<_>>(),
             Err(e) => vec![Err(e)],

@@ -47,8 +47,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let path = args
             .tokenizer
             .unwrap_or_else(|| base_dir().join("tokenizer").join(TOKENIZER_FILE));
-        tokenizer =
-            Tokenizer::load(&path).map_err(|e| format!("{e} (train one with `tok_train`)"))?;
+        tokenizer = Tokenizer::load(&path).map_err(|e| format!("{e} (train one with `tok_train`)"))?;
         println!(
             "tokenize: tokenizer {} (vocabulary {})",
             path.display(),

@@ -128,8 +128,7 @@ impl Gpt {
     /// Rounds `v` to bf16 in [`Storage::Bf16`]; nothing in fp32.
     fn store(&self, v: &mut [f32]) {
         if self.storage == Storage::Bf16 {
-            v.iter_mut()
-                .for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
+            v.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32());
         }
     }
 
@@ -257,12 +256,7 @@ impl Gpt {
             self.store(&mut a.v);
             if let Some(kv) = cfg.ve_index(i) {
                 let mut ve = vec![0.0; n * nkv * d];
-                ops::embedding_forward(
-                    &mut ve,
-                    ids,
-                    self.p(params, Slot::ValueEmbeds, kv),
-                    nkv * d,
-                );
+                ops::embedding_forward(&mut ve, ids, self.p(params, Slot::ValueEmbeds, kv), nkv * d);
                 let mut gate = vec![0.0; n * nkv];
                 ops::ve_gate_forward(
                     &mut a.v,
@@ -317,12 +311,7 @@ impl Gpt {
         }
 
         let mut xf = vec![0.0; n * c];
-        ops::backout_forward(
-            &mut xf,
-            &x,
-            &x_mid,
-            self.scalar(params, Slot::BackoutLambda, 0),
-        );
+        ops::backout_forward(&mut xf, &x, &x_mid, self.scalar(params, Slot::BackoutLambda, 0));
         let (mut xnf, mut rstd_f) = (vec![0.0; n * c], vec![0.0; n]);
         self.store(&mut xf);
         ops::rmsnorm_forward(&mut xnf, &mut rstd_f, &xf, c);
@@ -331,11 +320,7 @@ impl Gpt {
         ops::linear_forward(&mut logits, &xnf, self.p(params, Slot::LmHead, 0), n, c, vp);
         self.store(&mut logits);
 
-        let (mut losses, mut loss, tg) = (
-            Vec::new(),
-            f32::NAN,
-            targets.map(<[i32]>::to_vec).unwrap_or_default(),
-        );
+        let (mut losses, mut loss, tg) = (Vec::new(), f32::NAN, targets.map(<[i32]>::to_vec).unwrap_or_default());
         if let Some(y) = targets {
             losses = vec![0.0; n];
             ops::softcap_ce_forward(&mut losses, &mut logits, y, v, vp);
@@ -344,9 +329,7 @@ impl Gpt {
             loss = (losses.iter().map(|&l| l as f64).sum::<f64>() / valid as f64) as f32;
         } else {
             for row in logits.chunks_exact_mut(vp) {
-                row[..v]
-                    .iter_mut()
-                    .for_each(|z| *z = crate::config::softcap(*z));
+                row[..v].iter_mut().for_each(|z| *z = crate::config::softcap(*z));
             }
         }
         Ok(Forward {
@@ -424,8 +407,7 @@ impl Gpt {
         let mut dx = vec![0.0; n * c];
         let mut dx_mid = vec![0.0; n * c];
         let backout = self.scalar(params, Slot::BackoutLambda, 0);
-        grads[at(Slot::BackoutLambda, 0)] +=
-            ops::backout_backward(&mut dx, &mut dx_mid, &dxf, &fwd.x_mid, backout);
+        grads[at(Slot::BackoutLambda, 0)] += ops::backout_backward(&mut dx, &mut dx_mid, &dxf, &fwd.x_mid, backout);
         self.store(&mut dx);
         self.store(&mut dx_mid);
 
@@ -493,11 +475,7 @@ impl Gpt {
                 c,
             );
             self.store(&mut dy);
-            let (mut dq, mut dk, mut dv) = (
-                vec![0.0; n * nh * d],
-                vec![0.0; n * nkv * d],
-                vec![0.0; n * nkv * d],
-            );
+            let (mut dq, mut dk, mut dv) = (vec![0.0; n * nh * d], vec![0.0; n * nkv * d], vec![0.0; n * nkv * d]);
             let shape = AttnShape {
                 b,
                 t,
@@ -506,9 +484,7 @@ impl Gpt {
                 d,
                 window: self.windows[i],
             };
-            ops::attention_backward(
-                &mut dq, &mut dk, &mut dv, &dy, &a.y, &a.lse, &a.q, &a.k, &a.v, shape,
-            );
+            ops::attention_backward(&mut dq, &mut dk, &mut dv, &dy, &a.y, &a.lse, &a.q, &a.k, &a.v, shape);
             self.store(&mut dq);
             self.store(&mut dk);
             self.store(&mut dv);
@@ -524,21 +500,14 @@ impl Gpt {
                 let mut dve = vec![0.0; n * nkv * d];
                 let wg = self.p(params, Slot::VeGate, kv);
                 let mut dwg = vec![0.0; wg.len()];
-                ops::ve_gate_backward(
-                    &mut dve, &mut dwg, &mut dxn1, &dv, gate, &a.xn1, ve, wg, n, c, nkv, d,
-                );
+                ops::ve_gate_backward(&mut dve, &mut dwg, &mut dxn1, &dv, gate, &a.xn1, ve, wg, n, c, nkv, d);
                 self.store(&mut dve);
                 self.store(&mut dxn1);
                 grads[r(Slot::VeGate, kv)]
                     .iter_mut()
                     .zip(&dwg)
                     .for_each(|(g, x)| *g += x);
-                ops::embedding_backward(
-                    &mut grads[r(Slot::ValueEmbeds, kv)],
-                    &dve,
-                    &fwd.ids,
-                    nkv * d,
-                );
+                ops::embedding_backward(&mut grads[r(Slot::ValueEmbeds, kv)], &dve, &fwd.ids, nkv * d);
             }
             ops::linear_backward(
                 Some(&mut dxn1),
@@ -580,8 +549,7 @@ impl Gpt {
                 self.scalar(params, Slot::X0Lambdas, i),
             );
             let mut dx_in = vec![0.0; n * c];
-            let (drl, dxl) =
-                ops::lambda_mix_backward(&mut dx_in, &mut dx0, &dxa, &a.x_in, &fwd.x0, rl, xl);
+            let (drl, dxl) = ops::lambda_mix_backward(&mut dx_in, &mut dx0, &dxa, &a.x_in, &fwd.x0, rl, xl);
             grads[at(Slot::ResidLambdas, i)] += drl;
             grads[at(Slot::X0Lambdas, i)] += dxl;
             self.store(&mut dx_in);

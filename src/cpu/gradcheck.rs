@@ -29,11 +29,7 @@ fn check(
     let mut rng = Rng::new(99);
     let mut worst = 0f64;
     for (k, x) in inputs.iter().enumerate() {
-        assert_eq!(
-            x.len(),
-            analytic[k].len(),
-            "{name}: gradient {k} has the wrong length"
-        );
+        assert_eq!(x.len(), analytic[k].len(), "{name}: gradient {k} has the wrong length");
         let probes = x.len().min(24);
         for p in 0..probes {
             let i = if probes == x.len() {
@@ -114,11 +110,7 @@ fn smear() {
     let (b, t, c) = (2, 5, 30);
     let mut rng = Rng::new(4);
     // inputs: x, gate (24), lambda (1)
-    let inputs = vec![
-        randn(&mut rng, b * t * c, 1.0),
-        randn(&mut rng, 24, 0.3),
-        vec![0.7],
-    ];
+    let inputs = vec![randn(&mut rng, b * t * c, 1.0), randn(&mut rng, 24, 0.3), vec![0.7]];
     let w = randn(&mut rng, b * t * c, 1.0);
     let f = |x: &[Vec<f32>]| {
         let (mut y, mut g) = (vec![0.0; b * t * c], vec![0.0; b * t]);
@@ -145,12 +137,7 @@ fn smear() {
 fn lambda_mix_and_backout() {
     let n = 12;
     let mut rng = Rng::new(5);
-    let inputs = vec![
-        randn(&mut rng, n, 1.0),
-        randn(&mut rng, n, 1.0),
-        vec![1.1],
-        vec![0.2],
-    ];
+    let inputs = vec![randn(&mut rng, n, 1.0), randn(&mut rng, n, 1.0), vec![1.1], vec![0.2]];
     let w = randn(&mut rng, n, 1.0);
     let f = |x: &[Vec<f32>]| {
         let mut y = vec![0.0; n];
@@ -158,16 +145,8 @@ fn lambda_mix_and_backout() {
         weighted(&y, &w)
     };
     let (mut dx, mut dx0) = (vec![0.0; n], vec![0.0; n]);
-    let (dr, dz) =
-        ops::lambda_mix_backward(&mut dx, &mut dx0, &w, &inputs[0], &inputs[1], 1.1, 0.2);
-    check(
-        "lambda_mix",
-        &inputs,
-        &f,
-        &[dx, dx0, vec![dr], vec![dz]],
-        1e-2,
-        1e-2,
-    );
+    let (dr, dz) = ops::lambda_mix_backward(&mut dx, &mut dx0, &w, &inputs[0], &inputs[1], 1.1, 0.2);
+    check("lambda_mix", &inputs, &f, &[dx, dx0, vec![dr], vec![dz]], 1e-2, 1e-2);
 
     let inputs = vec![randn(&mut rng, n, 1.0), randn(&mut rng, n, 1.0), vec![0.3]];
     let f = |x: &[Vec<f32>]| {
@@ -198,26 +177,13 @@ fn ve_gate() {
         weighted(&v, &w)
     };
     let (mut v, mut g) = (inputs[0].clone(), vec![0.0; n * hkv]);
-    ops::ve_gate_forward(
-        &mut v, &mut g, &inputs[1], &inputs[2], &inputs[3], n, c, hkv, d,
-    );
-    let (mut dve, mut dwg, mut dxn) = (
-        vec![0.0; n * hkv * d],
-        vec![0.0; hkv * 12],
-        vec![0.0; n * c],
-    );
+    ops::ve_gate_forward(&mut v, &mut g, &inputs[1], &inputs[2], &inputs[3], n, c, hkv, d);
+    let (mut dve, mut dwg, mut dxn) = (vec![0.0; n * hkv * d], vec![0.0; hkv * 12], vec![0.0; n * c]);
     ops::ve_gate_backward(
         &mut dve, &mut dwg, &mut dxn, &w, &g, &inputs[1], &inputs[2], &inputs[3], n, c, hkv, d,
     );
     // The gated v passes its own gradient straight through.
-    check(
-        "ve_gate",
-        &inputs,
-        &f,
-        &[w.clone(), dxn, dve, dwg],
-        1e-2,
-        1e-2,
-    );
+    check("ve_gate", &inputs, &f, &[w.clone(), dxn, dve, dwg], 1e-2, 1e-2);
 }
 
 #[test]
@@ -350,18 +316,7 @@ fn attention_matches_explicit_softmax() {
         row.iter_mut().for_each(|x| *x = (*x - m).exp() / sum);
     }
     let mut want = vec![0.0; t * d];
-    gemm(
-        Trans::N,
-        Trans::N,
-        t,
-        d,
-        t,
-        1.0,
-        &scores,
-        &v,
-        0.0,
-        &mut want,
-    );
+    gemm(Trans::N, Trans::N, t, d, t, 1.0, &scores, &v, 0.0, &mut want);
     let (mut o, mut l) = (vec![0.0; t * d], vec![0.0; t]);
     ops::attention_forward(&mut o, &mut l, &q, &k, &v, s);
     assert!(
@@ -407,10 +362,7 @@ fn softcap_cross_entropy() {
     assert_eq!(l[1], 0.0, "ignored target has zero loss");
     let mut dz = vec![0.0; n * vp];
     ops::softcap_ce_backward(&mut dz, &z, &targets, &dloss, v, vp);
-    assert!(
-        dz.chunks(vp).all(|r| r[v] == 0.0),
-        "padding columns get no gradient"
-    );
+    assert!(dz.chunks(vp).all(|r| r[v] == 0.0), "padding columns get no gradient");
     check("softcap_ce", &inputs, &f, &[dz], 1e-2, 1e-2);
 }
 
@@ -438,13 +390,7 @@ fn whole_model_gradient() {
     let (b, t) = (1, 160);
     let ids: Vec<u32> = (0..b * t).map(|_| rng.below(70) as u32).collect();
     let targets: Vec<i32> = (0..b * t)
-        .map(|i| {
-            if i % 11 == 3 {
-                -1
-            } else {
-                rng.below(70) as i32
-            }
-        })
+        .map(|i| if i % 11 == 3 { -1 } else { rng.below(70) as i32 })
         .collect();
     let fwd = gpt.forward(&params, &ids, Some(&targets), b, t).unwrap();
     let mut grads = vec![0.0; params.len()];
@@ -459,17 +405,19 @@ fn whole_model_gradient() {
     let mut worst = 0f64;
     for param in &gpt.table.params {
         // Probe the coordinate with the largest gradient of each tensor, where f32 differences are reliable.
-        let (i, _) =
-            grads[param.range.clone()]
-                .iter()
-                .enumerate()
-                .fold((0, 0f32), |best, (i, g)| {
+        let (i, _) = grads[param.range.clone()]
+            .iter()
+            .enumerate()
+            .fold(
+                (0, 0f32),
+                |best, (i, g)| {
                     if g.abs() > best.1 {
                         (i, g.abs())
                     } else {
                         best
                     }
-                });
+                },
+            );
         let i = param.range.start + i;
         let eps = 1e-2f32.max(params[i].abs() * 1e-2);
         let (mut plus, mut minus) = (params.clone(), params.clone());
@@ -479,11 +427,7 @@ fn whole_model_gradient() {
         let ana = grads[i] as f64;
         let err = (num - ana).abs() / (1e-4 + num.abs().max(ana.abs()));
         worst = worst.max(err);
-        assert!(
-            err < 5e-2,
-            "{}: numeric {num:.6e} vs analytic {ana:.6e}",
-            param.name
-        );
+        assert!(err < 5e-2, "{}: numeric {num:.6e} vs analytic {ana:.6e}", param.name);
     }
     eprintln!("whole model: worst relative error {worst:.2e}");
 }

@@ -138,13 +138,7 @@ impl CpuInfer {
 
     /// Runs `ids (rows, t)` at the cache position and advances the cache by `t`. Returns softcapped logits
     /// sliced to the vocabulary: of every position `(rows·t, V)` when `all_positions`, else of the last `(rows, V)`.
-    pub fn forward(
-        &self,
-        cache: &mut KvCache,
-        ids: &[u32],
-        t: usize,
-        all_positions: bool,
-    ) -> Result<Vec<f32>, String> {
+    pub fn forward(&self, cache: &mut KvCache, ids: &[u32], t: usize, all_positions: bool) -> Result<Vec<f32>, String> {
         let cfg = &self.config;
         let (c, nh, nkv, d, vp, v) = (
             cfg.n_embd,
@@ -185,10 +179,7 @@ impl CpuInfer {
         ops::embedding_forward(&mut emb, ids, self.p(Slot::Wte, 0), c);
         let (mut xe, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
         ops::rmsnorm_forward(&mut xe, &mut rstd, &emb, c);
-        let (gate, lambda) = (
-            self.p(Slot::SmearGate, 0),
-            self.scalar(Slot::SmearLambda, 0),
-        );
+        let (gate, lambda) = (self.p(Slot::SmearGate, 0), self.scalar(Slot::SmearLambda, 0));
         let mut x0 = vec![0.0; n * c];
         if t > 1 {
             let mut g = vec![0.0; n];
@@ -214,11 +205,7 @@ impl CpuInfer {
         let mut x = x0.clone();
         let mut x_mid = Vec::new();
         let (mut xa, mut xn, mut rs) = (vec![0.0; n * c], vec![0.0; n * c], vec![0.0; n]);
-        let (mut q, mut k, mut vv) = (
-            vec![0.0; n * nh * d],
-            vec![0.0; n * nkv * d],
-            vec![0.0; n * nkv * d],
-        );
+        let (mut q, mut k, mut vv) = (vec![0.0; n * nh * d], vec![0.0; n * nkv * d], vec![0.0; n * nkv * d]);
         let (mut qn, mut kn, mut rq, mut rk) = (
             vec![0.0; n * nh * d],
             vec![0.0; n * nkv * d],
@@ -302,54 +289,40 @@ impl CpuInfer {
 
     /// Attention of the chunk's queries `q (b, t, h, d)` (absolute positions t0..t0+t) against the cached keys
     /// of layer `layer`: query p sees keys `[p − window, p]`.
-    fn cached_attention(
-        &self,
-        cache: &KvCache,
-        layer: usize,
-        q: &[f32],
-        b: usize,
-        t: usize,
-        t0: usize,
-    ) -> Vec<f32> {
-        let (h, hkv, d) = (
-            self.config.n_head,
-            self.config.n_kv_head,
-            self.config.head_dim(),
-        );
+    fn cached_attention(&self, cache: &KvCache, layer: usize, q: &[f32], b: usize, t: usize, t0: usize) -> Vec<f32> {
+        let (h, hkv, d) = (self.config.n_head, self.config.n_kv_head, self.config.head_dim());
         let (group, window) = (h / hkv, self.windows[layer]);
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0.0f32; b * t * h * d];
         // One task per (row, position): it owns one (h, d) block of the output.
-        out.par_chunks_mut(h * d)
-            .enumerate()
-            .for_each(|(rt, orow)| {
-                let (r, ti) = (rt / t, rt % t);
-                let p = t0 + ti;
-                let k0 = p.saturating_sub(window);
-                let base = cache.at(layer, r, 0);
-                let mut scores = vec![0.0f32; p + 1 - k0];
-                for hi in 0..h {
-                    let kh = hi / group;
-                    let qv = &q[(rt * h + hi) * d..][..d];
-                    let mut mx = f32::NEG_INFINITY;
-                    for (s, j) in scores.iter_mut().zip(k0..=p) {
-                        let kv = &cache.k[base + j * cache.kv_dim + kh * d..][..d];
-                        *s = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale;
-                        mx = mx.max(*s);
-                    }
-                    let mut sum = 0.0f32;
-                    for s in scores.iter_mut() {
-                        *s = (*s - mx).exp();
-                        sum += *s;
-                    }
-                    let o = &mut orow[hi * d..(hi + 1) * d];
-                    for (s, j) in scores.iter().zip(k0..=p) {
-                        let w = s / sum;
-                        let vv = &cache.v[base + j * cache.kv_dim + kh * d..][..d];
-                        o.iter_mut().zip(vv).for_each(|(o, v)| *o += w * v);
-                    }
+        out.par_chunks_mut(h * d).enumerate().for_each(|(rt, orow)| {
+            let (r, ti) = (rt / t, rt % t);
+            let p = t0 + ti;
+            let k0 = p.saturating_sub(window);
+            let base = cache.at(layer, r, 0);
+            let mut scores = vec![0.0f32; p + 1 - k0];
+            for hi in 0..h {
+                let kh = hi / group;
+                let qv = &q[(rt * h + hi) * d..][..d];
+                let mut mx = f32::NEG_INFINITY;
+                for (s, j) in scores.iter_mut().zip(k0..=p) {
+                    let kv = &cache.k[base + j * cache.kv_dim + kh * d..][..d];
+                    *s = qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    mx = mx.max(*s);
                 }
-            });
+                let mut sum = 0.0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - mx).exp();
+                    sum += *s;
+                }
+                let o = &mut orow[hi * d..(hi + 1) * d];
+                for (s, j) in scores.iter().zip(k0..=p) {
+                    let w = s / sum;
+                    let vv = &cache.v[base + j * cache.kv_dim + kh * d..][..d];
+                    o.iter_mut().zip(vv).for_each(|(o, v)| *o += w * v);
+                }
+            }
+        });
         out
     }
 }

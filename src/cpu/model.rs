@@ -22,11 +22,7 @@ pub struct CpuModel {
 }
 
 impl CpuModel {
-    pub fn new(
-        config: &ModelConfig,
-        params: Vec<f32>,
-        optimizer: &SetupArgs,
-    ) -> Result<CpuModel, String> {
+    pub fn new(config: &ModelConfig, params: Vec<f32>, optimizer: &SetupArgs) -> Result<CpuModel, String> {
         let gpt = Gpt::new(config)?;
         if params.len() != gpt.table.numel {
             return Err(format!(
@@ -48,13 +44,7 @@ impl CpuModel {
 
     /// Makes this model rank `rank` of `world` data-parallel ranks: gradients averaged across them and the
     /// optimizer sharded ZeRO-2 style (`crate::optim::zero`). Call before loading optimizer state.
-    pub fn data_parallel(
-        mut self,
-        optimizer: &SetupArgs,
-        comm: SharedComm,
-        rank: usize,
-        world: usize,
-    ) -> CpuModel {
+    pub fn data_parallel(mut self, optimizer: &SetupArgs, comm: SharedComm, rank: usize, world: usize) -> CpuModel {
         let mut sharded = ShardedMuonAdamW::new(&self.gpt.table, optimizer, rank, world);
         sharded.inner_mut().bf16_orthogonalization = self.opt.bf16_orthogonalization;
         self.zero = Some((sharded, comm));
@@ -95,26 +85,13 @@ impl ModelDevice for CpuModel {
         scale: f32,
     ) -> Result<f32, String> {
         let fwd = self.gpt.forward(&self.params, ids, Some(targets), b, t)?;
-        let dloss: Vec<f32> = Gpt::mean_dloss(&fwd)
-            .into_iter()
-            .map(|g| g * scale)
-            .collect();
-        self.gpt
-            .backward(&self.params, &fwd, &dloss, &mut self.grads);
+        let dloss: Vec<f32> = Gpt::mean_dloss(&fwd).into_iter().map(|g| g * scale).collect();
+        self.gpt.backward(&self.params, &fwd, &dloss, &mut self.grads);
         Ok(fwd.loss)
     }
 
-    fn token_losses(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<Vec<f32>, String> {
-        Ok(self
-            .gpt
-            .forward(&self.params, ids, Some(targets), b, t)?
-            .losses)
+    fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String> {
+        Ok(self.gpt.forward(&self.params, ids, Some(targets), b, t)?.losses)
     }
 
     fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
@@ -148,9 +125,7 @@ impl ModelDevice for CpuModel {
         match &mut self.zero {
             None => self.opt.step(&mut self.params, &self.grads, settings),
             Some((opt, comm)) => {
-                let mut comm = comm
-                    .lock()
-                    .map_err(|_| "collectives poisoned".to_string())?;
+                let mut comm = comm.lock().map_err(|_| "collectives poisoned".to_string())?;
                 let me = comm.rank();
                 opt.step(&mut self.params, &self.grads, settings, comm.as_mut())
                     .map_err(|e| format!("rank {me}: optimizer step: {e}"))?;

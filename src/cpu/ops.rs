@@ -186,13 +186,7 @@ pub fn smear_backward(
 // ------------------------------------------------------------------------------------------------------------
 // Residual mix before each block: out = resid_lambda · x + x0_lambda · x0
 
-pub fn lambda_mix_forward(
-    out: &mut [f32],
-    x: &[f32],
-    x0: &[f32],
-    resid_lambda: f32,
-    x0_lambda: f32,
-) {
+pub fn lambda_mix_forward(out: &mut [f32], x: &[f32], x0: &[f32], resid_lambda: f32, x0_lambda: f32) {
     out.par_iter_mut()
         .zip(x)
         .zip(x0)
@@ -290,9 +284,7 @@ pub fn ve_gate_backward(
 /// cos/sin tables `(positions, d/2)` in fp32, base θ.
 pub fn rope_tables(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>) {
     let half = d / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|j| 1.0 / base.powf((2 * j) as f32 / d as f32))
-        .collect();
+    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / base.powf((2 * j) as f32 / d as f32)).collect();
     let mut cos = vec![0.0; positions * half];
     let mut sin = vec![0.0; positions * half];
     for t in 0..positions {
@@ -306,60 +298,30 @@ pub fn rope_tables(positions: usize, d: usize, base: f32) -> (Vec<f32>, Vec<f32>
 }
 
 /// In place on `x (b, t, heads, d)`, positions `pos0 + ti`: `y1 = x1·cos + x2·sin`, `y2 = −x1·sin + x2·cos`.
-pub fn rope_forward(
-    x: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    t: usize,
-    heads: usize,
-    d: usize,
-    pos0: usize,
-) {
+pub fn rope_forward(x: &mut [f32], cos: &[f32], sin: &[f32], t: usize, heads: usize, d: usize, pos0: usize) {
     rotate(x, cos, sin, 1.0, t, heads, d, pos0);
 }
 
 /// In place on the gradient: the transpose rotation (the same rotation by the opposite angle).
-pub fn rope_backward(
-    dx: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    t: usize,
-    heads: usize,
-    d: usize,
-    pos0: usize,
-) {
+pub fn rope_backward(dx: &mut [f32], cos: &[f32], sin: &[f32], t: usize, heads: usize, d: usize, pos0: usize) {
     rotate(dx, cos, sin, -1.0, t, heads, d, pos0);
 }
 
 /// Rotates each half-split pair by the table angle; `sign = -1` rotates by the opposite angle.
 #[allow(clippy::too_many_arguments)]
-fn rotate(
-    x: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    sign: f32,
-    t: usize,
-    heads: usize,
-    d: usize,
-    pos0: usize,
-) {
+fn rotate(x: &mut [f32], cos: &[f32], sin: &[f32], sign: f32, t: usize, heads: usize, d: usize, pos0: usize) {
     let half = d / 2;
-    x.par_chunks_mut(heads * d)
-        .enumerate()
-        .for_each(|(row, xr)| {
-            let p = pos0 + row % t;
-            let (cs, sn) = (
-                &cos[p * half..(p + 1) * half],
-                &sin[p * half..(p + 1) * half],
-            );
-            for hx in xr.chunks_exact_mut(d) {
-                for j in 0..half {
-                    let (x1, x2, s) = (hx[j], hx[j + half], sign * sn[j]);
-                    hx[j] = x1 * cs[j] + x2 * s;
-                    hx[j + half] = -x1 * s + x2 * cs[j];
-                }
+    x.par_chunks_mut(heads * d).enumerate().for_each(|(row, xr)| {
+        let p = pos0 + row % t;
+        let (cs, sn) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for hx in xr.chunks_exact_mut(d) {
+            for j in 0..half {
+                let (x1, x2, s) = (hx[j], hx[j + half], sign * sn[j]);
+                hx[j] = x1 * cs[j] + x2 * s;
+                hx[j + half] = -x1 * s + x2 * cs[j];
             }
-        });
+        }
+    });
 }
 
 /// QK-norm: `out = rmsnorm(x over d) · 1.2`, rows of length d; `rstd` saved.
@@ -395,14 +357,7 @@ impl AttnShape {
 }
 
 /// `out (b, t, h, d)`, `lse (b, h, t)` (natural-log sum-exp of the scaled scores) saved for backward.
-pub fn attention_forward(
-    out: &mut [f32],
-    lse: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    s: AttnShape,
-) {
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape) {
     let AttnShape { t, h, hkv, d, .. } = s;
     let scale = 1.0 / (d as f32).sqrt();
     let group = h / hkv;
@@ -550,13 +505,7 @@ pub fn backout_forward(out: &mut [f32], x: &[f32], x_mid: &[f32], lambda: f32) {
 }
 
 /// Returns d lambda; adds into dx and dx_mid.
-pub fn backout_backward(
-    dx: &mut [f32],
-    dx_mid: &mut [f32],
-    dout: &[f32],
-    x_mid: &[f32],
-    lambda: f32,
-) -> f32 {
+pub fn backout_backward(dx: &mut [f32], dx_mid: &mut [f32], dout: &[f32], x_mid: &[f32], lambda: f32) -> f32 {
     let mut dl = 0f64;
     for i in 0..dout.len() {
         dx[i] += dout[i];
@@ -571,13 +520,7 @@ pub fn backout_backward(
 
 /// Turns raw logits `(n, vp)` into softcapped logits `15·tanh(z/15)` in place (first `v` columns; the padding
 /// columns are left untouched and never read) and returns the per-token loss `(n)` (0 for ignored targets).
-pub fn softcap_ce_forward(
-    losses: &mut [f32],
-    logits: &mut [f32],
-    targets: &[i32],
-    v: usize,
-    vp: usize,
-) {
+pub fn softcap_ce_forward(losses: &mut [f32], logits: &mut [f32], targets: &[i32], v: usize, vp: usize) {
     losses
         .par_iter_mut()
         .zip(logits.par_chunks_mut(vp))
@@ -597,14 +540,7 @@ pub fn softcap_ce_forward(
 
 /// Writes the gradient of the raw logits into `dlogits (n, vp)` (=, padding columns 0) from the softcapped
 /// logits and `dloss (n)`, the gradient of the objective with respect to each token's loss.
-pub fn softcap_ce_backward(
-    dlogits: &mut [f32],
-    capped: &[f32],
-    targets: &[i32],
-    dloss: &[f32],
-    v: usize,
-    vp: usize,
-) {
+pub fn softcap_ce_backward(dlogits: &mut [f32], capped: &[f32], targets: &[i32], dloss: &[f32], v: usize, vp: usize) {
     dlogits
         .par_chunks_mut(vp)
         .zip(capped.par_chunks(vp))

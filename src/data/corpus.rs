@@ -32,10 +32,7 @@ impl Default for CorpusSources {
     fn default() -> Self {
         let dict = |name: &str| {
             let dir = Path::new("/usr/share/dictd");
-            (
-                dir.join(format!("{name}.dict.dz")),
-                dir.join(format!("{name}.index")),
-            )
+            (dir.join(format!("{name}.dict.dz")), dir.join(format!("{name}.index")))
         };
         CorpusSources {
             fortune_dirs: vec![PathBuf::from("/usr/share/games/fortunes")],
@@ -101,10 +98,7 @@ fn read_fortunes(sources: &CorpusSources, notes: &mut Vec<String>) -> Vec<String
                 .unwrap_or_default();
             // `.dat` are strfile indexes and `.u8` symlinks to the same text; directories hold offensive
             // or foreign-language sets.
-            let skipped = sources
-                .fortune_skip
-                .iter()
-                .any(|s| name.starts_with(s.as_str()));
+            let skipped = sources.fortune_skip.iter().any(|s| name.starts_with(s.as_str()));
             if !path.is_file() || path.is_symlink() || path.extension().is_some() || skipped {
                 continue;
             }
@@ -119,9 +113,8 @@ fn read_fortunes(sources: &CorpusSources, notes: &mut Vec<String>) -> Vec<String
 /// Decodes a number in dictd's base64 index alphabet.
 fn dict_b64(s: &str) -> Option<usize> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    s.bytes().try_fold(0usize, |acc, c| {
-        Some(acc * 64 + ALPHABET.iter().position(|&a| a == c)?)
-    })
+    s.bytes()
+        .try_fold(0usize, |acc, c| Some(acc * 64 + ALPHABET.iter().position(|&a| a == c)?))
 }
 
 /// Splits a dictd dictionary into entries using its index (one document per distinct entry, in file
@@ -158,15 +151,9 @@ fn read_dicts(sources: &CorpusSources, notes: &mut Vec<String>) -> Vec<String> {
         match (data, index_text) {
             (Ok(out), Ok(index_text)) if out.status.success() => {
                 // Index offsets are byte offsets: the text stays bytes until split.
-                docs.extend(split_dict(
-                    &out.stdout,
-                    &String::from_utf8_lossy(&index_text),
-                ));
+                docs.extend(split_dict(&out.stdout, &String::from_utf8_lossy(&index_text)));
             }
-            _ => notes.push(format!(
-                "no dictionary {} (package not installed?)",
-                dz.display()
-            )),
+            _ => notes.push(format!("no dictionary {} (package not installed?)", dz.display())),
         }
     }
     docs
@@ -198,10 +185,7 @@ fn read_bible(sources: &CorpusSources, notes: &mut Vec<String>) -> Vec<String> {
     let Some(program) = &sources.bible_program else {
         return Vec::new();
     };
-    match Command::new(program)
-        .args(["-l", "0", "Gen1:1-Rev22:21"])
-        .output()
-    {
+    match Command::new(program).args(["-l", "0", "Gen1:1-Rev22:21"]).output() {
         Ok(out) if out.status.success() => split_bible(&String::from_utf8_lossy(&out.stdout)),
         _ => {
             notes.push(format!(
@@ -239,8 +223,7 @@ pub fn write_shards(out_dir: &Path, docs: &[String], num_shards: usize) -> Resul
             docs.len()
         ));
     }
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| data_err!("cannot create {}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| data_err!("cannot create {}: {e}", out_dir.display()))?;
     let num_shards = num_shards.max(2);
     let mut per = docs.len().div_ceil(num_shards).div_ceil(ROW_GROUP_DOCS) * ROW_GROUP_DOCS;
     if per >= docs.len() {
@@ -266,11 +249,7 @@ pub struct CorpusReport {
 }
 
 /// Builds the default corpus from `sources` into `out_dir` (replacing any parquet shards there).
-pub fn build_default_corpus(
-    out_dir: &Path,
-    sources: &CorpusSources,
-    num_shards: usize,
-) -> Result<CorpusReport> {
+pub fn build_default_corpus(out_dir: &Path, sources: &CorpusSources, num_shards: usize) -> Result<CorpusReport> {
     let mut notes = Vec::new();
     let mut docs = collect_documents(sources, &mut notes);
     if docs.is_empty() {
@@ -282,8 +261,7 @@ pub fn build_default_corpus(
     }
     shuffle(&mut docs, 42);
     for old in super::list_parquet(out_dir)? {
-        std::fs::remove_file(&old)
-            .map_err(|e| data_err!("cannot remove old shard {}: {e}", old.display()))?;
+        std::fs::remove_file(&old).map_err(|e| data_err!("cannot remove old shard {}: {e}", old.display()))?;
     }
     let shards = write_shards(out_dir, &docs, num_shards)?;
     Ok(CorpusReport {

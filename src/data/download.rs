@@ -27,12 +27,8 @@ pub enum Dataset {
 impl Dataset {
     pub fn base_url(self) -> &'static str {
         match self {
-            Dataset::Climbmix => {
-                "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
-            }
-            Dataset::FinewebEdu => {
-                "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
-            }
+            Dataset::Climbmix => "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main",
+            Dataset::FinewebEdu => "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main",
         }
     }
 
@@ -134,11 +130,7 @@ pub fn download_shards(
                 match download_with_retries(&agent, &url, &path, opts) {
                     Ok(bytes) => {
                         if opts.verbose {
-                            println!(
-                                "download: {} ({:.1} MB)",
-                                path.display(),
-                                bytes as f64 / 1e6
-                            );
+                            println!("download: {} ({:.1} MB)", path.display(), bytes as f64 / 1e6);
                         }
                         record(&|r| {
                             r.downloaded.push(index);
@@ -172,15 +164,8 @@ pub fn agent(opts: &DownloadOptions) -> ureq::Agent {
 
 /// Downloads `url` to `path` with retries and exponential backoff; returns the file size. The file must open as
 /// a text parquet shard.
-pub fn download_with_retries(
-    agent: &ureq::Agent,
-    url: &str,
-    path: &Path,
-    opts: &DownloadOptions,
-) -> Result<u64> {
-    download_validated(agent, url, path, opts, &|p| {
-        TextParquet::open(p).map(|_| ())
-    })
+pub fn download_with_retries(agent: &ureq::Agent, url: &str, path: &Path, opts: &DownloadOptions) -> Result<u64> {
+    download_validated(agent, url, path, opts, &|p| TextParquet::open(p).map(|_| ()))
 }
 
 /// How a downloaded file is judged usable before it is renamed into place.
@@ -202,7 +187,10 @@ pub fn download_validated(
             Err(e) => {
                 if attempt < opts.attempts {
                     let wait = opts.backoff * 2u32.pow(attempt);
-                    eprintln!("download: attempt {attempt}/{} of {url} failed ({e}); retrying in {wait:?}", opts.attempts);
+                    eprintln!(
+                        "download: attempt {attempt}/{} of {url} failed ({e}); retrying in {wait:?}",
+                        opts.attempts
+                    );
                     std::thread::sleep(wait);
                 }
                 last = e;
@@ -233,9 +221,7 @@ fn download_once(agent: &ureq::Agent, url: &str, path: &Path, validate: Validato
         // 416: the partial file is already complete (or bogus); start over next attempt.
         Err(ureq::Error::Status(416, _)) => {
             let _ = std::fs::remove_file(&tmp);
-            return Err(data_err!(
-                "{url}: server refused the range request (HTTP 416)"
-            ));
+            return Err(data_err!("{url}: server refused the range request (HTTP 416)"));
         }
         Err(ureq::Error::Status(code, _)) => return Err(data_err!("{url}: HTTP {code}")),
         Err(e) => return Err(data_err!("{url}: {e}")),
@@ -267,7 +253,6 @@ fn download_once(agent: &ureq::Agent, url: &str, path: &Path, validate: Validato
         let _ = std::fs::remove_file(&tmp);
         return Err(data_err!("{url}: downloaded file is not usable: {e}"));
     }
-    std::fs::rename(&tmp, path)
-        .map_err(|e| data_err!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| data_err!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
     Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
 }

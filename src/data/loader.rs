@@ -88,9 +88,7 @@ impl DocStream {
         if cfg.block_docs == 0 || cfg.refill_docs == 0 {
             return Err(data_err!("block_docs and refill_docs must be positive"));
         }
-        let owns_any = shards
-            .iter()
-            .any(|s| s.num_docs() > cfg.rank * cfg.block_docs);
+        let owns_any = shards.iter().any(|s| s.num_docs() > cfg.rank * cfg.block_docs);
         if !owns_any {
             let docs: usize = shards.iter().map(TokenShard::num_docs).sum();
             return Err(data_err!(
@@ -153,12 +151,7 @@ impl DocStream {
             .min(block_end)
             .min(self.shards[self.pos.shard].num_docs());
         let shard = self.pos.shard as u32;
-        let docs = (start..end)
-            .map(|d| DocRef {
-                shard,
-                doc: d as u32,
-            })
-            .collect();
+        let docs = (start..end).map(|d| DocRef { shard, doc: d as u32 }).collect();
         self.pos.doc = end;
         self.normalise();
         docs
@@ -231,11 +224,7 @@ impl DataLoader {
     }
 
     /// A loader that continues exactly from `state` (taken from a loader over the same shards).
-    pub fn resume(
-        shards: Arc<[TokenShard]>,
-        cfg: LoaderConfig,
-        state: &LoaderState,
-    ) -> Result<DataLoader> {
+    pub fn resume(shards: Arc<[TokenShard]>, cfg: LoaderConfig, state: &LoaderState) -> Result<DataLoader> {
         if state.rank != cfg.rank || state.world_size != cfg.world_size {
             return Err(data_err!(
                 "loader state is for rank {} of {}, but this loader is rank {} of {}",
@@ -248,12 +237,7 @@ impl DataLoader {
         DataLoader::build(shards, cfg, state.pos, state.buffer.clone())
     }
 
-    fn build(
-        shards: Arc<[TokenShard]>,
-        cfg: LoaderConfig,
-        pos: StreamPos,
-        buffer: Vec<DocRef>,
-    ) -> Result<DataLoader> {
+    fn build(shards: Arc<[TokenShard]>, cfg: LoaderConfig, pos: StreamPos, buffer: Vec<DocRef>) -> Result<DataLoader> {
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.buffer_docs == 0 {
             return Err(data_err!(
                 "loader needs positive batch_size, seq_len and buffer_docs, got {cfg:?}"
@@ -399,11 +383,7 @@ pub fn open_split(base: &Path, tokenizer: &TokenizerId, split: Split) -> Result<
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     let tokenized: Vec<&str> = manifest.shards.iter().map(|s| s.source.as_str()).collect();
-    if sources
-        .iter()
-        .map(String::as_str)
-        .ne(tokenized.iter().copied())
-    {
+    if sources.iter().map(String::as_str).ne(tokenized.iter().copied()) {
         return Err(data_err!(
             "token shards in {} are out of date: {} parquet shards in {}, {} tokenized; run `tokenize_data`",
             tokens.display(),

@@ -100,8 +100,7 @@ pub fn list_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| data_err!("cannot list {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| data_err!("cannot list {}: {e}", dir.display()))?;
     let mut files = Vec::new();
     for entry in entries {
         let path = entry

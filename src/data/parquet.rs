@@ -40,22 +40,18 @@ pub struct TextParquet {
 impl TextParquet {
     /// Opens `path` and finds its `text` column (a top-level string column, required or optional).
     pub fn open(path: &Path) -> Result<TextParquet> {
-        let file = File::open(path)
-            .map_err(|e| data_err!("cannot open parquet file {}: {e}", path.display()))?;
+        let file = File::open(path).map_err(|e| data_err!("cannot open parquet file {}: {e}", path.display()))?;
         let reader = SerializedFileReader::new(file)
             .map_err(|e| data_err!("{} is not a readable parquet file: {e}", path.display()))?;
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
         let columns: Vec<String> = schema.columns().iter().map(|c| c.path().string()).collect();
-        let text_column = columns
-            .iter()
-            .position(|name| name == "text")
-            .ok_or_else(|| {
-                data_err!(
-                    "parquet file {} has no `text` column (columns: {})",
-                    path.display(),
-                    columns.join(", ")
-                )
-            })?;
+        let text_column = columns.iter().position(|name| name == "text").ok_or_else(|| {
+            data_err!(
+                "parquet file {} has no `text` column (columns: {})",
+                path.display(),
+                columns.join(", ")
+            )
+        })?;
         let descr = schema.column(text_column);
         if descr.physical_type() != PhysicalType::BYTE_ARRAY || descr.max_rep_level() != 0 {
             return Err(data_err!(
@@ -93,25 +89,15 @@ impl TextParquet {
     pub fn read_row_group(&self, rg: usize) -> Result<Vec<String>> {
         let ctx = || format!("parquet file {}, row group {rg}", self.path.display());
         if rg >= self.num_row_groups() {
-            return Err(data_err!(
-                "{}: only {} row groups",
-                ctx(),
-                self.num_row_groups()
-            ));
+            return Err(data_err!("{}: only {} row groups", ctx(), self.num_row_groups()));
         }
-        let group = self
-            .reader
-            .get_row_group(rg)
-            .map_err(|e| data_err!("{}: {e}", ctx()))?;
+        let group = self.reader.get_row_group(rg).map_err(|e| data_err!("{}: {e}", ctx()))?;
         let rows = group.metadata().num_rows().max(0) as usize;
         let column = group
             .get_column_reader(self.text_column)
             .map_err(|e| data_err!("{}: {e}", ctx()))?;
         let ColumnReader::ByteArrayColumnReader(mut column) = column else {
-            return Err(data_err!(
-                "{}: column `text` is not a byte-array column",
-                ctx()
-            ));
+            return Err(data_err!("{}: column `text` is not a byte-array column", ctx()));
         };
         let mut values: Vec<ByteArray> = Vec::with_capacity(rows);
         let mut def_levels: Vec<i16> = Vec::with_capacity(rows);
@@ -153,8 +139,7 @@ impl TextParquet {
 /// writes it), row groups of `row_group_docs` documents, zstd level 3, no dictionary, no statistics.
 /// Written to a temporary file first and renamed, so a reader never sees half a shard.
 pub fn write_text_parquet(path: &Path, docs: &[&str], row_group_docs: usize) -> Result<()> {
-    let ctx =
-        |e: &dyn std::fmt::Display| data_err!("cannot write parquet file {}: {e}", path.display());
+    let ctx = |e: &dyn std::fmt::Display| data_err!("cannot write parquet file {}: {e}", path.display());
     let field = SchemaType::primitive_type_builder("text", PhysicalType::BYTE_ARRAY)
         .with_repetition(Repetition::OPTIONAL)
         .with_logical_type(Some(parquet::basic::LogicalType::String))
@@ -173,18 +158,14 @@ pub fn write_text_parquet(path: &Path, docs: &[&str], row_group_docs: usize) -> 
         .build();
     let tmp = path.with_extension("parquet.tmp");
     let file = File::create(&tmp).map_err(|e| ctx(&e))?;
-    let mut writer =
-        SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).map_err(|e| ctx(&e))?;
+    let mut writer = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).map_err(|e| ctx(&e))?;
     for chunk in docs.chunks(row_group_docs.max(1)) {
         let mut group = writer.next_row_group().map_err(|e| ctx(&e))?;
         let mut column = group
             .next_column()
             .map_err(|e| ctx(&e))?
             .ok_or_else(|| ctx(&"no column"))?;
-        let values: Vec<ByteArray> = chunk
-            .iter()
-            .map(|d| ByteArray::from(d.as_bytes().to_vec()))
-            .collect();
+        let values: Vec<ByteArray> = chunk.iter().map(|d| ByteArray::from(d.as_bytes().to_vec())).collect();
         let levels = vec![1i16; chunk.len()];
         column
             .typed::<ByteArrayType>()

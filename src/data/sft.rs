@@ -143,16 +143,10 @@ impl SftLoader {
     }
 
     /// A loader that continues exactly from `state` (taken from a loader over the same conversations).
-    pub fn resume(
-        source: Arc<dyn ConversationSource>,
-        cfg: SftConfig,
-        state: &SftState,
-    ) -> Result<SftLoader, String> {
+    pub fn resume(source: Arc<dyn ConversationSource>, cfg: SftConfig, state: &SftState) -> Result<SftLoader, String> {
         let n = source.len();
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.buffer == 0 || cfg.max_tokens == 0 {
-            return Err(format!(
-                "the conversation loader needs positive sizes, got {cfg:?}"
-            ));
+            return Err(format!("the conversation loader needs positive sizes, got {cfg:?}"));
         }
         if cfg.world_size == 0 || cfg.rank >= cfg.world_size {
             return Err(format!(
@@ -305,11 +299,7 @@ impl SftLoader {
                 // Target j is token j+1; in a padded row nothing is predicted from the last real token on.
                 let padding = content_len < capacity && j + 1 >= content_len;
                 let masked = self.cfg.supervision == Supervision::Masked && mask[j + 1] == 0;
-                let y = if padding || masked {
-                    -1
-                } else {
-                    row[j + 1] as i32
-                };
+                let y = if padding || masked { -1 } else { row[j + 1] as i32 };
                 supervised += (y >= 0) as u64;
                 batch.targets.push(y);
             }

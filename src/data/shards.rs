@@ -47,8 +47,7 @@ pub fn token_width(vocab_size: usize) -> u32 {
 /// Writes a token shard from documents that already start with BOS. Goes through a temporary file and a
 /// rename, so an interrupted run never leaves a shard that looks complete.
 pub fn write_shard(path: &Path, docs: &[Vec<u32>], vocab_size: usize, bos_id: u32) -> Result<()> {
-    let ctx =
-        |e: &dyn std::fmt::Display| data_err!("cannot write token shard {}: {e}", path.display());
+    let ctx = |e: &dyn std::fmt::Display| data_err!("cannot write token shard {}: {e}", path.display());
     let width = token_width(vocab_size);
     let num_tokens: usize = docs.iter().map(Vec::len).sum();
     let tmp = path.with_extension("tok.tmp");
@@ -72,13 +71,10 @@ pub fn write_shard(path: &Path, docs: &[Vec<u32>], vocab_size: usize, bos_id: u3
     for doc in docs {
         for &t in doc {
             if t as usize >= vocab_size {
-                return Err(ctx(&format!(
-                    "token id {t} outside the vocabulary of {vocab_size}"
-                )));
+                return Err(ctx(&format!("token id {t} outside the vocabulary of {vocab_size}")));
             }
             let bytes = t.to_le_bytes();
-            out.write_all(&bytes[..width as usize])
-                .map_err(|e| ctx(&e))?;
+            out.write_all(&bytes[..width as usize]).map_err(|e| ctx(&e))?;
         }
     }
     out.flush().map_err(|e| ctx(&e))?;
@@ -114,12 +110,10 @@ impl TokenShard {
     /// token id below `vocab_size`. Costs one parallel pass over the tokens; afterwards reads cannot fail.
     pub fn open(path: &Path) -> Result<TokenShard> {
         let name = path.display();
-        let file =
-            File::open(path).map_err(|e| data_err!("cannot open token shard {name}: {e}"))?;
+        let file = File::open(path).map_err(|e| data_err!("cannot open token shard {name}: {e}"))?;
         // SAFETY: the mapping is read-only and shards are written once (temporary file + rename), never
         // modified in place; a shard truncated by another process while mapped is outside this contract.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| data_err!("cannot map token shard {name}: {e}"))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| data_err!("cannot map token shard {name}: {e}"))?;
         let b = &map[..];
         if b.len() < HEADER_BYTES {
             return Err(data_err!(
@@ -157,11 +151,7 @@ impl TokenShard {
         let num_docs = read_u64(b, 24);
         let num_tokens = read_u64(b, 32);
         let expected = (num_docs.checked_add(1).and_then(|n| n.checked_mul(8)))
-            .and_then(|o| {
-                num_tokens
-                    .checked_mul(width as u64)
-                    .and_then(|t| t.checked_add(o))
-            })
+            .and_then(|o| num_tokens.checked_mul(width as u64).and_then(|t| t.checked_add(o)))
             .and_then(|x| x.checked_add(HEADER_BYTES as u64));
         if expected != Some(b.len() as u64) {
             return Err(data_err!(
@@ -293,14 +283,9 @@ impl TokenShard {
     pub fn extend_doc(&self, d: usize, n: usize, out: &mut Vec<u32>) {
         let start = self.offsets()[d] as usize;
         let n = n.min(self.doc_len(d));
-        let bytes = &self.map[self.tokens_start() + start * self.width as usize..]
-            [..n * self.width as usize];
+        let bytes = &self.map[self.tokens_start() + start * self.width as usize..][..n * self.width as usize];
         if self.width == 2 {
-            out.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
-            );
+            out.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32));
         } else {
             out.extend(
                 bytes
@@ -401,10 +386,8 @@ impl Manifest {
         if !path.exists() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| data_err!("cannot read {}: {e}", path.display()))?;
-        let m = serde_json::from_str(&text)
-            .map_err(|e| data_err!("damaged manifest {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| data_err!("cannot read {}: {e}", path.display()))?;
+        let m = serde_json::from_str(&text).map_err(|e| data_err!("damaged manifest {}: {e}", path.display()))?;
         Ok(Some(m))
     }
 
@@ -412,8 +395,7 @@ impl Manifest {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(MANIFEST);
         let tmp = dir.join("manifest.json.tmp");
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| data_err!("cannot encode manifest: {e}"))?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| data_err!("cannot encode manifest: {e}"))?;
         std::fs::write(&tmp, text).map_err(|e| data_err!("cannot write {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, &path).map_err(|e| data_err!("cannot write {}: {e}", path.display()))
     }

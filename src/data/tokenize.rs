@@ -76,8 +76,7 @@ pub fn tokenize_dir(
     if sources.is_empty() {
         return Err(data_err!("no parquet shards in {}", parquet_dir.display()));
     }
-    std::fs::create_dir_all(tokens_dir)
-        .map_err(|e| data_err!("cannot create {}: {e}", tokens_dir.display()))?;
+    std::fs::create_dir_all(tokens_dir).map_err(|e| data_err!("cannot create {}: {e}", tokens_dir.display()))?;
     let id = TokenizerId::of(encoder);
     let mut manifest = match Manifest::load(tokens_dir)? {
         Some(m) if m.tokenizer == id => m,
@@ -120,12 +119,7 @@ pub fn tokenize_dir(
     let start = Instant::now();
     let (mut bytes, mut tokens) = (0usize, 0usize);
     for (i, source) in todo.iter().enumerate() {
-        let out = tokens_dir.join(
-            source
-                .with_extension(shards::EXTENSION)
-                .file_name()
-                .unwrap_or_default(),
-        );
+        let out = tokens_dir.join(source.with_extension(shards::EXTENSION).file_name().unwrap_or_default());
         let entry = tokenize_file(source, &out, encoder)?;
         bytes += entry.text_bytes;
         tokens += entry.num_tokens;
@@ -158,9 +152,7 @@ pub struct ByteEncoder;
 
 impl DocEncoder for ByteEncoder {
     fn encode_batch(&self, docs: &[&str]) -> Vec<Vec<u32>> {
-        docs.iter()
-            .map(|d| d.bytes().map(u32::from).collect())
-            .collect()
+        docs.iter().map(|d| d.bytes().map(u32::from).collect()).collect()
     }
     fn bos_id(&self) -> u32 {
         256

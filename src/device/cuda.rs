@@ -67,21 +67,17 @@ impl CudaDevice {
         drv::init().map_err(|e| driver_err("cuInit (is there a GPU?)", e))?;
         let count = drv::device::get_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
         if ordinal < 0 || ordinal >= count {
-            return err(format!(
-                "cuda: no GPU with ordinal {ordinal} ({count} found)"
-            ));
+            return err(format!("cuda: no GPU with ordinal {ordinal} ({count} found)"));
         }
         let dev = drv::device::get(ordinal).map_err(|e| driver_err("cuDeviceGet", e))?;
         let name = drv::device::get_name(dev).map_err(|e| driver_err("cuDeviceGetName", e))?;
         // SAFETY: dev is a valid device handle; the primary context lives as long as the process.
-        let ctx = unsafe { drv::primary_ctx::retain(dev) }
-            .map_err(|e| driver_err("cuDevicePrimaryCtxRetain", e))?;
+        let ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(|e| driver_err("cuDevicePrimaryCtxRetain", e))?;
         unsafe { drv::ctx::set_current(ctx) }.map_err(|e| driver_err("cuCtxSetCurrent", e))?;
-        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
-            .map_err(|e| driver_err("cuStreamCreate", e))?;
+        let stream =
+            drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(|e| driver_err("cuStreamCreate", e))?;
         // The driver wants the image aligned and owned until unload; a leaked copy is both.
-        let image: &'static mut [u64] =
-            Box::leak(vec![0u64; FATBIN.len().div_ceil(8)].into_boxed_slice());
+        let image: &'static mut [u64] = Box::leak(vec![0u64; FATBIN.len().div_ceil(8)].into_boxed_slice());
         bytemuck::cast_slice_mut::<u64, u8>(image)[..FATBIN.len()].copy_from_slice(FATBIN);
         // SAFETY: image holds a complete fatbin and outlives the module.
         let module = unsafe { drv::module::load_data(image.as_ptr() as *const c_void) }.map_err(|e| {
@@ -130,8 +126,7 @@ impl Inner {
         if let Some(&f) = self.functions.get(name) {
             return Ok(f);
         }
-        let cname = CString::new(name)
-            .map_err(|_| DeviceError(format!("kernel name {name:?} contains NUL")))?;
+        let cname = CString::new(name).map_err(|_| DeviceError(format!("kernel name {name:?} contains NUL")))?;
         // SAFETY: module is loaded; cname is NUL-terminated.
         let f = unsafe { drv::module::get_function(self.module, cname) }
             .map_err(|e| driver_err(&format!("kernel `{name}` is not in ptx/kernels.fatbin"), e))?;
@@ -151,11 +146,9 @@ impl Inner {
                  LD_LIBRARY_PATH",
             );
         }
-        let h =
-            lt::create_handle().map_err(|e| DeviceError(format!("cuda: cublasLtCreate: {e}")))?;
+        let h = lt::create_handle().map_err(|e| DeviceError(format!("cuda: cublasLtCreate: {e}")))?;
         // SAFETY: a plain device allocation with the context current.
-        let w = unsafe { drv::malloc_sync(WORKSPACE_BYTES) }
-            .map_err(|e| driver_err("cuBLASLt workspace", e))?;
+        let w = unsafe { drv::malloc_sync(WORKSPACE_BYTES) }.map_err(|e| driver_err("cuBLASLt workspace", e))?;
         self.lt = Some(h);
         self.workspace = Some(w);
         Ok((h, w))
@@ -168,10 +161,7 @@ fn cublas_err(what: &str, e: lt::CublasError) -> DeviceError {
 
 /// Builds the cuBLASLt plan for one GEMM shape. Row-major C = op(A) op(B) is column-major
 /// C^T = op(B)^T op(A)^T, so B is passed as cuBLASLt's first operand and A as its second.
-fn make_plan(
-    h: ltsys::cublasLtHandle_t,
-    g: &Gemm,
-) -> std::result::Result<GemmPlan, lt::CublasError> {
+fn make_plan(h: ltsys::cublasLtHandle_t, g: &Gemm) -> std::result::Result<GemmPlan, lt::CublasError> {
     use ltsys::cublasLtMatmulDescAttributes_t as D;
     use ltsys::cublasLtMatrixLayoutAttribute_t as L;
     let bf16 = ltsys::cudaDataType::CUDA_R_16BF;
@@ -279,8 +269,8 @@ impl Device for CudaDevice {
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
         let _g = self.lock()?;
         // SAFETY: context is current.
-        let p = unsafe { drv::malloc_sync(bytes.max(1)) }
-            .map_err(|e| driver_err(&format!("cuMemAlloc({bytes})"), e))?;
+        let p =
+            unsafe { drv::malloc_sync(bytes.max(1)) }.map_err(|e| driver_err(&format!("cuMemAlloc({bytes})"), e))?;
         let inner = self.inner.clone();
         let free = Arc::new(move |ptr: DevPtr| {
             if let Ok(g) = inner.lock() {
@@ -301,10 +291,8 @@ impl Device for CudaDevice {
         // cuMemcpyHtoD runs on the legacy stream, which our non-blocking stream does not wait for, and may
         // return before a pageable copy has landed.)
         unsafe {
-            drv::memcpy_htod_async(dst.0, src, g.stream)
-                .map_err(|e| driver_err("cuMemcpyHtoDAsync", e))?;
-            drv::stream::synchronize(g.stream)
-                .map_err(|e| driver_err("stream sync after upload", e))
+            drv::memcpy_htod_async(dst.0, src, g.stream).map_err(|e| driver_err("cuMemcpyHtoDAsync", e))?;
+            drv::stream::synchronize(g.stream).map_err(|e| driver_err("stream sync after upload", e))
         }
     }
 
@@ -312,8 +300,7 @@ impl Device for CudaDevice {
         let g = self.lock()?;
         // SAFETY: synchronous copy from device memory after the stream's work finished.
         unsafe {
-            drv::stream::synchronize(g.stream)
-                .map_err(|e| driver_err("stream sync before download", e))?;
+            drv::stream::synchronize(g.stream).map_err(|e| driver_err("stream sync before download", e))?;
             drv::memcpy_dtoh_sync(dst, src.0).map_err(|e| driver_err("cuMemcpyDtoH", e))
         }
     }
@@ -321,25 +308,16 @@ impl Device for CudaDevice {
     fn zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
         let g = self.lock()?;
         // SAFETY: asynchronous memset on our stream; the driver validates the range.
-        unsafe { drv::memset_d8_async(dst.0, 0, bytes, g.stream) }
-            .map_err(|e| driver_err("cuMemsetD8Async", e))
+        unsafe { drv::memset_d8_async(dst.0, 0, bytes, g.stream) }.map_err(|e| driver_err("cuMemsetD8Async", e))
     }
 
     fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
         let g = self.lock()?;
         // SAFETY: asynchronous device-to-device copy on our stream; the driver validates both ranges.
-        unsafe { drv::memcpy_dtod_async(dst.0, src.0, bytes, g.stream) }
-            .map_err(|e| driver_err("cuMemcpyDtoDAsync", e))
+        unsafe { drv::memcpy_dtod_async(dst.0, src.0, bytes, g.stream) }.map_err(|e| driver_err("cuMemcpyDtoDAsync", e))
     }
 
-    fn launch(
-        &self,
-        name: &str,
-        grid: Dim3,
-        block: Dim3,
-        smem_bytes: u32,
-        args: &[Arg],
-    ) -> Result<()> {
+    fn launch(&self, name: &str, grid: Dim3, block: Dim3, smem_bytes: u32, args: &[Arg]) -> Result<()> {
         let mut g = self.lock()?;
         let f = g.function(name)?;
         if smem_bytes > 48 * 1024 {
@@ -359,10 +337,7 @@ impl Device for CudaDevice {
             })?;
         }
         let mut values: Vec<[u8; 8]> = args.iter().map(|a| a.bytes().0).collect();
-        let mut params: Vec<*mut c_void> = values
-            .iter_mut()
-            .map(|v| v.as_mut_ptr() as *mut c_void)
-            .collect();
+        let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: params point at live 8-byte slots; the driver copies the parameter values at launch.
         unsafe {
             drv::launch_kernel(
@@ -374,12 +349,7 @@ impl Device for CudaDevice {
                 &mut params,
             )
         }
-        .map_err(|e| {
-            driver_err(
-                &format!("launching kernel `{name}` grid {grid:?} block {block:?}"),
-                e,
-            )
-        })
+        .map_err(|e| driver_err(&format!("launching kernel `{name}` grid {grid:?} block {block:?}"), e))
     }
 
     fn gemm(&self, gm: &Gemm) -> Result<()> {
@@ -404,8 +374,7 @@ impl Device for CudaDevice {
             gm.alignments()
         );
         if !g.plans.contains_key(&key) {
-            let plan =
-                make_plan(h, gm).map_err(|e| cublas_err(&format!("planning gemm {gm:?}"), e))?;
+            let plan = make_plan(h, gm).map_err(|e| cublas_err(&format!("planning gemm {gm:?}"), e))?;
             g.plans.insert(key.clone(), plan);
         }
         let plan = &g.plans[&key];

@@ -74,7 +74,10 @@ impl EmuDevice {
                 "emu: {what}: {bytes} bytes at {:#x} run past the end of the {size}-byte buffer at {base:#x}",
                 ptr.0
             )),
-            _ => err(format!("emu: {what}: address {:#x} is not inside any live device buffer", ptr.0)),
+            _ => err(format!(
+                "emu: {what}: address {:#x} is not inside any live device buffer",
+                ptr.0
+            )),
         }
     }
 }
@@ -141,16 +144,8 @@ impl Device for EmuDevice {
         Ok(())
     }
 
-    fn launch(
-        &self,
-        name: &str,
-        grid: Dim3,
-        block: Dim3,
-        smem_bytes: u32,
-        args: &[Arg],
-    ) -> Result<()> {
-        let cname = CString::new(name)
-            .map_err(|_| DeviceError(format!("kernel name {name:?} contains NUL")))?;
+    fn launch(&self, name: &str, grid: Dim3, block: Dim3, smem_bytes: u32, args: &[Arg]) -> Result<()> {
+        let cname = CString::new(name).map_err(|_| DeviceError(format!("kernel name {name:?} contains NUL")))?;
         let mut values: Vec<[u8; 8]> = Vec::with_capacity(args.len());
         let mut sizes: Vec<usize> = Vec::with_capacity(args.len());
         for a in args {
@@ -158,10 +153,7 @@ impl Device for EmuDevice {
             values.push(b);
             sizes.push(n);
         }
-        let mut params: Vec<*mut c_void> = values
-            .iter_mut()
-            .map(|v| v.as_mut_ptr() as *mut c_void)
-            .collect();
+        let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
         let (schedule, seed) = match self.schedule {
             Schedule::Forward => (0, 0),
             Schedule::Reverse => (1, 0),

@@ -49,15 +49,7 @@ pub struct Gemm {
 
 impl Gemm {
     /// A single, dense, non-transposed C = A @ B.
-    pub fn new(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: DevPtr,
-        b: DevPtr,
-        c: DevPtr,
-        c_dtype: Dtype,
-    ) -> Gemm {
+    pub fn new(m: usize, n: usize, k: usize, a: DevPtr, b: DevPtr, c: DevPtr, c_dtype: Dtype) -> Gemm {
         Gemm {
             m,
             n,
@@ -125,8 +117,7 @@ impl Gemm {
             ));
         }
         let (ea, eb, ec) = self.extents();
-        let overlaps =
-            |p: DevPtr, n: usize| p.0 < self.c.0 + ec as u64 && self.c.0 < p.0 + n as u64;
+        let overlaps = |p: DevPtr, n: usize| p.0 < self.c.0 + ec as u64 && self.c.0 < p.0 + n as u64;
         if overlaps(self.a, ea) || overlaps(self.b, eb) {
             return err("gemm: output C overlaps an input");
         }
@@ -137,11 +128,7 @@ impl Gemm {
     /// library may assume of the pointers when it picks an algorithm.
     pub fn alignments(&self) -> [u32; 3] {
         let align = |p: DevPtr, stride_bytes: usize| -> u32 {
-            let stride = if self.batch > 1 {
-                stride_bytes as u64
-            } else {
-                0
-            };
+            let stride = if self.batch > 1 { stride_bytes as u64 } else { 0 };
             1 << (p.0 | stride | 256).trailing_zeros()
         };
         [
@@ -153,9 +140,8 @@ impl Gemm {
 
     /// Bytes spanned by A, B and C over all batches.
     pub fn extents(&self) -> (usize, usize, usize) {
-        let span = |rows: usize, cols: usize, ld: usize, stride: usize| {
-            (self.batch - 1) * stride + (rows - 1) * ld + cols
-        };
+        let span =
+            |rows: usize, cols: usize, ld: usize, stride: usize| (self.batch - 1) * stride + (rows - 1) * ld + cols;
         let (ar, ac) = self.stored_a();
         let (br, bc) = self.stored_b();
         (
@@ -169,9 +155,7 @@ impl Gemm {
     /// span [`Gemm::extents`]). fp32 accumulation (blocked, like the GPU's: not in plain k order).
     pub fn run_on_host(&self, a: &[u8], b: &[u8], c: &mut [u8]) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let rd = |s: &[u8], i: usize| {
-            bf16::from_bits(u16::from_ne_bytes([s[2 * i], s[2 * i + 1]])).to_f32()
-        };
+        let rd = |s: &[u8], i: usize| bf16::from_bits(u16::from_ne_bytes([s[2 * i], s[2 * i + 1]])).to_f32();
         let mut opa = vec![0f32; m * k];
         let mut opb = vec![0f32; k * n];
         let mut acc = vec![0f32; m * n];
@@ -222,21 +206,13 @@ impl Gemm {
                         Dtype::F32 => {
                             let s = &mut c[4 * at..4 * at + 4];
                             let old = f32::from_ne_bytes([s[0], s[1], s[2], s[3]]);
-                            let out = if self.beta == 0.0 {
-                                v
-                            } else {
-                                v + self.beta * old
-                            };
+                            let out = if self.beta == 0.0 { v } else { v + self.beta * old };
                             s.copy_from_slice(&out.to_ne_bytes());
                         }
                         Dtype::Bf16 => {
                             let s = &mut c[2 * at..2 * at + 2];
                             let old = bf16::from_bits(u16::from_ne_bytes([s[0], s[1]])).to_f32();
-                            let out = if self.beta == 0.0 {
-                                v
-                            } else {
-                                v + self.beta * old
-                            };
+                            let out = if self.beta == 0.0 { v } else { v + self.beta * old };
                             s.copy_from_slice(&bf16::from_f32(out).to_bits().to_ne_bytes());
                         }
                     }
@@ -252,15 +228,7 @@ mod tests {
 
     #[test]
     fn alignments_hold_in_every_batch_and_are_capped_at_256() {
-        let g = Gemm::new(
-            4,
-            4,
-            4,
-            DevPtr(0x10000),
-            DevPtr(0x10042),
-            DevPtr(0x10040),
-            Dtype::F32,
-        );
+        let g = Gemm::new(4, 4, 4, DevPtr(0x10000), DevPtr(0x10042), DevPtr(0x10040), Dtype::F32);
         assert_eq!(g.alignments(), [256, 2, 64]);
         let mut b = g.clone();
         b.a = DevPtr(0x20000);

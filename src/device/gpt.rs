@@ -29,11 +29,7 @@ struct Mat {
 
 /// A dense `(rows, cols)` bf16 matrix at `ptr`.
 fn mat(ptr: DevPtr, cols: usize) -> Mat {
-    Mat {
-        ptr,
-        cols,
-        ld: cols,
-    }
+    Mat { ptr, cols, ld: cols }
 }
 
 /// `cols` columns of a matrix whose rows are `ld` elements apart.
@@ -64,28 +60,12 @@ impl KernelModel {
 
     /// Backward of [`KernelModel::linear`]: `dx (n, k) bf16 = dout (n, m) @ W` and `dw (m, k) f32 += doutᵀ @ x`
     /// (x dense).
-    fn linear_backward(
-        &self,
-        dx: DevPtr,
-        dw: DevPtr,
-        dout: Mat,
-        x: Mat,
-        w: DevPtr,
-        n: usize,
-    ) -> Result<()> {
+    fn linear_backward(&self, dx: DevPtr, dw: DevPtr, dout: Mat, x: Mat, w: DevPtr, n: usize) -> Result<()> {
         self.linear_backward_beta(dx, 0.0, dw, dout, x, w, n)
     }
 
     /// [`KernelModel::linear_backward`] adding into `dx` (a second branch reading the same input).
-    fn linear_backward_add(
-        &self,
-        dx: DevPtr,
-        dw: DevPtr,
-        dout: Mat,
-        x: Mat,
-        w: DevPtr,
-        n: usize,
-    ) -> Result<()> {
+    fn linear_backward_add(&self, dx: DevPtr, dw: DevPtr, dout: Mat, x: Mat, w: DevPtr, n: usize) -> Result<()> {
         self.linear_backward_beta(dx, 1.0, dw, dout, x, w, n)
     }
 
@@ -138,14 +118,7 @@ impl KernelModel {
             .map_err(|e| format!("{}: forward: {e}", self.dev.name()))
     }
 
-    fn forward_kernels(
-        &self,
-        ids: &[u32],
-        targets: Option<&[i32]>,
-        b: usize,
-        t: usize,
-        dloss: f32,
-    ) -> Result<f32> {
+    fn forward_kernels(&self, ids: &[u32], targets: Option<&[i32]>, b: usize, t: usize, dloss: f32) -> Result<f32> {
         let cfg = &self.config;
         let dev = self.dev.as_ref();
         let a = &self.arena.as_ref().expect("arena allocated").acts;
@@ -164,10 +137,7 @@ impl KernelModel {
         // Embedding, norm, smear: res[0] = x0.
         embedding::embedding_forward(dev, a.emb, a.ids, self.weight(Slot::Wte, 0), ids, vp, c)?;
         rmsnorm::rmsnorm_forward(dev, a.xe, a.rstd0, a.emb, n, c)?;
-        let (smear_gate, smear_lambda) = (
-            self.master(Slot::SmearGate, 0),
-            self.master(Slot::SmearLambda, 0),
-        );
+        let (smear_gate, smear_lambda) = (self.master(Slot::SmearGate, 0), self.master(Slot::SmearLambda, 0));
         model_ops::smear_forward(
             dev,
             a.res[0],
@@ -184,9 +154,7 @@ impl KernelModel {
         for (i, la) in a.layers.iter().enumerate() {
             // Attention: xa = rl · res[i] + xl · x0, xb = xa + attn(norm(xa)) · Woᵀ.
             let lambdas = self.lambda_pairs.at::<f32>(2 * i);
-            rmsnorm::mix_rmsnorm_forward(
-                dev, la.xa, la.xn1, la.rstd1, a.res[i], a.res[0], lambdas, n, c,
-            )?;
+            rmsnorm::mix_rmsnorm_forward(dev, la.xa, la.xn1, la.rstd1, a.res[i], a.res[0], lambdas, n, c)?;
             // q‖k side by side in `qk`; v on its own (the gate adds into it, attention reads it dense).
             let (qk_q, qk_k) = (
                 strided(la.qk, qd, qd + kvd),
@@ -199,60 +167,21 @@ impl KernelModel {
             if let Some(kv) = cfg.ve_index(i) {
                 self.gather_ve(a, ids, kv)?;
                 let gate_w = self.master(Slot::VeGate, kv);
-                model_ops::ve_gate_forward(
-                    dev,
-                    la.v,
-                    la.gate,
-                    la.xn1,
-                    a.ve,
-                    gate_w,
-                    gate_shape(cfg, n),
-                )?;
+                model_ops::ve_gate_forward(dev, la.v, la.gate, la.xn1, a.ve, gate_w, gate_shape(cfg, n))?;
             }
-            rope_qknorm_forward(
-                dev,
-                la.q,
-                la.rstd_q,
-                qk_q.ptr,
-                cos,
-                sin,
-                self.rope_shape(n, t, nh),
-            )?;
-            rope_qknorm_forward(
-                dev,
-                la.k,
-                la.rstd_k,
-                qk_k.ptr,
-                cos,
-                sin,
-                self.rope_shape(n, t, nkv),
-            )?;
+            rope_qknorm_forward(dev, la.q, la.rstd_q, qk_q.ptr, cos, sin, self.rope_shape(n, t, nh))?;
+            rope_qknorm_forward(dev, la.k, la.rstd_k, qk_k.ptr, cos, sin, self.rope_shape(n, t, nkv))?;
             let shape = self.attn_shape(b, t, i);
             attention::attention_forward(dev, self.attn, la.y, la.lse, la.q, la.k, la.v, shape)?;
             dev.copy(la.xb, la.xa, n * c * BF16)?;
-            self.linear_add(
-                mat(la.xb, c),
-                mat(la.y, qd),
-                self.weight(Slot::AttnProj, i),
-                n,
-            )?;
+            self.linear_add(mat(la.xb, c), mat(la.y, qd), self.weight(Slot::AttnProj, i), n)?;
 
             // MLP: res[i+1] = xb + relu²(norm(xb) · Wfcᵀ) · Wmpᵀ.
             rmsnorm::rmsnorm_forward(dev, la.xn2, la.rstd2, la.xb, n, c)?;
-            self.linear(
-                mat(la.h, md),
-                mat(la.xn2, c),
-                self.weight(Slot::MlpFc, i),
-                n,
-            )?;
+            self.linear(mat(la.h, md), mat(la.xn2, c), self.weight(Slot::MlpFc, i), n)?;
             relu2_forward(dev, a.wide1, la.h, n * md)?;
             dev.copy(a.res[i + 1], la.xb, n * c * BF16)?;
-            self.linear_add(
-                mat(a.res[i + 1], c),
-                mat(a.wide1, md),
-                self.weight(Slot::MlpProj, i),
-                n,
-            )?;
+            self.linear_add(mat(a.res[i + 1], c), mat(a.wide1, md), self.weight(Slot::MlpProj, i), n)?;
         }
 
         // Backout, final norm, head, loss.
@@ -260,12 +189,7 @@ impl KernelModel {
         let backout = self.master(Slot::BackoutLambda, 0);
         model_ops::backout_forward(dev, a.xf, a.res[l], a.res[mid + 1], backout, n * c)?;
         rmsnorm::rmsnorm_forward(dev, a.xnf, a.rstd_f, a.xf, n, c)?;
-        self.linear(
-            mat(a.logits, vp),
-            mat(a.xnf, c),
-            self.weight(Slot::LmHead, 0),
-            n,
-        )?;
+        self.linear(mat(a.logits, vp), mat(a.xnf, c), self.weight(Slot::LmHead, 0), n)?;
         let Some(y) = targets else {
             return Ok(0.0);
         };
@@ -353,10 +277,7 @@ impl KernelModel {
             n,
         )?;
         let mid = cfg.backout_layer();
-        let (backout, dbackout) = (
-            self.master(Slot::BackoutLambda, 0),
-            self.grad(Slot::BackoutLambda, 0),
-        );
+        let (backout, dbackout) = (self.master(Slot::BackoutLambda, 0), self.grad(Slot::BackoutLambda, 0));
         rmsnorm::rmsnorm_backout_backward(
             dev,
             a.dres,
@@ -412,8 +333,7 @@ impl KernelModel {
             )?;
             let shape = self.attn_shape(b, t, i);
             attention::attention_backward(
-                dev, self.attn, a.dq, a.dk, a.dv, a.delta, a.dy, la.y, la.lse, la.q, la.k, la.v,
-                shape,
+                dev, self.attn, a.dq, a.dk, a.dv, a.delta, a.dy, la.y, la.lse, la.q, la.k, la.v, shape,
             )?;
             let w = qd + kvd;
             let (dq_raw, dk_raw) = (strided(a.dqk, qd, w), strided(a.dqk.at::<bf16>(qd), kvd, w));
@@ -469,8 +389,7 @@ impl KernelModel {
             )?;
             if let Some(kv) = cfg.ve_index(i) {
                 self.gather_ve(a, ids, kv)?;
-                let (gate_w, dgate_w) =
-                    (self.master(Slot::VeGate, kv), self.grad(Slot::VeGate, kv));
+                let (gate_w, dgate_w) = (self.master(Slot::VeGate, kv), self.grad(Slot::VeGate, kv));
                 model_ops::ve_gate_backward(
                     dev,
                     a.dve,
@@ -484,22 +403,13 @@ impl KernelModel {
                     gate_w,
                     gate_shape(cfg, n),
                 )?;
-                embedding::embedding_backward(
-                    dev,
-                    self.grad(Slot::ValueEmbeds, kv),
-                    a.dve,
-                    tokens,
-                    kvd,
-                )?;
+                embedding::embedding_backward(dev, self.grad(Slot::ValueEmbeds, kv), a.dve, tokens, kvd)?;
             }
             // Norm and lambda mix (xa = rl · res[i] + xl · x0) in one pass.
-            let (lambdas, dlambdas) = (
-                self.lambda_pairs.at::<f32>(2 * i),
-                self.dlambda_pairs.at::<f32>(2 * i),
-            );
+            let (lambdas, dlambdas) = (self.lambda_pairs.at::<f32>(2 * i), self.dlambda_pairs.at::<f32>(2 * i));
             rmsnorm::rmsnorm_mix_backward(
-                dev, a.dres, a.dx0, dlambdas, a.pscratch, a.dres, a.dxn, la.xa, la.rstd1, a.res[i],
-                a.res[0], lambdas, n, c,
+                dev, a.dres, a.dx0, dlambdas, a.pscratch, a.dres, a.dxn, la.xa, la.rstd1, a.res[i], a.res[0], lambdas,
+                n, c,
             )?;
         }
         // Layer 0's residual input is x0 itself.
@@ -507,14 +417,8 @@ impl KernelModel {
 
         // Smear, embedding norm, gather.
         dev.zero(a.dxe, rows(c))?;
-        let (smear_gate, smear_lambda) = (
-            self.master(Slot::SmearGate, 0),
-            self.master(Slot::SmearLambda, 0),
-        );
-        let (dsmear_gate, dsmear_lambda) = (
-            self.grad(Slot::SmearGate, 0),
-            self.grad(Slot::SmearLambda, 0),
-        );
+        let (smear_gate, smear_lambda) = (self.master(Slot::SmearGate, 0), self.master(Slot::SmearLambda, 0));
+        let (dsmear_gate, dsmear_lambda) = (self.grad(Slot::SmearGate, 0), self.grad(Slot::SmearLambda, 0));
         model_ops::smear_backward(
             dev,
             a.dxe,

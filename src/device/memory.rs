@@ -276,12 +276,7 @@ pub(super) struct Arena {
 
 impl Arena {
     /// Allocates the arena of micro-batches `(b, t)` on `dev`.
-    pub(super) fn allocate(
-        dev: &dyn Device,
-        cfg: &ModelConfig,
-        b: usize,
-        t: usize,
-    ) -> Result<Arena, DeviceError> {
+    pub(super) fn allocate(dev: &dyn Device, cfg: &ModelConfig, b: usize, t: usize) -> Result<Arena, DeviceError> {
         if dev.guard_pages() {
             let mut cv = Carver::new(Placement::EachPart(dev));
             let acts = carve(cfg, b, t, &mut cv);
@@ -347,9 +342,7 @@ pub(super) fn muon_stacks(opt: &MuonAdamW) -> Vec<Stack> {
     let mut v: Vec<Stack> = Vec::new();
     for job in opt.plan(&NO_SETTINGS) {
         if let StepJob::Muon {
-            count,
-            dims: (m, n),
-            ..
+            count, dims: (m, n), ..
         } = job
         {
             let s = Stack { k: count, m, n };
@@ -378,11 +371,7 @@ pub(super) fn memory_report(
     let arena = ArenaLayout::new(cfg, b, t);
     let stat = static_memory(table, opt);
     for (what, bytes) in stat.iter().chain(arena.report.iter()) {
-        let _ = writeln!(
-            out,
-            "  {what:<32} {:>10.1} MiB",
-            *bytes as f64 / (1 << 20) as f64
-        );
+        let _ = writeln!(out, "  {what:<32} {:>10.1} MiB", *bytes as f64 / (1 << 20) as f64);
         total += bytes;
     }
     let _ = write!(
@@ -393,16 +382,14 @@ pub(super) fn memory_report(
     );
     if let Some((free, device_total)) = dev.memory_info() {
         // What is allocated now (parameters, gradients, state, scratch) counts as available to the plan.
-        let allocated = stat.values().sum::<usize>()
-            + arena_now.map_or(0, |(ab, at)| ArenaLayout::size(cfg, ab, at));
+        let allocated = stat.values().sum::<usize>() + arena_now.map_or(0, |(ab, at)| ArenaLayout::size(cfg, ab, at));
         let _ = write!(
             out,
             "\n  device: {:.1} GiB total, {:.1} GiB free; largest device batch at T = {t}: {}",
             device_total as f64 / (1u64 << 30) as f64,
             free as f64 / (1u64 << 30) as f64,
             largest_batch(cfg, table, opt, t, free + allocated)
-                .map_or("none (the model alone does not fit)".to_string(), |x| x
-                    .to_string())
+                .map_or("none (the model alone does not fit)".to_string(), |x| x.to_string())
         );
     }
     out
@@ -410,13 +397,7 @@ pub(super) fn memory_report(
 
 /// The largest device batch at sequence length `t` whose parameters, gradients, optimizer state and
 /// activations fit in `free` bytes.
-pub fn largest_batch(
-    cfg: &ModelConfig,
-    table: &ParamTable,
-    opt: &MuonAdamW,
-    t: usize,
-    free: usize,
-) -> Option<usize> {
+pub fn largest_batch(cfg: &ModelConfig, table: &ParamTable, opt: &MuonAdamW, t: usize, free: usize) -> Option<usize> {
     let fixed: usize = static_memory(table, opt).values().sum();
     let avail = free.checked_sub(fixed)?;
     // Arena bytes grow linearly with the batch (up to alignment): bisect on the exact size.

@@ -85,11 +85,7 @@ pub struct Buffer {
 }
 
 impl Buffer {
-    pub(crate) fn new(
-        ptr: DevPtr,
-        bytes: usize,
-        free: Arc<dyn Fn(DevPtr) + Send + Sync>,
-    ) -> Buffer {
+    pub(crate) fn new(ptr: DevPtr, bytes: usize, free: Arc<dyn Fn(DevPtr) + Send + Sync>) -> Buffer {
         Buffer { ptr, bytes, free }
     }
     pub fn ptr(&self) -> DevPtr {
@@ -213,11 +209,7 @@ pub enum Schedule {
 
 impl Schedule {
     /// The three schedules every kernel test runs under.
-    pub const ALL: [Schedule; 3] = [
-        Schedule::Forward,
-        Schedule::Reverse,
-        Schedule::Random(0x5eed),
-    ];
+    pub const ALL: [Schedule; 3] = [Schedule::Forward, Schedule::Reverse, Schedule::Random(0x5eed)];
 }
 
 /// The operations the model code needs from a kernel device.
@@ -235,14 +227,7 @@ pub trait Device: Send + Sync {
     /// Copies `bytes` bytes from device address `src` to device address `dst` (non-overlapping).
     fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
     /// Launches kernel `name` (an `extern "C" __global__` function of `cuda/`).
-    fn launch(
-        &self,
-        name: &str,
-        grid: Dim3,
-        block: Dim3,
-        smem_bytes: u32,
-        args: &[Arg],
-    ) -> Result<()>;
+    fn launch(&self, name: &str, grid: Dim3, block: Dim3, smem_bytes: u32, args: &[Arg]) -> Result<()>;
     /// C = alpha * op(A) @ op(B) + beta * C, see [`Gemm`].
     fn gemm(&self, g: &Gemm) -> Result<()>;
     /// Waits for all queued work; reports asynchronous errors.
@@ -266,11 +251,7 @@ impl dyn Device + '_ {
         Ok(buf)
     }
     /// Reads `n` elements of `T` at `src`.
-    pub fn download_vec<T: bytemuck::Pod + Default>(
-        &self,
-        src: DevPtr,
-        n: usize,
-    ) -> Result<Vec<T>> {
+    pub fn download_vec<T: bytemuck::Pod + Default>(&self, src: DevPtr, n: usize) -> Result<Vec<T>> {
         let mut v = vec![T::default(); n];
         self.download(src, bytemuck::cast_slice_mut(&mut v))?;
         Ok(v)

@@ -19,9 +19,7 @@ use super::kernels::adamw;
 use super::kernels::attention::AttnImpl;
 use super::kernels::elementwise::cast_f32_to_bf16;
 use super::kernels::muon::{muon_step, MuonScratch, Stack};
-use super::memory::{
-    self, largest_batch, muon_stacks, static_memory, Arena, ArenaLayout, BF16, F32,
-};
+use super::memory::{self, largest_batch, muon_stacks, static_memory, Arena, ArenaLayout, BF16, F32};
 use super::{Buffer, DevPtr, Device};
 use crate::config::{softcap, ModelConfig, ROPE_BASE};
 use crate::model::ModelDevice;
@@ -159,15 +157,7 @@ impl KernelModel {
     /// Device memory per component for micro-batches `(b, t)`, and the total, as printable lines.
     pub fn memory_report(&self, b: usize, t: usize) -> String {
         let now = self.arena.as_ref().map(|a| (a.b, a.t));
-        memory::memory_report(
-            &self.config,
-            &self.table,
-            &self.opt,
-            self.device(),
-            now,
-            b,
-            t,
-        )
+        memory::memory_report(&self.config, &self.table, &self.opt, self.device(), now, b, t)
     }
 
     /// The largest device batch size at sequence length `t` whose memory fits in `free` bytes (None if
@@ -197,11 +187,8 @@ impl KernelModel {
             let pair = self.lambda_pairs.at::<f32>(2 * i);
             self.dev
                 .copy(pair, self.master(Slot::ResidLambdas, 0).at::<f32>(i), F32)?;
-            self.dev.copy(
-                pair.at::<f32>(1),
-                self.master(Slot::X0Lambdas, 0).at::<f32>(i),
-                F32,
-            )?;
+            self.dev
+                .copy(pair.at::<f32>(1), self.master(Slot::X0Lambdas, 0).at::<f32>(i), F32)?;
         }
         Ok(())
     }
@@ -240,11 +227,8 @@ impl KernelModel {
             let pair = self.dlambda_pairs.at::<f32>(2 * i);
             self.dev
                 .copy(self.grad(Slot::ResidLambdas, 0).at::<f32>(i), pair, F32)?;
-            self.dev.copy(
-                self.grad(Slot::X0Lambdas, 0).at::<f32>(i),
-                pair.at::<f32>(1),
-                F32,
-            )?;
+            self.dev
+                .copy(self.grad(Slot::X0Lambdas, 0).at::<f32>(i), pair.at::<f32>(1), F32)?;
         }
         Ok(())
     }
@@ -255,11 +239,7 @@ impl KernelModel {
         let [m, v, mom, second] = &self.state;
         for job in self.opt.begin_step(settings) {
             match job {
-                StepJob::AdamW {
-                    range,
-                    state,
-                    hyper,
-                } => adamw::adamw_step(
+                StepJob::AdamW { range, state, hyper } => adamw::adamw_step(
                     dev,
                     self.params.at::<f32>(range.start),
                     Some(self.params_bf16.at::<bf16>(range.start)),
@@ -348,13 +328,7 @@ impl ModelDevice for KernelModel {
         Ok(if valid == 0 { 0.0 } else { sum / valid as f32 })
     }
 
-    fn token_losses(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<Vec<f32>, String> {
+    fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String> {
         self.forward(ids, Some(targets), b, t, 0.0)?;
         let a = &self.arena.as_ref().expect("arena allocated").acts;
         self.dev.download_vec(a.losses, b * t).map_err(dev_err)
@@ -384,12 +358,8 @@ impl ModelDevice for KernelModel {
             let pair = self.dlambda_pairs.at::<f32>(2 * i);
             dev.copy(pair, self.grad(Slot::ResidLambdas, 0).at::<f32>(i), F32)
                 .map_err(dev_err)?;
-            dev.copy(
-                pair.at::<f32>(1),
-                self.grad(Slot::X0Lambdas, 0).at::<f32>(i),
-                F32,
-            )
-            .map_err(dev_err)?;
+            dev.copy(pair.at::<f32>(1), self.grad(Slot::X0Lambdas, 0).at::<f32>(i), F32)
+                .map_err(dev_err)?;
         }
         Ok(())
     }
@@ -398,10 +368,7 @@ impl ModelDevice for KernelModel {
         self.forward(ids, None, b, t, 0.0)?;
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab());
         let a = &self.arena.as_ref().expect("arena allocated").acts;
-        let raw: Vec<bf16> = self
-            .dev
-            .download_vec(a.logits, b * t * vp)
-            .map_err(dev_err)?;
+        let raw: Vec<bf16> = self.dev.download_vec(a.logits, b * t * vp).map_err(dev_err)?;
         Ok(raw
             .chunks_exact(vp)
             .flat_map(|r| r[..v].iter().map(|z| softcap(z.to_f32())))
@@ -443,8 +410,7 @@ impl ModelDevice for KernelModel {
         self.opt.load_state_tensors(state)?;
         let dev = self.dev.as_ref();
         for (host, buf) in self.opt.state_buffers().into_iter().zip(&self.state) {
-            dev.upload(buf.ptr(), bytemuck::cast_slice(host))
-                .map_err(dev_err)?;
+            dev.upload(buf.ptr(), bytemuck::cast_slice(host)).map_err(dev_err)?;
         }
         Ok(())
     }

@@ -25,10 +25,7 @@ pub fn add_bf16(out: &[bf16], a: &[bf16]) -> Vec<bf16> {
 /// `a + b` elementwise, in f32, rounded to bf16 (`add_f32_bf16`).
 pub fn add_f32_bf16(a: &[f32], b: &[bf16]) -> Vec<bf16> {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(&a, b)| bf16::from_f32(a + b.to_f32()))
-        .collect()
+    a.iter().zip(b).map(|(&a, b)| bf16::from_f32(a + b.to_f32())).collect()
 }
 
 /// Sum in f64 (the device sums in fp32 in a fixed tree order; compare with a tolerance).

@@ -48,10 +48,7 @@ impl Peaks {
             (f, b) => format!(
                 "peaks of {}: {} bf16 dense, {} memory",
                 self.device,
-                f.map_or("unknown".to_string(), |f| format!(
-                    "{:.0} TFLOP/s",
-                    f / 1e12
-                )),
+                f.map_or("unknown".to_string(), |f| format!("{:.0} TFLOP/s", f / 1e12)),
                 b.map_or("unknown".to_string(), |b| format!("{:.2} TB/s", b / 1e12)),
             ),
         }
@@ -87,22 +84,13 @@ mod tests {
         let h200 = Peaks::of_name("NVIDIA H200");
         assert_eq!((h200.flops, h200.bytes_per_s), (Some(989e12), Some(4.8e12)));
         let h100 = Peaks::of_name("NVIDIA H100 80GB HBM3");
-        assert_eq!(
-            (h100.flops, h100.bytes_per_s),
-            (Some(989e12), Some(3.35e12))
-        );
+        assert_eq!((h100.flops, h100.bytes_per_s), (Some(989e12), Some(3.35e12)));
         let pcie = Peaks::of_name("NVIDIA H100 PCIe");
         assert_eq!((pcie.flops, pcie.bytes_per_s), (Some(756e12), Some(2.0e12)));
         let a40g = Peaks::of_name("NVIDIA A100-SXM4-40GB");
-        assert_eq!(
-            (a40g.flops, a40g.bytes_per_s),
-            (Some(312e12), Some(1.555e12))
-        );
+        assert_eq!((a40g.flops, a40g.bytes_per_s), (Some(312e12), Some(1.555e12)));
         let a80g = Peaks::of_name("NVIDIA A100-SXM4-80GB");
-        assert_eq!(
-            (a80g.flops, a80g.bytes_per_s),
-            (Some(312e12), Some(2.039e12))
-        );
+        assert_eq!((a80g.flops, a80g.bytes_per_s), (Some(312e12), Some(2.039e12)));
         let emu = Peaks::of_name("emu (forward schedule)");
         assert_eq!((emu.flops, emu.bytes_per_s), (None, None));
         assert!(emu.describe().contains("not in the peak table"));

@@ -106,10 +106,7 @@ pub fn join(
     // The ring listener first, so its port can be announced.
     let ring_listener = std::net::TcpListener::bind(("0.0.0.0", 0))
         .map_err(|e| format!("rank {rank}: cannot open a listening socket for the ring: {e}"))?;
-    let ring_port = ring_listener
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .port();
+    let ring_port = ring_listener.local_addr().map_err(|e| e.to_string())?.port();
     let hello = Hello {
         rank,
         world_size: world,
@@ -164,12 +161,7 @@ struct Pending {
 }
 
 /// Rank 0: waits for every other rank's hello, checks them and answers.
-fn serve_master(
-    info: &RankInfo,
-    mine: Hello,
-    payload: &[u8],
-    deadline: Instant,
-) -> Result<Vec<String>, String> {
+fn serve_master(info: &RankInfo, mine: Hello, payload: &[u8], deadline: Instant) -> Result<Vec<String>, String> {
     let port = info.master_port.value;
     let world = info.world_size.value;
     let addr: SocketAddr = ([0, 0, 0, 0], port).into();
@@ -190,8 +182,7 @@ fn serve_master(
     let mut events = Events::with_capacity(64);
     let mut conns: HashMap<usize, Pending> = HashMap::new();
     let mut next_token = 0usize;
-    let joined =
-        |conns: &HashMap<usize, Pending>| conns.values().filter(|p| p.hello.is_some()).count();
+    let joined = |conns: &HashMap<usize, Pending>| conns.values().filter(|p| p.hello.is_some()).count();
     while joined(&conns) < world - 1 {
         let now = Instant::now();
         if now >= deadline {
@@ -209,11 +200,8 @@ fn serve_master(
                 missing.join(", ")
             ));
         }
-        poll.poll(
-            &mut events,
-            Some((deadline - now).min(Duration::from_millis(500))),
-        )
-        .map_err(|e| e.to_string())?;
+        poll.poll(&mut events, Some((deadline - now).min(Duration::from_millis(500))))
+            .map_err(|e| e.to_string())?;
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 loop {
@@ -264,7 +252,10 @@ fn serve_master(
                 let len = u32::from_le_bytes(p.buf[..4].try_into().unwrap()) as usize;
                 if p.buf.len() >= 4 + len {
                     let hello: Hello = serde_json::from_slice(&p.buf[4..4 + len]).map_err(|e| {
-                        format!("rank 0: a process at {} sent a bad hello ({e}): not a nanochat rank of this version?", p.peer)
+                        format!(
+                            "rank 0: a process at {} sent a bad hello ({e}): not a nanochat rank of this version?",
+                            p.peer
+                        )
                     })?;
                     p.hello = Some(hello);
                 }
@@ -307,10 +298,7 @@ fn serve_master(
             for p in conns.into_values() {
                 let mut s: TcpStream = p.stream.into();
                 let _ = s.set_nonblocking(false);
-                let reply = serde_json::to_vec(&Reply::Reject {
-                    reason: reason.clone(),
-                })
-                .unwrap();
+                let reply = serde_json::to_vec(&Reply::Reject { reason: reason.clone() }).unwrap();
                 let _ = write_frame(&mut s, &reply);
             }
             return Err(reason);
@@ -367,30 +355,21 @@ fn connect_retry(host_port: &str, deadline: Instant, what: &str) -> Result<TcpSt
             Ok(addrs) => {
                 for a in addrs {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match TcpStream::connect_timeout(
-                        &a,
-                        left.clamp(Duration::from_millis(1), Duration::from_secs(5)),
-                    ) {
+                    match TcpStream::connect_timeout(&a, left.clamp(Duration::from_millis(1), Duration::from_secs(5))) {
                         Ok(s) => return Ok(s),
                         Err(e) => last = e.to_string(),
                     }
                 }
             }
         }
-        std::thread::sleep(
-            Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())),
-        );
+        std::thread::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now())));
     }
 }
 
 /// A rank other than 0: hello to the master, then wait for its answer.
 fn join_master(info: &RankInfo, hello: &Hello, deadline: Instant) -> Result<Reply, String> {
     let rank = hello.rank;
-    let master = format!(
-        "{}:{}",
-        bracket(&info.master_addr.value),
-        info.master_port.value
-    );
+    let master = format!("{}:{}", bracket(&info.master_addr.value), info.master_port.value);
     let what = format!(
         "the master (rank 0; MASTER_ADDR from {}, port from {})",
         info.master_addr.source, info.master_port.source
@@ -405,8 +384,7 @@ fn join_master(info: &RankInfo, hello: &Hello, deadline: Instant) -> Result<Repl
     let bytes = read_frame(&mut s).map_err(|e| {
         format!("rank {rank}: no answer from the master {master} (it failed, or other ranks never joined): {e}")
     })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| format!("rank {rank}: bad answer from the master {master}: {e}"))
+    serde_json::from_slice(&bytes).map_err(|e| format!("rank {rank}: bad answer from the master {master}: {e}"))
 }
 
 /// Ring sockets: connect to the right neighbour, accept the left one; each side names itself.
@@ -431,9 +409,7 @@ fn connect_ring(
             Ok((s, _)) => break s,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
-                    return Err(format!(
-                        "rank {rank}: rank {left_rank} never connected to the ring"
-                    ));
+                    return Err(format!("rank {rank}: rank {left_rank} never connected to the ring"));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -454,10 +430,8 @@ fn connect_ring(
     }
     for s in [&left, &right] {
         s.set_nodelay(true).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(timeouts.op))
-            .map_err(|e| e.to_string())?;
-        s.set_write_timeout(Some(timeouts.op))
-            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(timeouts.op)).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeouts.op)).map_err(|e| e.to_string())?;
     }
     Ok((left, right))
 }

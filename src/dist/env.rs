@@ -141,16 +141,15 @@ struct Found {
 fn parse_usize(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<Option<usize>, String> {
     match env(name) {
         None => Ok(None),
-        Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
-            format!("{name}={v:?} is not a non-negative integer (set by the launcher or by hand?)")
-        }),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| format!("{name}={v:?} is not a non-negative integer (set by the launcher or by hand?)")),
     }
 }
 
-fn read_dialect(
-    env: &dyn Fn(&str) -> Option<String>,
-    d: &'static Dialect,
-) -> Result<Option<Found>, String> {
+fn read_dialect(env: &dyn Fn(&str) -> Option<String>, d: &'static Dialect) -> Result<Option<Found>, String> {
     let rank = parse_usize(env, d.rank)?;
     let size = parse_usize(env, d.size)?;
     let (rank, size) = match (rank, size) {
@@ -187,13 +186,8 @@ fn read_dialect(
 }
 
 /// Tasks on this node from `SLURM_TASKS_PER_NODE` (e.g. `2(x3),1`) and `SLURM_NODEID`.
-fn slurm_tasks_on_this_node(
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<Sourced<usize>>, String> {
-    let (Some(spec), Some(node)) = (
-        env("SLURM_TASKS_PER_NODE"),
-        parse_usize(env, "SLURM_NODEID")?,
-    ) else {
+fn slurm_tasks_on_this_node(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Sourced<usize>>, String> {
+    let (Some(spec), Some(node)) = (env("SLURM_TASKS_PER_NODE"), parse_usize(env, "SLURM_NODEID")?) else {
         return Ok(None);
     };
     let bad = || format!("SLURM_TASKS_PER_NODE={spec:?} is not of the form 2(x3),1");
@@ -206,10 +200,7 @@ fn slurm_tasks_on_this_node(
         let n: usize = n.trim().parse().map_err(|_| bad())?;
         let reps: usize = reps.trim().parse().map_err(|_| bad())?;
         if node < at + reps {
-            return Ok(Some(Sourced::new(
-                n,
-                "SLURM_TASKS_PER_NODE at SLURM_NODEID",
-            )));
+            return Ok(Some(Sourced::new(n, "SLURM_TASKS_PER_NODE at SLURM_NODEID")));
         }
         at += reps;
     }
@@ -294,10 +285,7 @@ pub fn discover(env: &dyn Fn(&str) -> Option<String>) -> Result<RankInfo, String
     let d = main.dialect;
     let (local_rank, local_world_size) = match (main.local_rank, main.local_size.clone()) {
         (Some(lr), Some(ls)) => (Sourced::new(lr, d.local_rank), ls),
-        (Some(lr), None) if main.size == 1 => (
-            Sourced::new(lr, d.local_rank),
-            Sourced::new(1, "world size 1"),
-        ),
+        (Some(lr), None) if main.size == 1 => (Sourced::new(lr, d.local_rank), Sourced::new(1, "world size 1")),
         (None, None) => (
             Sourced::new(main.rank, format!("{} (one node assumed)", d.rank)),
             Sourced::new(main.size, format!("{} (one node assumed)", d.size)),
@@ -318,11 +306,7 @@ pub fn discover(env: &dyn Fn(&str) -> Option<String>) -> Result<RankInfo, String
     if local_rank.value >= local_world_size.value || local_world_size.value > main.size {
         return Err(format!(
             "local rank {} ({}) must be below the local world size {} ({}), itself at most the world size {}",
-            local_rank.value,
-            local_rank.source,
-            local_world_size.value,
-            local_world_size.source,
-            main.size
+            local_rank.value, local_rank.source, local_world_size.value, local_world_size.source, main.size
         ));
     }
     let single_node = local_world_size.value == main.size;
@@ -359,17 +343,11 @@ fn master_addr(
     }
     for var in ["SLURM_JOB_NODELIST", "SLURM_NODELIST"] {
         if let Some(list) = env(var) {
-            return Ok(Sourced::new(
-                first_slurm_host(&list)?,
-                format!("first host of {var}"),
-            ));
+            return Ok(Sourced::new(first_slurm_host(&list)?, format!("first host of {var}")));
         }
     }
     if single_node {
-        return Ok(Sourced::new(
-            "127.0.0.1".into(),
-            "default (all ranks on this node)",
-        ));
+        return Ok(Sourced::new("127.0.0.1".into(), "default (all ranks on this node)"));
     }
     Err(format!(
         "the job spans several nodes ({} < {}) but MASTER_ADDR is not set: set it to the host of rank 0",
@@ -393,10 +371,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn run(vars: &[(&str, &str)]) -> Result<RankInfo, String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         discover(&|k| map.get(k).cloned())
     }
 
@@ -423,10 +398,7 @@ mod tests {
         assert_eq!(info.world_size, Sourced::new(16, "WORLD_SIZE"));
         assert_eq!(info.local_rank, Sourced::new(1, "LOCAL_RANK"));
         assert_eq!(info.local_world_size, Sourced::new(8, "LOCAL_WORLD_SIZE"));
-        assert_eq!(
-            info.master_addr,
-            Sourced::new("10.0.0.7".into(), "MASTER_ADDR")
-        );
+        assert_eq!(info.master_addr, Sourced::new("10.0.0.7".into(), "MASTER_ADDR"));
         assert_eq!(info.master_port, Sourced::new(1234, "MASTER_PORT"));
     }
 
@@ -543,10 +515,7 @@ mod tests {
         let err = run(&[("RANK", "1")]).unwrap_err();
         assert!(err.contains("RANK") && err.contains("WORLD_SIZE"), "{err}");
         let err = run(&[("RANK", "2"), ("WORLD_SIZE", "2")]).unwrap_err();
-        assert!(
-            err.contains("RANK=2") && err.contains("WORLD_SIZE=2"),
-            "{err}"
-        );
+        assert!(err.contains("RANK=2") && err.contains("WORLD_SIZE=2"), "{err}");
         let err = run(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err();
         assert!(err.contains("RANK=\"x\""), "{err}");
         let err = run(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")]).unwrap_err();

@@ -43,11 +43,7 @@ fn signal(child: &Child, sig: i32) {
 }
 
 /// Copies `from` to our stdout or stderr line by line with the rank prefix.
-fn relay(
-    from: impl std::io::Read + Send + 'static,
-    rank: usize,
-    stderr: bool,
-) -> std::thread::JoinHandle<()> {
+fn relay(from: impl std::io::Read + Send + 'static, rank: usize, stderr: bool) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(from).split(b'\n') {
             let Ok(line) = line else { break };
@@ -75,10 +71,8 @@ pub fn run_local(program: &Path, args: &[OsString], l: &LocalLaunch) -> Result<(
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let r = received.clone();
         // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            signal_hook::low_level::register(sig, move || r.store(sig as usize, Ordering::SeqCst))
-        }
-        .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+        unsafe { signal_hook::low_level::register(sig, move || r.store(sig as usize, Ordering::SeqCst)) }
+            .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     }
     let mut children = Vec::new();
     let mut relays = Vec::new();
@@ -112,10 +106,7 @@ pub fn run_local(program: &Path, args: &[OsString], l: &LocalLaunch) -> Result<(
                     let _ = c.kill();
                     let _ = c.wait();
                 }
-                return Err(format!(
-                    "cannot start rank {rank} ({}): {e}",
-                    program.display()
-                ));
+                return Err(format!("cannot start rank {rank} ({}): {e}", program.display()));
             }
         };
         relays.push(relay(child.stdout.take().unwrap(), rank, false));
@@ -133,9 +124,7 @@ pub fn run_local(program: &Path, args: &[OsString], l: &LocalLaunch) -> Result<(
             for (_, c) in &children {
                 signal(c, sig as i32);
             }
-            failure.get_or_insert_with(|| {
-                format!("interrupted by signal {sig} (forwarded to every rank)")
-            });
+            failure.get_or_insert_with(|| format!("interrupted by signal {sig} (forwarded to every rank)"));
             stopping_since.get_or_insert_with(Instant::now);
         }
         for (i, (rank, c)) in children.iter_mut().enumerate() {
@@ -158,14 +147,7 @@ pub fn run_local(program: &Path, args: &[OsString], l: &LocalLaunch) -> Result<(
                 let escalate = t0.elapsed() > l.grace;
                 for (i, (_, c)) in children.iter().enumerate() {
                     if status[i].is_none() {
-                        signal(
-                            c,
-                            if escalate {
-                                libc::SIGKILL
-                            } else {
-                                libc::SIGTERM
-                            },
-                        );
+                        signal(c, if escalate { libc::SIGKILL } else { libc::SIGTERM });
                     }
                 }
             }
@@ -217,9 +199,6 @@ mod tests {
         );
         let err = launch(2, &script).unwrap_err();
         assert!(err.contains("rank 1 failed (exit status 3)"), "{err}");
-        assert!(
-            !mark.exists(),
-            "rank 0 ran to its end instead of being stopped"
-        );
+        assert!(!mark.exists(), "rank 0 ran to its end instead of being stopped");
     }
 }

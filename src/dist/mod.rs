@@ -61,8 +61,7 @@ pub trait Collectives: Send {
     /// `buf ← op over ranks of buf`.
     fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> CommResult<()>;
     /// `input` holds `world_size` equal chunks; rank r receives chunk r reduced over ranks into `output`.
-    fn reduce_scatter(&mut self, input: &[f32], output: &mut [f32], op: ReduceOp)
-        -> CommResult<()>;
+    fn reduce_scatter(&mut self, input: &[f32], output: &mut [f32], op: ReduceOp) -> CommResult<()>;
     /// `output` (`world_size` × `input.len()`) ← every rank's `input`, in rank order.
     fn all_gather(&mut self, input: &[f32], output: &mut [f32]) -> CommResult<()>;
     /// `buf ← root's buf`.

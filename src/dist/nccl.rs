@@ -69,31 +69,20 @@ const F32: nsys::ncclDataType_t = nsys::ncclDataType_t::ncclFloat32;
 
 impl Nccl {
     /// Joins the communicator `id` as `rank` of `world` on GPU `ordinal`.
-    pub fn init(
-        ordinal: usize,
-        rank: usize,
-        world: usize,
-        id: &[u8],
-        timeout: Duration,
-    ) -> Result<Nccl, String> {
+    pub fn init(ordinal: usize, rank: usize, world: usize, id: &[u8], timeout: Duration) -> Result<Nccl, String> {
         if !nccl_present() {
             return Err(missing());
         }
         if id.len() != 128 {
-            return Err(format!(
-                "NCCL unique id has {} bytes, expected 128",
-                id.len()
-            ));
+            return Err(format!("NCCL unique id has {} bytes, expected 128", id.len()));
         }
         drv::init().map_err(|e| format!("cuInit (is there a GPU?): {e:?}"))?;
-        let dev = drv::device::get(ordinal as i32)
-            .map_err(|e| format!("GPU {ordinal} (LOCAL_RANK): {e:?}"))?;
+        let dev = drv::device::get(ordinal as i32).map_err(|e| format!("GPU {ordinal} (LOCAL_RANK): {e:?}"))?;
         // SAFETY: dev is valid; the primary context lives as long as the process.
-        let ctx = unsafe { drv::primary_ctx::retain(dev) }
-            .map_err(|e| format!("cuDevicePrimaryCtxRetain: {e:?}"))?;
+        let ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(|e| format!("cuDevicePrimaryCtxRetain: {e:?}"))?;
         unsafe { drv::ctx::set_current(ctx) }.map_err(|e| format!("cuCtxSetCurrent: {e:?}"))?;
-        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
-            .map_err(|e| format!("cuStreamCreate: {e:?}"))?;
+        let stream =
+            drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(|e| format!("cuStreamCreate: {e:?}"))?;
         let mut internal = [0 as std::ffi::c_char; 128];
         for (d, &s) in internal.iter_mut().zip(id) {
             *d = s as std::ffi::c_char;
@@ -142,9 +131,7 @@ impl Nccl {
             let mut async_err = nsys::ncclResult_t::ncclSuccess;
             // SAFETY: comm is alive; writes one value.
             unsafe { nsys::ncclCommGetAsyncError(self.comm, &mut async_err) };
-            if async_err != nsys::ncclResult_t::ncclSuccess
-                && async_err != nsys::ncclResult_t::ncclInProgress
-            {
+            if async_err != nsys::ncclResult_t::ncclSuccess && async_err != nsys::ncclResult_t::ncclInProgress {
                 self.abort("asynchronous NCCL error");
                 return Err(CommError::Backend(format!(
                     "NCCL asynchronous error {async_err:?} (a peer died or the network failed)"
@@ -183,13 +170,7 @@ impl Nccl {
     ///
     /// # Safety
     /// Both pointers must hold those many fp32 values on this GPU.
-    pub unsafe fn reduce_scatter_device(
-        &self,
-        input: u64,
-        output: u64,
-        count: usize,
-        op: ReduceOp,
-    ) -> CommResult<()> {
+    pub unsafe fn reduce_scatter_device(&self, input: u64, output: u64, count: usize, op: ReduceOp) -> CommResult<()> {
         nres::reduce_scatter(
             input as *const c_void,
             output as *mut c_void,
@@ -207,12 +188,7 @@ impl Nccl {
     ///
     /// # Safety
     /// Both pointers must hold those many fp32 values on this GPU.
-    pub unsafe fn all_gather_device(
-        &self,
-        input: u64,
-        output: u64,
-        count: usize,
-    ) -> CommResult<()> {
+    pub unsafe fn all_gather_device(&self, input: u64, output: u64, count: usize) -> CommResult<()> {
         nres::all_gather(
             input as *const c_void,
             output as *mut c_void,
@@ -254,8 +230,7 @@ impl Nccl {
             None => {}
         }
         // SAFETY: plain allocation.
-        let p = unsafe { drv::malloc_sync(bytes.max(4)) }
-            .map_err(|e| dev_err("cuMemAlloc (staging)", e))?;
+        let p = unsafe { drv::malloc_sync(bytes.max(4)) }.map_err(|e| dev_err("cuMemAlloc (staging)", e))?;
         self.staging = Some((p, bytes.max(4)));
         Ok(p)
     }
@@ -301,17 +276,8 @@ impl Collectives for Nccl {
         self.download(buf, p)
     }
 
-    fn reduce_scatter(
-        &mut self,
-        input: &[f32],
-        output: &mut [f32],
-        op: ReduceOp,
-    ) -> CommResult<()> {
-        super::check_len(
-            "reduce_scatter input",
-            input.len(),
-            output.len() * self.world,
-        )?;
+    fn reduce_scatter(&mut self, input: &[f32], output: &mut [f32], op: ReduceOp) -> CommResult<()> {
+        super::check_len("reduce_scatter input", input.len(), output.len() * self.world)?;
         let p = self.device_buffer((input.len() + output.len()) * 4)?;
         let out = p + input.len() as u64 * 4;
         self.upload(p, input)?;

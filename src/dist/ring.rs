@@ -72,9 +72,7 @@ fn recv_data(s: &mut TcpStream, out: &mut [f32]) -> Result<(), ReadFail> {
     let rank = u32::from_le_bytes(h[4..8].try_into().unwrap());
     let len = u64::from_le_bytes(h[8..].try_into().unwrap());
     match kind {
-        DATA if len as usize == out.len() * 4 => s
-            .read_exact(bytemuck::cast_slice_mut(out))
-            .map_err(ReadFail::Io),
+        DATA if len as usize == out.len() * 4 => s.read_exact(bytemuck::cast_slice_mut(out)).map_err(ReadFail::Io),
         DATA => Err(ReadFail::Protocol(format!(
             "received {len} bytes where {} were expected: the ranks are running different collectives \
              (different configurations, or a bug)",
@@ -100,13 +98,7 @@ fn io_failure(peer: usize, e: &std::io::Error, timeout: Duration) -> CommError {
 
 impl Ring {
     /// The ring over the sockets that [`super::bootstrap::join`] connected.
-    pub fn new(
-        rank: usize,
-        world: usize,
-        left: TcpStream,
-        right: TcpStream,
-        op_timeout: Duration,
-    ) -> Ring {
+    pub fn new(rank: usize, world: usize, left: TcpStream, right: TcpStream, op_timeout: Duration) -> Ring {
         Ring {
             rank,
             world,
@@ -177,9 +169,7 @@ impl Ring {
         });
         let timeout = self.op_timeout;
         match read {
-            Err(ReadFail::Abort { rank, reason }) => {
-                return Err(self.fail(CommError::PeerFailed { rank, reason }))
-            }
+            Err(ReadFail::Abort { rank, reason }) => return Err(self.fail(CommError::PeerFailed { rank, reason })),
             Err(ReadFail::Io(e)) => {
                 let err = io_failure(self.left_rank(), &e, timeout);
                 return Err(self.fail(err));
@@ -266,17 +256,8 @@ impl Collectives for Ring {
         Ok(())
     }
 
-    fn reduce_scatter(
-        &mut self,
-        input: &[f32],
-        output: &mut [f32],
-        op: ReduceOp,
-    ) -> CommResult<()> {
-        check_len(
-            "reduce_scatter input",
-            input.len(),
-            output.len() * self.world,
-        )?;
+    fn reduce_scatter(&mut self, input: &[f32], output: &mut [f32], op: ReduceOp) -> CommResult<()> {
+        check_len("reduce_scatter input", input.len(), output.len() * self.world)?;
         self.work.clear();
         self.work.extend_from_slice(input);
         self.ring_reduce(op)?;

@@ -131,11 +131,7 @@ impl std::fmt::Display for Num {
 /// Evaluates arithmetic with Python's grammar for `+ - * / // ( )` and unary signs.
 pub fn eval_arith(s: &str) -> Option<Num> {
     let toks = lex(s)?;
-    let mut p = Parser {
-        toks,
-        i: 0,
-        depth: 0,
-    };
+    let mut p = Parser { toks, i: 0, depth: 0 };
     let v = p.expr()?;
     (p.i == p.toks.len()).then_some(v)
 }

@@ -83,22 +83,14 @@ impl InferModel for FullForward<'_> {
             t_max,
         })
     }
-    fn forward_last(
-        &self,
-        cache: &mut TokenRows,
-        ids: &[u32],
-        t: usize,
-    ) -> Result<Vec<f32>, String> {
+    fn forward_last(&self, cache: &mut TokenRows, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
         let b = cache.rows.len();
         if ids.len() != b * t {
             return Err(format!("expected {b}x{t} ids, got {}", ids.len()));
         }
         let len = cache.rows.first().map_or(0, Vec::len) + t;
         if len > cache.t_max {
-            return Err(format!(
-                "the cache holds {} positions, {len} needed",
-                cache.t_max
-            ));
+            return Err(format!("the cache holds {} positions, {len} needed", cache.t_max));
         }
         for (r, row) in cache.rows.iter_mut().enumerate() {
             row.extend_from_slice(&ids[r * t..(r + 1) * t]);

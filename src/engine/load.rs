@@ -15,9 +15,7 @@ fn phase_dir_name(source: &str) -> Result<&'static str, String> {
         "mid" => Ok("mid_checkpoints"),
         "sft" => Ok("chatsft_checkpoints"),
         "rl" => Ok("chatrl_checkpoints"),
-        other => Err(format!(
-            "unknown source {other:?}: choose base, mid, sft or rl"
-        )),
+        other => Err(format!("unknown source {other:?}: choose base, mid, sft or rl")),
     }
 }
 

@@ -26,12 +26,7 @@ pub trait InferModel: Send {
     fn expand(&self, one: &Self::Cache, rows: usize, t_max: usize) -> Result<Self::Cache, String>;
     /// Runs `ids (rows, t)` at the cache position, advancing it by `t`; returns the last position's
     /// softcapped logits per row, `(rows, vocab_size)`.
-    fn forward_last(
-        &self,
-        cache: &mut Self::Cache,
-        ids: &[u32],
-        t: usize,
-    ) -> Result<Vec<f32>, String>;
+    fn forward_last(&self, cache: &mut Self::Cache, ids: &[u32], t: usize) -> Result<Vec<f32>, String>;
 }
 
 impl InferModel for CpuInfer {
@@ -77,12 +72,7 @@ impl Default for GenConfig {
 
 /// Draws the next token from one row of logits: argmax at temperature 0, else softmax(logits / temperature)
 /// over all tokens or the top k.
-pub fn sample_next_token(
-    logits: &[f32],
-    rng: &mut Rng,
-    temperature: f64,
-    top_k: Option<usize>,
-) -> Result<u32, String> {
+pub fn sample_next_token(logits: &[f32], rng: &mut Rng, temperature: f64, top_k: Option<usize>) -> Result<u32, String> {
     if temperature.is_nan() || temperature < 0.0 {
         return Err(format!("temperature must be >= 0, got {temperature}"));
     }
@@ -105,10 +95,7 @@ pub fn sample_next_token(
         cand.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         cand.truncate(k);
     }
-    let mx = cand
-        .iter()
-        .map(|&i| logits[i] as f64)
-        .fold(f64::NEG_INFINITY, f64::max);
+    let mx = cand.iter().map(|&i| logits[i] as f64).fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = cand
         .iter()
         .map(|&i| ((logits[i] as f64 - mx) / temperature).exp())
@@ -195,9 +182,7 @@ impl<M: InferModel> Engine<M> {
         if cfg.num_samples == 0 {
             return Err("num_samples must be at least 1".into());
         }
-        let max_tokens = cfg
-            .max_tokens
-            .unwrap_or(mc.sequence_len.saturating_sub(prompt.len()));
+        let max_tokens = cfg.max_tokens.unwrap_or(mc.sequence_len.saturating_sub(prompt.len()));
         if prompt.len() + max_tokens > ctx {
             return Err(format!(
                 "prompt of {} tokens plus {max_tokens} new ones exceeds the model's {ctx} positions",
@@ -223,12 +208,7 @@ impl<M: InferModel> Engine<M> {
                 break;
             }
             for r in 0..rows {
-                let sampled = sample_next_token(
-                    &logits[r * v..(r + 1) * v],
-                    &mut rng,
-                    cfg.temperature,
-                    cfg.top_k,
-                )?;
+                let sampled = sample_next_token(&logits[r * v..(r + 1) * v], &mut rng, cfg.temperature, cfg.top_k)?;
                 let st = &mut state[r];
                 let (tok, m) = match st.forced.pop_front() {
                     Some(f) => (f, 0),

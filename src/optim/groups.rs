@@ -79,9 +79,7 @@ impl MuonAdamW {
                     initial_lr: g.initial_lr,
                     params: g.params.clone(),
                 },
-                GroupKind::Muon {
-                    ns_steps, beta2, ..
-                } => GroupSummary::Muon {
+                GroupKind::Muon { ns_steps, beta2, .. } => GroupSummary::Muon {
                     ns_steps,
                     beta2,
                     initial_lr: g.initial_lr,
@@ -97,11 +95,7 @@ impl MuonAdamW {
     pub fn check_groups(&self, expected: &[GroupSummary]) -> Result<(), String> {
         let ours = self.group_summaries();
         if ours.len() != expected.len() {
-            return Err(format!(
-                "{} optimizer groups, expected {}",
-                ours.len(),
-                expected.len()
-            ));
+            return Err(format!("{} optimizer groups, expected {}", ours.len(), expected.len()));
         }
         for (i, (o, e)) in ours.iter().zip(expected).enumerate() {
             let ((ko, po, no), (ke, pe, ne)) = (o.parts(), e.parts());
@@ -109,9 +103,7 @@ impl MuonAdamW {
                 return Err(format!("optimizer group {i}: kind {ko}, expected {ke}"));
             }
             if po != pe {
-                return Err(format!(
-                    "optimizer group {i} ({ko}): params {po:?}, expected {pe:?}"
-                ));
+                return Err(format!("optimizer group {i} ({ko}): params {po:?}, expected {pe:?}"));
             }
             for ((name, a), (_, b)) in no.iter().zip(&ne) {
                 if (a - b).abs() > 1e-9 * a.abs().max(b.abs()) {

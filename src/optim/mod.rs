@@ -132,12 +132,7 @@ pub struct MuonAdamW {
 const ADAMW_GROUPS: [(Group, &[Slot], [f64; 2], f64); 6] = [
     (Group::AdamLmHead, &[Slot::LmHead], [0.8, 0.96], 0.01),
     (Group::AdamEmbedding, &[Slot::Wte], [0.8, 0.995], 0.001),
-    (
-        Group::AdamValueEmbeds,
-        &[Slot::ValueEmbeds],
-        [0.8, 0.995],
-        0.01,
-    ),
+    (Group::AdamValueEmbeds, &[Slot::ValueEmbeds], [0.8, 0.995], 0.01),
     (Group::AdamResid, &[Slot::ResidLambdas], [0.8, 0.95], 0.05),
     (Group::AdamX0, &[Slot::X0Lambdas], [0.96, 0.95], 0.0),
     (
@@ -336,12 +331,7 @@ impl MuonAdamW {
     /// The four flat state buffers: (exp_avg, exp_avg_sq) of the AdamW slots, (momentum, second moment) of the
     /// Muon slots, indexed by the offsets of [`StepJob`].
     pub fn state_buffers(&self) -> [&[f32]; 4] {
-        [
-            &self.exp_avg,
-            &self.exp_avg_sq,
-            &self.momentum,
-            &self.second_moment,
-        ]
+        [&self.exp_avg, &self.exp_avg_sq, &self.momentum, &self.second_moment]
     }
 
     /// Mutable [`MuonAdamW::state_buffers`] (for a device that keeps the state and syncs it back).
@@ -366,11 +356,7 @@ impl MuonAdamW {
         let mut muon_jobs = Vec::new();
         for job in self.begin_step(s) {
             match job {
-                StepJob::AdamW {
-                    range,
-                    state,
-                    hyper,
-                } => {
+                StepJob::AdamW { range, state, hyper } => {
                     let st = state..state + range.len();
                     adamw_update(
                         &mut params[range.clone()],

@@ -259,15 +259,7 @@ impl Mat {
 }
 
 /// `C (m, n, row-major) = alpha · A · B + beta · C` through matrixmultiply's strided sgemm.
-fn gemm(
-    alpha: f32,
-    (a, am): (&[f32], Mat),
-    (b, bm): (&[f32], Mat),
-    beta: f32,
-    c: &mut [f32],
-    m: usize,
-    n: usize,
-) {
+fn gemm(alpha: f32, (a, am): (&[f32], Mat), (b, bm): (&[f32], Mat), beta: f32, c: &mut [f32], m: usize, n: usize) {
     assert!(
         am.rows == m && bm.cols == n && am.cols == bm.rows,
         "gemm: ({}, {}) · ({}, {}) into ({m}, {n})",

@@ -42,12 +42,7 @@ impl MuonAdamW {
                 let shape = if m >= n { vec![m, 1] } else { vec![1, n] };
                 let second = st.second + p.index * len;
                 [
-                    (
-                        Buffer::Momentum,
-                        "momentum_buffer",
-                        p.shape.clone(),
-                        at..at + numel,
-                    ),
+                    (Buffer::Momentum, "momentum_buffer", p.shape.clone(), at..at + numel),
                     (
                         Buffer::SecondMoment,
                         "second_momentum_buffer",
@@ -58,12 +53,7 @@ impl MuonAdamW {
             } else {
                 [
                     (Buffer::ExpAvg, "exp_avg", p.shape.clone(), at..at + numel),
-                    (
-                        Buffer::ExpAvgSq,
-                        "exp_avg_sq",
-                        p.shape.clone(),
-                        at..at + numel,
-                    ),
+                    (Buffer::ExpAvgSq, "exp_avg_sq", p.shape.clone(), at..at + numel),
                 ]
             };
             for (buffer, kind, shape, range) in buffers {
@@ -118,9 +108,7 @@ impl MuonAdamW {
         }
         let step = step_t.to_i64()[0];
         if step < 0 {
-            return Err(format!(
-                "optimizer state: '{STEP_TENSOR}' is negative ({step})"
-            ));
+            return Err(format!("optimizer state: '{STEP_TENSOR}' is negative ({step})"));
         }
         let layout = self.state_layout();
         let mut fresh = [

@@ -76,12 +76,7 @@ pub struct ShardedMuonAdamW {
 }
 
 impl ShardedMuonAdamW {
-    pub fn new(
-        table: &ParamTable,
-        args: &SetupArgs,
-        rank: usize,
-        world: usize,
-    ) -> ShardedMuonAdamW {
+    pub fn new(table: &ParamTable, args: &SetupArgs, rank: usize, world: usize) -> ShardedMuonAdamW {
         assert!(world > 0 && rank < world, "rank {rank} of {world}");
         let mut inner = MuonAdamW::new(table, args);
         // This rank's state lives here, not in the full-size buffers.
@@ -184,10 +179,7 @@ impl ShardedMuonAdamW {
 
     /// Per Muon group: (matrix shape, chunk = ceil(K/W), matrices this rank owns).
     pub fn muon_chunks(&self) -> Vec<((usize, usize), usize, usize)> {
-        self.muon
-            .iter()
-            .map(|m| (m.dims, m.chunk, m.owned.len()))
-            .collect()
+        self.muon.iter().map(|m| (m.dims, m.chunk, m.owned.len())).collect()
     }
 
     /// fp32 elements of the largest AdamW gradient slice this rank receives from a reduce-scatter.
@@ -331,20 +323,13 @@ impl ShardedMuonAdamW {
                 shape[0] /= self.world;
             }
             let r = p.state..p.state + p.owned.len();
-            out.push((
-                (format!("exp_avg.{}", p.name), shape.clone()),
-                (0, r.clone()),
-            ));
+            out.push(((format!("exp_avg.{}", p.name), shape.clone()), (0, r.clone())));
             out.push(((format!("exp_avg_sq.{}", p.name), shape), (1, r)));
         }
         for m in &self.muon {
             let (rows, cols) = m.dims;
             let s_len = second_moment_len(rows, cols);
-            let s_shape = if rows >= cols {
-                vec![rows, 1]
-            } else {
-                vec![1, cols]
-            };
+            let s_shape = if rows >= cols { vec![rows, 1] } else { vec![1, cols] };
             for (j, i) in m.owned.clone().enumerate() {
                 let name = &m.params[i].0;
                 let at = m.state + j * rows * cols;
@@ -368,9 +353,7 @@ impl ShardedMuonAdamW {
         let int = |name: &str| -> Result<Option<i64>, String> {
             match tensors.get(name) {
                 None => Ok(None),
-                Some(t) if matches!(t.dtype, Dtype::I64 | Dtype::I32) && t.numel() == 1 => {
-                    Ok(Some(t.to_i64()[0]))
-                }
+                Some(t) if matches!(t.dtype, Dtype::I64 | Dtype::I32) && t.numel() == 1 => Ok(Some(t.to_i64()[0])),
                 Some(t) => Err(format!(
                     "optimizer state: '{name}' must be one integer, found {:?} of shape {:?}",
                     t.dtype, t.shape
@@ -392,12 +375,9 @@ impl ShardedMuonAdamW {
                 self.rank
             ));
         }
-        let step = int(STEP_TENSOR)?
-            .ok_or_else(|| format!("optimizer state: tensor '{STEP_TENSOR}' is missing"))?;
+        let step = int(STEP_TENSOR)?.ok_or_else(|| format!("optimizer state: tensor '{STEP_TENSOR}' is missing"))?;
         if step < 0 {
-            return Err(format!(
-                "optimizer state: '{STEP_TENSOR}' is negative ({step})"
-            ));
+            return Err(format!("optimizer state: '{STEP_TENSOR}' is negative ({step})"));
         }
         let layout = self.layout();
         let mut fresh = [
@@ -408,7 +388,9 @@ impl ShardedMuonAdamW {
         ];
         for ((name, shape), (buf, range)) in &layout {
             let t = tensors.get(name).ok_or_else(|| {
-                format!("optimizer state (rank {rank} of {world}): tensor '{name}' is missing (expected shape {shape:?})")
+                format!(
+                    "optimizer state (rank {rank} of {world}): tensor '{name}' is missing (expected shape {shape:?})"
+                )
             })?;
             if &t.shape != shape || !matches!(t.dtype, Dtype::F32 | Dtype::BF16 | Dtype::F16) {
                 return Err(format!(
@@ -418,10 +400,8 @@ impl ShardedMuonAdamW {
             }
             fresh[*buf][range.clone()].copy_from_slice(&t.to_f32());
         }
-        let known = |k: &str| {
-            [STEP_TENSOR, WORLD_TENSOR, RANK_TENSOR].contains(&k)
-                || layout.iter().any(|((n, _), _)| n == k)
-        };
+        let known =
+            |k: &str| [STEP_TENSOR, WORLD_TENSOR, RANK_TENSOR].contains(&k) || layout.iter().any(|((n, _), _)| n == k);
         if let Some(extra) = tensors.keys().find(|k| !known(k)) {
             return Err(format!(
                 "optimizer state: unexpected tensor '{extra}' (not state of rank {} of {})",

@@ -91,14 +91,9 @@ fn boolean(v: &Value, key: &'static str) -> Result<Option<bool>, Invalid> {
 
 /// Parses and validates a request body. The OpenAI endpoint also takes `stream`, `stream_options` and
 /// `max_completion_tokens` (OpenAI's newer name of `max_tokens`), and merges a leading system message.
-pub fn parse_request(
-    body: &[u8],
-    defaults: Defaults,
-    openai: bool,
-) -> Result<ChatRequest, Invalid> {
+pub fn parse_request(body: &[u8], defaults: Defaults, openai: bool) -> Result<ChatRequest, Invalid> {
     let bad = |param: &'static str, m: String| Invalid::new(Some(param), m);
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| Invalid::new(None, format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body).map_err(|e| Invalid::new(None, format!("invalid JSON: {e}")))?;
     if !v.is_object() {
         return Err(Invalid::new(None, "the request body must be a JSON object"));
     }
@@ -120,9 +115,7 @@ pub fn parse_request(
     if openai && messages.first().is_some_and(|m| m.role == "system") {
         let sys = messages.remove(0);
         match messages.first_mut() {
-            Some(first) if first.role == "user" => {
-                first.content = format!("{}\n\n{}", sys.content, first.content)
-            }
+            Some(first) if first.role == "user" => first.content = format!("{}\n\n{}", sys.content, first.content),
             _ => {
                 return Err(bad(
                     "messages",
@@ -137,10 +130,7 @@ pub fn parse_request(
     if messages.len() > MAX_MESSAGES {
         return Err(bad(
             "messages",
-            format!(
-                "too many messages: {} (at most {MAX_MESSAGES})",
-                messages.len()
-            ),
+            format!("too many messages: {} (at most {MAX_MESSAGES})", messages.len()),
         ));
     }
     let mut total = 0;
@@ -159,10 +149,7 @@ pub fn parse_request(
         if m.role != "user" && m.role != "assistant" {
             return Err(bad(
                 "messages",
-                format!(
-                    "message {i} has invalid role {:?} (must be user or assistant)",
-                    m.role
-                ),
+                format!("message {i} has invalid role {:?} (must be user or assistant)", m.role),
             ));
         }
     }
@@ -188,10 +175,7 @@ pub fn parse_request(
     }
     let (key, given) = match integer(&v, "max_tokens")? {
         Some(n) => ("max_tokens", Some(n)),
-        None if openai => (
-            "max_completion_tokens",
-            integer(&v, "max_completion_tokens")?,
-        ),
+        None if openai => ("max_completion_tokens", integer(&v, "max_completion_tokens")?),
         None => ("max_tokens", None),
     };
     let max_tokens = given.unwrap_or(defaults.max_tokens as i64);
@@ -213,12 +197,7 @@ pub fn parse_request(
                 "stream_options is only allowed when stream is true".into(),
             ))
         }
-        Some(_) => {
-            return Err(bad(
-                "stream_options",
-                "stream_options must be an object".into(),
-            ))
-        }
+        Some(_) => return Err(bad("stream_options", "stream_options must be an object".into())),
     };
     Ok(ChatRequest {
         messages,

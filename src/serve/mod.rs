@@ -115,21 +115,14 @@ pub struct Server {
 
 impl Server {
     /// Binds `addr` (e.g. "127.0.0.1:0") and serves in background threads. `devices` names each engine's device.
-    pub fn start<M>(
-        engines: Vec<Engine<M>>,
-        devices: Vec<String>,
-        opts: Options,
-        addr: &str,
-    ) -> Result<Server, String>
+    pub fn start<M>(engines: Vec<Engine<M>>, devices: Vec<String>, opts: Options, addr: &str) -> Result<Server, String>
     where
         M: InferModel + Sync + 'static,
     {
         if engines.is_empty() {
             return Err("the server needs at least one engine".into());
         }
-        let http = Arc::new(
-            tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
-        );
+        let http = Arc::new(tiny_http::Server::http(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
         let addr = http
             .server_addr()
             .to_ip()
@@ -159,13 +152,10 @@ impl Server {
                     }
                     act.fetch_add(1, Ordering::SeqCst);
                     let (sh, a) = (shared.clone(), act.clone());
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("http-conn".into())
-                            .spawn(move || {
-                                handle(&sh, req);
-                                a.fetch_sub(1, Ordering::SeqCst);
-                            });
+                    let spawned = std::thread::Builder::new().name("http-conn".into()).spawn(move || {
+                        handle(&sh, req);
+                        a.fetch_sub(1, Ordering::SeqCst);
+                    });
                     if let Err(e) = spawned {
                         act.fetch_sub(1, Ordering::SeqCst);
                         eprintln!("cannot start a connection thread: {e}");
@@ -266,10 +256,9 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
                     "generated_tokens": c.tokens.load(Ordering::Relaxed)}),
             )
         }
-        (Method::Get, "/v1/models") => Reply::Json(
-            200,
-            serde_json::json!({"object": "list", "data": [model_object(sh)]}),
-        ),
+        (Method::Get, "/v1/models") => {
+            Reply::Json(200, serde_json::json!({"object": "list", "data": [model_object(sh)]}))
+        }
         (Method::Get, _) if model_path.is_some() => {
             // Ids may contain '/', as OpenAI's fine-tuned model ids do: the rest of the path is the id.
             let id = model_path.unwrap_or_default();
@@ -299,13 +288,8 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
                 Ok(Some(body)) => match api::parse_request(&body, sh.opts.defaults, v1) {
                     Err(e) => error(400, &e.message, e.param, None),
                     Ok(chat) => {
-                        let seed =
-                            sh.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) % (1 << 31);
-                        Reply::Chat {
-                            chat,
-                            openai: v1,
-                            seed,
-                        }
+                        let seed = sh.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) % (1 << 31);
+                        Reply::Chat { chat, openai: v1, seed }
                     }
                 },
             }
@@ -314,15 +298,8 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
             error(405, "method not allowed", None, None)
         }
         (_, _) if model_path.is_some() => error(405, "method not allowed (use GET)", None, None),
-        (_, "/chat/completions" | "/v1/chat/completions") => {
-            error(405, "method not allowed (use POST)", None, None)
-        }
-        _ => error(
-            404,
-            &format!("no route for {method} {path}"),
-            None,
-            Some("unknown_url"),
-        ),
+        (_, "/chat/completions" | "/v1/chat/completions") => error(405, "method not allowed (use POST)", None, None),
+        _ => error(404, &format!("no route for {method} {path}"), None, Some("unknown_url")),
     };
     let summary = respond::send(sh, req, reply);
     if sh.opts.log {

@@ -65,10 +65,7 @@ impl<W> Pool<W> {
     pub fn acquire(&self) -> Result<Lease<'_, W>, Busy> {
         let mut st = self.lock();
         if let Some(i) = st.free.pop() {
-            return Ok(Lease {
-                pool: self,
-                index: i,
-            });
+            return Ok(Lease { pool: self, index: i });
         }
         if st.waiting >= self.max_queue {
             return Err(Busy::QueueFull);
@@ -88,10 +85,7 @@ impl<W> Pool<W> {
                 .0;
             if let Some(i) = st.free.pop() {
                 st.waiting -= 1;
-                return Ok(Lease {
-                    pool: self,
-                    index: i,
-                });
+                return Ok(Lease { pool: self, index: i });
             }
         }
     }

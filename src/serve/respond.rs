@@ -28,22 +28,12 @@ pub(super) enum Reply {
     Page,
     Logo,
     Preflight,
-    Chat {
-        chat: ChatRequest,
-        openai: bool,
-        seed: u64,
-    },
+    Chat { chat: ChatRequest, openai: bool, seed: u64 },
 }
 
 /// The error body: OpenAI's error object on the `/v1` routes (its clients turn `message` into their
 /// exceptions' text), upstream's `{"error": "..."}` elsewhere.
-pub(super) fn error_body(
-    v1: bool,
-    status: u16,
-    msg: &str,
-    param: Option<&str>,
-    code: Option<&str>,
-) -> Value {
+pub(super) fn error_body(v1: bool, status: u16, msg: &str, param: Option<&str>, code: Option<&str>) -> Value {
     if !v1 {
         return json!({ "error": msg });
     }
@@ -103,14 +93,10 @@ struct Generated {
 }
 
 /// The prompt of a request for this engine's model: (ids, old messages dropped, tokens that may be generated).
-fn prepare<M: InferModel>(
-    engine: &Engine<M>,
-    chat: &ChatRequest,
-) -> Result<(Vec<u32>, usize, usize), String> {
+fn prepare<M: InferModel>(engine: &Engine<M>, chat: &ChatRequest) -> Result<(Vec<u32>, usize, usize), String> {
     let context = engine.model.config().sequence_len;
     let reserve = chat.max_tokens.min(context / 2);
-    let (prompt, dropped) =
-        api::render_prompt(&engine.tokenizer, &chat.messages, context, reserve)?;
+    let (prompt, dropped) = api::render_prompt(&engine.tokenizer, &chat.messages, context, reserve)?;
     let max_new = chat.max_tokens.min(context - prompt.len());
     Ok((prompt, dropped, max_new))
 }
@@ -171,9 +157,10 @@ impl EventStream {
             return Ok(EventStream::Buffered(Box::new((req, Vec::new()))));
         }
         // Say so when the client asked to close: tiny_http closes the socket after this answer then.
-        let close = req.headers().iter().any(|h| {
-            h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("close")
-        });
+        let close = req
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv("Connection") && h.value.as_str().to_ascii_lowercase().contains("close"));
         let mut w = req.into_writer();
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n\
@@ -191,9 +178,7 @@ impl EventStream {
         match self {
             EventStream::Chunked(w) => {
                 let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
-                w.write_all(chunk.as_bytes())
-                    .and_then(|_| w.flush())
-                    .is_ok()
+                w.write_all(chunk.as_bytes()).and_then(|_| w.flush()).is_ok()
             }
             EventStream::Buffered(b) => {
                 b.1.extend_from_slice(ev.as_bytes());
@@ -340,9 +325,7 @@ fn chat_reply<M: InferModel + Sync>(
     // what the client has seen.
     drop(lease);
     if let Ok(g) = &result {
-        sh.counters
-            .tokens
-            .fetch_add(g.tokens as u64, Ordering::Relaxed);
+        sh.counters.tokens.fetch_add(g.tokens as u64, Ordering::Relaxed);
         let done = if gone {
             &sh.counters.cancelled
         } else {

@@ -19,14 +19,10 @@ impl Arc {
     /// `subset` is `ARC-Easy` or `ARC-Challenge`; `split` is train, validation or test.
     pub fn load(base: &Path, subset: &str, split: &str) -> Result<Arc, String> {
         if !matches!(subset, "ARC-Easy" | "ARC-Challenge") {
-            return Err(format!(
-                "ARC subset must be ARC-Easy or ARC-Challenge, got {subset:?}"
-            ));
+            return Err(format!("ARC subset must be ARC-Easy or ARC-Challenge, got {subset:?}"));
         }
         if !matches!(split, "train" | "validation" | "test") {
-            return Err(format!(
-                "ARC split must be train, validation or test, got {split:?}"
-            ));
+            return Err(format!("ARC split must be train, validation or test, got {split:?}"));
         }
         let rows = Rows::load(&hub::dataset_dir(base, REPO, subset, split))?;
         Ok(Arc::from_rows(subset, rows))
@@ -43,9 +39,7 @@ impl Arc {
 /// One ARC row as an example.
 pub fn example(row: &Value) -> Result<Example, String> {
     let question = hub::str_field(row, "question")?;
-    let choices = row
-        .get("choices")
-        .ok_or_else(|| "ARC row has no choices".to_string())?;
+    let choices = row.get("choices").ok_or_else(|| "ARC row has no choices".to_string())?;
     let texts = hub::str_list(choices, "text")?;
     let letters = hub::str_list(choices, "label")?;
     let answer = hub::str_field(row, "answerKey")?;
@@ -70,8 +64,7 @@ impl Task for Arc {
         self.rows.len()
     }
     fn get_example(&self, index: usize) -> Result<Example, String> {
-        example(&self.rows.get(index)?)
-            .map_err(|e| format!("{}: {e}", self.rows.origin().display()))
+        example(&self.rows.get(index)?).map_err(|e| format!("{}: {e}", self.rows.origin().display()))
     }
     fn evaluate(&self, example: &Example, answer: &str) -> Result<bool, String> {
         Ok(super::evaluate_letter(example, answer))

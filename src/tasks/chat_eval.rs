@@ -64,11 +64,7 @@ impl TaskResult {
             task,
             passed,
             total,
-            accuracy: if total > 0 {
-                passed as f64 / total as f64
-            } else {
-                0.0
-            },
+            accuracy: if total > 0 { passed as f64 / total as f64 } else { 0.0 },
             skipped: None,
             seconds,
         }
@@ -87,11 +83,7 @@ fn num_problems(task: &TaskSlice, s: &EvalSettings) -> usize {
 }
 
 /// The single token of an answer letter.
-fn letter_id(
-    tok: &Tokenizer,
-    cache: &mut HashMap<String, u32>,
-    letter: &str,
-) -> Result<u32, String> {
+fn letter_id(tok: &Tokenizer, cache: &mut HashMap<String, u32>, letter: &str) -> Result<u32, String> {
     if let Some(&id) = cache.get(letter) {
         return Ok(id);
     }
@@ -140,11 +132,7 @@ pub fn eval_categorical(
             .map_err(|e| format!("{}: problems {i0}..{i1}: {e}", task.name()))?;
         for (r, (ex, p)) in examples.iter().zip(&prompts).enumerate() {
             if ex.letters.is_empty() {
-                return Err(format!(
-                    "{}: problem {} has no answer letters",
-                    task.name(),
-                    i0 + r
-                ));
+                return Err(format!("{}: problem {} has no answer letters", task.name(), i0 + r));
             }
             let row = &logits[(r * t + p.len() - 1) * v..(r * t + p.len()) * v];
             // Argmax over the allowed letters; the first wins a tie (torch's argmax).
@@ -202,13 +190,7 @@ pub fn eval_generative<M: InferModel>(
             let completion = tok.decode_lossy(&seq[prompt.len()..]);
             match task.evaluate(&ex, &completion) {
                 Ok(ok) => any |= ok,
-                Err(why) => {
-                    return Ok(TaskResult::skipped(
-                        task.name(),
-                        why,
-                        start.elapsed().as_secs_f64(),
-                    ))
-                }
+                Err(why) => return Ok(TaskResult::skipped(task.name(), why, start.elapsed().as_secs_f64())),
             }
         }
         passed += usize::from(any);
@@ -247,9 +229,7 @@ pub fn centered(task: &str, accuracy: f64) -> f64 {
 pub fn centered_mean(results: &[TaskResult], tasks: &[&str]) -> Option<f64> {
     let mut sum = 0.0;
     for &name in tasks {
-        let r = results
-            .iter()
-            .find(|r| r.task == name && r.skipped.is_none())?;
+        let r = results.iter().find(|r| r.task == name && r.skipped.is_none())?;
         sum += centered(name, r.accuracy);
     }
     Some(sum / tasks.len() as f64)
@@ -279,10 +259,7 @@ pub fn chatcore_eval(
     max_new_tokens: usize,
 ) -> Result<Vec<TaskResult>, String> {
     use super::humaneval::{python_available, Sandbox};
-    let engine = Engine::new(
-        crate::engine::full::FullForward::borrowed(model),
-        tok.clone(),
-    );
+    let engine = Engine::new(crate::engine::full::FullForward::borrowed(model), tok.clone());
     let mut results = Vec::new();
     for name in CHATCORE_TASKS {
         let skipped = |why: String| TaskResult::skipped(name.to_string(), why, 0.0);

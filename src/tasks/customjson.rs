@@ -43,8 +43,7 @@ impl CustomJson {
                 continue;
             }
             let at = || format!("{} line {}", path.display(), i + 1);
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| format!("{}: {e}", at()))?;
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{}: {e}", at()))?;
             conversations.push(parse_messages(&v, false, 2).map_err(|e| format!("{}: {e}", at()))?);
         }
         Ok(CustomJson {

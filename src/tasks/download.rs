@@ -27,11 +27,7 @@ pub struct HubSplit {
 }
 
 const fn hs(repo: &'static str, subset: &'static str, split: &'static str) -> HubSplit {
-    HubSplit {
-        repo,
-        subset,
-        split,
-    }
+    HubSplit { repo, subset, split }
 }
 
 /// Every split the product's SFT, midtraining and chat_eval read.
@@ -83,10 +79,7 @@ fn err(e: impl std::fmt::Display) -> DataError {
 pub fn complete_manifest(dir: &Path) -> Option<Manifest> {
     let text = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
     let m: Manifest = serde_json::from_str(&text).ok()?;
-    m.files
-        .iter()
-        .all(|f| dir.join(&f.name).is_file())
-        .then_some(m)
+    m.files.iter().all(|f| dir.join(&f.name).is_file()).then_some(m)
 }
 
 /// The parquet URLs the hub lists for a split, with the download's retries.
@@ -132,13 +125,9 @@ pub fn list_parquet_urls(
 fn validate_parquet(path: &Path) -> crate::data::Result<()> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-    let r = SerializedFileReader::new(file)
-        .map_err(|e| err(format!("{}: not a parquet file: {e}", path.display())))?;
+    let r = SerializedFileReader::new(file).map_err(|e| err(format!("{}: not a parquet file: {e}", path.display())))?;
     if r.metadata().file_metadata().num_rows() <= 0 {
-        return Err(err(format!(
-            "{}: the parquet file has no rows",
-            path.display()
-        )));
+        return Err(err(format!("{}: the parquet file has no rows", path.display())));
     }
     Ok(())
 }
@@ -152,18 +141,12 @@ fn parquet_rows(path: &Path) -> u64 {
 }
 
 /// Downloads one split into `<base>/task_data/...` unless it is complete; the manifest is written last.
-pub fn download_split(
-    base: &Path,
-    hub: &str,
-    s: &HubSplit,
-    opts: &DownloadOptions,
-) -> Result<Outcome, DataError> {
+pub fn download_split(base: &Path, hub: &str, s: &HubSplit, opts: &DownloadOptions) -> Result<Outcome, DataError> {
     let dir = hub::dataset_dir(base, s.repo, s.subset, s.split);
     if complete_manifest(&dir).is_some() {
         return Ok(Outcome::Present);
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     let agent = download::agent(opts);
     let urls = list_parquet_urls(&agent, hub, s, opts)?;
     let (mut files, mut bytes) = (Vec::new(), 0);
@@ -196,9 +179,7 @@ pub fn download_split(
     };
     write_atomic(
         &dir.join(MANIFEST),
-        serde_json::to_string_pretty(&manifest)
-            .map_err(err)?
-            .as_bytes(),
+        serde_json::to_string_pretty(&manifest).map_err(err)?.as_bytes(),
     )?;
     Ok(Outcome::Downloaded { files: n, bytes })
 }
@@ -212,8 +193,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), DataError> {
 
 /// A word list must be non-empty lines of lowercase letters (a server error page is not).
 fn validate_words(path: &Path) -> crate::data::Result<()> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let ok = text
         .lines()
         .map(str::trim)
@@ -229,25 +209,14 @@ fn validate_words(path: &Path) -> crate::data::Result<()> {
 }
 
 /// Upstream's spelling word list into `<base>/words_alpha.txt` (`url` overrides its address).
-pub fn download_words(
-    base: &Path,
-    url: Option<&str>,
-    opts: &DownloadOptions,
-) -> Result<Outcome, DataError> {
+pub fn download_words(base: &Path, url: Option<&str>, opts: &DownloadOptions) -> Result<Outcome, DataError> {
     let path = base.join(WORD_LIST_FILE);
     if path.is_file() {
         return Ok(Outcome::Present);
     }
-    std::fs::create_dir_all(base)
-        .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
+    std::fs::create_dir_all(base).map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
     let agent = download::agent(opts);
-    let bytes = download::download_validated(
-        &agent,
-        url.unwrap_or(WORD_LIST_URL),
-        &path,
-        opts,
-        &validate_words,
-    )?;
+    let bytes = download::download_validated(&agent, url.unwrap_or(WORD_LIST_URL), &path, opts, &validate_words)?;
     Ok(Outcome::Downloaded { files: 1, bytes })
 }
 
@@ -256,8 +225,7 @@ pub fn download_words(
 pub fn write_identity(base: &Path) -> Result<PathBuf, DataError> {
     let path = base.join(IDENTITY_FILE);
     if !path.exists() {
-        std::fs::create_dir_all(base)
-            .map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
+        std::fs::create_dir_all(base).map_err(|e| err(format!("cannot create {}: {e}", base.display())))?;
         write_atomic(&path, IDENTITY_CONVERSATIONS.as_bytes())?;
     }
     Ok(path)

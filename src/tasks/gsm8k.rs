@@ -122,8 +122,7 @@ impl Task for Gsm8k {
         self.rows.len()
     }
     fn get_example(&self, index: usize) -> Result<Example, String> {
-        example(&self.rows.get(index)?)
-            .map_err(|e| format!("{}: {e}", self.rows.origin().display()))
+        example(&self.rows.get(index)?).map_err(|e| format!("{}: {e}", self.rows.origin().display()))
     }
     fn evaluate(&self, example: &Example, answer: &str) -> Result<bool, String> {
         Ok(evaluate_parts(example, answer))

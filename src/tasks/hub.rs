@@ -40,11 +40,7 @@ impl Rows {
             Some(s) => nprandom::permutation(s, rows.len()),
             None => (0..rows.len()).collect(),
         };
-        Rows {
-            rows,
-            order,
-            origin,
-        }
+        Rows { rows, order, origin }
     }
 
     /// Reads every `*.parquet` file of `dir` in name order (else every `*.jsonl` file) and shuffles the rows with
@@ -90,11 +86,7 @@ impl Rows {
         for f in &jsonl {
             values.extend(read_jsonl(f)?);
         }
-        Ok(Rows::from_values(
-            values,
-            Some(SHUFFLE_SEED),
-            dir.to_path_buf(),
-        ))
+        Ok(Rows::from_values(values, Some(SHUFFLE_SEED), dir.to_path_buf()))
     }
 
     pub fn len(&self) -> usize {
@@ -114,8 +106,7 @@ impl Rows {
                 self.rows.len()
             )
         })?;
-        serde_json::from_str(&self.rows[row])
-            .map_err(|e| format!("{}: row {row}: {e}", self.origin.display()))
+        serde_json::from_str(&self.rows[row]).map_err(|e| format!("{}: row {row}: {e}", self.origin.display()))
     }
 
     pub fn origin(&self) -> &Path {
@@ -133,17 +124,13 @@ pub fn read_parquet_rows(path: &Path) -> Result<Vec<Value>, String> {
 /// Calls `f` with every row of a parquet file as a JSON object, in file order.
 pub fn for_each_parquet_row(path: &Path, f: &mut dyn FnMut(Value)) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| format!("{}: not a parquet file: {e}", path.display()))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("{}: not a parquet file: {e}", path.display()))?;
     let iter = reader
         .get_row_iter(None)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     for (i, row) in iter.enumerate() {
         let row = row.map_err(|e| format!("{}: row {i}: {e}", path.display()))?;
-        let obj: Map<String, Value> = row
-            .get_column_iter()
-            .map(|(k, v)| (k.clone(), field_json(v)))
-            .collect();
+        let obj: Map<String, Value> = row.get_column_iter().map(|(k, v)| (k.clone(), field_json(v))).collect();
         f(Value::Object(obj));
     }
     Ok(())
@@ -165,11 +152,7 @@ fn field_json(f: &Field) -> Value {
         Field::Double(x) => Value::from(*x),
         Field::Str(s) => Value::String(s.clone()),
         Field::Bytes(b) => Value::String(String::from_utf8_lossy(b.data()).into_owned()),
-        Field::Group(row) => Value::Object(
-            row.get_column_iter()
-                .map(|(k, f)| (k.clone(), field_json(f)))
-                .collect(),
-        ),
+        Field::Group(row) => Value::Object(row.get_column_iter().map(|(k, f)| (k.clone(), field_json(f))).collect()),
         Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_json).collect()),
         Field::MapInternal(map) => Value::Object(
             map.entries()
@@ -193,9 +176,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Value>, String> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
-        })
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1)))
         .collect()
 }
 

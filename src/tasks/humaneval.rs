@@ -164,8 +164,7 @@ impl Task for HumanEval {
         self.rows.len()
     }
     fn get_example(&self, index: usize) -> Result<Example, String> {
-        example(&self.rows.get(index)?)
-            .map_err(|e| format!("{}: {e}", self.rows.origin().display()))
+        example(&self.rows.get(index)?).map_err(|e| format!("{}: {e}", self.rows.origin().display()))
     }
     fn evaluate(&self, example: &Example, answer: &str) -> Result<bool, String> {
         let program = assemble_program(example, answer)?;

@@ -46,10 +46,7 @@ pub fn example(row: &Value) -> Result<Example, String> {
     let question = hub::str_field(row, "question")?;
     let choices = hub::str_list(row, "choices")?;
     if choices.len() != 4 {
-        return Err(format!(
-            "MMLU rows have 4 choices, this one has {}",
-            choices.len()
-        ));
+        return Err(format!("MMLU rows have 4 choices, this one has {}", choices.len()));
     }
     let answer = row
         .get("answer")
@@ -74,8 +71,7 @@ impl Task for Mmlu {
         self.rows.len()
     }
     fn get_example(&self, index: usize) -> Result<Example, String> {
-        example(&self.rows.get(index)?)
-            .map_err(|e| format!("{}: {e}", self.rows.origin().display()))
+        example(&self.rows.get(index)?).map_err(|e| format!("{}: {e}", self.rows.origin().display()))
     }
     fn evaluate(&self, example: &Example, answer: &str) -> Result<bool, String> {
         Ok(super::evaluate_letter(example, answer))

@@ -98,11 +98,7 @@ pub trait Task: Send + Sync {
     }
     /// The RL reward of an answer: 1.0 when correct, else 0.0.
     fn reward(&self, example: &Example, answer: &str) -> Result<f64, String> {
-        Ok(if self.evaluate(example, answer)? {
-            1.0
-        } else {
-            0.0
-        })
+        Ok(if self.evaluate(example, answer)? { 1.0 } else { 0.0 })
     }
 }
 
@@ -138,17 +134,9 @@ impl TaskSlice {
     }
 
     /// `start..stop` by `step`; the same checks as upstream (`stop >= start`, `step >= 1`).
-    pub fn new(
-        task: Arc<dyn Task>,
-        start: usize,
-        stop: Option<usize>,
-        step: usize,
-    ) -> Result<TaskSlice, String> {
+    pub fn new(task: Arc<dyn Task>, start: usize, stop: Option<usize>, step: usize) -> Result<TaskSlice, String> {
         if step == 0 {
-            return Err(format!(
-                "{}: the slice step must be at least 1",
-                task.name()
-            ));
+            return Err(format!("{}: the slice step must be at least 1", task.name()));
         }
         if let Some(s) = stop.filter(|&s| s < start) {
             return Err(format!(
@@ -222,9 +210,7 @@ impl TaskMixture {
 
     /// (task position, local index) of mixture index `i`.
     pub fn source(&self, index: usize) -> Option<(usize, usize)> {
-        self.index_map
-            .get(index)
-            .map(|&(t, i)| (t as usize, i as usize))
+        self.index_map.get(index).map(|&(t, i)| (t as usize, i as usize))
     }
 }
 
@@ -234,12 +220,9 @@ impl Examples for TaskMixture {
     }
 
     fn get(&self, index: usize) -> Result<Example, String> {
-        let (t, i) = self.source(index).ok_or_else(|| {
-            format!(
-                "mixture index {index} is past the end ({} conversations)",
-                self.len()
-            )
-        })?;
+        let (t, i) = self
+            .source(index)
+            .ok_or_else(|| format!("mixture index {index} is past the end ({} conversations)", self.len()))?;
         self.tasks[t].get(i)
     }
 }
@@ -290,10 +273,7 @@ pub fn render_mc(question: &str, letters: &[String], choices: &[String]) -> Stri
 pub fn qa(user: &str, assistant: &str) -> Conversation {
     use crate::tokenizer::Message;
     Conversation {
-        messages: vec![
-            Message::new(Role::User, user),
-            Message::new(Role::Assistant, assistant),
-        ],
+        messages: vec![Message::new(Role::User, user), Message::new(Role::Assistant, assistant)],
     }
 }
 

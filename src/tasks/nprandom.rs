@@ -31,9 +31,7 @@ pub fn seed_sequence_u64(seed: u64, n_words: usize) -> Vec<u64> {
         v ^ (v >> XSHIFT)
     };
     let mix = |x: u32, y: u32| {
-        let r = MIX_MULT_L
-            .wrapping_mul(x)
-            .wrapping_sub(MIX_MULT_R.wrapping_mul(y));
+        let r = MIX_MULT_L.wrapping_mul(x).wrapping_sub(MIX_MULT_R.wrapping_mul(y));
         r ^ (r >> XSHIFT)
     };
     let mut pool = [0u32; POOL_SIZE];
@@ -64,10 +62,7 @@ pub fn seed_sequence_u64(seed: u64, n_words: usize) -> Vec<u64> {
             v ^ (v >> XSHIFT)
         })
         .collect();
-    words
-        .chunks(2)
-        .map(|w| w[0] as u64 | ((w[1] as u64) << 32))
-        .collect()
+    words.chunks(2).map(|w| w[0] as u64 | ((w[1] as u64) << 32)).collect()
 }
 
 const PCG_MULT: u128 = (2_549_297_995_355_413_924u128 << 64) | 4_865_540_595_714_422_341u128;

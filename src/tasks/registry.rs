@@ -13,14 +13,7 @@ use super::spelling::{self, SpellingBee};
 use super::Task;
 
 /// chat_eval's tasks, in its order. The first five make ChatCORE.
-pub const EVAL_TASKS: [&str; 6] = [
-    "ARC-Easy",
-    "ARC-Challenge",
-    "MMLU",
-    "GSM8K",
-    "HumanEval",
-    "SpellingBee",
-];
+pub const EVAL_TASKS: [&str; 6] = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"];
 
 /// The tasks ChatCORE averages.
 pub const CHATCORE_TASKS: [&str; 5] = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval"];
@@ -37,23 +30,14 @@ pub fn baseline(name: &str) -> f64 {
 pub const SPELLING_BEE_EVAL_SIZE: usize = 256;
 
 /// The evaluation split of a chat_eval task.
-pub fn eval_task(
-    base: &Path,
-    name: &str,
-    runner: Arc<dyn CodeRunner>,
-) -> Result<Arc<dyn Task>, String> {
+pub fn eval_task(base: &Path, name: &str, runner: Arc<dyn CodeRunner>) -> Result<Arc<dyn Task>, String> {
     Ok(match name {
         "ARC-Easy" | "ARC-Challenge" => Arc::new(ArcTask::load(base, name, "test")?),
         "MMLU" => Arc::new(Mmlu::load(base, "all", "test")?),
         "GSM8K" => Arc::new(Gsm8k::load(base, "main", "test")?),
         "HumanEval" => Arc::new(HumanEval::load(base, runner)?),
         "SpellingBee" => Arc::new(SpellingBee::load(base, SPELLING_BEE_EVAL_SIZE, "test")?),
-        other => {
-            return Err(format!(
-                "unknown task {other:?}: choose from {}",
-                EVAL_TASKS.join(", ")
-            ))
-        }
+        other => return Err(format!("unknown task {other:?}: choose from {}", EVAL_TASKS.join(", "))),
     })
 }
 
@@ -62,11 +46,8 @@ pub fn availability(base: &Path) -> Vec<String> {
     let split = |repo: &str, subset: &str, split: &str| {
         let dir = hub::dataset_dir(base, repo, subset, split);
         let has = std::fs::read_dir(&dir).ok().is_some_and(|rd| {
-            rd.filter_map(|e| e.ok()).any(|e| {
-                e.path()
-                    .extension()
-                    .is_some_and(|x| x == "parquet" || x == "jsonl")
-            })
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "parquet" || x == "jsonl"))
         });
         format!(
             "{repo} {subset}/{split}: {}",

@@ -34,14 +34,8 @@ impl SmolTalk {
 
 /// Parses `[{"role", "content"}, ...]` and checks upstream's rules: an optional system message first, then
 /// user/assistant alternating from user, string contents, at least `min_turns` messages after the system one.
-pub fn parse_messages(
-    v: &Value,
-    allow_system: bool,
-    min_turns: usize,
-) -> Result<Conversation, String> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| "messages must be a list".to_string())?;
+pub fn parse_messages(v: &Value, allow_system: bool, min_turns: usize) -> Result<Conversation, String> {
+    let list = v.as_array().ok_or_else(|| "messages must be a list".to_string())?;
     let mut messages = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let role = m
@@ -70,11 +64,7 @@ pub fn parse_messages(
         ));
     }
     for (i, m) in rest.iter().enumerate() {
-        let want = if i % 2 == 0 {
-            Role::User
-        } else {
-            Role::Assistant
-        };
+        let want = if i % 2 == 0 { Role::User } else { Role::Assistant };
         if m.role != want {
             return Err(format!(
                 "message {} is from {:?} but should be from {want:?}",

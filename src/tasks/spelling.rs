@@ -98,9 +98,7 @@ pub fn read_words(path: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let upstream = path.file_name().is_some_and(|n| n == WORD_LIST_FILE);
     let words: Vec<String> = if upstream {
-        text.lines()
-            .map(|l| super::py_strip(l).to_string())
-            .collect()
+        text.lines().map(|l| super::py_strip(l).to_string()).collect()
     } else {
         text.lines()
             .map(str::trim)
@@ -259,10 +257,7 @@ impl Task for SpellingBee {
         let part = |kind, text: String| Part { kind, text };
         let parts = vec![
             part(PartKind::Text, manual),
-            part(
-                PartKind::Text,
-                "\n\nLet me double check this using Python:\n\n".into(),
-            ),
+            part(PartKind::Text, "\n\nLet me double check this using Python:\n\n".into()),
             part(PartKind::Python, format!("'{word}'.count('{letter}')")),
             part(PartKind::PythonOutput, count.to_string()),
             part(

@@ -92,9 +92,7 @@ impl Tokenizer {
                     return Err(chat_err("the system message must be a string".into()));
                 };
                 let Some(user) = msgs.get(1).filter(|u| u.role == Role::User) else {
-                    return Err(chat_err(
-                        "a system message must be followed by a user message".into(),
-                    ));
+                    return Err(chat_err("a system message must be followed by a user message".into()));
                 };
                 let Content::Text(user_text) = &user.content else {
                     return Err(chat_err("user messages must be strings".into()));
@@ -128,11 +126,7 @@ impl Tokenizer {
         };
         add(&[bos], 0);
         for (i, msg) in messages.iter().enumerate() {
-            let expected = if i % 2 == 0 {
-                Role::User
-            } else {
-                Role::Assistant
-            };
+            let expected = if i % 2 == 0 { Role::User } else { Role::Assistant };
             if msg.role != expected {
                 return Err(chat_err(format!(
                     "message {i} is from {:?} but should be from {expected:?}",
@@ -146,9 +140,7 @@ impl Tokenizer {
                     add(&[user_end], 0);
                 }
                 (Role::User, Content::Parts(_)) => {
-                    return Err(chat_err(format!(
-                        "message {i}: user messages must be strings"
-                    )));
+                    return Err(chat_err(format!("message {i}: user messages must be strings")));
                 }
                 (_, content) => {
                     add(&[assistant_start], 0);
@@ -187,11 +179,7 @@ impl Tokenizer {
     pub fn render_for_completion(&self, conv: &Conversation) -> Result<Vec<u32>, TokenizerError> {
         match conv.messages.last() {
             Some(m) if m.role == Role::Assistant => {}
-            _ => {
-                return Err(chat_err(
-                    "the last message must be from the assistant".into(),
-                ))
-            }
+            _ => return Err(chat_err("the last message must be from the assistant".into())),
         }
         let head = Conversation {
             messages: conv.messages[..conv.messages.len() - 1].to_vec(),

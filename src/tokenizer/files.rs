@@ -142,9 +142,7 @@ pub fn from_bytes(data: &[u8], path: &Path) -> Result<Tokenizer, TokenizerError>
         msg,
     };
     if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
-        return Err(fmt_err(
-            "missing the NCTOKEN magic (wrong file type?)".into(),
-        ));
+        return Err(fmt_err("missing the NCTOKEN magic (wrong file type?)".into()));
     }
     if data.len() < MAGIC.len() + 4 + 8 {
         return Err(fmt_err(format!("truncated: only {} bytes", data.len())));
@@ -160,26 +158,17 @@ pub fn from_bytes(data: &[u8], path: &Path) -> Result<Tokenizer, TokenizerError>
             "version {version}, this build reads version {VERSION}"
         )));
     }
-    let stored = u64::from_le_bytes(
-        check
-            .try_into()
-            .map_err(|_| fmt_err("bad checksum".into()))?,
-    );
+    let stored = u64::from_le_bytes(check.try_into().map_err(|_| fmt_err("bad checksum".into()))?);
     if fnv1a(body) != stored {
-        return Err(fmt_err(
-            "checksum mismatch: the file is corrupt or truncated".into(),
-        ));
+        return Err(fmt_err("checksum mismatch: the file is corrupt or truncated".into()));
     }
     let parse = |r: &mut Reader| -> Result<Fields, String> {
-        let pattern = String::from_utf8(r.bytes("the pattern")?.to_vec())
-            .map_err(|_| "the pattern is not UTF-8".to_string())?;
+        let pattern =
+            String::from_utf8(r.bytes("the pattern")?.to_vec()).map_err(|_| "the pattern is not UTF-8".to_string())?;
         let n = r.u32("the token count")? as usize;
         // Each token needs at least 5 bytes; reject absurd counts before allocating.
         if n > body.len() / 5 {
-            return Err(format!(
-                "token count {n} does not fit in a {} byte file",
-                data.len()
-            ));
+            return Err(format!("token count {n} does not fit in a {} byte file", data.len()));
         }
         let mut tokens = Vec::with_capacity(n);
         for i in 0..n {
@@ -218,9 +207,7 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
         for k in 0..4 {
             if k <= c.len() {
                 out.push(B64[(n >> (18 - 6 * k)) as usize & 63] as char);
@@ -282,11 +269,7 @@ pub fn export_tiktoken(tok: &Tokenizer, path: &Path) -> Result<(), TokenizerErro
 
 /// Import a tiktoken rank file; ranks must be exactly 0..n. `pattern` is the split pattern it was made
 /// for and `specials` the special tokens to append.
-pub fn import_tiktoken(
-    path: &Path,
-    pattern: &str,
-    specials: Vec<String>,
-) -> Result<Tokenizer, TokenizerError> {
+pub fn import_tiktoken(path: &Path, pattern: &str, specials: Vec<String>) -> Result<Tokenizer, TokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     let fmt_err = |msg: String| TokenizerError::Format {
         path: path.to_path_buf(),
@@ -306,19 +289,13 @@ pub fn import_tiktoken(
             .parse()
             .map_err(|_| fmt_err(format!("line {}: rank {rank:?} is not a number", ln + 1)))?;
         if rank > text.len() {
-            return Err(fmt_err(format!(
-                "line {}: rank {rank} is larger than the file",
-                ln + 1
-            )));
+            return Err(fmt_err(format!("line {}: rank {rank} is larger than the file", ln + 1)));
         }
         if tokens.len() <= rank {
             tokens.resize(rank + 1, None);
         }
         if tokens[rank].replace(bytes).is_some() {
-            return Err(fmt_err(format!(
-                "line {}: rank {rank} appears twice",
-                ln + 1
-            )));
+            return Err(fmt_err(format!("line {}: rank {rank} appears twice", ln + 1)));
         }
     }
     let tokens = tokens
@@ -350,9 +327,7 @@ pub fn load_token_bytes(path: &Path) -> Result<Vec<u32>, TokenizerError> {
         msg,
     };
     if data.len() < 16 || &data[..8] != BYTES_MAGIC {
-        return Err(fmt_err(
-            "missing the NCTBYTES magic (wrong file type?)".into(),
-        ));
+        return Err(fmt_err("missing the NCTBYTES magic (wrong file type?)".into()));
     }
     let word = |i: usize| u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
     if word(8) != VERSION {

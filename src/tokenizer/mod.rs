@@ -68,10 +68,7 @@ pub fn load_tokenizer(base: &Path) -> Result<Tokenizer, String> {
 #[derive(Debug)]
 pub enum TokenizerError {
     /// Reading or writing a file failed.
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A file is not a valid tokenizer file (corrupt, truncated, wrong version...).
     Format { path: PathBuf, msg: String },
     /// Arguments or contents that make no tokenizer (bad vocab size, duplicate tokens...).
@@ -120,11 +117,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Build from mergeable token bytes in rank order, a split pattern and special-token names.
-    pub fn from_parts(
-        tokens: Vec<Vec<u8>>,
-        pattern: &str,
-        specials: Vec<String>,
-    ) -> Result<Tokenizer, TokenizerError> {
+    pub fn from_parts(tokens: Vec<Vec<u8>>, pattern: &str, specials: Vec<String>) -> Result<Tokenizer, TokenizerError> {
         let splitter = Splitter::for_pattern(pattern).ok_or_else(|| {
             TokenizerError::Invalid(format!(
                 "unsupported split pattern {pattern:?}; supported: {:?} and {:?}",
@@ -135,9 +128,7 @@ impl Tokenizer {
         let vocab = Vocab::from_tokens(tokens).map_err(TokenizerError::Invalid)?;
         for (i, s) in specials.iter().enumerate() {
             if specials[..i].contains(s) {
-                return Err(TokenizerError::Invalid(format!(
-                    "special token {s:?} appears twice"
-                )));
+                return Err(TokenizerError::Invalid(format!("special token {s:?} appears twice")));
             }
         }
         Ok(Tokenizer {

@@ -18,10 +18,12 @@
 use std::sync::OnceLock;
 
 /// The split pattern string as upstream writes it (`\p{N}{1,2}` variant); stored in tokenizer files.
-pub const SPLIT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+pub const SPLIT_PATTERN: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 /// GPT-4's cl100k pattern (`\p{N}{1,3}`), accepted when importing tiktoken rank files made for it.
-pub const GPT4_SPLIT_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+pub const GPT4_SPLIT_PATTERN: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
 /// Which of the supported patterns a splitter implements; they differ only in the longest digit run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -355,11 +357,7 @@ fn unicode_ranges(class: &str) -> Vec<(u32, u32)> {
         .parse(class)
         .expect("Unicode class tables are compiled in");
     match hir.kind() {
-        HirKind::Class(HirClass::Unicode(c)) => c
-            .ranges()
-            .iter()
-            .map(|r| (r.start() as u32, r.end() as u32))
-            .collect(),
+        HirKind::Class(HirClass::Unicode(c)) => c.ranges().iter().map(|r| (r.start() as u32, r.end() as u32)).collect(),
         other => panic!("{class} parsed to an unexpected form: {other:?}"),
     }
 }

@@ -147,11 +147,7 @@ impl Words {
         &self.ids[self.start[i]..self.start[i] + self.len[i] as usize]
     }
 
-    fn train(
-        &mut self,
-        n_merges: usize,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Vec<(u32, u32)> {
+    fn train(&mut self, n_merges: usize, progress: &mut dyn FnMut(usize, usize)) -> Vec<(u32, u32)> {
         let (mut pair_count, mut where_) = self.initial_pairs();
         let mut heap: BinaryHeap<(i64, Reverse<u64>)> = pair_count
             .iter()

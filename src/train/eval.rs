@@ -77,10 +77,7 @@ pub fn sample_greedy(
         let next = logits
             .iter()
             .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
+            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
             .0;
         ids.push(next as u32);
     }
@@ -110,23 +107,10 @@ mod tests {
         fn table(&self) -> &ParamTable {
             &self.1
         }
-        fn forward_backward(
-            &mut self,
-            _: &[u32],
-            _: &[i32],
-            _: usize,
-            _: usize,
-            _: f32,
-        ) -> Result<f32, String> {
+        fn forward_backward(&mut self, _: &[u32], _: &[i32], _: usize, _: usize, _: f32) -> Result<f32, String> {
             unreachable!()
         }
-        fn token_losses(
-            &mut self,
-            _: &[u32],
-            targets: &[i32],
-            _: usize,
-            _: usize,
-        ) -> Result<Vec<f32>, String> {
+        fn token_losses(&mut self, _: &[u32], targets: &[i32], _: usize, _: usize) -> Result<Vec<f32>, String> {
             Ok(targets.iter().map(|&y| y as f32 + 1.0).collect())
         }
         fn last_logits(&mut self, _: &[u32], _: usize, _: usize) -> Result<Vec<f32>, String> {

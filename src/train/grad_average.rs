@@ -36,13 +36,7 @@ impl ModelDevice for GradAverage {
     ) -> Result<f32, String> {
         self.inner.forward_backward(ids, targets, b, t, scale)
     }
-    fn token_losses(
-        &mut self,
-        ids: &[u32],
-        targets: &[i32],
-        b: usize,
-        t: usize,
-    ) -> Result<Vec<f32>, String> {
+    fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String> {
         self.inner.token_losses(ids, targets, b, t)
     }
     fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
@@ -60,10 +54,7 @@ impl ModelDevice for GradAverage {
     fn step(&mut self, settings: &StepSettings) -> Result<(), String> {
         let mut g = self.inner.grads()?;
         {
-            let mut comm = self
-                .comm
-                .lock()
-                .map_err(|_| "collectives poisoned".to_string())?;
+            let mut comm = self.comm.lock().map_err(|_| "collectives poisoned".to_string())?;
             let me = comm.rank();
             comm.all_reduce(&mut g, ReduceOp::Avg)
                 .map_err(|e| format!("rank {me}: gradient all-reduce: {e}"))?;

@@ -16,8 +16,7 @@ impl Metrics {
     /// Opens the log in `dir`, keeping only records of steps before `resume_step` (so a resumed run continues
     /// the same record instead of duplicating the steps it replays).
     pub fn open(dir: &Path, resume_step: Option<usize>) -> Result<Metrics, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
         let mut records = Vec::new();
         if let (Some(limit), Ok(text)) = (resume_step, std::fs::read_to_string(&path)) {
@@ -58,8 +57,7 @@ impl Metrics {
             .create(true)
             .open(&self.path)
             .map_err(|e| format!("cannot append to {}: {e}", self.path.display()))?;
-        writeln!(f, "{record}")
-            .map_err(|e| format!("cannot append to {}: {e}", self.path.display()))?;
+        writeln!(f, "{record}").map_err(|e| format!("cannot append to {}: {e}", self.path.display()))?;
         self.records.push(record);
         Ok(())
     }
@@ -82,11 +80,7 @@ impl Metrics {
         let val = series("eval", "val_bpb");
         write_atomic(
             &self.svg,
-            plot(&[
-                ("train loss (EMA)", "#1f77b4", &train),
-                ("val bpb", "#d62728", &val),
-            ])
-            .as_bytes(),
+            plot(&[("train loss (EMA)", "#1f77b4", &train), ("val bpb", "#d62728", &val)]).as_bytes(),
         )
     }
 }
@@ -175,8 +169,7 @@ mod tests {
             m.log(json!({"kind": "train", "step": s, "smooth_loss": 5.0 - s as f64}))
                 .unwrap();
         }
-        m.log(json!({"kind": "eval", "step": 4, "val_bpb": 2.0}))
-            .unwrap();
+        m.log(json!({"kind": "eval", "step": 4, "val_bpb": 2.0})).unwrap();
         m.write_svg().unwrap();
         let svg = std::fs::read_to_string(tmp.path().join("loss.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("val bpb"));

@@ -89,12 +89,8 @@ pub fn mid_train(args: &MidArgs, base: &Path) -> Result<StageSummary, String> {
     let phase = base.join("base_checkpoints");
     let tag = match &args.model_tag {
         Some(t) => t.clone(),
-        None => checkpoint::find_largest_model(&phase).ok_or_else(|| {
-            format!(
-                "no base checkpoints under {}: run train_gpt first",
-                phase.display()
-            )
-        })?,
+        None => checkpoint::find_largest_model(&phase)
+            .ok_or_else(|| format!("no base checkpoints under {}: run train_gpt first", phase.display()))?,
     };
     let src_dir = phase.join(&tag);
     let src = checkpoint::load(&src_dir, args.model_step, 0, None)?;

@@ -65,18 +65,11 @@ impl TaskSpec {
                 if path.exists() {
                     Arc::new(CustomJson::load(&path)?)
                 } else {
-                    Arc::new(CustomJson::parse(
-                        IDENTITY_CONVERSATIONS,
-                        Path::new(IDENTITY_FILE),
-                    )?)
+                    Arc::new(CustomJson::parse(IDENTITY_CONVERSATIONS, Path::new(IDENTITY_FILE))?)
                 }
             }
-            TaskSpec::SimpleSpelling { size, split } => {
-                Arc::new(SimpleSpelling::load(base, size, split)?)
-            }
-            TaskSpec::SpellingBee { size, split } => {
-                Arc::new(SpellingBee::load(base, size, split)?)
-            }
+            TaskSpec::SimpleSpelling { size, split } => Arc::new(SimpleSpelling::load(base, size, split)?),
+            TaskSpec::SpellingBee { size, split } => Arc::new(SpellingBee::load(base, size, split)?),
         })
     }
 }
@@ -237,11 +230,7 @@ pub fn build(base: &Path, entries: &[Entry], what: &str) -> Result<TaskMixture, 
         ));
     }
     let mixture = TaskMixture::new(parts);
-    println!(
-        "{what}: {} conversations ({})",
-        mixture.len(),
-        used.join(", ")
-    );
+    println!("{what}: {} conversations ({})", mixture.len(), used.join(", "));
     Ok(mixture)
 }
 
@@ -250,9 +239,7 @@ pub fn build_validation(base: &Path) -> Result<TaskMixture, String> {
     match build(base, &validation(), "validation") {
         Ok(m) => Ok(m),
         Err(_) => {
-            println!(
-                "validation: no hub validation data; using the spelling tasks' test split instead"
-            );
+            println!("validation: no hub validation data; using the spelling tasks' test split instead");
             build(base, &offline_validation(), "validation")
         }
     }

@@ -69,14 +69,8 @@ fn scaling_tokens(args: &PlanArgs, depth: usize) -> (ModelConfig, f64) {
 
 impl Plan {
     pub fn derive(args: &PlanArgs) -> Result<Plan, String> {
-        if args.depth == 0
-            || args.device_batch_size == 0
-            || args.max_seq_len == 0
-            || args.world_size == 0
-        {
-            return Err(
-                "depth, device batch size, sequence length and world size must be positive".into(),
-            );
+        if args.depth == 0 || args.device_batch_size == 0 || args.max_seq_len == 0 || args.world_size == 0 {
+            return Err("depth, device batch size, sequence length and world size must be positive".into());
         }
         let (model, target) = scaling_tokens(args, args.depth);
         model.validate()?;
@@ -250,8 +244,6 @@ mod tests {
         a.num_iterations = 7;
         assert_eq!(Plan::derive(&a).unwrap().num_iterations, 7);
         a.device_batch_size = 48;
-        assert!(Plan::derive(&a)
-            .unwrap_err()
-            .contains("--device-batch-size"));
+        assert!(Plan::derive(&a).unwrap_err().contains("--device-batch-size"));
     }
 }

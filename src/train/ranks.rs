@@ -12,9 +12,7 @@
 
 use crate::checkpoint::write_atomic;
 use crate::data::loader::LoaderState;
-use crate::dist::{
-    env::RankInfo, nccl, ring, Collectives, Fingerprint, ReduceOp, SharedComm, Solo, Timeouts,
-};
+use crate::dist::{env::RankInfo, nccl, ring, Collectives, Fingerprint, ReduceOp, SharedComm, Solo, Timeouts};
 use crate::safetensors::{self, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,12 +28,7 @@ pub struct Ranks {
 
 impl Ranks {
     /// Joins the job (`cuda`: NCCL; otherwise the CPU ring). One rank needs no network.
-    pub fn join(
-        info: RankInfo,
-        fingerprint: &Fingerprint,
-        cuda: bool,
-        timeouts: &Timeouts,
-    ) -> Result<Ranks, String> {
+    pub fn join(info: RankInfo, fingerprint: &Fingerprint, cuda: bool, timeouts: &Timeouts) -> Result<Ranks, String> {
         let (rank, world) = (info.rank.value, info.world_size.value);
         let comm: Box<dyn Collectives> = if world == 1 {
             Box::new(Solo)
@@ -61,10 +54,7 @@ impl Ranks {
         what: &str,
         f: impl FnOnce(&mut dyn Collectives) -> crate::dist::CommResult<T>,
     ) -> Result<T, String> {
-        let mut c = self
-            .comm
-            .lock()
-            .map_err(|_| "collectives poisoned".to_string())?;
+        let mut c = self.comm.lock().map_err(|_| "collectives poisoned".to_string())?;
         f(c.as_mut()).map_err(|e| format!("rank {}: {what}: {e}", self.rank))
     }
 
@@ -107,10 +97,7 @@ pub fn fingerprint(
     let mut fp = Fingerprint::new()
         .with("tokenizer", tokenizer)
         .with("world size", world)
-        .with(
-            "resume step",
-            resume_step.map_or("none".to_string(), |s| s.to_string()),
-        )
+        .with("resume step", resume_step.map_or("none".to_string(), |s| s.to_string()))
         .with("version", env!("CARGO_PKG_VERSION"));
     if let Some(obj) = user_config.as_object() {
         for (k, v) in obj {
@@ -140,8 +127,7 @@ pub fn save_shard(
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     if let Some(optim) = optim {
-        safetensors::write(&optim_file(dir, step, rank), optim, &BTreeMap::new())
-            .map_err(|e| e.to_string())?;
+        safetensors::write(&optim_file(dir, step, rank), optim, &BTreeMap::new()).map_err(|e| e.to_string())?;
     }
     for (d, state) in loaders {
         if *d == 0 {
@@ -155,9 +141,7 @@ pub fn save_shard(
 
 /// Ranks whose optimizer shard checkpoint `step` holds (0, 1, ...).
 pub fn saved_world(dir: &Path, step: usize) -> usize {
-    (0..)
-        .take_while(|&r| optim_file(dir, step, r).exists())
-        .count()
+    (0..).take_while(|&r| optim_file(dir, step, r).exists()).count()
 }
 
 /// Refuses a resume by another world size, naming both.
@@ -184,14 +168,9 @@ pub fn load_loader_state(
         meta_state.clone()
     } else {
         let path = loader_file(dir, step, d);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            format!(
-                "{}: {e} (checkpoint of a run with fewer data ranks?)",
-                path.display()
-            )
-        })?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("{}: {e} (checkpoint of a run with fewer data ranks?)", path.display()))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    serde_json::from_value(value)
-        .map_err(|e| format!("checkpoint step {step}: bad loader state of data rank {d}: {e}"))
+    serde_json::from_value(value).map_err(|e| format!("checkpoint step {step}: bad loader state of data rank {d}: {e}"))
 }

@@ -175,10 +175,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     // Open a kernel device first, so a machine without a driver or GPU hears exactly that.
     let mut kernel_device = if args.device.is_kernels() {
         // The emulator runs its threads in order; the kernel tests try the other schedules.
-        Some(
-            args.device
-                .kernel_device(crate::device::Schedule::Forward)?,
-        )
+        Some(args.device.kernel_device(crate::device::Schedule::Forward)?)
     } else {
         None
     };
@@ -215,10 +212,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         world_size: world * data_ranks,
     })?;
     let tok_id = TokenizerId::of(&tok);
-    let tag = args
-        .model_tag
-        .clone()
-        .unwrap_or_else(|| format!("d{}", args.depth));
+    let tag = args.model_tag.clone().unwrap_or_else(|| format!("d{}", args.depth));
     let ckpt_dir = checkpoint::checkpoint_dir(base, "base", &tag);
     // Fresh start or resume.
     let resume_step = if args.resume_from_step >= 0 {
@@ -280,11 +274,7 @@ fn train_ranked(
         say(format!("data parallel: {}", ranks.info));
     }
     say(plan.describe());
-    let (b, t, n_iter) = (
-        args.device_batch_size,
-        args.max_seq_len,
-        plan.num_iterations,
-    );
+    let (b, t, n_iter) = (args.device_batch_size, args.max_seq_len, plan.num_iterations);
     // This process's micro-batches per step: its share of the accumulation for each data rank it plays.
     let per_rank = plan.grad_accum_steps;
     let accum = per_rank * data_ranks;
@@ -350,21 +340,10 @@ fn train_ranked(
             let mut loaders = Vec::new();
             for d in 0..data_ranks {
                 let global = rank * data_ranks + d;
-                let ls = ranks::load_loader_state(
-                    ckpt_dir,
-                    step,
-                    global,
-                    &l.meta.dataloader_state_dict,
-                )?;
-                loaders.push(
-                    DataLoader::resume(train_shards.clone(), loader_cfg(d), &ls)
-                        .map_err(|e| e.to_string())?,
-                );
+                let ls = ranks::load_loader_state(ckpt_dir, step, global, &l.meta.dataloader_state_dict)?;
+                loaders.push(DataLoader::resume(train_shards.clone(), loader_cfg(d), &ls).map_err(|e| e.to_string())?);
             }
-            say(format!(
-                "resuming from step {step} in {}",
-                ckpt_dir.display()
-            ));
+            say(format!("resuming from step {step} in {}", ckpt_dir.display()));
             (model, loaders, l.meta.loop_state, step)
         }
         None => {
@@ -374,10 +353,7 @@ fn train_ranked(
             let model = make_model(params)?;
             let mut loaders = Vec::new();
             for d in 0..data_ranks {
-                loaders.push(
-                    DataLoader::new(train_shards.clone(), loader_cfg(d))
-                        .map_err(|e| e.to_string())?,
-                );
+                loaders.push(DataLoader::new(train_shards.clone(), loader_cfg(d)).map_err(|e| e.to_string())?);
             }
             (model, loaders, LoopState::default(), 0)
         }
@@ -431,27 +407,17 @@ fn train_ranked(
                 m.log(json!({"kind": "eval", "step": step, "val_bpb": bpb}))?;
             }
         }
-        if args.core_metric_every > 0
-            && step > 0
-            && (last_step || step % args.core_metric_every == 0)
-        {
-            say(format!("step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)"));
+        if args.core_metric_every > 0 && step > 0 && (last_step || step % args.core_metric_every == 0) {
+            say(format!(
+                "step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)"
+            ));
         }
-        if main
-            && args.sample_every > 0
-            && (last_step || (step > 0 && step % args.sample_every == 0))
-        {
+        if main && args.sample_every > 0 && (last_step || (step > 0 && step % args.sample_every == 0)) {
             for prompt in SAMPLE_PROMPTS {
-                println!(
-                    "sample | {prompt}{}",
-                    sample_greedy(model.as_mut(), tok, prompt, 16)?
-                );
+                println!("sample | {prompt}{}", sample_greedy(model.as_mut(), tok, prompt, 16)?);
             }
         }
-        let periodic = args.save_every > 0
-            && step > 0
-            && step != start
-            && step % args.save_every as usize == 0;
+        let periodic = args.save_every > 0 && step > 0 && step != start && step % args.save_every as usize == 0;
         // A run stopped by --max-steps-this-run saves where it stopped, so the next --resume continues there.
         let stopping = stop_at == Some(step) && step != start;
         if last_step || periodic || stopping {
@@ -491,8 +457,7 @@ fn train_ranked(
                     device_batch_size: b,
                     max_seq_len: t,
                     total_batch_size: plan.total_batch_size,
-                    dataloader_state_dict: serde_json::to_value(&states[0].1)
-                        .map_err(|e| e.to_string())?,
+                    dataloader_state_dict: serde_json::to_value(&states[0].1).map_err(|e| e.to_string())?,
                     loop_state: loop_state.clone(),
                 };
                 checkpoint::save(ckpt_dir, &meta, model.table(), &params, &optim_state, 0)?;

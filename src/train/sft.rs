@@ -139,9 +139,7 @@ pub fn load_source(
 ) -> Result<(Source, PathBuf, Loaded), String> {
     let source = match requested {
         Some(s) => s,
-        None if checkpoint::find_largest_model(&Source::Mid.phase_dir(base)).is_some() => {
-            Source::Mid
-        }
+        None if checkpoint::find_largest_model(&Source::Mid.phase_dir(base)).is_some() => Source::Mid,
         None => {
             println!(
                 "chat_sft: no mid checkpoint under {}: starting from the base model",
@@ -183,9 +181,7 @@ fn inherit<T: Copy + PartialEq + std::fmt::Display + serde::de::DeserializeOwned
     from: &Value,
     fallback: T,
 ) -> T {
-    let pretrained: Option<T> = from
-        .get(name)
-        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let pretrained: Option<T> = from.get(name).and_then(|v| serde_json::from_value(v.clone()).ok());
     match (flag, pretrained) {
         (None, p) => {
             let v = p.unwrap_or(fallback);
@@ -206,29 +202,14 @@ fn inherit<T: Copy + PartialEq + std::fmt::Display + serde::de::DeserializeOwned
 /// Runs chat fine-tuning on the base directory `base`.
 pub fn chat_sft(args: &SftArgs, base: &Path) -> Result<StageSummary, String> {
     let tok = Arc::new(load_tokenizer(base)?);
-    let (source, src_dir, src) = load_source(
-        base,
-        args.source,
-        args.model_tag.as_deref(),
-        args.model_step,
-    )?;
+    let (source, src_dir, src) = load_source(base, args.source, args.model_tag.as_deref(), args.model_step)?;
     let meta = serde_json::to_value(&src.meta).map_err(|e| e.to_string())?;
     let user = &src.meta.user_config;
     let mut resolved = args.clone();
     resolved.source = Some(source);
     resolved.max_seq_len = Some(inherit("max_seq_len", args.max_seq_len, &meta, 2048));
-    resolved.device_batch_size = Some(inherit(
-        "device_batch_size",
-        args.device_batch_size,
-        &meta,
-        32,
-    ));
-    resolved.total_batch_size = Some(inherit(
-        "total_batch_size",
-        args.total_batch_size,
-        &meta,
-        524_288,
-    ));
+    resolved.device_batch_size = Some(inherit("device_batch_size", args.device_batch_size, &meta, 32));
+    resolved.total_batch_size = Some(inherit("total_batch_size", args.total_batch_size, &meta, 524_288));
     resolved.embedding_lr = Some(inherit("embedding_lr", args.embedding_lr, user, 0.3));
     resolved.unembedding_lr = Some(inherit("unembedding_lr", args.unembedding_lr, user, 0.004));
     resolved.matrix_lr = Some(inherit("matrix_lr", args.matrix_lr, user, 0.02));
@@ -305,12 +286,7 @@ pub fn chat_sft(args: &SftArgs, base: &Path) -> Result<StageSummary, String> {
         }),
         bos: tok.bos_id(),
         token_bytes: tok.token_bytes(),
-        hook: chatcore_hook(
-            args,
-            base,
-            tok.clone(),
-            resolved.device_batch_size.unwrap_or(32),
-        ),
+        hook: chatcore_hook(args, base, tok.clone(), resolved.device_batch_size.unwrap_or(32)),
     };
     stage::run(stage)
 }
@@ -318,12 +294,7 @@ pub fn chat_sft(args: &SftArgs, base: &Path) -> Result<StageSummary, String> {
 /// ChatCORE every `--chatcore-every` steps (not step 0) and at the end, on the tasks with data (spec §9.1:
 /// categorical tasks on at most `--chatcore-max-cat` problems, generative ones on `--chatcore-max-sample`,
 /// greedy, 512 new tokens, prompts batched by the device batch size).
-fn chatcore_hook<'a>(
-    args: &SftArgs,
-    base: &Path,
-    tok: Arc<Tokenizer>,
-    batch: usize,
-) -> Option<Hook<'a>> {
+fn chatcore_hook<'a>(args: &SftArgs, base: &Path, tok: Arc<Tokenizer>, batch: usize) -> Option<Hook<'a>> {
     if args.chatcore_every <= 0 {
         return None;
     }
@@ -338,8 +309,7 @@ fn chatcore_hook<'a>(
         let results = chatcore_eval(model, &tok, &base, batch, max_cat, max_sample, 512)?;
         print!("{}", table(&results));
         let (core, cat) = (chatcore(&results), chatcore_cat(&results));
-        let show =
-            |v: Option<f64>| v.map_or("- (a task was skipped)".to_string(), |v| format!("{v:.4}"));
+        let show = |v: Option<f64>| v.map_or("- (a task was skipped)".to_string(), |v| format!("{v:.4}"));
         println!(
             "step {step:05} | ChatCORE: {} | ChatCORE_cat: {}",
             show(core),

@@ -39,28 +39,18 @@ pub fn open_model(
 ) -> Result<Box<dyn ModelDevice + Send>, String> {
     if !device.is_kernels() {
         let storage = device.cpu_storage().unwrap_or(Storage::F32);
-        return Ok(Box::new(
-            CpuModel::new(config, params, setup)?.with_storage(storage),
-        ));
+        return Ok(Box::new(CpuModel::new(config, params, setup)?.with_storage(storage)));
     }
     // The emulator runs its threads in order; the kernel tests try the other schedules.
     let dev = device.kernel_device(crate::device::Schedule::Forward)?;
     let m = KernelModel::new(dev, config, &params, setup)?;
-    println!(
-        "device memory ({}):\n{}",
-        m.device().name(),
-        m.memory_report(b, t)
-    );
+    println!("device memory ({}):\n{}", m.device().name(), m.memory_report(b, t));
     Ok(Box::new(m))
 }
 
 /// Saves a checkpoint of `model` unless a parameter became non-finite (then the previous checkpoints stay the
 /// last good ones and the error says so).
-pub fn save_checked(
-    dir: &std::path::Path,
-    meta: &Meta,
-    model: &mut dyn ModelDevice,
-) -> Result<(), String> {
+pub fn save_checked(dir: &std::path::Path, meta: &Meta, model: &mut dyn ModelDevice) -> Result<(), String> {
     let params = model.params()?;
     if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
         let name = model
@@ -141,9 +131,7 @@ pub fn muon_momentum(step: usize) -> f64 {
 
 /// Run hook of a stage (chat_sft's ChatCORE): called at the top of every step with the model, the step and
 /// whether it is the last; a returned record goes into `metrics.jsonl`.
-pub type Hook<'a> = Box<
-    dyn FnMut(&mut (dyn ModelDevice + Send), usize, bool) -> Result<Option<Value>, String> + 'a,
->;
+pub type Hook<'a> = Box<dyn FnMut(&mut (dyn ModelDevice + Send), usize, bool) -> Result<Option<Value>, String> + 'a>;
 
 /// Everything a stage run is made of; the stage modules fill it from their flags.
 pub struct Stage<'a> {
@@ -217,8 +205,7 @@ pub fn evaluate_bpb(
     let (mut nats, mut bytes) = (0f64, 0u64);
     for _ in 0..steps {
         let batch = loader.next_batch()?;
-        let losses =
-            model.token_losses(&batch.inputs, &batch.targets, cfg.batch_size, cfg.seq_len)?;
+        let losses = model.token_losses(&batch.inputs, &batch.targets, cfg.batch_size, cfg.seq_len)?;
         for (&y, &l) in batch.targets.iter().zip(&losses) {
             let nb = if y >= 0 {
                 token_bytes.get(y as usize).copied().unwrap_or(0)
@@ -274,8 +261,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
                 )
             })?;
             model.load_optimizer_state(&state)?;
-            let pos: StagePosition = serde_json::from_value(l.meta.dataloader_state_dict.clone())
-                .map_err(|e| {
+            let pos: StagePosition = serde_json::from_value(l.meta.dataloader_state_dict.clone()).map_err(|e| {
                 format!(
                     "checkpoint step {step} in {}: bad loader state: {e}",
                     s.out_dir.display()
@@ -283,22 +269,11 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
             })?;
             let mut loader = SftLoader::resume(s.train.clone(), loader_cfg, &pos.train)?;
             loader.restore_stats(pos.stats);
-            println!(
-                "{}: resuming from step {step} in {}",
-                s.name,
-                s.out_dir.display()
-            );
+            println!("{}: resuming from step {step} in {}", s.name, s.out_dir.display());
             (model, loader, l.meta.loop_state, step)
         }
         None => {
-            let mut model = open_model(
-                s.device,
-                &s.model_config,
-                std::mem::take(&mut s.params),
-                &s.setup,
-                b,
-                t,
-            )?;
+            let mut model = open_model(s.device, &s.model_config, std::mem::take(&mut s.params), &s.setup, b, t)?;
             if let Some(state) = &s.optimizer_state {
                 model.load_optimizer_state(state)?;
             }
@@ -336,13 +311,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
     loop {
         let last_step = n_iter.is_some_and(|n| step >= n) || loader.epoch_done();
         if last_step || (s.eval_every > 0 && step % s.eval_every as usize == 0) {
-            let bpb = evaluate_bpb(
-                model.as_mut(),
-                s.val.clone(),
-                loader_cfg,
-                eval_steps,
-                &s.token_bytes,
-            )?;
+            let bpb = evaluate_bpb(model.as_mut(), s.val.clone(), loader_cfg, eval_steps, &s.token_bytes)?;
             println!("step {step:05} | validation bpb: {bpb:.6}");
             loop_state.min_val_bpb = Some(loop_state.min_val_bpb.map_or(bpb, |m: f64| m.min(bpb)));
             val_bpb = Some(bpb);
@@ -354,8 +323,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
                 metrics.log(record)?;
             }
         }
-        let periodic =
-            s.save_every > 0 && step > 0 && step != start && step % s.save_every as usize == 0;
+        let periodic = s.save_every > 0 && step > 0 && step != start && step % s.save_every as usize == 0;
         if last_step || periodic {
             let meta = Meta {
                 step,
@@ -365,8 +333,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
                 device_batch_size: b,
                 max_seq_len: t,
                 total_batch_size: s.total_batch_size,
-                dataloader_state_dict: serde_json::to_value(&pending_pos)
-                    .map_err(|e| e.to_string())?,
+                dataloader_state_dict: serde_json::to_value(&pending_pos).map_err(|e| e.to_string())?,
                 loop_state: loop_state.clone(),
             };
             save_checked(&s.out_dir, &meta, model.as_mut())?;
@@ -380,13 +347,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
         let mut loss = 0.0;
         for _ in 0..accum {
             all_masked_batches += (pending.supervised() == 0) as u64;
-            loss = model.forward_backward(
-                &pending.inputs,
-                &pending.targets,
-                b,
-                t,
-                1.0 / accum as f32,
-            )?;
+            loss = model.forward_backward(&pending.inputs, &pending.targets, b, t, 1.0 / accum as f32)?;
             if !loss.is_finite() {
                 return Err(format!(
                     "the loss became {loss} at step {step}; stopping without saving. The last good checkpoint (if \
@@ -488,14 +449,7 @@ mod tests {
             warmdown: 0.5,
             final_frac: 0.0,
         };
-        for (p, want) in [
-            (0.0, 1.0),
-            (0.25, 1.0),
-            (0.5, 1.0),
-            (0.75, 0.5),
-            (0.9, 0.2),
-            (1.0, 0.0),
-        ] {
+        for (p, want) in [(0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 0.5), (0.9, 0.2), (1.0, 0.0)] {
             assert!(
                 (sft.multiplier(p) - want).abs() < 1e-12,
                 "sft p={p}: {}",
@@ -512,10 +466,7 @@ mod tests {
         assert!((warm.multiplier(0.75) - 0.55).abs() < 1e-12);
         // mid_train: 1 until 0.8, then to 0 at 1, clamped past it.
         for (p, want) in [(0.5, 1.0), (0.79, 1.0), (0.9, 0.5), (1.0, 0.0), (1.05, 0.0)] {
-            assert!(
-                (LrShape::Mid.multiplier(p) - want).abs() < 1e-12,
-                "mid p={p}"
-            );
+            assert!((LrShape::Mid.multiplier(p) - want).abs() < 1e-12, "mid p={p}");
         }
         for (step, want) in [(0, 0.85), (150, 0.90), (300, 0.95), (1000, 0.95)] {
             assert!((muon_momentum(step) - want).abs() < 1e-12, "step {step}");
@@ -589,9 +540,6 @@ mod tests {
         assert_eq!(summary.losses.len(), draws - 1);
         assert_eq!(summary.last_step, draws - 1);
         assert_eq!(summary.val_bpb.len(), 1, "only the final evaluation");
-        assert_eq!(
-            checkpoint::complete_steps(&tmp.path().join("run")),
-            vec![draws - 1]
-        );
+        assert_eq!(checkpoint::complete_steps(&tmp.path().join("run")), vec![draws - 1]);
     }
 }

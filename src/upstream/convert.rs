@@ -53,8 +53,7 @@ pub fn import_tokenizer(from: &Path, to: &Path) -> Result<Tokenizer, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     tok.save(&dir.join(tokenizer::TOKENIZER_FILE))
         .map_err(|e| e.to_string())?;
-    tokenizer::files::save_token_bytes(&tok, &dir.join(tokenizer::TOKEN_BYTES_FILE))
-        .map_err(|e| e.to_string())?;
+    tokenizer::files::save_token_bytes(&tok, &dir.join(tokenizer::TOKEN_BYTES_FILE)).map_err(|e| e.to_string())?;
     Ok(tok)
 }
 
@@ -72,8 +71,8 @@ fn meta_from_upstream(v: &serde_json::Value, step: usize, path: &Path) -> Result
     if let Some(o) = cfg.as_object_mut() {
         o.entry("window_pattern").or_insert("L".into());
     }
-    let model_config: ModelConfig = serde_json::from_value(cfg)
-        .map_err(|e| format!("{}: bad model_config: {e}", path.display()))?;
+    let model_config: ModelConfig =
+        serde_json::from_value(cfg).map_err(|e| format!("{}: bad model_config: {e}", path.display()))?;
     let ls = v.get("loop_state").cloned().unwrap_or_default();
     let f = |k: &str| ls.get(k).and_then(serde_json::Value::as_f64);
     let max_seq_len = json_usize(v, "max_seq_len").unwrap_or(model_config.sequence_len);
@@ -81,10 +80,7 @@ fn meta_from_upstream(v: &serde_json::Value, step: usize, path: &Path) -> Result
     // Upstream's loader position ({pq_idx, rg_idx, epoch}) counts parquet row groups; ours counts documents of
     // tokenized shards. The closest equivalent is the start of the same shard in the same epoch.
     let up = v.get("dataloader_state_dict");
-    let epoch = up
-        .and_then(|d| d.get("epoch"))
-        .and_then(|e| e.as_u64())
-        .unwrap_or(1);
+    let epoch = up.and_then(|d| d.get("epoch")).and_then(|e| e.as_u64()).unwrap_or(1);
     let shard = up.and_then(|d| json_usize(d, "pq_idx")).unwrap_or(0);
     let loader = serde_json::json!({
         "rank": 0, "world_size": 1,
@@ -97,8 +93,7 @@ fn meta_from_upstream(v: &serde_json::Value, step: usize, path: &Path) -> Result
         user_config: v.get("user_config").cloned().unwrap_or_default(),
         device_batch_size,
         max_seq_len,
-        total_batch_size: json_usize(v, "total_batch_size")
-            .unwrap_or(device_batch_size * max_seq_len),
+        total_batch_size: json_usize(v, "total_batch_size").unwrap_or(device_batch_size * max_seq_len),
         dataloader_state_dict: loader,
         loop_state: LoopState {
             min_val_bpb: f("min_val_bpb"),
@@ -131,14 +126,12 @@ pub fn import(
         .ok_or_else(|| format!("no model_<step>.pt in {}", src.display()))?;
     let tok = import_tokenizer(from, to)?;
     let meta_path = src.join(format!("meta_{step:06}.json"));
-    let text = std::fs::read(&meta_path)
-        .map_err(|e| format!("cannot read {}: {e}", meta_path.display()))?;
-    let upstream_meta: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: bad JSON: {e}", meta_path.display()))?;
+    let text = std::fs::read(&meta_path).map_err(|e| format!("cannot read {}: {e}", meta_path.display()))?;
+    let upstream_meta: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: bad JSON: {e}", meta_path.display()))?;
     let meta = meta_from_upstream(&upstream_meta, step, &meta_path)?;
     let cfg = meta.model_config.clone();
-    cfg.validate()
-        .map_err(|e| format!("{}: {e}", meta_path.display()))?;
+    cfg.validate().map_err(|e| format!("{}: {e}", meta_path.display()))?;
     if tok.vocab_size() != cfg.vocab_size {
         return Err(format!(
             "the tokenizer has {} tokens but {} says vocab_size {}",
@@ -201,12 +194,7 @@ pub fn upstream_groups(table: &ParamTable) -> Vec<Vec<String>> {
     shapes.sort();
     shapes.dedup();
     for s in shapes {
-        groups.push(
-            h.iter()
-                .filter(|p| p.shape == s)
-                .map(|p| p.name.clone())
-                .collect(),
-        );
+        groups.push(h.iter().filter(|p| p.shape == s).map(|p| p.name.clone()).collect());
     }
     groups
 }
@@ -216,11 +204,7 @@ type MergedState = (BTreeMap<String, Tensor>, usize);
 
 /// Reads every `optim_<step>_rank<r>.pt` (ZeRO-2 shards: large AdamW tensors split by rows, Muon groups split by
 /// parameter chunks) into our single optimizer state. None when the checkpoint has no optimizer files.
-fn import_optimizer(
-    dir: &Path,
-    step: usize,
-    table: &ParamTable,
-) -> Result<Option<MergedState>, String> {
+fn import_optimizer(dir: &Path, step: usize, table: &ParamTable) -> Result<Option<MergedState>, String> {
     let path = |r: usize| dir.join(format!("optim_{step:06}_rank{r}.pt"));
     let world = (0..).take_while(|&r| path(r).exists()).count();
     if world == 0 {
@@ -303,10 +287,7 @@ fn import_optimizer(
                     for j in 0..chunk {
                         let idx = r * chunk + j;
                         if idx < k {
-                            out.insert(
-                                format!("{buf}.{}", names[idx]),
-                                vals[j * per..(j + 1) * per].to_vec(),
-                            );
+                            out.insert(format!("{buf}.{}", names[idx]), vals[j * per..(j + 1) * per].to_vec());
                         }
                     }
                 }
@@ -315,9 +296,7 @@ fn import_optimizer(
                     let Some(st) = by_idx(*id) else { continue };
                     if let Some(s) = st.get("step") {
                         let v = match s {
-                            Value::Tensor(t) => {
-                                f.tensor(t, "step")?.to_f32().first().map(|x| *x as i64)
-                            }
+                            Value::Tensor(t) => f.tensor(t, "step")?.to_f32().first().map(|x| *x as i64),
                             other => other.as_int().or(match other {
                                 Value::Float(x) => Some(*x as i64),
                                 _ => None,
@@ -333,9 +312,7 @@ fn import_optimizer(
                         };
                         let t = f.tensor(t, buf)?;
                         let vals = t.to_f32();
-                        let dst = out
-                            .entry(format!("{buf}.{name}"))
-                            .or_insert_with(|| vec![0.0; numel]);
+                        let dst = out.entry(format!("{buf}.{name}")).or_insert_with(|| vec![0.0; numel]);
                         if t.shape == full {
                             dst.copy_from_slice(&vals);
                         } else if t.shape.len() == full.len()

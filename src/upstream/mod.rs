@@ -44,10 +44,7 @@ pub fn read_tokenizer_pkl(path: &Path) -> Result<Tokenizer, String> {
             return Err(at(format!("rank {r} appears twice")));
         }
     }
-    let tokens: Vec<Vec<u8>> = tokens
-        .into_iter()
-        .map(|t| t.expect("ranks 0..n all set"))
-        .collect();
+    let tokens: Vec<Vec<u8>> = tokens.into_iter().map(|t| t.expect("ranks 0..n all set")).collect();
     let n = tokens.len();
     let specials = v
         .get("special_tokens")
@@ -71,11 +68,8 @@ pub fn read_tokenizer_pkl(path: &Path) -> Result<Tokenizer, String> {
         }
     }
     let names = named.into_iter().map(|(_, s)| s).collect();
-    Tokenizer::from_parts(tokens, pat, names).map_err(|e| {
-        at(format!(
-            "cannot use this tokenizer: {e} (its split pattern is {pat:?})"
-        ))
-    })
+    Tokenizer::from_parts(tokens, pat, names)
+        .map_err(|e| at(format!("cannot use this tokenizer: {e} (its split pattern is {pat:?})")))
 }
 
 /// Writes a tokenizer as upstream's `tokenizer.pkl` (what `pickle.dump(tiktoken.Encoding)` writes: NEWOBJ of
@@ -118,10 +112,7 @@ pub fn write_tokenizer_pkl(tok: &Tokenizer, path: &Path) -> Result<(), String> {
 
 /// Reads an upstream model file into a parameter buffer for `cfg`. `_orig_mod.` prefixes are stripped; missing
 /// `resid_lambdas` / `x0_lambdas` (older checkpoints) are patched to ones / zeros as upstream's loader does.
-pub fn read_model_pt(
-    path: &Path,
-    cfg: &ModelConfig,
-) -> Result<(Vec<f32>, BTreeMap<String, Dtype>), String> {
+pub fn read_model_pt(path: &Path, cfg: &ModelConfig) -> Result<(Vec<f32>, BTreeMap<String, Dtype>), String> {
     let mut f = torch_zip::TorchFile::open(path)?;
     let mut tensors: BTreeMap<String, Tensor> = f
         .state_dict()?
@@ -141,8 +132,7 @@ pub fn read_model_pt(
         tensors,
         metadata: BTreeMap::new(),
     };
-    let params =
-        crate::safetensors::import_params(&table, &file, path).map_err(|e| e.to_string())?;
+    let params = crate::safetensors::import_params(&table, &file, path).map_err(|e| e.to_string())?;
     Ok((params, dtypes))
 }
 

@@ -221,9 +221,7 @@ pub fn parse(data: &[u8]) -> Result<Value, String> {
         let ctx = |e: String| format!("pickle offset {at} (opcode 0x{op:02x}): {e}");
         step(op, &mut r, &mut stack, &mut memo).map_err(ctx)?;
         if op == b'.' {
-            let v = stack
-                .pop()
-                .ok_or_else(|| ctx("empty stack at STOP".into()))?;
+            let v = stack.pop().ok_or_else(|| ctx("empty stack at STOP".into()))?;
             return Ok(v);
         }
     }
@@ -247,31 +245,18 @@ fn pop_mark(stack: &mut Vec<Value>) -> Result<Vec<Value>, String> {
 fn usize_of(v: &Value, what: &str) -> Result<usize, String> {
     match v.as_int() {
         Some(i) if i >= 0 => Ok(i as usize),
-        _ => Err(format!(
-            "{what} must be a non-negative int, found {}",
-            v.describe()
-        )),
+        _ => Err(format!("{what} must be a non-negative int, found {}", v.describe())),
     }
 }
 
 fn usizes(v: &Value, what: &str) -> Result<Vec<usize>, String> {
     match v {
-        Value::Tuple(items) | Value::List(items) => {
-            items.iter().map(|x| usize_of(x, what)).collect()
-        }
-        other => Err(format!(
-            "{what} must be a tuple, found {}",
-            other.describe()
-        )),
+        Value::Tuple(items) | Value::List(items) => items.iter().map(|x| usize_of(x, what)).collect(),
+        other => Err(format!("{what} must be a tuple, found {}", other.describe())),
     }
 }
 
-fn step(
-    op: u8,
-    r: &mut Reader,
-    stack: &mut Vec<Value>,
-    memo: &mut HashMap<u32, Value>,
-) -> Result<(), String> {
+fn step(op: u8, r: &mut Reader, stack: &mut Vec<Value>, memo: &mut HashMap<u32, Value>) -> Result<(), String> {
     match op {
         0x80 => {
             let proto = r.u8()?;
@@ -332,9 +317,7 @@ fn step(
         }
         b'G' => {
             let b = r.take(8)?;
-            stack.push(Value::Float(f64::from_be_bytes(
-                b.try_into().expect("8 bytes"),
-            )));
+            stack.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
         }
         b'N' => stack.push(Value::None),
         0x88 => stack.push(Value::Bool(true)),
@@ -372,9 +355,7 @@ fn step(
             let name = pop(stack)?;
             let module = pop(stack)?;
             match (module, name) {
-                (Value::Str(m), Value::Str(n)) => {
-                    stack.push(Value::Global(resolve_global(&m, &n)?))
-                }
+                (Value::Str(m), Value::Str(n)) => stack.push(Value::Global(resolve_global(&m, &n)?)),
                 _ => return Err("STACK_GLOBAL needs two strings".into()),
             }
         }
@@ -468,15 +449,10 @@ fn step(
 /// torch's persistent id: `('storage', <Storage class>, key, location, numel)`.
 fn persistent_load(pid: &Value) -> Result<Value, String> {
     let Value::Tuple(t) = pid else {
-        return Err(format!(
-            "persistent id must be a tuple, found {}",
-            pid.describe()
-        ));
+        return Err(format!("persistent id must be a tuple, found {}", pid.describe()));
     };
     match t.as_slice() {
-        [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel]
-            if tag == "storage" =>
-        {
+        [Value::Str(tag), Value::Global(Global::Storage(kind)), key, _location, numel] if tag == "storage" => {
             let key = match key {
                 Value::Str(s) => s.clone(),
                 Value::Int(i) => i.to_string(),
@@ -508,9 +484,7 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
             let shape = usizes(&args[2], "tensor size")?;
             let stride = usizes(&args[3], "tensor stride")?;
             if shape.len() != stride.len() {
-                return Err(format!(
-                    "tensor size {shape:?} and stride {stride:?} differ in rank"
-                ));
+                return Err(format!("tensor size {shape:?} and stride {stride:?} differ in rank"));
             }
             Ok(Value::Tensor(TensorRef {
                 key: key.clone(),

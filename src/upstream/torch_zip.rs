@@ -40,15 +40,13 @@ fn kind_of(dtype: Dtype) -> StorageKind {
 
 impl TorchFile {
     pub fn open(path: &Path) -> Result<TorchFile, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         TorchFile::from_bytes(bytes, &path.display().to_string())
     }
 
     pub fn from_bytes(bytes: Vec<u8>, path: &str) -> Result<TorchFile, String> {
-        let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| {
-            format!("{path}: not a torch.save zip (truncated or another format?): {e}")
-        })?;
+        let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+            .map_err(|e| format!("{path}: not a torch.save zip (truncated or another format?): {e}"))?;
         let pkl = archive
             .file_names()
             .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
@@ -101,13 +99,7 @@ impl TorchFile {
         let last = if numel == 0 {
             0
         } else {
-            t.offset
-                + t.shape
-                    .iter()
-                    .zip(&t.stride)
-                    .map(|(&n, &s)| (n - 1) * s)
-                    .sum::<usize>()
-                + 1
+            t.offset + t.shape.iter().zip(&t.stride).map(|(&n, &s)| (n - 1) * s).sum::<usize>() + 1
         };
         if numel > 0 && (last > have || last > t.storage_numel) {
             return Err(format!(
@@ -161,8 +153,7 @@ struct PickleOut(Vec<u8>);
 impl PickleOut {
     fn global(&mut self, module: &str, name: &str) {
         self.0.push(b'c');
-        self.0
-            .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self.0.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
     }
     fn str(&mut self, s: &str) {
         self.0.push(b'X');
@@ -189,11 +180,7 @@ impl PickleOut {
 
 /// Writes `tensors` (in the given order) as `torch.save(OrderedDict)` would: loadable with
 /// `torch.load(path, weights_only=True)`. `name` is the archive's top folder (torch uses the file stem).
-pub fn write_state_dict(
-    path: &Path,
-    name: &str,
-    tensors: &[(String, Tensor)],
-) -> Result<(), String> {
+pub fn write_state_dict(path: &Path, name: &str, tensors: &[(String, Tensor)]) -> Result<(), String> {
     write(path, name, tensors, true)
 }
 
@@ -237,9 +224,7 @@ fn write(path: &Path, name: &str, tensors: &[(String, Tensor)], dict: bool) -> R
 
     let buf = Cursor::new(Vec::new());
     let mut zw = zip::ZipWriter::new(buf);
-    let big = tensors
-        .iter()
-        .any(|(_, t)| t.data.len() as u64 >= u32::MAX as u64);
+    let big = tensors.iter().any(|(_, t)| t.data.len() as u64 >= u32::MAX as u64);
     // torch aligns storages to 64 bytes so they can be memory-mapped; stored, never compressed.
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
@@ -248,8 +233,7 @@ fn write(path: &Path, name: &str, tensors: &[(String, Tensor)], dict: bool) -> R
     let zerr = |e: zip::result::ZipError| format!("cannot write {}: {e}", path.display());
     let ierr = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let put = |zw: &mut zip::ZipWriter<Cursor<Vec<u8>>>, entry: &str, bytes: &[u8]| {
-        zw.start_file(format!("{name}/{entry}"), opts)
-            .map_err(zerr)?;
+        zw.start_file(format!("{name}/{entry}"), opts).map_err(zerr)?;
         zw.write_all(bytes).map_err(ierr)
     };
     put(&mut zw, "data.pkl", &p.0)?;
@@ -326,22 +310,13 @@ impl PickleOut {
 
 /// Writes `torch.save(root)` for a tree of plain values whose tensors refer to `storages` by key (the index as a
 /// string): used for optimizer state dicts (`{'state': {...}, 'param_groups': [...]}`).
-pub fn write_value(
-    path: &Path,
-    name: &str,
-    root: &Value,
-    storages: &[Tensor],
-) -> Result<(), String> {
+pub fn write_value(path: &Path, name: &str, root: &Value, storages: &[Tensor]) -> Result<(), String> {
     let mut p = PickleOut(vec![0x80, 2]);
     p.value(root)?;
     p.0.push(b'.');
     let opts = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
-        .large_file(
-            storages
-                .iter()
-                .any(|t| t.data.len() as u64 >= u32::MAX as u64),
-        )
+        .large_file(storages.iter().any(|t| t.data.len() as u64 >= u32::MAX as u64))
         .with_alignment(64);
     let zerr = |e: zip::result::ZipError| format!("cannot write {}: {e}", path.display());
     let ierr = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
@@ -357,8 +332,7 @@ pub fn write_value(
     }
     entries.push(("version".into(), b"3\n"));
     for (entry, bytes) in entries {
-        zw.start_file(format!("{name}/{entry}"), opts)
-            .map_err(zerr)?;
+        zw.start_file(format!("{name}/{entry}"), opts).map_err(zerr)?;
         zw.write_all(bytes).map_err(ierr)?;
     }
     let bytes = zw.finish().map_err(zerr)?.into_inner();

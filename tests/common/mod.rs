@@ -51,10 +51,7 @@ pub fn down_bf16(dev: &dyn Device, p: DevPtr, n: usize) -> Vec<f32> {
 pub fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= abs + rel * w.abs(),
-            "{what}[{i}]: {g} vs {w}"
-        );
+        assert!((g - w).abs() <= abs + rel * w.abs(), "{what}[{i}]: {g} vs {w}");
     }
 }
 

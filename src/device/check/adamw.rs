@@ -37,26 +37,11 @@ pub(super) fn check_adamw(dev: &dyn Device, s: Scale) -> Result<String> {
                 weight_decay,
                 step,
             };
-            adamw::adamw_step(
-                dev,
-                bp.ptr(),
-                Some(bpb.ptr()),
-                bg.ptr(),
-                bm.ptr(),
-                bv.ptr(),
-                n,
-                &h,
-            )?;
+            adamw::adamw_step(dev, bp.ptr(), Some(bpb.ptr()), bg.ptr(), bm.ptr(), bv.ptr(), n, &h)?;
             adamw_update(&mut p, &g, &mut m, &mut v, &h);
         }
         let gp: Vec<f32> = dev.download_vec(bp.ptr(), n)?;
-        worst = worst.max(compare(
-            &format!("adamw params n={n}"),
-            &gp,
-            &p,
-            1e-5,
-            1e-7,
-        )?);
+        worst = worst.max(compare(&format!("adamw params n={n}"), &gp, &p, 1e-5, 1e-7)?);
         worst = worst.max(compare(
             &format!("adamw exp_avg n={n}"),
             &dev.download_vec::<f32>(bm.ptr(), n)?,

@@ -39,7 +39,7 @@ fn attention_shapes(s: Scale) -> Vec<AttnShape> {
             attn(2, 50, 8, 2, 128, 3),         // group 4 at head_dim 128, two batches
             attn(1, 64, 2, 2, 64, 63),         // T exactly one tile, window = T - 1
             attn(1, 1, 2, 1, 128, 0),          // a single token
-            attn(1, 130, 1, 1, 64, 127), // unmasked tiles (below the diagonal, inside the window)
+            attn(1, 130, 1, 1, 64, 127),       // unmasked tiles (below the diagonal, inside the window)
             attn(1, 100, 1, 1, 128, usize::MAX), // the same at head_dim 128 (32-query dK/dV steps)
         ]
     } else {
@@ -67,11 +67,7 @@ pub(super) fn check_attention(dev: &dyn Device, scale: Scale, imp: AttnImpl) -> 
             "attention {imp:?} b={} t={} h={} hkv={} d={} window={}",
             s.b, s.t, s.h, s.hkv, s.d, s.window
         );
-        let (nq, nk, nl) = (
-            s.b * s.t * s.h * s.d,
-            s.b * s.t * s.hkv * s.d,
-            s.b * s.h * s.t,
-        );
+        let (nq, nk, nl) = (s.b * s.t * s.h * s.d, s.b * s.t * s.hkv * s.d, s.b * s.h * s.t);
         // q larger than k: peaked and flat rows both occur.
         let (q, k, v, dout) = (
             rand(&mut rng, nq, 2.0),
@@ -86,35 +82,14 @@ pub(super) fn check_attention(dev: &dyn Device, scale: Scale, imp: AttnImpl) -> 
             dev.upload_new(&bf(&dout))?,
         );
         let (out, lse) = (dev.alloc(2 * nq)?, dev.alloc(4 * nl)?);
-        attention::attention_forward(
-            dev,
-            imp,
-            out.ptr(),
-            lse.ptr(),
-            bq.ptr(),
-            bk.ptr(),
-            bv.ptr(),
-            s,
-        )?;
+        attention::attention_forward(dev, imp, out.ptr(), lse.ptr(), bq.ptr(), bk.ptr(), bv.ptr(), s)?;
         let (mut wo, mut wl) = (vec![0f32; nq], vec![0f32; nl]);
         ops::attention_forward(&mut wo, &mut wl, &q, &k, &v, s);
         let got_out = down_bf(dev, out.ptr(), nq)?;
         let got_lse = dev.download_vec::<f32>(lse.ptr(), nl)?;
         let mag = |x: &[f32]| peak(x).max(0.01);
-        worst = worst.max(compare(
-            &format!("{what}: out"),
-            &got_out,
-            &wo,
-            1e-2,
-            1e-2 * mag(&wo),
-        )?);
-        worst = worst.max(compare(
-            &format!("{what}: lse"),
-            &got_lse,
-            &wl,
-            1e-3,
-            1e-3 * mag(&wl),
-        )?);
+        worst = worst.max(compare(&format!("{what}: out"), &got_out, &wo, 1e-2, 1e-2 * mag(&wo))?);
+        worst = worst.max(compare(&format!("{what}: lse"), &got_lse, &wl, 1e-3, 1e-3 * mag(&wl))?);
 
         let (dq, dk, dv, delta) = (
             dev.alloc(2 * nq)?,
@@ -138,9 +113,7 @@ pub(super) fn check_attention(dev: &dyn Device, scale: Scale, imp: AttnImpl) -> 
             s,
         )?;
         let (mut wdq, mut wdk, mut wdv) = (vec![0f32; nq], vec![0f32; nk], vec![0f32; nk]);
-        ops::attention_backward(
-            &mut wdq, &mut wdk, &mut wdv, &dout, &got_out, &got_lse, &q, &k, &v, s,
-        );
+        ops::attention_backward(&mut wdq, &mut wdk, &mut wdv, &dout, &got_out, &got_lse, &q, &k, &v, s);
         for (name, p, want) in [("dq", &dq, &wdq), ("dk", &dk, &wdk), ("dv", &dv, &wdv)] {
             worst = worst.max(compare(
                 &format!("{what}: {name}"),

@@ -20,13 +20,7 @@ pub(super) fn check_softcap_ce(dev: &dyn Device, s: Scale) -> Result<String> {
         let shape = format!("{n}x{v}/{vp}");
         let logits = rand(&mut rng, n * vp, 20.0);
         let targets: Vec<i32> = (0..n)
-            .map(|t| {
-                if t % 3 == 2 {
-                    -1
-                } else {
-                    rng.below(v as u64) as i32
-                }
-            })
+            .map(|t| if t % 3 == 2 { -1 } else { rng.below(v as u64) as i32 })
             .collect();
         let dloss = 1.0 / n as f32;
         let (bl, bt, bloss) = (

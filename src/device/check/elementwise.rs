@@ -24,11 +24,7 @@ pub(super) fn check_relu2(dev: &dyn Device, s: Scale) -> Result<String> {
     let mut worst = 0f32;
     for &n in s.pick(SMALL, LARGE) {
         let (x, dout) = (rand(&mut rng, n, 2.0), rand(&mut rng, n, 1.0));
-        let (bx, bd, out) = (
-            dev.upload_new(&bf(&x))?,
-            dev.upload_new(&bf(&dout))?,
-            dev.alloc(2 * n)?,
-        );
+        let (bx, bd, out) = (dev.upload_new(&bf(&x))?, dev.upload_new(&bf(&dout))?, dev.alloc(2 * n)?);
         // The whole buffer, then (n > 1) the views one element in.
         for off in [0, 1].into_iter().filter(|&k| k < n.min(2)) {
             let m = n - off;
@@ -87,11 +83,7 @@ pub(super) fn check_casts(dev: &dyn Device, s: Scale) -> Result<String> {
 
 fn first_mismatch(what: &str, got: &[bf16], want: &[bf16]) -> Result<()> {
     if got.len() != want.len() {
-        return err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
+        return err(format!("{what}: {} values, expected {}", got.len(), want.len()));
     }
     match (0..got.len()).find(|&i| got[i] != want[i]) {
         Some(i) => err(format!("{what}[{i}]: got {}, expected {}", got[i], want[i])),
@@ -129,29 +121,13 @@ pub(super) fn check_adds(dev: &dyn Device, s: Scale) -> Result<String> {
             )?;
 
             let want = reference::add_f32_bf16(&a[off..], &b[off..]);
-            elementwise::add_f32_bf16(
-                dev,
-                out.at::<bf16>(off),
-                ba.at::<f32>(off),
-                bb.at::<bf16>(off),
-                m,
-            )?;
+            elementwise::add_f32_bf16(dev, out.at::<bf16>(off), ba.at::<f32>(off), bb.at::<bf16>(off), m)?;
             first_mismatch(&what("add_f32_bf16"), &whole(out.ptr())?[off..], &want)?;
             // In place on b (out == b).
             dev.upload(bb.ptr(), bytemuck::cast_slice(&b))?;
-            elementwise::add_f32_bf16(
-                dev,
-                bb.at::<bf16>(off),
-                ba.at::<f32>(off),
-                bb.at::<bf16>(off),
-                m,
-            )?;
+            elementwise::add_f32_bf16(dev, bb.at::<bf16>(off), ba.at::<f32>(off), bb.at::<bf16>(off), m)?;
             let got = whole(bb.ptr())?;
-            first_mismatch(
-                &what("add_f32_bf16 aliased (before the view)"),
-                &got[..off],
-                &b[..off],
-            )?;
+            first_mismatch(&what("add_f32_bf16 aliased (before the view)"), &got[..off], &b[..off])?;
             first_mismatch(&what("add_f32_bf16 aliased"), &got[off..], &want)?;
             dev.upload(bb.ptr(), bytemuck::cast_slice(&b))?;
         }

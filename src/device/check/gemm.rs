@@ -15,19 +15,11 @@ pub(super) fn check_gemm(dev: &dyn Device, s: Scale) -> Result<String> {
     let (m, n, k) = s.pick((37, 23, 70), (512, 384, 1280));
     let mut rng = Rng::new(18);
     let batch = 2;
-    let (a, b) = (
-        rand(&mut rng, batch * m * k, 1.0),
-        rand(&mut rng, batch * k * n, 1.0),
-    );
+    let (a, b) = (rand(&mut rng, batch * m * k, 1.0), rand(&mut rng, batch * k * n, 1.0));
     let c0 = rand(&mut rng, batch * m * n, 1.0);
     let (ba, bb) = (dev.upload_new(&bf(&a))?, dev.upload_new(&bf(&b))?);
     let mut worst = 0f32;
-    for (op_a, op_b) in [
-        (Op::N, Op::N),
-        (Op::N, Op::T),
-        (Op::T, Op::N),
-        (Op::T, Op::T),
-    ] {
+    for (op_a, op_b) in [(Op::N, Op::N), (Op::N, Op::T), (Op::T, Op::N), (Op::T, Op::T)] {
         for c_dtype in [Dtype::F32, Dtype::Bf16] {
             let bc = match c_dtype {
                 Dtype::F32 => dev.upload_new(&c0)?,

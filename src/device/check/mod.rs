@@ -151,21 +151,13 @@ pub(super) fn round(x: &[f32]) -> Vec<f32> {
 }
 
 pub(super) fn down_bf(dev: &dyn Device, p: DevPtr, n: usize) -> Result<Vec<f32>> {
-    Ok(dev
-        .download_vec::<bf16>(p, n)?
-        .iter()
-        .map(|v| v.to_f32())
-        .collect())
+    Ok(dev.download_vec::<bf16>(p, n)?.iter().map(|v| v.to_f32()).collect())
 }
 
 /// Largest |got - want| / (abs + rel |want|); an error if any element exceeds 1.
 pub(super) fn compare(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) -> Result<f32> {
     if got.len() != want.len() {
-        return err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
+        return err(format!("{what}: {} values, expected {}", got.len(), want.len()));
     }
     let mut worst = 0f32;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -229,11 +221,7 @@ pub fn run(dev: &dyn Device, scale: Scale, checks: impl IntoIterator<Item = Chec
     for c in checks {
         let t0 = Instant::now();
         match (c.run)(dev, scale) {
-            Ok(s) => println!(
-                "  PASS {:<48} {s} ({:.1} s)",
-                c.name,
-                t0.elapsed().as_secs_f64()
-            ),
+            Ok(s) => println!("  PASS {:<48} {s} ({:.1} s)", c.name, t0.elapsed().as_secs_f64()),
             Err(e) => {
                 failures += 1;
                 println!("  FAIL {:<48} {e}", c.name)

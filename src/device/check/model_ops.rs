@@ -33,15 +33,7 @@ pub(super) fn check_ve_gate(dev: &dyn Device, scale: Scale) -> Result<String> {
     Ok(summary(worst))
 }
 
-fn ve_gate_case(
-    dev: &dyn Device,
-    rng: &mut Rng,
-    n: usize,
-    c: usize,
-    h: usize,
-    hkv: usize,
-    d: usize,
-) -> Result<f32> {
+fn ve_gate_case(dev: &dyn Device, rng: &mut Rng, n: usize, c: usize, h: usize, hkv: usize, d: usize) -> Result<f32> {
     let what = |k: &str| format!("ve_gate {k} (n={n} c={c} h={h} hkv={hkv} d={d})");
     let k = VE_GATE_CHANNELS;
     let (stride, vcol) = ((h + 2 * hkv) * d, (h + hkv) * d);
@@ -161,10 +153,7 @@ pub(super) fn check_smear(dev: &dyn Device, scale: Scale) -> Result<String> {
     let mut rng = Rng::new(23);
     let mut worst = 0f32;
     // (b, t, c): a sequence of length 1, rows wider than the block.
-    for &(b, t, c) in scale.pick(
-        &[(2, 5, 40), (3, 1, 30), (1, 4, 300)][..],
-        &[(16, 1024, 1280)],
-    ) {
+    for &(b, t, c) in scale.pick(&[(2, 5, 40), (3, 1, 30), (1, 4, 300)][..], &[(16, 1024, 1280)]) {
         worst = worst.max(smear_case(dev, &mut rng, b, t, c)?);
     }
     Ok(summary(worst))
@@ -180,27 +169,10 @@ fn smear_case(dev: &dyn Device, rng: &mut Rng, b: usize, t: usize, c: usize) -> 
         dev.upload_new(&[lambda])?,
     );
     let (out, g) = (dev.alloc(2 * n * c)?, dev.alloc(4 * n)?);
-    model_ops::smear_forward(
-        dev,
-        out.ptr(),
-        g.ptr(),
-        bx.ptr(),
-        bw.ptr(),
-        bl.ptr(),
-        n,
-        t,
-        c,
-        k,
-    )?;
+    model_ops::smear_forward(dev, out.ptr(), g.ptr(), bx.ptr(), bw.ptr(), bl.ptr(), n, t, c, k)?;
     let (mut wout, mut wg) = (vec![0f32; n * c], vec![0f32; n]);
     ops::smear_forward(&mut wout, &mut wg, &x, &w, lambda, b, t, c);
-    let mut worst = compare(
-        &what("g"),
-        &dev.download_vec::<f32>(g.ptr(), n)?,
-        &wg,
-        1e-4,
-        1e-6,
-    )?;
+    let mut worst = compare(&what("g"), &dev.download_vec::<f32>(g.ptr(), n)?, &wg, 1e-4, 1e-6)?;
     worst = worst.max(compare(
         &what("out"),
         &down_bf(dev, out.ptr(), n * c)?,
@@ -209,12 +181,7 @@ fn smear_case(dev: &dyn Device, rng: &mut Rng, b: usize, t: usize, c: usize) -> 
         1e-3,
     )?);
 
-    let (dout, dx0, dw0, dl0) = (
-        rand(rng, n * c, 1.0),
-        rand(rng, n * c, 0.5),
-        rand(rng, k, 0.5),
-        0.25f32,
-    );
+    let (dout, dx0, dw0, dl0) = (rand(rng, n * c, 1.0), rand(rng, n * c, 0.5), rand(rng, k, 0.5), 0.25f32);
     let (bdout, bdx, bdw, bdl) = (
         dev.upload_new(&bf(&dout))?,
         dev.upload_new(&bf(&dx0))?,
@@ -287,20 +254,9 @@ fn backout_case(dev: &dyn Device, rng: &mut Rng, n: usize, c: usize, dl_tol: f32
     model_ops::backout_forward(dev, out.ptr(), bx.ptr(), bxm.ptr(), bl.ptr(), len)?;
     let mut wout = vec![0f32; len];
     ops::backout_forward(&mut wout, &x, &xm, lambda);
-    let mut worst = compare(
-        &what("out"),
-        &down_bf(dev, out.ptr(), len)?,
-        &wout,
-        8e-3,
-        1e-3,
-    )?;
+    let mut worst = compare(&what("out"), &down_bf(dev, out.ptr(), len)?, &wout, 8e-3, 1e-3)?;
 
-    let (dout, g0, gm0, dl0) = (
-        rand(rng, len, 1.0),
-        rand(rng, len, 0.5),
-        rand(rng, len, 0.5),
-        -0.5f32,
-    );
+    let (dout, g0, gm0, dl0) = (rand(rng, len, 1.0), rand(rng, len, 0.5), rand(rng, len, 0.5), -0.5f32);
     let (bdout, bg, bgm, bdl) = (
         dev.upload_new(&bf(&dout))?,
         dev.upload_new(&bf(&g0))?,
@@ -322,13 +278,7 @@ fn backout_case(dev: &dyn Device, rng: &mut Rng, n: usize, c: usize, dl_tol: f32
     )?;
     let (mut wdx, mut wdm) = (g0, gm0);
     let wdl = dl0 + ops::backout_backward(&mut wdx, &mut wdm, &dout, &xm, lambda);
-    worst = worst.max(compare(
-        &what("dx"),
-        &down_bf(dev, bg.ptr(), len)?,
-        &wdx,
-        8e-3,
-        1e-3,
-    )?);
+    worst = worst.max(compare(&what("dx"), &down_bf(dev, bg.ptr(), len)?, &wdx, 8e-3, 1e-3)?);
     worst = worst.max(compare(
         &what("dx_mid"),
         &down_bf(dev, bgm.ptr(), len)?,

@@ -128,11 +128,7 @@ pub(super) fn check_muon_step(dev: &dyn Device, scale: Scale) -> Result<String> 
 pub(super) fn check_cautious_update(dev: &dyn Device, s: Stack, rng: &mut Rng) -> Result<f32> {
     let (lr, wd) = (0.02, 0.2);
     let (mut p, o) = (rand(rng, s.total(), 1.0), rand(rng, s.total(), 1.0));
-    let (bp, bo, bpb) = (
-        dev.upload_new(&p)?,
-        dev.upload_new(&o)?,
-        dev.alloc(2 * s.total())?,
-    );
+    let (bp, bo, bpb) = (dev.upload_new(&p)?, dev.upload_new(&o)?, dev.alloc(2 * s.total())?);
     muon::muon_cautious_update(dev, bp.ptr(), Some(bpb.ptr()), bo.ptr(), s, lr, wd)?;
     cautious_update(&mut p, &o, lr, wd);
     let got: Vec<f32> = dev.download_vec(bp.ptr(), s.total())?;
@@ -151,34 +147,14 @@ pub(super) fn check_cautious_update(dev: &dyn Device, s: Stack, rng: &mut Rng) -
 /// single rows and columns, odd sizes, each with K = 1..3. Large: d20's matrix shapes.
 fn stage_stacks(scale: Scale) -> Vec<Stack> {
     match scale {
-        Scale::Small => [
-            (13, 5),
-            (5, 13),
-            (8, 8),
-            (37, 300),
-            (300, 37),
-            (1, 7),
-            (9, 1),
-        ]
-        .into_iter()
-        .flat_map(|(m, n)| (1..=3).map(move |k| Stack { k, m, n }))
-        .collect(),
+        Scale::Small => [(13, 5), (5, 13), (8, 8), (37, 300), (300, 37), (1, 7), (9, 1)]
+            .into_iter()
+            .flat_map(|(m, n)| (1..=3).map(move |k| Stack { k, m, n }))
+            .collect(),
         Scale::Large => vec![
-            Stack {
-                k: 2,
-                m: 1280,
-                n: 1280,
-            },
-            Stack {
-                k: 1,
-                m: 2560,
-                n: 640,
-            },
-            Stack {
-                k: 2,
-                m: 320,
-                n: 1280,
-            },
+            Stack { k: 2, m: 1280, n: 1280 },
+            Stack { k: 1, m: 2560, n: 640 },
+            Stack { k: 2, m: 320, n: 1280 },
         ],
     }
 }
@@ -201,20 +177,14 @@ pub(super) fn check_muon_stages(dev: &dyn Device, scale: Scale) -> Result<String
     let mut rng = Rng::new(28);
     let mut worst = 0f32;
     for s in stage_stacks(scale) {
-        let (t, what) = (s.total(), |k: &str| {
-            format!("{k} {}x({}, {})", s.k, s.m, s.n)
-        });
+        let (t, what) = (s.total(), |k: &str| format!("{k} {}x({}, {})", s.k, s.m, s.n));
         let down = |p: &crate::device::Buffer, n: usize| dev.download_vec::<f32>(p.ptr(), n);
         for rounded in [false, true] {
             // bf16 rounding of the result: one bf16 step of error where the accumulation order flips it.
             let rel = if rounded { 8e-3 } else { 1e-5 };
             let g = uniform(&mut rng, t, -1.0, 1.0);
             let mut mom = uniform(&mut rng, t, -1.0, 1.0);
-            let (bg, bm, bu) = (
-                dev.upload_new(&g)?,
-                dev.upload_new(&mom)?,
-                dev.alloc(4 * t)?,
-            );
+            let (bg, bm, bu) = (dev.upload_new(&g)?, dev.upload_new(&mom)?, dev.alloc(4 * t)?);
             muon::muon_nesterov(dev, bu.ptr(), bm.ptr(), bg.ptr(), s, 0.95, rounded)?;
             let mut u = vec![0f32; t];
             cpu::nesterov(&mut u, &g, &mut mom, 0.95);
@@ -223,13 +193,7 @@ pub(super) fn check_muon_stages(dev: &dyn Device, scale: Scale) -> Result<String
             }
             let w = &what(&format!("muon_nesterov bf16={rounded}"));
             worst = worst.max(compare(&format!("{w} u"), &down(&bu, t)?, &u, rel, 1e-7)?);
-            worst = worst.max(compare(
-                &format!("{w} momentum"),
-                &down(&bm, t)?,
-                &mom,
-                1e-5,
-                1e-7,
-            )?);
+            worst = worst.max(compare(&format!("{w} momentum"), &down(&bm, t)?, &mom, 1e-5, 1e-7)?);
 
             let mut x = uniform(&mut rng, t, -3.0, 3.0);
             let bx = dev.upload_new(&x)?;
@@ -260,10 +224,7 @@ pub(super) fn check_muon_stages(dev: &dyn Device, scale: Scale) -> Result<String
             let mut o = uniform(&mut rng, t, -1.0, 1.0);
             let bo = dev.upload_new(&o)?;
             muon::muon_normuon(dev, bo.ptr(), bs.ptr(), s, 0.9)?;
-            for (o, sec) in o
-                .chunks_exact_mut(s.len())
-                .zip(second.chunks_exact_mut(slen))
-            {
+            for (o, sec) in o.chunks_exact_mut(s.len()).zip(second.chunks_exact_mut(slen)) {
                 cpu::normuon(o, sec, (s.m, s.n), 0.9);
             }
             let w = what(&format!("muon_normuon step {step}"));
@@ -283,13 +244,7 @@ pub(super) fn check_muon_stages(dev: &dyn Device, scale: Scale) -> Result<String
         muon::muon_cautious_update(dev, bp.ptr(), Some(bpb.ptr()), bo.ptr(), s, 0.02, 0.2)?;
         cautious_update(&mut p, &o, 0.02, 0.2);
         let got = down(&bp, t)?;
-        worst = worst.max(compare(
-            &what("muon_cautious_update"),
-            &got,
-            &p,
-            1e-6,
-            1e-7,
-        )?);
+        worst = worst.max(compare(&what("muon_cautious_update"), &got, &p, 1e-6, 1e-7)?);
         compare(
             &what("muon_cautious_update bf16 copy"),
             &down_bf(dev, bpb.ptr(), t)?,

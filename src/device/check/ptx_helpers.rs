@@ -38,18 +38,8 @@ pub(super) fn check_mma(dev: &dyn Device, _: Scale) -> Result<String> {
             0,
             &args,
         )?;
-        let what = if mode == 0 {
-            "mma helper"
-        } else {
-            "mma reference"
-        };
-        compare(
-            what,
-            &dev.download_vec::<f32>(dd.ptr(), 128)?,
-            &want,
-            0.0,
-            0.0,
-        )?;
+        let what = if mode == 0 { "mma helper" } else { "mma reference" };
+        compare(what, &dev.download_vec::<f32>(dd.ptr(), 128)?, &want, 0.0, 0.0)?;
     }
     Ok("ok (exact)".into())
 }
@@ -89,7 +79,10 @@ pub(super) fn check_ldmatrix(dev: &dyn Device, _: Scale) -> Result<String> {
                 for (k, r) in results.iter().enumerate() {
                     if r[lane * 4 + i] != want {
                         let who = if k == 0 { "helper" } else { "reference" };
-                        return err(format!("ldmatrix mode {mode} {who}: lane {lane} register {i} = {:#x}, expected {want:#x}", r[lane * 4 + i]));
+                        return err(format!(
+                            "ldmatrix mode {mode} {who}: lane {lane} register {i} = {:#x}, expected {want:#x}",
+                            r[lane * 4 + i]
+                        ));
                     }
                 }
             }
@@ -100,9 +93,7 @@ pub(super) fn check_ldmatrix(dev: &dyn Device, _: Scale) -> Result<String> {
 
 pub(super) fn check_pipeline(dev: &dyn Device, s: Scale) -> Result<String> {
     let (m, n, k) = s.pick((32, 16, 48), (256, 128, 512));
-    let a: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 7 + 2) % 11) as f32 - 5.0)
-        .collect();
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 + 2) % 11) as f32 - 5.0).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 3 + 1) % 5) as f32 - 2.0).collect();
     let mut want = vec![0f32; m * n];
     for i in 0..m {

@@ -71,13 +71,7 @@ pub(super) fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
 
         rmsnorm::rmsnorm_forward(dev, y.ptr(), rstd.ptr(), bx.ptr(), n, c)?;
         ops::rmsnorm_forward(&mut wy, &mut wr, &x, c);
-        worst = worst.max(compare(
-            "rmsnorm y",
-            &down_bf(dev, y.ptr(), n * c)?,
-            &wy,
-            8e-3,
-            1e-6,
-        )?);
+        worst = worst.max(compare("rmsnorm y", &down_bf(dev, y.ptr(), n * c)?, &wy, 8e-3, 1e-6)?);
         worst = worst.max(compare(
             "rmsnorm rstd",
             &dev.download_vec::<f32>(rstd.ptr(), n)?,
@@ -114,8 +108,7 @@ pub(super) fn check_rmsnorm(dev: &dyn Device, s: Scale) -> Result<String> {
             c,
         )?;
         let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0.clone());
-        let (dr, dz) =
-            ops::lambda_mix_backward(&mut wdx, &mut wdx0, &dy, &x, &x0, lambdas[0], lambdas[1]);
+        let (dr, dz) = ops::lambda_mix_backward(&mut wdx, &mut wdx0, &dy, &x, &x0, lambdas[0], lambdas[1]);
         worst = worst.max(compare(
             "mix_backward dx",
             &down_bf(dev, bdy.ptr(), n * c)?,
@@ -195,8 +188,7 @@ pub(super) fn check_rmsnorm_mix_backward(dev: &dyn Device, s: Scale) -> Result<S
         let mut g = dres;
         ops::rmsnorm_backward(&mut g, &dy, &xmix, &rstd, c);
         let (mut wdx, mut wdx0) = (vec![0f32; n * c], dx0);
-        let (dr, dz) =
-            ops::lambda_mix_backward(&mut wdx, &mut wdx0, &g, &x, &x0, lambdas[0], lambdas[1]);
+        let (dr, dz) = ops::lambda_mix_backward(&mut wdx, &mut wdx0, &g, &x, &x0, lambdas[0], lambdas[1]);
         worst = worst.max(compare(
             "rmsnorm_mix_backward dx",
             &down_bf(dev, bres.ptr(), n * c)?,

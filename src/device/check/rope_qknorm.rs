@@ -72,15 +72,7 @@ fn fused_case(dev: &dyn Device, rng: &mut Rng, case: Case) -> Result<f32> {
         ops::qk_norm_forward(&mut wy, &mut wr, &xr, d);
         let (y, rstd) = (dev.alloc(2 * m)?, dev.alloc(4 * n * heads)?);
         let x = bqkv.at::<bf16>(col);
-        rope_qknorm::rope_qknorm_forward(
-            dev,
-            y.ptr(),
-            rstd.ptr(),
-            x,
-            bcos.ptr(),
-            bsin.ptr(),
-            shape,
-        )?;
+        rope_qknorm::rope_qknorm_forward(dev, y.ptr(), rstd.ptr(), x, bcos.ptr(), bsin.ptr(), shape)?;
         worst = worst.max(compare(
             &what(&format!("{name} rstd")),
             &dev.download_vec::<f32>(rstd.ptr(), n * heads)?,
@@ -112,10 +104,7 @@ fn fused_case(dev: &dyn Device, rng: &mut Rng, case: Case) -> Result<f32> {
         let mut dx = vec![0f32; m];
         ops::qk_norm_backward(&mut dx, &dy, &xr, &wr, d);
         ops::rope_backward(&mut dx, &cos, &sin, t, heads, d, pos0);
-        for (row, g) in want_grad
-            .chunks_exact_mut(stride)
-            .zip(dx.chunks_exact(heads * d))
-        {
+        for (row, g) in want_grad.chunks_exact_mut(stride).zip(dx.chunks_exact(heads * d)) {
             for (w, g) in row[col..col + heads * d].iter_mut().zip(g) {
                 *w = if accumulate { *w + g } else { *g };
             }
@@ -156,20 +145,8 @@ fn plain_case(dev: &dyn Device, rng: &mut Rng, n: usize, heads: usize, d: usize)
         dev.upload_new(&cos)?,
         dev.upload_new(&sin)?,
     );
-    let (y, rstd, grad) = (
-        dev.alloc(2 * m)?,
-        dev.alloc(4 * n * heads)?,
-        dev.alloc(2 * m)?,
-    );
-    rope_qknorm::rope_qknorm_forward(
-        dev,
-        y.ptr(),
-        rstd.ptr(),
-        bx.ptr(),
-        bcos.ptr(),
-        bsin.ptr(),
-        shape,
-    )?;
+    let (y, rstd, grad) = (dev.alloc(2 * m)?, dev.alloc(4 * n * heads)?, dev.alloc(2 * m)?);
+    rope_qknorm::rope_qknorm_forward(dev, y.ptr(), rstd.ptr(), bx.ptr(), bcos.ptr(), bsin.ptr(), shape)?;
     rope_qknorm::rope_qknorm_backward(
         dev,
         grad.ptr(),
@@ -189,11 +166,5 @@ fn plain_case(dev: &dyn Device, rng: &mut Rng, n: usize, heads: usize, d: usize)
     let mut want = vec![0f32; m];
     ops::qk_norm_backward(&mut want, &dy, &xr, &wr, d);
     ops::rope_backward(&mut want, &cos, &sin, n, heads, d, 0);
-    compare(
-        &what("gradient"),
-        &down_bf(dev, grad.ptr(), m)?,
-        &want,
-        1e-2,
-        2e-2,
-    )
+    compare(&what("gradient"), &down_bf(dev, grad.ptr(), m)?, &want, 1e-2, 2e-2)
 }

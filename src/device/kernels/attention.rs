@@ -28,9 +28,7 @@ const FLASH_THREADS: u32 = 128;
 fn args_of(s: &AttnShape, imp: AttnImpl) -> Result<[i32; 6]> {
     let what = format!("attention {s:?}");
     if s.hkv == 0 || s.h % s.hkv != 0 {
-        return err(format!(
-            "{what}: query heads must be a multiple of kv heads"
-        ));
+        return err(format!("{what}: query heads must be a multiple of kv heads"));
     }
     match imp {
         AttnImpl::Naive if s.d == 0 || s.d > 128 => {
@@ -99,13 +97,7 @@ pub fn attention_forward(
     if s.b * s.t * s.h == 0 {
         return Ok(());
     }
-    let mut args = vec![
-        Arg::Ptr(out),
-        Arg::Ptr(lse),
-        Arg::Ptr(q),
-        Arg::Ptr(k),
-        Arg::Ptr(v),
-    ];
+    let mut args = vec![Arg::Ptr(out), Arg::Ptr(lse), Arg::Ptr(q), Arg::Ptr(k), Arg::Ptr(v)];
     args.extend(shape_args(a));
     match imp {
         AttnImpl::Naive => dev.launch(

@@ -18,9 +18,7 @@ pub fn softcap_ce(
     vp: usize,
 ) -> Result<()> {
     if v == 0 || vp < v {
-        return err(format!(
-            "softcap_ce: need 0 < v <= vp, got v = {v}, vp = {vp}"
-        ));
+        return err(format!("softcap_ce: need 0 < v <= vp, got v = {v}, vp = {vp}"));
     }
     if n == 0 {
         return Ok(());

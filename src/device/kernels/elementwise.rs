@@ -22,13 +22,7 @@ pub fn relu2_forward(dev: &dyn Device, out: DevPtr, x: DevPtr, n: usize) -> Resu
 }
 
 /// `dx (n) = (x > 0) · 2x · dout` (overwrites dx), bf16.
-pub fn relu2_backward(
-    dev: &dyn Device,
-    dx: DevPtr,
-    dout: DevPtr,
-    x: DevPtr,
-    n: usize,
-) -> Result<()> {
+pub fn relu2_backward(dev: &dyn Device, dx: DevPtr, dout: DevPtr, x: DevPtr, n: usize) -> Result<()> {
     launch1(dev, "relu2_backward", &[dx, dout, x], n)
 }
 

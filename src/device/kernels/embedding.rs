@@ -39,13 +39,7 @@ pub fn embedding_forward(
         Arg::I32(as_i32(n, "embedding rows")?),
         Arg::I32(as_i32(c, "embedding width")?),
     ];
-    dev.launch(
-        "embedding_forward",
-        Dim3::x(n as u32),
-        Dim3::x(BLOCK),
-        0,
-        &args,
-    )
+    dev.launch("embedding_forward", Dim3::x(n as u32), Dim3::x(BLOCK), 0, &args)
 }
 
 /// Token positions bucketed by id, in token order within a bucket: `(order, bucket_start, bucket_id)`.
@@ -106,13 +100,7 @@ pub fn upload_ids(dev: &dyn Device, dst: DevPtr, ids: &[u32], vocab: usize) -> R
 
 /// `dtable (vocab, c) f32 += Σ_t dout[t]` over the tokens `t` with each id, from `dout (n, c)` bf16 and the
 /// buckets of [`upload_ids`]. Deterministic: the same sums in the same order on every run. Launches only.
-pub fn embedding_backward(
-    dev: &dyn Device,
-    dtable: DevPtr,
-    dout: DevPtr,
-    ids: &DeviceIds,
-    c: usize,
-) -> Result<()> {
+pub fn embedding_backward(dev: &dyn Device, dtable: DevPtr, dout: DevPtr, ids: &DeviceIds, c: usize) -> Result<()> {
     if ids.n == 0 || c == 0 {
         return Ok(());
     }

@@ -38,13 +38,7 @@ pub(crate) fn as_i32(v: usize, what: &str) -> Result<i32> {
 
 /// Launches `name` with one [`ROW_BLOCK`]-thread block per row for `rows` rows (nothing for 0), passing
 /// `ptrs` and then `ints`: the signature of the one-row-per-block kernels.
-pub(crate) fn launch_rows(
-    dev: &dyn Device,
-    name: &str,
-    rows: usize,
-    ptrs: &[DevPtr],
-    ints: &[i32],
-) -> Result<()> {
+pub(crate) fn launch_rows(dev: &dyn Device, name: &str, rows: usize, ptrs: &[DevPtr], ints: &[i32]) -> Result<()> {
     if rows == 0 {
         return Ok(());
     }
@@ -53,11 +47,5 @@ pub(crate) fn launch_rows(
         .map(|&p| Arg::Ptr(p))
         .chain(ints.iter().map(|&i| Arg::I32(i)))
         .collect();
-    dev.launch(
-        name,
-        one_block_each(rows, name)?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
-    )
+    dev.launch(name, one_block_each(rows, name)?, Dim3::x(ROW_BLOCK), 0, &args)
 }

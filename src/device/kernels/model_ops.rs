@@ -36,9 +36,7 @@ impl GateShape {
     fn check(&self, what: &str) -> Result<[i32; 6]> {
         let s = self;
         if s.k == 0 || s.k > 32 || s.k > s.c {
-            return err(format!(
-                "{what} {s:?}: gate width k must be in 1..=min(32, c)"
-            ));
+            return err(format!("{what} {s:?}: gate width k must be in 1..=min(32, c)"));
         }
         if s.v_stride < s.hkv * s.d {
             return err(format!("{what} {s:?}: v row stride shorter than hkv·d"));
@@ -135,9 +133,7 @@ pub fn ve_gate_scratch(s: &GateShape) -> usize {
 
 fn smear_check(n: usize, t: usize, c: usize, k: usize) -> Result<[i32; 4]> {
     if t == 0 || n % t != 0 {
-        return err(format!(
-            "smear: {n} rows are not whole sequences of length {t}"
-        ));
+        return err(format!("smear: {n} rows are not whole sequences of length {t}"));
     }
     if k > c {
         return err(format!("smear: gate width {k} exceeds the row width {c}"));
@@ -167,13 +163,7 @@ pub fn smear_forward(
     k: usize,
 ) -> Result<()> {
     let [ni, ti, ci, ki] = smear_check(n, t, c, k)?;
-    launch_rows(
-        dev,
-        "smear_forward",
-        n,
-        &[out, g, x, w, lambda],
-        &[ni, ti, ci, ki],
-    )
+    launch_rows(dev, "smear_forward", n, &[out, g, x, w, lambda], &[ni, ti, ci, ki])
 }
 
 /// Backward of smear: `dx (n, c) bf16 +=` the input gradient, `dw (k) f32 +=`, `dlambda (1) f32 +=`.
@@ -231,13 +221,7 @@ pub fn backout_forward(
         Arg::I64(count as i64),
     ];
     let grid = Dim3::x(blocks_for(count, ELEMENTWISE_BLOCK, "backout_forward")?);
-    dev.launch(
-        "backout_forward",
-        grid,
-        Dim3::x(ELEMENTWISE_BLOCK),
-        0,
-        &args,
-    )
+    dev.launch("backout_forward", grid, Dim3::x(ELEMENTWISE_BLOCK), 0, &args)
 }
 
 /// Backward of backout over rows `(n, c)`: `dx += dout`, `dx_mid −= lambda · dout` (bf16),

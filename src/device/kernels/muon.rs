@@ -93,13 +93,7 @@ pub fn muon_eq(dev: &dyn Device, x: DevPtr, s: Stack, round_bf16: bool) -> Resul
         Arg::I32(as_i32(s.n, "muon_eq columns")?),
         Arg::I32(round_bf16 as i32),
     ];
-    dev.launch(
-        "muon_eq",
-        s.grid("muon_eq")?,
-        Dim3::x(ROW_BLOCK),
-        smem,
-        &args,
-    )
+    dev.launch("muon_eq", s.grid("muon_eq")?, Dim3::x(ROW_BLOCK), smem, &args)
 }
 
 /// Frobenius normalisation in place on every matrix (`optim::muon::frobenius_normalize` with `bf16`).
@@ -107,11 +101,7 @@ pub fn muon_frobenius_norm(dev: &dyn Device, x: DevPtr, s: Stack, round_bf16: bo
     if s.is_empty() {
         return Ok(());
     }
-    let args = [
-        Arg::Ptr(x),
-        Arg::I64(s.len() as i64),
-        Arg::I32(round_bf16 as i32),
-    ];
+    let args = [Arg::Ptr(x), Arg::I64(s.len() as i64), Arg::I32(round_bf16 as i32)];
     dev.launch(
         "muon_frobenius_norm",
         s.grid("muon_frobenius_norm")?,
@@ -131,24 +121,12 @@ pub fn muon_plus(dev: &dyn Device, o: DevPtr, s: Stack) -> Result<()> {
         Arg::I32(as_i32(s.m, "muon_plus rows")?),
         Arg::I32(as_i32(s.n, "muon_plus columns")?),
     ];
-    dev.launch(
-        "muon_plus",
-        s.grid("muon_plus")?,
-        Dim3::x(ROW_BLOCK),
-        0,
-        &args,
-    )
+    dev.launch("muon_plus", s.grid("muon_plus")?, Dim3::x(ROW_BLOCK), 0, &args)
 }
 
 /// NorMuon in place on every matrix (`optim::muon::normuon`); `second` holds `k` factored second moments of
 /// `second_moment_len(m, n)` floats each, updated in place.
-pub fn muon_normuon(
-    dev: &dyn Device,
-    o: DevPtr,
-    second: DevPtr,
-    s: Stack,
-    beta2: f32,
-) -> Result<()> {
+pub fn muon_normuon(dev: &dyn Device, o: DevPtr, second: DevPtr, s: Stack, beta2: f32) -> Result<()> {
     if s.is_empty() {
         return Ok(());
     }
@@ -160,13 +138,7 @@ pub fn muon_normuon(
         Arg::I32(as_i32(s.n, "muon_normuon columns")?),
         Arg::F32(beta2),
     ];
-    dev.launch(
-        "muon_normuon",
-        s.grid("muon_normuon")?,
-        Dim3::x(ROW_BLOCK),
-        smem,
-        &args,
-    )
+    dev.launch("muon_normuon", s.grid("muon_normuon")?, Dim3::x(ROW_BLOCK), smem, &args)
 }
 
 /// Cautious weight decay and the update over the whole stack (`optim::muon::cautious_update`); `p_bf16`
@@ -194,11 +166,7 @@ pub fn muon_cautious_update(
     ];
     dev.launch(
         "muon_cautious_update",
-        Dim3::x(blocks_for(
-            total,
-            ELEMENTWISE_BLOCK,
-            "muon_cautious_update",
-        )?),
+        Dim3::x(blocks_for(total, ELEMENTWISE_BLOCK, "muon_cautious_update")?),
         Dim3::x(ELEMENTWISE_BLOCK),
         0,
         &args,

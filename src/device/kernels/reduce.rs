@@ -54,12 +54,7 @@ pub fn reduce_into(
         Dtype::Bf16 => "reduce_partials_bf16",
     };
     let square = (r != Reduction::Sum) as i32;
-    let args = [
-        Arg::Ptr(scratch),
-        Arg::Ptr(x),
-        Arg::I64(n as i64),
-        Arg::I32(square),
-    ];
+    let args = [Arg::Ptr(scratch), Arg::Ptr(x), Arg::I64(n as i64), Arg::I32(square)];
     dev.launch(name, Dim3::x(parts as u32), Dim3::x(BLOCK), 0, &args)?;
     let sqrt = (r == Reduction::Norm) as i32;
     let args = [

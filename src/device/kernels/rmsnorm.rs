@@ -12,14 +12,7 @@ fn dims(n: usize, c: usize) -> Result<[i32; 2]> {
 }
 
 /// `y (n, c) = x · rstd`, `rstd (n)` saved.
-pub fn rmsnorm_forward(
-    dev: &dyn Device,
-    y: DevPtr,
-    rstd: DevPtr,
-    x: DevPtr,
-    n: usize,
-    c: usize,
-) -> Result<()> {
+pub fn rmsnorm_forward(dev: &dyn Device, y: DevPtr, rstd: DevPtr, x: DevPtr, n: usize, c: usize) -> Result<()> {
     launch_rows(dev, "rmsnorm_forward", n, &[y, rstd, x], &dims(n, c)?)
 }
 
@@ -153,13 +146,7 @@ pub fn rmsnorm_backout_backward(
 
 /// `out[j] += Σ_row scratch[j·n + row]` for `j < count`, deterministically; the reduction's own partial
 /// sums go at `scratch[2n..]` (see [`mix_backward_scratch`]).
-fn reduce_partials(
-    dev: &dyn Device,
-    out: DevPtr,
-    scratch: DevPtr,
-    n: usize,
-    count: usize,
-) -> Result<()> {
+fn reduce_partials(dev: &dyn Device, out: DevPtr, scratch: DevPtr, n: usize, count: usize) -> Result<()> {
     if n == 0 {
         return Ok(());
     }

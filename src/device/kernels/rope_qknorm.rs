@@ -31,9 +31,7 @@ impl RopeShape {
         let s = self;
         let what = format!("rope_qknorm {s:?}");
         if s.d == 0 || s.d % 2 != 0 || s.d > MAX_HEAD_DIM {
-            return err(format!(
-                "{what}: head_dim must be even and at most {MAX_HEAD_DIM}"
-            ));
+            return err(format!("{what}: head_dim must be even and at most {MAX_HEAD_DIM}"));
         }
         if s.t == 0 || s.n % s.t != 0 {
             return err(format!("{what}: rows must be whole sequences of length t"));
@@ -42,9 +40,7 @@ impl RopeShape {
             return err(format!("{what}: input row stride shorter than heads·d"));
         }
         if s.pos0 + s.t > s.positions {
-            return err(format!(
-                "{what}: positions pos0..pos0+t exceed the rotary tables"
-            ));
+            return err(format!("{what}: positions pos0..pos0+t exceed the rotary tables"));
         }
         let units = s.n * s.heads;
         let grid = Dim3::x(blocks_for(units, WARPS, "rope_qknorm (row, head) pairs")?);
