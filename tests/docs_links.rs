@@ -4,9 +4,12 @@
 //! The convention (also stated at the top of `docs/README.md`), outside fenced code blocks:
 //! - a backticked repo-relative path (`src/cpu/ops.rs`, `cuda/attention.cu`, `tests/fixtures/`) must exist;
 //! - `` `name` in `path` `` (or a list: `` `a`, `b` and `c` in `path` ``) says each name is defined in that file:
-//!   in Rust a `fn`, `struct`, `enum`, `trait`, `type`, `const`, `static`, `mod` or `macro_rules!`; in CUDA/C++ a
-//!   function definition, a `#define` or a `KERNEL_REGISTER("name", ...)`; in a shell script a function.
-//!   `Type::method` checks both names; a trailing `()` is ignored.
+//!   in Rust a `fn`, `struct`, `enum`, `trait`, `type`, `const`, `static`, `mod`, `macro_rules!`, enum variant or
+//!   `pub` field; in CUDA/C++ a function definition, a `#define` or a `KERNEL_REGISTER("name", ...)`; in a shell
+//!   script a function; in any other file the word. `Type::method` checks both names; a trailing `()` is ignored.
+//! - in the `## Code walk` section, every backticked identifier of a list item is defined in one of the files
+//!   that item names (so every function, kernel and type the walk mentions is checked, not only those written
+//!   with `in`).
 //!
 //! Every page under `docs/` must be linked from `docs/README.md`, the top-level README must link
 //! `docs/README.md`, and every relative Markdown link must resolve.
@@ -24,9 +27,10 @@ enum Claim {
     Defined { name: String, file: String },
 }
 
-/// The page's text outside fenced code blocks, lines joined by spaces (so a claim may wrap across lines).
+/// The page's text outside fenced code blocks, every run of whitespace (line breaks and the indentation of
+/// list items included) made one space, so a claim may wrap across lines.
 fn prose(page: &str) -> String {
-    let mut out = String::new();
+    let mut words = Vec::new();
     let mut fenced = false;
     for line in page.lines() {
         if line.trim_start().starts_with("```") {
@@ -34,11 +38,10 @@ fn prose(page: &str) -> String {
             continue;
         }
         if !fenced {
-            out.push_str(line);
-            out.push(' ');
+            words.extend(line.split_whitespace());
         }
     }
-    out
+    words.join(" ")
 }
 
 /// The backticked spans of `text`: (start of the opening backtick, end after the closing one, contents).
@@ -126,7 +129,22 @@ fn defined_in_rust(src: &str, name: &str) -> bool {
     const KEYWORDS: &[&str] = &[
         "fn", "struct", "enum", "trait", "type", "const", "static", "mod", "union",
     ];
+    let upper = name.starts_with(|c: char| c.is_ascii_uppercase());
     src.lines().filter(|l| !l.trim_start().starts_with("//")).any(|line| {
+        let t = line.trim();
+        // A public field (`pub name: T,`), or an enum variant on its own line (`Name,`, `Name(T),`, `Name {`).
+        if t.strip_prefix("pub ")
+            .and_then(|r| r.strip_prefix(name))
+            .is_some_and(|r| r.starts_with(':'))
+        {
+            return true;
+        }
+        if upper
+            && t.strip_prefix(name)
+                .is_some_and(|r| [",", "(", " {", " ="].iter().any(|e| r.starts_with(e)))
+        {
+            return true;
+        }
         line.match_indices(name).any(|(i, _)| {
             if !whole_word_at(line, i, name) {
                 return false;
@@ -159,9 +177,11 @@ fn defined_in_c(src: &str, name: &str) -> bool {
             }
             // A definition: only a return type and qualifiers before the name.
             let mut prefix = before.replace("extern \"C\"", " ");
-            if let Some(a) = prefix.find("__launch_bounds__(") {
-                if let Some(b) = prefix[a..].find(')') {
-                    prefix.replace_range(a..a + b + 1, " ");
+            for (open, close) in [("__launch_bounds__(", ")"), ("__attribute__((", "))")] {
+                if let Some(a) = prefix.find(open) {
+                    if let Some(b) = prefix[a..].find(close) {
+                        prefix.replace_range(a..a + b + close.len(), " ");
+                    }
                 }
             }
             let last = prefix.split_whitespace().last().unwrap_or("");
@@ -208,6 +228,31 @@ fn broken(root: &Path, page: &str) -> Vec<String> {
             },
         }
     }
+    // In the code walk every backticked name is defined in a file its item names.
+    for item in code_walk_items(page) {
+        let text = prose(&item);
+        let sp = spans(&text);
+        let mut files: Vec<&str> = sp
+            .iter()
+            .map(|s| s.2)
+            .filter(|s| is_path(s) && root.join(s).is_file())
+            .collect();
+        files.sort();
+        files.dedup();
+        let sources: Vec<(&str, String)> = files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(root.join(f)).ok().map(|src| (*f, src)))
+            .collect();
+        for name in sp.iter().map(|s| s.2).filter(|s| !is_path(s) && is_ident(s)) {
+            let name = name.trim_end_matches("()");
+            if !sources.iter().any(|(f, src)| defined(Path::new(f), src, name)) {
+                out.push(format!(
+                    "code walk: `{name}` is not defined in any file its item names ({})",
+                    files.join(", ")
+                ));
+            }
+        }
+    }
     // Relative Markdown links: [text](target) where target is not a URL or an anchor.
     let text = prose(page);
     for (i, _) in text.match_indices("](") {
@@ -223,6 +268,28 @@ fn broken(root: &Path, page: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The items of the page's `## Code walk` section: each top-level `- ` bullet with its continuation lines.
+fn code_walk_items(page: &str) -> Vec<String> {
+    let mut items: Vec<String> = Vec::new();
+    let mut inside = false;
+    for line in page.lines() {
+        if line.starts_with("## ") {
+            inside = line.trim() == "## Code walk";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("- ") {
+            items.push(rest.to_string());
+        } else if let Some(last) = items.last_mut() {
+            last.push('\n');
+            last.push_str(line);
+        }
+    }
+    items
 }
 
 fn root() -> PathBuf {
@@ -298,7 +365,7 @@ fn reading_order_lists_every_page_and_the_readme_links_it() {
 
 #[test]
 fn claims_are_parsed_from_prose_only() {
-    let page = "See `fast` in `src/a.rs`, and `x`, `y::z()` and `w` in\n`src/b.rs`; `src/c.rs` alone.\n\
+    let page = "See `fast` in `src/a.rs`, and `x`, `y::z()` and `w` in\n  `src/b.rs`; `src/c.rs` alone.\n\
                 ```\n`ghost` in `src/nothing.rs`\n```\n`not a path` and `attention` in the text.";
     let want = vec![
         Claim::File("src/a.rs".into()),
@@ -330,10 +397,16 @@ fn definitions_are_told_from_uses() {
               fn main() { step(1); let stepper = 2; }\nconst EPS: f32 = 1.0;";
     assert!(defined_in_rust(rs, "Muon") && defined_in_rust(rs, "step") && defined_in_rust(rs, "EPS"));
     assert!(!defined_in_rust(rs, "commented") && !defined_in_rust(rs, "stepper") && !defined_in_rust(rs, "ste"));
+    let rs = "pub enum Slot {\n    Wte,\n    Lm(u8),\n}\npub struct S {\n    pub pos0: usize,\n    hidden: u8,\n}\n\
+              let x = Wte;\nfoo(pos1: 3);";
+    assert!(defined_in_rust(rs, "Wte") && defined_in_rust(rs, "Lm") && defined_in_rust(rs, "pos0"));
+    assert!(!defined_in_rust(rs, "hidden") && !defined_in_rust(rs, "x") && !defined_in_rust(rs, "pos1"));
     let cu = "extern \"C\" __global__ void __launch_bounds__(128) k_fwd(float* x) {\n    helper(x);\n}\n\
               __device__ __forceinline__ float helper(float* x) { return x[0]; }\n#define TILE 64\n\
-              KERNEL_REGISTER(\"k_fwd\", k_fwd);\n    float y = other(3);\n    return other2(y);";
+              KERNEL_REGISTER(\"k_fwd\", k_fwd);\n    float y = other(3);\n    return other2(y);\n\
+              static __attribute__((noinline)) void run_grid(int* l) {}";
     assert!(defined_in_c(cu, "k_fwd") && defined_in_c(cu, "helper") && defined_in_c(cu, "TILE"));
+    assert!(defined_in_c(cu, "run_grid"));
     assert!(!defined_in_c(cu, "other") && !defined_in_c(cu, "other2") && !defined_in_c(cu, "x"));
     assert!(defined_in_shell("set -e\nbuild() {\n  nvcc\n}\nbuild", "build"));
     assert!(!defined_in_shell("set -e\nbuild\n", "build"));
@@ -346,12 +419,15 @@ fn a_renamed_function_or_missing_file_is_reported() {
     std::fs::create_dir_all(dir.path().join("docs")).unwrap();
     std::fs::write(dir.path().join("src/a.rs"), "pub fn renamed_step() {}\n").unwrap();
     std::fs::write(dir.path().join("docs/b.md"), "").unwrap();
-    let page = "`step` in `src/a.rs`, `renamed_step` in `src/a.rs`, `src/gone.rs`, [b](b.md), [c](c.md)";
+    let page = "`step` in `src/a.rs`, `renamed_step` in `src/a.rs`, `src/gone.rs`, [b](b.md), [c](c.md)\n\
+                ## Code walk\n\n- `src/a.rs` has `renamed_step` and\n  `old_step`.\n- `lone_name`\n## After\n`free`";
     assert_eq!(
         broken(dir.path(), page),
         vec![
             "`step` is not defined in `src/a.rs`".to_string(),
             "`src/gone.rs` does not exist".to_string(),
+            "code walk: `old_step` is not defined in any file its item names (src/a.rs)".to_string(),
+            "code walk: `lone_name` is not defined in any file its item names ()".to_string(),
             "link target `c.md` does not exist".to_string(),
         ]
     );
