@@ -348,6 +348,41 @@ fn chat_rl_raises_the_reward_and_resumes_exactly_after_sigkill() {
             .collect::<Vec<_>>()
     };
     assert_eq!(pass(&killed_dir), pass(&dir));
+
+    // The default task, GSM8K: without its data the error says how to get it; with the fixture's few test rows
+    // (serving as the train split too) a step runs: prompts render, rewards come from the answer check.
+    let gsm8k = [
+        "chat_rl",
+        "-i",
+        "base",
+        "--num-iterations",
+        "1",
+        "--examples-per-step",
+        "2",
+        "--num-samples",
+        "2",
+        "--device-batch-size",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--eval-every",
+        "1",
+        "--eval-examples",
+        "3",
+        "--save-every",
+        "-1",
+    ];
+    let e = chat_rl(&RlArgs::try_parse_from(gsm8k).unwrap(), &copy).err().unwrap();
+    assert!(e.contains("download_data --tasks"), "{e}");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks/task_data/openai--gsm8k/main/test");
+    for split in ["train", "test"] {
+        copy_dir(&fixture, &copy.join("task_data/openai--gsm8k/main").join(split));
+    }
+    let g = chat_rl(&RlArgs::try_parse_from(gsm8k).unwrap(), &copy).unwrap();
+    assert_eq!(g.rewards.len(), 1);
+    assert!(g.losses[0].1.is_finite());
+    assert_eq!(g.pass_at_k.len(), 2);
+    assert!(g.pass_at_k.iter().all(|p| p.1.len() == 2));
 }
 
 #[test]
