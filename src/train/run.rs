@@ -108,12 +108,13 @@ pub struct TrainArgs {
     /// Tokens per validation evaluation.
     #[arg(long, default_value_t = 80 * 524_288)]
     pub eval_tokens: usize,
-    /// CORE metric cadence (the CORE evaluation is not part of this build; 0 silences the notice).
+    /// Evaluate the CORE metric every this many steps (and at the end; 0 = never). Needs the eval bundle
+    /// (`download_data --eval-bundle`); without it the evaluation is skipped with a notice.
     #[arg(long, default_value_t = 2000)]
     pub core_metric_every: usize,
-    /// Examples per CORE task.
-    #[arg(long, default_value_t = 500)]
-    pub core_metric_max_per_task: usize,
+    /// Examples per CORE task (-1: all).
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
+    pub core_metric_max_per_task: i64,
     /// Print greedy samples of the fixed prompts every this many steps (and at the end; 0 = never).
     #[arg(long, default_value_t = 2000)]
     pub sample_every: usize,
@@ -408,9 +409,37 @@ fn train_ranked(
             }
         }
         if args.core_metric_every > 0 && step > 0 && (last_step || step % args.core_metric_every == 0) {
-            say(format!(
-                "step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)"
-            ));
+            let dir = base.join(crate::core_eval::EVAL_BUNDLE_DIR);
+            if !dir.join("core.yaml").is_file() {
+                say(format!(
+                    "step {step:05} | CORE: skipped: no eval bundle in {} (fetch it with `download_data \
+                     --eval-bundle`, or silence with --core-metric-every 0)",
+                    dir.display()
+                ));
+            } else {
+                let bundle = crate::core_eval::Bundle::open(&dir)?;
+                let mut sum = |v: &[f64]| ranks.sum("CORE counts", v);
+                let mut core_ranks = crate::core_eval::Ranks {
+                    rank,
+                    world,
+                    sum: &mut sum,
+                };
+                let max = usize::try_from(args.core_metric_max_per_task).ok();
+                let mut quiet = |_: &str| {};
+                let t0 = Instant::now();
+                let r =
+                    crate::core_eval::evaluate_core(model.as_mut(), tok, &bundle, max, &mut core_ranks, &mut quiet)?;
+                say(format!(
+                    "step {step:05} | CORE metric: {:.4} ({} tasks, {:.1}s)",
+                    r.core,
+                    r.tasks.len(),
+                    t0.elapsed().as_secs_f64()
+                ));
+                if let Some(m) = &mut metrics {
+                    m.log(json!({"kind": "core", "step": step, "core_metric": r.core,
+                        "centered": r.tasks.iter().map(|t| (t.label.clone(), json!(t.centered))).collect::<serde_json::Map<_, _>>()}))?;
+                }
+            }
         }
         if main && args.sample_every > 0 && (last_step || (step > 0 && step % args.sample_every == 0)) {
             for prompt in SAMPLE_PROMPTS {
