@@ -10,6 +10,7 @@ pub mod mid;
 pub mod mixtures;
 pub mod plan;
 pub mod ranks;
+pub mod report;
 pub mod run;
 pub mod sft;
 pub mod stage;

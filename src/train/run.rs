@@ -564,6 +564,29 @@ fn train_ranked(
         m.write_svg()?;
     }
     summary.min_val_bpb = loop_state.min_val_bpb;
+    if main {
+        // The run's summary for the report card (upstream's "Base model training" section).
+        let timed = summary.last_step.saturating_sub(11);
+        let mfu = (timed > 0 && loop_state.total_training_time > 0.0).then(|| {
+            100.0 * plan.flops_per_token * tokens_per_step * timed as f64
+                / loop_state.total_training_time
+                / peak_flops
+                / world as f64
+        });
+        let tokens = tokens_per_step * summary.last_step as f64;
+        let record = json!({
+            "depth": args.depth, "model_config": plan.model, "num_params": model.table().numel,
+            "num_scaling_params": plan.num_scaling_params, "flops_per_token": plan.flops_per_token,
+            "num_iterations": n_iter, "steps_done": summary.last_step, "tokens": tokens,
+            "tokens_per_param": tokens / plan.num_scaling_params.max(1) as f64,
+            "world_size": world * data_ranks, "device": model.device_name(), "device_batch_size": b,
+            "max_seq_len": t, "total_batch_size": plan.total_batch_size, "warmup_steps": args.warmup_steps,
+            "warmdown_ratio": args.warmdown_ratio, "final_lr_frac": args.final_lr_frac,
+            "min_val_bpb": loop_state.min_val_bpb, "final_val_bpb": val_bpb, "mfu_percent": mfu,
+            "total_flops": plan.flops_per_token * tokens, "total_training_time": loop_state.total_training_time,
+        });
+        checkpoint::write_atomic(&ckpt_dir.join("run.json"), format!("{record:#}\n").as_bytes())?;
+    }
     let crop = loaders[0].stats().crop_fraction();
     say(format!(
         "done: {} steps this run, min validation bpb {}, crop fraction {:.1}%, total training time {}; run record in {}",
