@@ -396,6 +396,9 @@ pub fn centered(accuracy: f64, baseline_percent: f64) -> f64 {
 pub fn parse_core_yaml(text: &str) -> Result<Vec<TaskMeta>, String> {
     let mut items: Vec<BTreeMap<String, String>> = Vec::new();
     let mut in_tasks = false;
+    // The indentation of the items' `-`, and the key a deeper block list (`metric_names:` then `- x`) belongs to.
+    let mut item_indent = None;
+    let mut last_key = String::new();
     for (n, raw) in text.lines().enumerate() {
         let line = strip_comment(raw);
         if line.trim().is_empty() {
@@ -411,6 +414,19 @@ pub fn parse_core_yaml(text: &str) -> Result<Vec<TaskMeta>, String> {
             continue;
         }
         let rest = if let Some(r) = body.strip_prefix('-') {
+            if item_indent.is_some_and(|i| indent > i) {
+                // An entry of a block list under the last key: kept as flow-list text, `[a, b]`.
+                let v = yaml_scalar(r.trim()).map_err(|e| format!("core.yaml line {}: {e}", n + 1))?;
+                if let Some(item) = items.last_mut() {
+                    let list = item.entry(last_key.clone()).or_default();
+                    *list = match list.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                        Some(inner) if !inner.is_empty() => format!("[{inner}, {v}]"),
+                        _ => format!("[{v}]"),
+                    };
+                }
+                continue;
+            }
+            item_indent = Some(indent);
             items.push(BTreeMap::new());
             r.trim()
         } else {
@@ -426,7 +442,8 @@ pub fn parse_core_yaml(text: &str) -> Result<Vec<TaskMeta>, String> {
             .split_once(':')
             .ok_or_else(|| format!("core.yaml line {}: expected `key: value`, got {rest:?}", n + 1))?;
         let v = yaml_scalar(v.trim()).map_err(|e| format!("core.yaml line {}: {e}", n + 1))?;
-        item.insert(k.trim().to_string(), v);
+        last_key = k.trim().to_string();
+        item.insert(last_key.clone(), v);
     }
     if items.is_empty() {
         return Err("core.yaml: no icl_tasks".into());

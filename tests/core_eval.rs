@@ -403,6 +403,17 @@ fn bundle_files_parse() {
     let b = parse_baselines(META_CSV).unwrap();
     assert_eq!((b["tiny_mc"], b["tiny_schema"], b["tiny_lm"]), (25.0, 50.0, 0.0));
     assert!(parse_core_yaml("icl_tasks:\n- label: a\n  num_fewshot: [0]\n").is_err());
+    // Block lists inside an item (llm-foundry's `metric_names:`, a block `num_fewshot:`) stay in the item.
+    let block = "icl_tasks:\n  - label: a\n    dataset_uri: a.jsonl\n    num_fewshot:\n    - 3\n    - 5\n    \
+                 metric_names:\n      - InContextLearningMultipleChoiceAccuracy\n    icl_task_type: schema\n  \
+                 - label: b\n    dataset_uri: b.jsonl\n    num_fewshot: [0, 3]\n    icl_task_type: schema\n";
+    let t = parse_core_yaml(block).unwrap();
+    assert_eq!(t.len(), 2);
+    assert_eq!(
+        (t[0].label.as_str(), t[0].num_fewshot, t[0].task_type),
+        ("a", 3, TaskType::Schema)
+    );
+    assert_eq!((t[1].label.as_str(), t[1].num_fewshot), ("b", 0));
     assert!(parse_core_yaml(&CORE_YAML.replace("schema\n", "essay\n")).is_err());
 }
 

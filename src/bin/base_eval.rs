@@ -103,7 +103,8 @@ fn run(args: &Args) -> Result<(), String> {
         connect: std::time::Duration::from_secs(600),
         op: std::time::Duration::from_secs(600),
     };
-    let ranks = Ranks::join(info, &fp, args.device == Backend::Cuda, &timeouts)?;
+    // The ranks exchange only a few counts: the CPU ring over TCP carries them on every device.
+    let ranks = Ranks::join(info, &fp, false, &timeouts)?;
     let main = ranks.is_main();
     let mut record = serde_json::json!({
         "model_tag": tag, "step": loaded.meta.step, "device": args.device.flag(), "world_size": ranks.world,
