@@ -1,6 +1,16 @@
-//! The CUDA device: the first (or a chosen) GPU through the driver API, kernels from the fatbin built by
-//! `tools/build_ptx.sh` (`ptx/kernels.fatbin`: sm_80 and sm_90a SASS, compute_80 PTX), GEMMs through
-//! cuBLASLt with descriptors and algorithms cached per shape.
+//! The CUDA device: the first (or a chosen) GPU through the driver API, kernels from a fatbin built by
+//! `tools/build_ptx.sh` (sm_80 and sm_90a SASS, compute_80 PTX), GEMMs through cuBLASLt with descriptors
+//! and algorithms cached per shape.
+//!
+//! Two builds of the kernels are embedded and one is chosen at start-up from `cuDriverGetVersion`
+//! ([`select_image`]): `ptx/kernels.fatbin` (nvcc 13.0) for drivers of CUDA 13.0 or newer, and
+//! `ptx/kernels_cu12.fatbin` (the CUDA 12.9 compilers) for drivers of CUDA 12.x. `NANOCHAT_CUDA_FATBIN=cu12`
+//! (or `cu13`) forces one.
+//!
+//! Debugging: with `NANOCHAT_CUDA_DEBUG=1` every launch and GEMM is followed by a stream synchronisation,
+//! so that a fault is reported by the operation that caused it, with the kernel's name, grid, block, shared
+//! memory and arguments (or the GEMM's shapes), instead of at a later, unrelated synchronisation. Slow: for
+//! finding faults only.
 //!
 //! cudarc loads the CUDA libraries at run time and *panics* when one is missing, so every entry here first
 //! checks that the library can be loaded and turns its absence into a [`DeviceError`]. Work is queued on
@@ -13,8 +23,138 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
 
-/// The compiled kernels, embedded so that a binary carries them to the GPU machine.
-static FATBIN: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ptx/kernels.fatbin"));
+/// One build of the kernels, embedded so that a binary carries them to the GPU machine.
+#[derive(Debug)]
+pub struct KernelImage {
+    /// Its file under `ptx/`.
+    pub file: &'static str,
+    /// The compiler that built it.
+    pub compiler: &'static str,
+    /// The oldest CUDA version (as `cuDriverGetVersion` reports it: 1000·major + 10·minor) a driver must
+    /// support to load it.
+    pub min_cuda: i32,
+    /// The oldest Linux driver of that CUDA version.
+    pub min_driver: &'static str,
+    /// Its name for `NANOCHAT_CUDA_FATBIN`.
+    pub key: &'static str,
+    pub bytes: &'static [u8],
+}
+
+/// The embedded kernel builds, newest first.
+pub static IMAGES: [KernelImage; 2] = [
+    KernelImage {
+        file: "ptx/kernels.fatbin",
+        compiler: "nvcc 13.0",
+        min_cuda: 13000,
+        min_driver: "580",
+        key: "cu13",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ptx/kernels.fatbin")),
+    },
+    KernelImage {
+        file: "ptx/kernels_cu12.fatbin",
+        compiler: "CUDA 12.9 (NVRTC, ptxas)",
+        // SASS built by CUDA 12.9 runs on every CUDA 12 driver (minor-version compatibility).
+        min_cuda: 12000,
+        min_driver: "525",
+        key: "cu12",
+        bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ptx/kernels_cu12.fatbin")),
+    },
+];
+
+/// "13.0" for 13000.
+fn cuda_version(v: i32) -> String {
+    format!("{}.{}", v / 1000, v % 1000 / 10)
+}
+
+/// The kernel build for a driver of CUDA version `driver` (`cuDriverGetVersion`): the newest the driver
+/// can load, or the one `forced` names (`NANOCHAT_CUDA_FATBIN`). Errors name the versions needed.
+pub fn select_image(driver: i32, forced: Option<&str>) -> Result<&'static KernelImage> {
+    let needs = IMAGES
+        .iter()
+        .map(|i| {
+            format!(
+                "CUDA {} (driver {} or newer) for {}",
+                cuda_version(i.min_cuda),
+                i.min_driver,
+                i.file
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", or ");
+    if let Some(key) = forced.map(str::trim).filter(|k| !k.is_empty()) {
+        let Some(img) = IMAGES.iter().find(|i| i.key == key) else {
+            let keys: Vec<_> = IMAGES.iter().map(|i| i.key).collect();
+            return err(format!("cuda: NANOCHAT_CUDA_FATBIN={key:?} is not one of {keys:?}"));
+        };
+        if driver < img.min_cuda {
+            return err(format!(
+                "cuda: NANOCHAT_CUDA_FATBIN={key} needs a driver for CUDA {} (driver {} or newer); this driver \
+                 supports CUDA {}",
+                cuda_version(img.min_cuda),
+                img.min_driver,
+                cuda_version(driver)
+            ));
+        }
+        return Ok(img);
+    }
+    IMAGES.iter().find(|i| driver >= i.min_cuda).ok_or_else(|| {
+        DeviceError(format!(
+            "cuda: this driver supports CUDA {}; the kernels need a driver for {needs}: update the NVIDIA driver",
+            cuda_version(driver)
+        ))
+    })
+}
+
+/// Whether an environment switch's value turns it on ("1", "true", "yes", "on").
+pub fn switch_on(value: Option<&str>) -> bool {
+    value.is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// Whether a launch must request the large-shared-memory attribute: a block may use 48 KiB of shared
+/// memory, static and dynamic together, unless the kernel opts in to more.
+pub fn needs_smem_opt_in(static_bytes: u32, dynamic_bytes: u32) -> bool {
+    static_bytes as u64 + dynamic_bytes as u64 > 48 * 1024
+}
+
+/// A launch's arguments as the debug switch prints them: pointers in hex, numbers as they are.
+pub fn describe_args(args: &[Arg]) -> String {
+    let parts: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::Ptr(p) => format!("{:#x}", p.0),
+            Arg::I32(v) => v.to_string(),
+            Arg::U32(v) => v.to_string(),
+            Arg::I64(v) => v.to_string(),
+            Arg::U64(v) => v.to_string(),
+            Arg::F32(v) => format!("{v:?}"),
+        })
+        .collect();
+    format!("({})", parts.join(", "))
+}
+
+/// A GEMM's shapes as the debug switch prints them.
+pub fn describe_gemm(g: &Gemm) -> String {
+    format!(
+        "gemm m={} n={} k={} op_a={:?} op_b={:?} lda={} ldb={} ldc={} batch={} strides=({}, {}, {}) c={:?} \
+         a={:#x} b={:#x} c={:#x}",
+        g.m,
+        g.n,
+        g.k,
+        g.op_a,
+        g.op_b,
+        g.lda,
+        g.ldb,
+        g.ldc,
+        g.batch,
+        g.stride_a,
+        g.stride_b,
+        g.stride_c,
+        g.c_dtype,
+        g.a.0,
+        g.b.0,
+        g.c.0
+    )
+}
 
 /// cuBLASLt workspace: 32 MiB, what cuBLAS recommends for Hopper.
 const WORKSPACE_BYTES: usize = 32 << 20;
@@ -39,7 +179,8 @@ struct Inner {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     module: sys::CUmodule,
-    functions: HashMap<String, sys::CUfunction>,
+    /// Each kernel's handle and static shared memory in bytes.
+    functions: HashMap<String, (sys::CUfunction, u32)>,
     lt: Option<ltsys::cublasLtHandle_t>,
     workspace: Option<u64>,
     plans: HashMap<String, GemmPlan>,
@@ -48,6 +189,10 @@ struct Inner {
 pub struct CudaDevice {
     ordinal: i32,
     name: String,
+    /// The kernel build in use.
+    image: &'static KernelImage,
+    /// `NANOCHAT_CUDA_DEBUG`: synchronise after every launch and GEMM.
+    debug_sync: bool,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -76,20 +221,26 @@ impl CudaDevice {
         unsafe { drv::ctx::set_current(ctx) }.map_err(|e| driver_err("cuCtxSetCurrent", e))?;
         let stream =
             drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(|e| driver_err("cuStreamCreate", e))?;
+        let mut version = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .map_err(|e| driver_err("cuDriverGetVersion", e))?;
+        let forced = std::env::var("NANOCHAT_CUDA_FATBIN").ok();
+        let img = select_image(version, forced.as_deref())?;
+        let fatbin = img.bytes;
         // The driver wants the image aligned and owned until unload; a leaked copy is both.
-        let image: &'static mut [u64] = Box::leak(vec![0u64; FATBIN.len().div_ceil(8)].into_boxed_slice());
-        bytemuck::cast_slice_mut::<u64, u8>(image)[..FATBIN.len()].copy_from_slice(FATBIN);
+        let image: &'static mut [u64] = Box::leak(vec![0u64; fatbin.len().div_ceil(8)].into_boxed_slice());
+        bytemuck::cast_slice_mut::<u64, u8>(image)[..fatbin.len()].copy_from_slice(fatbin);
         // SAFETY: image holds a complete fatbin and outlives the module.
         let module = unsafe { drv::module::load_data(image.as_ptr() as *const c_void) }.map_err(|e| {
-            let mut version = 0;
-            // SAFETY: writes one int.
-            unsafe { sys::cuDriverGetVersion(&mut version) };
             driver_err(
                 &format!(
-                    "loading the embedded kernels (ptx/kernels.fatbin: sm_80 and sm_90a code, PTX 9.0, which \
-                     needs a CUDA 13.0 driver or newer; this driver is CUDA {}.{})",
-                    version / 1000,
-                    version % 1000 / 10
+                    "loading the embedded kernels ({}, built by {}: sm_80 and sm_90a code; this driver supports \
+                     CUDA {})",
+                    img.file,
+                    img.compiler,
+                    cuda_version(version)
                 ),
                 e,
             )
@@ -106,8 +257,20 @@ impl CudaDevice {
         Ok(CudaDevice {
             ordinal,
             name,
+            image: img,
+            debug_sync: switch_on(std::env::var("NANOCHAT_CUDA_DEBUG").ok().as_deref()),
             inner: Arc::new(Mutex::new(inner)),
         })
+    }
+
+    /// The kernel build in use.
+    pub fn image(&self) -> &'static KernelImage {
+        self.image
+    }
+
+    /// Whether `NANOCHAT_CUDA_DEBUG` is on.
+    pub fn debug_sync(&self) -> bool {
+        self.debug_sync
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
@@ -122,16 +285,22 @@ impl CudaDevice {
 }
 
 impl Inner {
-    fn function(&mut self, name: &str) -> Result<sys::CUfunction> {
+    /// The kernel's handle and its static shared memory in bytes.
+    fn function(&mut self, name: &str) -> Result<(sys::CUfunction, u32)> {
         if let Some(&f) = self.functions.get(name) {
             return Ok(f);
         }
         let cname = CString::new(name).map_err(|_| DeviceError(format!("kernel name {name:?} contains NUL")))?;
         // SAFETY: module is loaded; cname is NUL-terminated.
         let f = unsafe { drv::module::get_function(self.module, cname) }
-            .map_err(|e| driver_err(&format!("kernel `{name}` is not in ptx/kernels.fatbin"), e))?;
-        self.functions.insert(name.to_string(), f);
-        Ok(f)
+            .map_err(|e| driver_err(&format!("kernel `{name}` is not in the embedded kernels"), e))?;
+        // SAFETY: f is a valid function handle.
+        let stat = unsafe {
+            drv::function::get_function_attribute(f, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        }
+        .map_err(|e| driver_err(&format!("kernel `{name}`: static shared memory size"), e))?;
+        self.functions.insert(name.to_string(), (f, stat.max(0) as u32));
+        Ok((f, stat.max(0) as u32))
     }
 
     fn cublaslt(&mut self) -> Result<(ltsys::cublasLtHandle_t, u64)> {
@@ -319,8 +488,8 @@ impl Device for CudaDevice {
 
     fn launch(&self, name: &str, grid: Dim3, block: Dim3, smem_bytes: u32, args: &[Arg]) -> Result<()> {
         let mut g = self.lock()?;
-        let f = g.function(name)?;
-        if smem_bytes > 48 * 1024 {
+        let (f, static_smem) = g.function(name)?;
+        if needs_smem_opt_in(static_smem, smem_bytes) {
             // SAFETY: f is a valid function handle.
             unsafe {
                 drv::function::set_function_attribute(
@@ -331,7 +500,7 @@ impl Device for CudaDevice {
             }
             .map_err(|e| {
                 driver_err(
-                    &format!("kernel `{name}`: {smem_bytes} bytes of dynamic shared memory"),
+                    &format!("kernel `{name}`: {smem_bytes} bytes of dynamic shared memory (+ {static_smem} static)"),
                     e,
                 )
             })?;
@@ -349,7 +518,28 @@ impl Device for CudaDevice {
                 &mut params,
             )
         }
-        .map_err(|e| driver_err(&format!("launching kernel `{name}` grid {grid:?} block {block:?}"), e))
+        .map_err(|e| driver_err(&format!("launching kernel `{name}` grid {grid:?} block {block:?}"), e))?;
+        if self.debug_sync {
+            // SAFETY: stream is ours and alive.
+            unsafe { drv::stream::synchronize(g.stream) }.map_err(|e| {
+                driver_err(
+                    &format!(
+                        "NANOCHAT_CUDA_DEBUG: kernel `{name}` grid ({}, {}, {}) block ({}, {}, {}) shared memory {} + \
+                         {static_smem} static, arguments {} failed",
+                        grid.x,
+                        grid.y,
+                        grid.z,
+                        block.x,
+                        block.y,
+                        block.z,
+                        smem_bytes,
+                        describe_args(args)
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
     }
 
     fn gemm(&self, gm: &Gemm) -> Result<()> {
@@ -400,7 +590,13 @@ impl Device for CudaDevice {
                 g.stream as ltsys::cudaStream_t,
             )
         }
-        .map_err(|e| cublas_err("cublasLtMatmul", e))
+        .map_err(|e| cublas_err(&format!("cublasLtMatmul ({})", describe_gemm(gm)), e))?;
+        if self.debug_sync {
+            // SAFETY: stream is ours and alive.
+            unsafe { drv::stream::synchronize(g.stream) }
+                .map_err(|e| driver_err(&format!("NANOCHAT_CUDA_DEBUG: {} failed", describe_gemm(gm)), e))?;
+        }
+        Ok(())
     }
 
     fn memory_info(&self) -> Option<(usize, usize)> {
@@ -413,5 +609,107 @@ impl Device for CudaDevice {
         // SAFETY: stream is ours and alive.
         unsafe { drv::stream::synchronize(g.stream) }
             .map_err(|e| driver_err("cuStreamSynchronize (a kernel failed?)", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cuda_13_driver_gets_the_cuda_13_build() {
+        for v in [13000, 13010, 14020] {
+            assert_eq!(select_image(v, None).unwrap().file, "ptx/kernels.fatbin", "{v}");
+        }
+    }
+
+    #[test]
+    fn a_cuda_12_driver_gets_the_cuda_12_build() {
+        for v in [12000, 12020, 12090, 12080] {
+            assert_eq!(select_image(v, None).unwrap().file, "ptx/kernels_cu12.fatbin", "{v}");
+        }
+    }
+
+    #[test]
+    fn a_driver_older_than_both_names_the_versions_needed() {
+        for v in [11080, 10020, 0] {
+            let e = select_image(v, None).unwrap_err().0;
+            assert!(
+                e.contains(&format!("this driver supports CUDA {}", cuda_version(v))),
+                "{e}"
+            );
+            assert!(e.contains("CUDA 13.0 (driver 580 or newer)"), "{e}");
+            assert!(e.contains("CUDA 12.0 (driver 525 or newer)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_build_can_be_forced_where_the_driver_supports_it() {
+        assert_eq!(select_image(13000, Some("cu12")).unwrap().key, "cu12");
+        assert_eq!(select_image(13000, Some(" cu13 ")).unwrap().key, "cu13");
+        assert_eq!(select_image(12080, Some("")).unwrap().key, "cu12");
+        let e = select_image(12080, Some("cu13")).unwrap_err().0;
+        assert!(
+            e.contains("needs a driver for CUDA 13.0") && e.contains("supports CUDA 12.8"),
+            "{e}"
+        );
+        let e = select_image(13000, Some("cu11")).unwrap_err().0;
+        assert!(e.contains("\"cu11\" is not one of"), "{e}");
+    }
+
+    #[test]
+    fn both_builds_are_embedded_fatbins() {
+        // A fatbin starts with the magic 0xBA55ED50 (little-endian).
+        for img in &IMAGES {
+            assert!(img.bytes.len() > 1 << 16, "{}", img.file);
+            assert_eq!(&img.bytes[..4], &[0x50, 0xed, 0x55, 0xba], "{}", img.file);
+        }
+        assert_ne!(IMAGES[0].bytes, IMAGES[1].bytes);
+    }
+
+    #[test]
+    fn shared_memory_opt_in_counts_static_and_dynamic() {
+        const K: u32 = 48 * 1024;
+        assert!(!needs_smem_opt_in(0, K));
+        assert!(needs_smem_opt_in(0, K + 1));
+        assert!(!needs_smem_opt_in(128, K - 128));
+        assert!(needs_smem_opt_in(128, K - 127));
+        // The muon statistics kernels: 128 static bytes and 48 KiB - 64 dynamic ones need the opt-in that
+        // the dynamic size alone does not ask for.
+        assert!(needs_smem_opt_in(128, K - 64));
+        assert!(needs_smem_opt_in(K, 1));
+        assert!(!needs_smem_opt_in(K, 0));
+        assert!(!needs_smem_opt_in(1024, 0));
+        assert!(needs_smem_opt_in(u32::MAX, u32::MAX));
+    }
+
+    #[test]
+    fn debug_switch_values() {
+        for v in ["1", "true", "YES", " on "] {
+            assert!(switch_on(Some(v)), "{v}");
+        }
+        for v in ["", "0", "false", "off", "2"] {
+            assert!(!switch_on(Some(v)), "{v}");
+        }
+        assert!(!switch_on(None));
+    }
+
+    #[test]
+    fn debug_descriptions_name_arguments_and_shapes() {
+        let args = [
+            Arg::Ptr(DevPtr(0x7f00)),
+            Arg::I32(768),
+            Arg::U32(3),
+            Arg::F32(0.5),
+            Arg::U64(9),
+        ];
+        assert_eq!(describe_args(&args), "(0x7f00, 768, 3, 0.5, 9)");
+        let g = Gemm::new(64, 32, 16, DevPtr(0x100), DevPtr(0x200), DevPtr(0x300), Dtype::Bf16);
+        let g = Gemm { op_b: Op::T, ..g };
+        let d = describe_gemm(&g);
+        assert!(
+            d.contains("m=64 n=32 k=16 op_a=N op_b=T") && d.contains("a=0x100"),
+            "{d}"
+        );
     }
 }
