@@ -20,6 +20,24 @@ pub trait ModelDevice {
     /// gradient buffer and returns the mean loss.
     fn forward_backward(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize, scale: f32)
         -> Result<f32, String>;
+    /// [`ModelDevice::forward_backward`] without waiting for the loss where the device can keep it: a kernel
+    /// device queues the micro-batch and leaves its loss on the device (`Ok(None)`), to be read with the others
+    /// by [`ModelDevice::take_losses`], once per optimizer step. Elsewhere the loss comes back at once.
+    fn forward_backward_queued(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<Option<f32>, String> {
+        self.forward_backward(ids, targets, b, t, scale).map(Some)
+    }
+    /// The mean losses of the micro-batches [`ModelDevice::forward_backward_queued`] left on the device since
+    /// the last call, in order (one read from the device).
+    fn take_losses(&mut self) -> Result<Vec<f32>, String> {
+        Ok(Vec::new())
+    }
     /// Per-token losses `(b·t)` without touching gradients (0 where the target is -1).
     fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String>;
     /// Softcapped logits of every position, `(b·t, vocab)`.
