@@ -432,7 +432,11 @@ fn make_plan(h: ltsys::cublasLtHandle_t, g: &Gemm) -> std::result::Result<GemmPl
 
 impl Device for CudaDevice {
     fn name(&self) -> String {
-        format!("cuda:{} {}", self.ordinal, self.name)
+        let debug = if self.debug_sync { ", NANOCHAT_CUDA_DEBUG" } else { "" };
+        format!(
+            "cuda:{} {} (kernels {}{debug})",
+            self.ordinal, self.name, self.image.key
+        )
     }
 
     fn alloc(&self, bytes: usize) -> Result<Buffer> {
