@@ -153,8 +153,8 @@ pub(super) fn check_gemm_on_slots(dev: &dyn Device, s: Scale) -> Result<String> 
             if at * 2 % 256 != 0 || (base_aligned && (fwd.alignments()[1] < 256 || bwd.alignments()[2] < 256)) {
                 return err(format!(
                     "{what}: the weight is {}-byte and its gradient {}-byte aligned in the flat buffers, not 256",
-                    1u32 << (at * 2 | 256).trailing_zeros(),
-                    1u32 << (at * 4 | 256).trailing_zeros()
+                    1u32 << ((at * 2) | 256).trailing_zeros(),
+                    1u32 << ((at * 4) | 256).trailing_zeros()
                 ));
             }
             dev.gemm(&fwd)?;
