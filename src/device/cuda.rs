@@ -14,7 +14,9 @@
 //!
 //! cudarc loads the CUDA libraries at run time and *panics* when one is missing, so every entry here first
 //! checks that the library can be loaded and turns its absence into a [`DeviceError`]. Work is queued on
-//! one stream; errors of asynchronous work surface at the next [`Device::synchronize`].
+//! one stream; errors of asynchronous work surface at the next [`Device::synchronize`]. Small uploads (a
+//! micro-batch's ids and targets) go through pinned staging buffers and do not wait for the stream; larger
+//! ones, and downloads, do.
 
 use super::{err, Arg, Buffer, DevPtr, Device, DeviceError, Dim3, Dtype, Gemm, Op, Result};
 use cudarc::cublaslt::{result as lt, sys as ltsys};
@@ -175,6 +177,20 @@ struct GemmPlan {
     algo: ltsys::cublasLtMatmulAlgo_t,
 }
 
+/// Uploads of at most this many bytes (a micro-batch's ids, buckets and targets) go through pinned staging
+/// buffers and return without waiting for the stream.
+const STAGING_BYTES: usize = 4 << 20;
+/// Staging buffers, used in turn: one is written again only after the copy that last read it has finished
+/// (an event), which with several of them in turn is long done.
+const STAGING_SLOTS: usize = 4;
+
+/// A pinned host buffer and the event recorded after the last copy out of it.
+struct Staging {
+    host: *mut u8,
+    event: sys::CUevent,
+    pending: bool,
+}
+
 struct Inner {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
@@ -184,6 +200,8 @@ struct Inner {
     lt: Option<ltsys::cublasLtHandle_t>,
     workspace: Option<u64>,
     plans: HashMap<String, GemmPlan>,
+    staging: Vec<Staging>,
+    next_staging: usize,
 }
 
 pub struct CudaDevice {
@@ -196,7 +214,8 @@ pub struct CudaDevice {
     inner: Arc<Mutex<Inner>>,
 }
 
-// SAFETY: the raw CUDA handles are only used with the context made current and behind the mutex.
+// SAFETY: the raw CUDA handles (and the pinned staging buffers) are only used with the context made current
+// and behind the mutex.
 unsafe impl Send for Inner {}
 
 impl CudaDevice {
@@ -253,6 +272,8 @@ impl CudaDevice {
             lt: None,
             workspace: None,
             plans: HashMap::new(),
+            staging: Vec::new(),
+            next_staging: 0,
         };
         Ok(CudaDevice {
             ordinal,
@@ -301,6 +322,35 @@ impl Inner {
         .map_err(|e| driver_err(&format!("kernel `{name}`: static shared memory size"), e))?;
         self.functions.insert(name.to_string(), (f, stat.max(0) as u32));
         Ok((f, stat.max(0) as u32))
+    }
+
+    /// The next staging buffer, allocated on first use, once the copy that last read it has finished; None
+    /// when pinned memory cannot be had (the caller then uploads synchronously).
+    fn staging_slot(&mut self) -> Result<Option<usize>> {
+        let k = self.next_staging;
+        self.next_staging = (k + 1) % STAGING_SLOTS;
+        if k == self.staging.len() {
+            // SAFETY: plain pinned host allocation and event creation with the context current.
+            let host = match unsafe { drv::malloc_host(STAGING_BYTES, 0) } {
+                Ok(p) => p as *mut u8,
+                Err(_) => return Ok(None),
+            };
+            let event = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                .map_err(|e| driver_err("cuEventCreate", e))?;
+            self.staging.push(Staging {
+                host,
+                event,
+                pending: false,
+            });
+        }
+        let slot = &mut self.staging[k];
+        if slot.pending {
+            // SAFETY: the event was recorded on our stream.
+            unsafe { drv::event::synchronize(slot.event) }
+                .map_err(|e| driver_err("waiting for an earlier upload (a kernel failed?)", e))?;
+            slot.pending = false;
+        }
+        Ok(Some(k))
     }
 
     fn cublaslt(&mut self) -> Result<(ltsys::cublasLtHandle_t, u64)> {
@@ -458,7 +508,33 @@ impl Device for CudaDevice {
     }
 
     fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        let g = self.lock()?;
+        let mut g = self.lock()?;
+        if src.len() <= STAGING_BYTES {
+            if let Some(k) = g.staging_slot()? {
+                let stream = g.stream;
+                let slot = &mut g.staging[k];
+                // SAFETY: the staging buffer holds STAGING_BYTES and no copy reads it any more (staging_slot
+                // waited for its event); the asynchronous copy reads it in stream order, and the event
+                // recorded after it guards the next reuse. Work queued later on the stream sees the data.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), slot.host, src.len());
+                    let staged = std::slice::from_raw_parts(slot.host as *const u8, src.len());
+                    drv::memcpy_htod_async(dst.0, staged, stream).map_err(|e| driver_err("cuMemcpyHtoDAsync", e))?;
+                    drv::event::record(slot.event, stream).map_err(|e| driver_err("cuEventRecord", e))?;
+                }
+                slot.pending = true;
+                if self.debug_sync {
+                    // SAFETY: stream is ours and alive.
+                    unsafe { drv::stream::synchronize(stream) }.map_err(|e| {
+                        driver_err(
+                            &format!("NANOCHAT_CUDA_DEBUG: upload of {} bytes to {:#x}", src.len(), dst.0),
+                            e,
+                        )
+                    })?;
+                }
+                return Ok(());
+            }
+        }
         // SAFETY: the copy is ordered on our stream after the work that may still read `dst`, and before any
         // later launch; waiting for it keeps `src` alive until the copy has read it. (A synchronous
         // cuMemcpyHtoD runs on the legacy stream, which our non-blocking stream does not wait for, and may
