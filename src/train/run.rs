@@ -515,20 +515,23 @@ fn train_ranked(
         // One optimizer step: `accum` micro-batches here (micro-batch j from data rank j / per_rank),
         // gradients averaged over them and over the ranks.
         let t0 = Instant::now();
-        let (mut loss, mut loss_sum) = (0.0, 0f64);
+        // The losses stay on the device until all micro-batches are queued: one read per step.
+        let mut losses = Vec::with_capacity(accum);
         for j in 0..accum {
             let batch = loaders[j / per_rank].next_batch();
             let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
-            loss = model.forward_backward(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?;
-            if !loss.is_finite() {
-                return Err(format!(
-                    "rank {rank}: the loss became {loss} at step {step}; stopping without saving. The last good \
-                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
-                    ckpt_dir.display()
-                ));
-            }
-            loss_sum += loss as f64;
+            losses.extend(model.forward_backward_queued(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?);
         }
+        losses.extend(model.take_losses()?);
+        if let Some(bad) = losses.iter().find(|l| !l.is_finite()) {
+            return Err(format!(
+                "rank {rank}: the loss became {bad} at step {step}; stopping without saving. The last good \
+                 checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
+                ckpt_dir.display()
+            ));
+        }
+        let loss = losses.last().copied().unwrap_or(0.0);
+        let loss_sum: f64 = losses.iter().map(|&l| l as f64).sum();
         let settings = StepSettings {
             lr_multiplier: schedule.lr_multiplier(step),
             muon_momentum: schedule.muon_momentum(step),
