@@ -28,8 +28,8 @@ pub trait ModelDevice {
     fn grads(&mut self) -> Result<Vec<f32>, String>;
     /// Softcapped logits of the last position of each row, `(b, vocab)`.
     fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
-    /// Replaces the accumulated gradients (fp32, flat layout): how data parallelism installs the gradients
-    /// averaged over ranks on a device that keeps the whole optimizer.
+    /// Replaces the accumulated gradients (fp32, flat layout), e.g. to step an optimizer on gradients made
+    /// elsewhere.
     fn set_grads(&mut self, _grads: &[f32]) -> Result<(), String> {
         Err(format!("{}: setting gradients is not supported", self.device_name()))
     }
