@@ -33,6 +33,10 @@ pub trait ModelDevice {
     fn set_grads(&mut self, _grads: &[f32]) -> Result<(), String> {
         Err(format!("{}: setting gradients is not supported", self.device_name()))
     }
+    /// Says that the next [`ModelDevice::forward_backward`] is the last before [`ModelDevice::step`]: its
+    /// gradients are final as its backward pass produces them, so a data-parallel device may start reducing
+    /// them then (overlap). The default ignores it.
+    fn final_micro_batch(&mut self) {}
     /// One optimizer step with the accumulated gradients, which are then cleared.
     fn step(&mut self, settings: &StepSettings) -> Result<(), String>;
     /// Parameters as fp32 in the flat layout (for checkpoints).

@@ -9,6 +9,8 @@
 //!   reproduces the uninterrupted trajectory exactly.
 //! - A rank that hangs at a checkpoint (past a short --hang-timeout) and a rank whose loss turns NaN: the
 //!   others exit non-zero naming it, and the checkpoint of that step does not exist (no torn checkpoint).
+//! - `--overlap-comm` (reduce-scatters during the backward pass): bitwise the same losses, model and optimizer
+//!   shards as without; ranks launched with different settings are refused.
 //! - Mismatched launches (another depth on one rank, another world size at resume, a used port, an
 //!   unreachable master): a one-line error naming the cause.
 
@@ -529,4 +531,47 @@ fn a_hung_rank_and_a_nan_loss_are_named_and_leave_no_torn_checkpoint() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("meta_"))
         .count();
     assert_eq!(metas, 1, "only the checkpoint before the NaN");
+}
+
+#[test]
+fn overlapping_the_reduce_scatters_with_the_backward_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    let plain = run_ranks(base, &args("plain", 6, &[]), Launch::Torchrun, 2);
+    assert_ok(&plain);
+    let over = run_ranks(base, &args("over", 6, &["--overlap-comm"]), Launch::Torchrun, 2);
+    assert_ok(&over);
+    // Bitwise: every logged loss and the final model file.
+    assert_eq!(mean_losses(base, "over"), mean_losses(base, "plain"));
+    let model = |tag: &str| std::fs::read(run_dir(base, tag).join("model_000006.safetensors")).unwrap();
+    assert!(
+        model("over") == model("plain"),
+        "the overlapped run ends with other parameters"
+    );
+    for r in 0..2 {
+        let optim =
+            |tag: &str| std::fs::read(run_dir(base, tag).join(format!("optim_000006_rank{r}.safetensors"))).unwrap();
+        assert!(optim("over") == optim("plain"), "rank {r}: another optimizer state");
+    }
+    // Every rank must choose the same: the collectives run in another order.
+    let port = free_port();
+    let r0 = spawn_rank(
+        base,
+        &args("mixed", 2, &["--overlap-comm"]),
+        Launch::Torchrun,
+        0,
+        2,
+        port,
+    );
+    let r1 = spawn_rank(base, &args("mixed", 2, &[]), Launch::Torchrun, 1, 2, port);
+    for c in [r0, r1] {
+        let out = c.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("--overlap-comm: true on rank 0, false on rank 1"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -302,6 +302,34 @@ impl ShardedMuonAdamW {
         s: &StepSettings,
         comm: &mut dyn Collectives,
     ) -> CommResult<()> {
+        self.step_prereduced(params, grads, s, comm, &mut HashMap::new())
+    }
+
+    /// The sharded AdamW parameters whose gradient can be reduce-scattered on its own, before the step:
+    /// (start of the parameter in the flat buffer, length of this rank's share).
+    pub fn early_reduce_scatters(&self) -> HashMap<usize, usize> {
+        if self.world == 1 {
+            return HashMap::new();
+        }
+        self.adam
+            .iter()
+            .filter(|p| p.sharded)
+            .map(|p| (p.range.start, p.owned.len()))
+            .collect()
+    }
+
+    /// [`ShardedMuonAdamW::step`] where the reduce-scatter of some sharded AdamW gradients already ran
+    /// (during the backward pass: overlap): `pre` maps a parameter's start (see
+    /// [`ShardedMuonAdamW::early_reduce_scatters`]) to this rank's averaged share, and is emptied. The same
+    /// collective on the same final gradient gives the same share, so the step is bitwise the same.
+    pub fn step_prereduced(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        s: &StepSettings,
+        comm: &mut dyn Collectives,
+        pre: &mut HashMap<usize, Vec<f32>>,
+    ) -> CommResult<()> {
         assert_eq!(comm.world_size(), self.world, "communicator world size");
         let (adam_hyper, muon_hyper) = self.begin_hypers(s);
         let single = self.world == 1;
@@ -311,6 +339,9 @@ impl ShardedMuonAdamW {
             let mut g = vec![0f32; p.owned.len()];
             if single {
                 g.copy_from_slice(&grads[p.range.clone()]);
+            } else if let Some(share) = pre.remove(&p.range.start) {
+                crate::dist::check_len("pre-reduced share", share.len(), g.len())?;
+                g = share;
             } else if p.sharded {
                 comm.reduce_scatter(&grads[p.range.clone()], &mut g, ReduceOp::Avg)?;
             } else {

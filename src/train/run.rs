@@ -153,6 +153,11 @@ pub struct TrainArgs {
     /// fails naming it (0 = --dist-timeout). Must exceed the longest gap between two collectives of a rank.
     #[arg(long, default_value_t = 0)]
     pub hang_timeout: u64,
+    /// Data-parallel on the cpu device: reduce-scatter the gradients of lm_head and the value embeddings on a
+    /// communication thread during the last micro-batch's backward pass instead of after it (the same
+    /// results, bitwise; every rank must be given the same setting).
+    #[arg(long)]
+    pub overlap_comm: bool,
 }
 
 /// A fault planted on one rank to test the failure paths (`NANOCHAT_FAULT=kind:rank:step`, not a user
@@ -340,6 +345,7 @@ fn train_ranked(
                     .with_storage(args.device.cpu_storage().unwrap_or(Storage::F32));
                 Ok(Box::new(if world > 1 {
                     m.data_parallel(&plan.optimizer, ranks.comm.clone(), rank, world)
+                        .with_overlap(args.overlap_comm)
                 } else {
                     m
                 }))
@@ -516,6 +522,9 @@ fn train_ranked(
         for j in 0..accum {
             let batch = loaders[j / per_rank].next_batch();
             let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
+            if j + 1 == accum {
+                model.final_micro_batch();
+            }
             loss = model.forward_backward(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?;
             if j == 0 && fault == Some(Fault::NanLoss { rank, step }) {
                 loss = f32::NAN;
