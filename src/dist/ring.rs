@@ -69,19 +69,36 @@ enum ReadFail {
 }
 
 /// A wait for a neighbour's bytes: how long it may stay silent, and the heartbeats this rank sends to its
-/// right neighbour meanwhile (once `sent` says this rank's own data for the step is out).
+/// right neighbour meanwhile (once `sent` says this rank's own data for the step is out), one per tick
+/// whether or not bytes (the left neighbour's heartbeats) arrive in between.
 struct Wait<'a> {
     silence: Duration,
     last: Instant,
+    tick: Duration,
+    last_beat: Instant,
     beat: Option<(&'a TcpStream, &'a AtomicBool)>,
 }
 
 impl<'a> Wait<'a> {
     fn new(silence: Duration, beat: Option<(&'a TcpStream, &'a AtomicBool)>) -> Wait<'a> {
+        let now = Instant::now();
         Wait {
             silence,
-            last: Instant::now(),
+            last: now,
+            tick: heartbeat_tick(silence),
+            last_beat: now,
             beat,
+        }
+    }
+
+    /// Sends a heartbeat if one is due.
+    fn beat_if_due(&mut self) {
+        if let Some((mut right, sent)) = self.beat {
+            if sent.load(Ordering::Acquire) && self.last_beat.elapsed() >= self.tick {
+                // Best effort: a failed heartbeat shows up as the right neighbour's failure elsewhere.
+                let _ = right.write_all(&header(HEARTBEAT, 0, 0));
+                self.last_beat = Instant::now();
+            }
         }
     }
 
@@ -90,12 +107,7 @@ impl<'a> Wait<'a> {
         if self.last.elapsed() >= self.silence {
             return Err(std::io::Error::new(ErrorKind::TimedOut, "neighbour silent"));
         }
-        if let Some((mut right, sent)) = self.beat {
-            if sent.load(Ordering::Acquire) {
-                // Best effort: a failed heartbeat shows up as the right neighbour's failure elsewhere.
-                let _ = right.write_all(&header(HEARTBEAT, 0, 0));
-            }
-        }
+        self.beat_if_due();
         Ok(())
     }
 }
@@ -109,6 +121,7 @@ fn read_full(s: &mut TcpStream, mut buf: &mut [u8], w: &mut Wait) -> std::io::Re
             Ok(n) => {
                 buf = &mut buf[n..];
                 w.last = Instant::now();
+                w.beat_if_due();
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => w.tick()?,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
