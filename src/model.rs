@@ -62,11 +62,15 @@ pub trait ModelDevice {
     fn grads(&mut self) -> Result<Vec<f32>, String>;
     /// Softcapped logits of the last position of each row, `(b, vocab)`.
     fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
-    /// Replaces the accumulated gradients (fp32, flat layout): how data parallelism installs the gradients
-    /// averaged over ranks on a device that keeps the whole optimizer.
+    /// Replaces the accumulated gradients (fp32, flat layout), e.g. to step an optimizer on gradients made
+    /// elsewhere.
     fn set_grads(&mut self, _grads: &[f32]) -> Result<(), String> {
         Err(format!("{}: setting gradients is not supported", self.device_name()))
     }
+    /// Says that the next [`ModelDevice::forward_backward`] is the last before [`ModelDevice::step`]: its
+    /// gradients are final as its backward pass produces them, so a data-parallel device may start reducing
+    /// them then (overlap). The default ignores it.
+    fn final_micro_batch(&mut self) {}
     /// One optimizer step with the accumulated gradients, which are then cleared.
     fn step(&mut self, settings: &StepSettings) -> Result<(), String>;
     /// Parameters as fp32 in the flat layout (for checkpoints).

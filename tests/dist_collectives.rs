@@ -213,3 +213,33 @@ fn an_abort_carries_its_reason_to_the_others() {
         assert_eq!(e, "rank 1 failed: the loss became NaN at step 7");
     }
 }
+
+#[test]
+fn a_hung_rank_is_named_by_every_other_rank_not_the_ranks_waiting_behind_it() {
+    // Rank 1 stops calling collectives for longer than the deadline; the others wait in an all-reduce.
+    // Only rank 2 hears nothing from its left; ranks 3 and 0 hear heartbeats, then the abort naming rank 1.
+    let quick = Timeouts {
+        connect: Duration::from_secs(30),
+        op: Duration::from_secs(2),
+    };
+    let port = free_port();
+    let handles: Vec<_> = (0..4)
+        .map(|r| {
+            std::thread::spawn(move || {
+                let mut c = connect(&info(r, 4, port), &Fingerprint::new(), &quick).unwrap();
+                let mut v = vec![1.0f32; 1000];
+                c.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                if r == 1 {
+                    std::thread::sleep(Duration::from_secs(6));
+                    return None;
+                }
+                Some(c.all_reduce(&mut v, ReduceOp::Sum).unwrap_err().to_string())
+            })
+        })
+        .collect();
+    for (r, h) in handles.into_iter().enumerate() {
+        if let Some(e) = h.join().unwrap() {
+            assert!(e.starts_with("rank 1 failed: sent nothing for 2 s"), "rank {r}: {e}");
+        }
+    }
+}

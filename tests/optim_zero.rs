@@ -1,17 +1,22 @@
 //! ZeRO-2 sharding of MuonAdamW (spec §2.4): on 2, 3 and 4 ranks (threads over the CPU ring), after two
 //! steps every rank's optimizer state is exactly its slice (large AdamW tensors, rows along dim 0) or chunk
 //! (Muon matrices, ceil(K/W) per rank in upstream group order) of the one-rank optimizer's state, and the
-//! parameters are the one-rank parameters on every rank.
+//! parameters are the one-rank parameters on every rank; likewise on a kernel device (the emulator), whose
+//! sharded step runs the one-rank kernels on the owned rows and matrices.
 
+use nanochat::backend::Backend;
 use nanochat::config::ModelConfig;
+use nanochat::device::{model::KernelModel, Schedule};
 use nanochat::dist::env::discover;
 use nanochat::dist::ring::connect;
 use nanochat::dist::{Fingerprint, Solo, Timeouts};
+use nanochat::model::ModelDevice;
 use nanochat::optim::zero::ShardedMuonAdamW;
 use nanochat::optim::{GroupKind, MuonAdamW, SetupArgs, StepSettings};
 use nanochat::params::ParamTable;
 use nanochat::safetensors::Tensor;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn config() -> ModelConfig {
@@ -85,75 +90,148 @@ fn sharded_run(world: usize, p0: &[f32]) -> Vec<(Vec<f32>, BTreeMap<String, Tens
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// Every rank's parameters are the one-rank parameters, and its state exactly its slice (large AdamW
+/// tensors whose rows divide) or chunk (Muon matrices, `ceil(K/W)` per rank in group order) of the one-rank
+/// state.
+fn check_shards(
+    world: usize,
+    p_ref: &[f32],
+    s_ref: &BTreeMap<String, Tensor>,
+    ranks: &[(Vec<f32>, BTreeMap<String, Tensor>)],
+    what: &str,
+) {
+    let table = ParamTable::new(&config());
+    let groups = MuonAdamW::new(&table, &SetupArgs::default()).groups().to_vec();
+    let shape_of = |name: &str| table.by_name(name).unwrap().shape.clone();
+    let mut muon_owner: HashMap<String, usize> = HashMap::new();
+    for g in &groups {
+        if let GroupKind::Muon { .. } = g.kind {
+            let chunk = g.params.len().div_ceil(world);
+            for (i, name) in g.params.iter().enumerate() {
+                muon_owner.insert(name.clone(), i / chunk);
+            }
+        }
+    }
+    let mut sharded_seen = 0;
+    for (r, (p, state)) in ranks.iter().enumerate() {
+        assert!(
+            p == p_ref,
+            "{what}, world {world}: rank {r}'s parameters differ from the one-rank run"
+        );
+        assert_eq!(state["step"].to_i64(), vec![2]);
+        assert_eq!(state["zero.world_size"].to_i64(), vec![world as i64]);
+        for (name, t_ref) in s_ref {
+            if name == "step" {
+                continue;
+            }
+            let (kind, param) = name.split_once('.').unwrap();
+            let got = state.get(name);
+            if kind.starts_with("exp_avg") {
+                let shape = shape_of(param);
+                let numel: usize = shape.iter().product();
+                let full = t_ref.to_f32();
+                let got = got.unwrap_or_else(|| panic!("rank {r} lacks {name}"));
+                if numel >= 1024 && shape[0] % world == 0 {
+                    // Rows [r·S0/W, (r+1)·S0/W) only.
+                    let per = numel / world;
+                    assert_eq!(got.shape[0], shape[0] / world, "{name}");
+                    assert!(
+                        got.to_f32() == full[r * per..(r + 1) * per],
+                        "{what}, world {world} rank {r}: {name}"
+                    );
+                    sharded_seen += 1;
+                } else {
+                    assert!(
+                        got.to_f32() == full,
+                        "{what}, world {world} rank {r}: replicated {name}"
+                    );
+                }
+            } else if muon_owner[param] == r {
+                let got = got.unwrap_or_else(|| panic!("rank {r} owns {param} but lacks {name}"));
+                assert_eq!(got.shape, t_ref.shape);
+                assert!(got.to_f32() == t_ref.to_f32(), "{what}, world {world} rank {r}: {name}");
+            } else {
+                assert!(got.is_none(), "rank {r} holds {name} of rank {}", muon_owner[param]);
+            }
+        }
+    }
+    // lm_head, wte and the value embeddings have 128 padded rows: sharded on 2 and 4 ranks, not on 3.
+    let ve = table
+        .params
+        .iter()
+        .filter(|p| p.name.starts_with("value_embeds."))
+        .count();
+    assert!(ve > 0);
+    let expect = if world == 3 { 0 } else { 2 * (2 + ve) * world };
+    assert_eq!(sharded_seen, expect, "{what}, world {world}: sharded AdamW tensors");
+}
+
 #[test]
 fn each_rank_holds_exactly_its_slice_or_chunk_of_the_one_rank_state() {
     let table = ParamTable::new(&config());
     let mut p0 = vec![0.0; table.numel];
     table.init(&mut p0, 5);
     let (p_ref, s_ref) = reference(&table, &p0);
-    let groups = MuonAdamW::new(&table, &SetupArgs::default()).groups().to_vec();
-    let shape_of = |name: &str| table.by_name(name).unwrap().shape.clone();
-
     for world in [2, 3, 4] {
-        let ranks = sharded_run(world, &p0);
-        let mut muon_owner: HashMap<String, usize> = HashMap::new();
-        for g in &groups {
-            if let GroupKind::Muon { .. } = g.kind {
-                let chunk = g.params.len().div_ceil(world);
-                for (i, name) in g.params.iter().enumerate() {
-                    muon_owner.insert(name.clone(), i / chunk);
-                }
-            }
-        }
-        let mut sharded_seen = 0;
-        for (r, (p, state)) in ranks.iter().enumerate() {
-            assert!(
-                p == &p_ref,
-                "world {world}: rank {r}'s parameters differ from the one-rank run"
-            );
-            assert_eq!(state["step"].to_i64(), vec![2]);
-            assert_eq!(state["zero.world_size"].to_i64(), vec![world as i64]);
-            for (name, t_ref) in &s_ref {
-                if name == "step" {
-                    continue;
-                }
-                let (kind, param) = name.split_once('.').unwrap();
-                let got = state.get(name);
-                if kind.starts_with("exp_avg") {
-                    let shape = shape_of(param);
-                    let numel: usize = shape.iter().product();
-                    let full = t_ref.to_f32();
-                    let got = got.unwrap_or_else(|| panic!("rank {r} lacks {name}"));
-                    if numel >= 1024 && shape[0] % world == 0 {
-                        // Rows [r·S0/W, (r+1)·S0/W) only.
-                        let per = numel / world;
-                        assert_eq!(got.shape[0], shape[0] / world, "{name}");
-                        assert!(
-                            got.to_f32() == full[r * per..(r + 1) * per],
-                            "world {world} rank {r}: {name}"
-                        );
-                        sharded_seen += 1;
-                    } else {
-                        assert!(got.to_f32() == full, "world {world} rank {r}: replicated {name}");
-                    }
-                } else if muon_owner[param] == r {
-                    let got = got.unwrap_or_else(|| panic!("rank {r} owns {param} but lacks {name}"));
-                    assert_eq!(got.shape, t_ref.shape);
-                    assert!(got.to_f32() == t_ref.to_f32(), "world {world} rank {r}: {name}");
+        check_shards(world, &p_ref, &s_ref, &sharded_run(world, &p0), "cpu");
+    }
+}
+
+/// The kernel device (emulator): one rank, then `world` ranks as threads over the CPU ring, each with its
+/// optimizer sharded on its own emulated device; two steps of the same gradients.
+fn emu_run(world: usize, p0: &[f32]) -> Vec<(Vec<f32>, BTreeMap<String, Tensor>)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let handles: Vec<_> = (0..world)
+        .map(|r| {
+            let p0 = p0.to_vec();
+            std::thread::spawn(move || {
+                let dev = Backend::Emu.kernel_device(Schedule::Forward).unwrap();
+                let mut model = KernelModel::new(dev, &config(), &p0, &SetupArgs::default()).unwrap();
+                let mut boxed: Box<dyn ModelDevice> = if world == 1 {
+                    Box::new(model)
                 } else {
-                    assert!(got.is_none(), "rank {r} holds {name} of rank {}", muon_owner[param]);
+                    let vars: HashMap<&str, String> = [
+                        ("RANK", r.to_string()),
+                        ("WORLD_SIZE", world.to_string()),
+                        ("MASTER_PORT", port.to_string()),
+                    ]
+                    .into_iter()
+                    .collect();
+                    let info = discover(&|k| vars.get(k).cloned()).unwrap();
+                    let t = Timeouts {
+                        connect: Duration::from_secs(60),
+                        op: Duration::from_secs(120),
+                    };
+                    let comm = connect(&info, &Fingerprint::new(), &t).unwrap();
+                    model = model
+                        .data_parallel(&SetupArgs::default(), Arc::new(Mutex::new(comm)), r, world)
+                        .unwrap();
+                    Box::new(model)
+                };
+                let numel = boxed.table().numel;
+                for step in 0..2 {
+                    boxed.set_grads(&grads(numel, step)).unwrap();
+                    boxed.step(&S).unwrap();
                 }
-            }
-        }
-        // lm_head, wte and the value embeddings have 128 padded rows: sharded on 2 and 4 ranks, not on 3.
-        let ve = table
-            .params
-            .iter()
-            .filter(|p| p.name.starts_with("value_embeds."))
-            .count();
-        assert!(ve > 0);
-        let expect = if world == 3 { 0 } else { 2 * (2 + ve) * world };
-        assert_eq!(sharded_seen, expect, "world {world}: sharded AdamW tensors");
+                (boxed.params().unwrap(), boxed.optimizer_state().unwrap())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn the_kernel_device_shards_its_optimizer_as_the_cpu_reference_does() {
+    let table = ParamTable::new(&config());
+    let mut p0 = vec![0.0; table.numel];
+    table.init(&mut p0, 5);
+    let (p_ref, s_ref) = emu_run(1, &p0).remove(0);
+    for world in [2, 3] {
+        check_shards(world, &p_ref, &s_ref, &emu_run(world, &p0), "emu");
     }
 }
 

@@ -7,6 +7,10 @@
 //! - The real `mpirun` (Open MPI) with 2 ranks, when it is installed (CI installs it).
 //! - A rank killed mid-run: the others exit non-zero naming it; a resume from the last complete checkpoint
 //!   reproduces the uninterrupted trajectory exactly.
+//! - A rank that hangs at a checkpoint (past a short --hang-timeout) and a rank whose loss turns NaN: the
+//!   others exit non-zero naming it, and the checkpoint of that step does not exist (no torn checkpoint).
+//! - `--overlap-comm` (reduce-scatters during the backward pass): bitwise the same losses, model and optimizer
+//!   shards as without; ranks launched with different settings are refused.
 //! - Mismatched launches (another depth on one rank, another world size at resume, a used port, an
 //!   unreachable master): a one-line error naming the cause.
 
@@ -258,6 +262,51 @@ fn two_ranks_on_the_emulator_match_one_process() {
     let outs = run_ranks(base, &args("two", 3, &emu), Launch::Torchrun, 2);
     assert_ok(&outs);
     assert_close("emu, 2 ranks", &mean_losses(base, "two"), &want, 1e-5);
+    // ZeRO-2 on the device: each rank's optimizer file holds its share of the one-process state (the
+    // gradients are summed in another order, so close, not equal: tests/optim_zero.rs checks it bitwise).
+    let read = |tag: &str, r: usize| {
+        nanochat::safetensors::read(&run_dir(base, tag).join(format!("optim_000003_rank{r}.safetensors")))
+            .unwrap()
+            .tensors
+    };
+    let full = read("one", 0);
+    let shards = [read("two", 0), read("two", 1)];
+    let (mut sliced, mut chunked) = (0, 0);
+    for (name, t) in &full {
+        if name == "step" {
+            continue;
+        }
+        let holders: Vec<usize> = (0..2).filter(|&r| shards[r].contains_key(name)).collect();
+        assert!(!holders.is_empty(), "no rank holds {name}");
+        let want = t.to_f32();
+        let scale = want.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+        let close = |got: &[f32], want: &[f32]| {
+            got.len() == want.len() && got.iter().zip(want).all(|(a, b)| (a - b).abs() <= 1e-2 * scale)
+        };
+        let first = &shards[holders[0]][name];
+        if first.shape[0] * 2 == t.shape[0] && name.starts_with("exp_avg") {
+            // Rows split in two.
+            assert_eq!(holders, vec![0, 1], "{name}");
+            let half = want.len() / 2;
+            for r in 0..2 {
+                assert!(
+                    close(&shards[r][name].to_f32(), &want[r * half..(r + 1) * half]),
+                    "{name} rank {r}"
+                );
+            }
+            sliced += 1;
+        } else if name.starts_with("exp_avg") {
+            // Replicated (small).
+            assert_eq!(holders, vec![0, 1], "{name}");
+            assert!(close(&first.to_f32(), &want), "{name}");
+        } else {
+            // A Muon matrix: on exactly one rank.
+            assert_eq!(holders.len(), 1, "{name} on ranks {holders:?}");
+            assert!(close(&first.to_f32(), &want), "{name}");
+            chunked += 1;
+        }
+    }
+    assert!(sliced > 0 && chunked > 0, "{sliced} sliced, {chunked} chunked tensors");
 }
 
 #[test]
@@ -407,4 +456,122 @@ fn mismatched_launches_fail_with_one_line_naming_the_cause() {
     .wait_with_output()
     .unwrap();
     one_line(&out, "could not reach the master");
+}
+
+/// Rank `rank` of `world` (torchrun-style variables) with the fault `fault` planted.
+fn spawn_faulty(base: &Path, args: &[String], rank: usize, world: usize, port: u16, fault: &str) -> Child {
+    let mut c = train_gpt(base, args);
+    c.env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("NANOCHAT_FAULT", fault);
+    c.spawn().unwrap()
+}
+
+#[test]
+fn a_hung_rank_and_a_nan_loss_are_named_and_leave_no_torn_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+
+    // Rank 1 of 3 writes its optimizer shard of step 4, then hangs before the checkpoint's barrier.
+    let port = free_port();
+    let a = args("hung", 10, &["--save-every", "2", "--hang-timeout", "8"]);
+    let mut ranks: Vec<Child> = (0..3)
+        .map(|r| spawn_faulty(base, &a, r, 3, port, "hang-at-save:1:4"))
+        .collect();
+    let mut hung = ranks.remove(1);
+    for (r, c) in [(0, ranks.remove(0)), (2, ranks.remove(0))] {
+        let out = wait_bounded(c, Duration::from_secs(180));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "rank {r} exited 0 while rank 1 hung");
+        assert!(
+            err.contains("rank 1 failed: sent nothing for 8 s"),
+            "rank {r} does not name rank 1 as hung: {err}"
+        );
+    }
+    assert!(
+        hung.try_wait().unwrap().is_none(),
+        "the hung rank should still be there"
+    );
+    hung.kill().unwrap();
+    let _ = hung.wait();
+    let dir = run_dir(base, "hung");
+    assert!(
+        dir.join("optim_000004_rank1.safetensors").exists(),
+        "the fault is planted after the shard"
+    );
+    assert!(dir.join("meta_000002.json").exists());
+    assert!(
+        !dir.join("meta_000004.json").exists(),
+        "a checkpoint without rank 1's barrier"
+    );
+    assert!(!dir.join("model_000004.safetensors").exists());
+
+    // Rank 1 of 2 sees a NaN loss at step 3: it stops, and rank 0 names it and why.
+    let port = free_port();
+    let a = args("nan", 10, &["--save-every", "2", "--hang-timeout", "8"]);
+    let ranks: Vec<Child> = (0..2)
+        .map(|r| spawn_faulty(base, &a, r, 2, port, "nan-loss:1:3"))
+        .collect();
+    for (r, c) in ranks.into_iter().enumerate() {
+        let out = wait_bounded(c, Duration::from_secs(180));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "rank {r} exited 0");
+        assert!(err.contains("rank 1: the loss became NaN at step 3"), "rank {r}: {err}");
+        if r == 0 {
+            assert!(err.contains("rank 1 failed"), "rank 0 does not name rank 1: {err}");
+        }
+    }
+    let dir = run_dir(base, "nan");
+    assert!(dir.join("meta_000002.json").exists());
+    let metas = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("meta_"))
+        .count();
+    assert_eq!(metas, 1, "only the checkpoint before the NaN");
+}
+
+#[test]
+fn overlapping_the_reduce_scatters_with_the_backward_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    prepare(base);
+    let plain = run_ranks(base, &args("plain", 6, &[]), Launch::Torchrun, 2);
+    assert_ok(&plain);
+    let over = run_ranks(base, &args("over", 6, &["--overlap-comm"]), Launch::Torchrun, 2);
+    assert_ok(&over);
+    // Bitwise: every logged loss and the final model file.
+    assert_eq!(mean_losses(base, "over"), mean_losses(base, "plain"));
+    let model = |tag: &str| std::fs::read(run_dir(base, tag).join("model_000006.safetensors")).unwrap();
+    assert!(
+        model("over") == model("plain"),
+        "the overlapped run ends with other parameters"
+    );
+    for r in 0..2 {
+        let optim =
+            |tag: &str| std::fs::read(run_dir(base, tag).join(format!("optim_000006_rank{r}.safetensors"))).unwrap();
+        assert!(optim("over") == optim("plain"), "rank {r}: another optimizer state");
+    }
+    // Every rank must choose the same: the collectives run in another order.
+    let port = free_port();
+    let r0 = spawn_rank(
+        base,
+        &args("mixed", 2, &["--overlap-comm"]),
+        Launch::Torchrun,
+        0,
+        2,
+        port,
+    );
+    let r1 = spawn_rank(base, &args("mixed", 2, &[]), Launch::Torchrun, 1, 2, port);
+    for c in [r0, r1] {
+        let out = c.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("--overlap-comm: true on rank 0, false on rank 1"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -364,6 +364,20 @@ impl Gpt {
     /// Backward of the objective whose gradient with respect to each token's loss is `dloss (N)`; **adds** into
     /// `grads` (same layout as the parameters), so micro-batches accumulate.
     pub fn backward(&self, params: &[f32], fwd: &Forward, dloss: &[f32], grads: &mut [f32]) {
+        self.backward_notify(params, fwd, dloss, grads, &mut |_, _, _| {});
+    }
+
+    /// [`Gpt::backward`] that calls `ready(slot, k, gradient)` as soon as the gradient of a large embedding-like
+    /// parameter is complete for this micro-batch (lm_head first, then each layer's value embedding, from the
+    /// last layer down), while the backward goes on: what a data-parallel step reduces early (overlap).
+    pub fn backward_notify(
+        &self,
+        params: &[f32],
+        fwd: &Forward,
+        dloss: &[f32],
+        grads: &mut [f32],
+        ready: &mut dyn FnMut(Slot, usize, &[f32]),
+    ) {
         let cfg = &self.config;
         let (c, nh, nkv, d, vp, v) = (
             cfg.n_embd,
@@ -401,6 +415,7 @@ impl Gpt {
             vp,
         );
         drop(dlogits);
+        ready(Slot::LmHead, 0, &grads[r(Slot::LmHead, 0)]);
         self.store(&mut dxnf);
         let mut dxf = vec![0.0; n * c];
         ops::rmsnorm_backward(&mut dxf, &dxnf, &fwd.xf, &fwd.rstd_f, c);
@@ -508,6 +523,7 @@ impl Gpt {
                     .zip(&dwg)
                     .for_each(|(g, x)| *g += x);
                 ops::embedding_backward(&mut grads[r(Slot::ValueEmbeds, kv)], &dve, &fwd.ids, nkv * d);
+                ready(Slot::ValueEmbeds, kv, &grads[r(Slot::ValueEmbeds, kv)]);
             }
             ops::linear_backward(
                 Some(&mut dxn1),

@@ -3,13 +3,13 @@
 
 use super::gpt::{Gpt, Storage};
 use crate::config::ModelConfig;
-use crate::dist::SharedComm;
+use crate::dist::{ReduceOp, SharedComm};
 use crate::model::{check_row_weights, last_positions, ModelDevice};
 use crate::optim::zero::ShardedMuonAdamW;
 use crate::optim::{MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
 use crate::safetensors::Tensor;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The fp32 CPU reference as a device.
 pub struct CpuModel {
@@ -19,6 +19,12 @@ pub struct CpuModel {
     opt: MuonAdamW,
     /// Data-parallel: the ZeRO-2 optimizer of this rank and the ranks' collectives (`opt` is then unused).
     zero: Option<(ShardedMuonAdamW, SharedComm)>,
+    /// Data-parallel: reduce-scatter the large embedding-like gradients during the last backward pass.
+    overlap: bool,
+    /// Set by `final_micro_batch` until the next backward pass.
+    final_micro: bool,
+    /// This rank's shares of the gradients reduced during the backward pass, by parameter start.
+    prereduced: HashMap<usize, Vec<f32>>,
 }
 
 impl CpuModel {
@@ -39,6 +45,9 @@ impl CpuModel {
             grads,
             opt,
             zero: None,
+            overlap: false,
+            final_micro: false,
+            prereduced: HashMap::new(),
         })
     }
 
@@ -49,6 +58,50 @@ impl CpuModel {
         sharded.inner_mut().bf16_orthogonalization = self.opt.bf16_orthogonalization;
         self.zero = Some((sharded, comm));
         self
+    }
+
+    /// Data-parallel: with `on`, the last micro-batch's backward pass hands each large embedding-like
+    /// gradient (lm_head, the value embeddings) to a communication thread as soon as it is final, which
+    /// reduce-scatters it while the backward pass goes on; the step then uses those shares. Every rank must
+    /// choose the same (the order of the collectives differs); the results are bitwise the same either way.
+    pub fn with_overlap(mut self, on: bool) -> CpuModel {
+        self.overlap = on;
+        self
+    }
+
+    /// The last micro-batch's backward pass with the early reduce-scatters on a communication thread.
+    fn backward_overlapped(&mut self, fwd: &super::gpt::Forward, dloss: &[f32]) -> Result<(), String> {
+        let (opt, comm) = self.zero.as_ref().expect("overlap needs data parallelism");
+        let early = opt.early_reduce_scatters();
+        let rank = opt.rank();
+        let comm = comm.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Vec<f32>)>();
+        let shares = early.clone();
+        let worker = std::thread::spawn(move || -> Result<HashMap<usize, Vec<f32>>, String> {
+            let mut c = comm.lock().map_err(|_| "collectives poisoned".to_string())?;
+            let mut out = HashMap::new();
+            for (start, g) in rx {
+                let mut share = vec![0f32; shares[&start]];
+                c.reduce_scatter(&g, &mut share, ReduceOp::Avg)
+                    .map_err(|e| format!("rank {rank}: gradient reduce-scatter (during backward): {e}"))?;
+                out.insert(start, share);
+            }
+            Ok(out)
+        });
+        let table = &self.gpt.table;
+        self.gpt
+            .backward_notify(&self.params, fwd, dloss, &mut self.grads, &mut |slot, k, g| {
+                let start = table.range(slot, k).start;
+                if early.contains_key(&start) {
+                    // A failed send means the worker stopped on an error, reported at the join.
+                    let _ = tx.send((start, g.to_vec()));
+                }
+            });
+        drop(tx);
+        self.prereduced = worker
+            .join()
+            .map_err(|_| "the communication thread panicked".to_string())??;
+        Ok(())
     }
 
     /// Switches the reference to `storage` (bf16: also the Muon orthogonalisation, as on the kernel devices).
@@ -86,7 +139,11 @@ impl ModelDevice for CpuModel {
     ) -> Result<f32, String> {
         let fwd = self.gpt.forward(&self.params, ids, Some(targets), b, t)?;
         let dloss: Vec<f32> = Gpt::mean_dloss(&fwd).into_iter().map(|g| g * scale).collect();
-        self.gpt.backward(&self.params, &fwd, &dloss, &mut self.grads);
+        if std::mem::take(&mut self.final_micro) {
+            self.backward_overlapped(&fwd, &dloss)?;
+        } else {
+            self.gpt.backward(&self.params, &fwd, &dloss, &mut self.grads);
+        }
         Ok(fwd.loss)
     }
 
@@ -146,13 +203,18 @@ impl ModelDevice for CpuModel {
         Ok(())
     }
 
+    fn final_micro_batch(&mut self) {
+        self.final_micro = self.overlap && self.zero.is_some();
+    }
+
     fn step(&mut self, settings: &StepSettings) -> Result<(), String> {
         match &mut self.zero {
             None => self.opt.step(&mut self.params, &self.grads, settings),
             Some((opt, comm)) => {
                 let mut comm = comm.lock().map_err(|_| "collectives poisoned".to_string())?;
                 let me = comm.rank();
-                opt.step(&mut self.params, &self.grads, settings, comm.as_mut())
+                let mut pre = std::mem::take(&mut self.prereduced);
+                opt.step_prereduced(&mut self.params, &self.grads, settings, comm.as_mut(), &mut pre)
                     .map_err(|e| format!("rank {me}: optimizer step: {e}"))?;
             }
         }

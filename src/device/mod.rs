@@ -22,6 +22,7 @@ pub mod memory;
 pub mod model;
 pub mod reference;
 pub mod roofline;
+mod zero;
 
 use std::fmt;
 use std::sync::Arc;

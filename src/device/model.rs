@@ -61,6 +61,9 @@ pub struct KernelModel {
     pub(super) queued: Vec<usize>,
     /// Mean losses read back already (a full `loss_log`) and not taken yet.
     pub(super) taken: Vec<f32>,
+    /// One rank of several with the optimizer sharded (ZeRO-2, [`super::zero`]): then `state` and
+    /// `muon_scratch` hold this rank's share only, and `opt` just the layout of the whole.
+    pub(super) zero: Option<super::zero::DeviceZero>,
 }
 
 /// Micro-batches whose losses wait on the device before the log is read back (and started anew).
@@ -152,6 +155,7 @@ impl KernelModel {
             loss_log,
             queued: Vec::new(),
             taken: Vec::new(),
+            zero: None,
             dev,
         };
         model.refresh_lambda_pairs().map_err(dev_err)?;
@@ -203,7 +207,7 @@ impl KernelModel {
     }
 
     /// Copies each layer's (resid, x0) lambdas into `lambda_pairs`.
-    fn refresh_lambda_pairs(&self) -> super::Result<()> {
+    pub(super) fn refresh_lambda_pairs(&self) -> super::Result<()> {
         for i in 0..self.config.n_layer {
             let pair = self.lambda_pairs.at::<f32>(2 * i);
             self.dev
@@ -243,7 +247,7 @@ impl KernelModel {
     }
 
     /// Moves the accumulated lambda-pair gradients into the gradient buffer's lambda slots.
-    fn flush_lambda_grads(&self) -> super::Result<()> {
+    pub(super) fn flush_lambda_grads(&self) -> super::Result<()> {
         for i in 0..self.config.n_layer {
             let pair = self.dlambda_pairs.at::<f32>(2 * i);
             self.dev
@@ -458,6 +462,9 @@ impl ModelDevice for KernelModel {
     }
 
     fn step(&mut self, settings: &StepSettings) -> Result<(), String> {
+        if self.zero.is_some() {
+            return self.run_sharded_step(settings);
+        }
         self.run_step(settings)
             .map_err(|e| format!("{}: optimizer step: {e}", self.dev.name()))
     }
@@ -469,11 +476,17 @@ impl ModelDevice for KernelModel {
     }
 
     fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String> {
+        if self.zero.is_some() {
+            return self.sharded_state();
+        }
         self.sync_state_to_host().map_err(dev_err)?;
         Ok(self.opt.state_tensors())
     }
 
     fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        if self.zero.is_some() {
+            return self.load_sharded_state(state);
+        }
         self.opt.load_state_tensors(state)?;
         let dev = self.dev.as_ref();
         for (host, buf) in self.opt.state_buffers().into_iter().zip(&self.state) {

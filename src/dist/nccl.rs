@@ -3,6 +3,12 @@
 //! stream. The unique id travels through the TCP bootstrap. Waiting polls the communicator's asynchronous
 //! error and aborts it past the deadline, so a dead peer surfaces as an error instead of a hang.
 //!
+//! The bootstrap's TCP ring stays open beside the communicator as a control channel, so that failures name
+//! the rank at fault as on the CPU backend: a rank that gives up sends an abort frame over it (the others,
+//! polling it while they wait, abort their communicators at once and name it); past the deadline every
+//! waiting rank aborts its communicator and meets the others in a barrier over the TCP ring, which only the
+//! hung rank misses, so the ring's heartbeat rule names it.
+//!
 //! The device-pointer operations are what a kernel device calls; the [`Collectives`] implementation stages
 //! host buffers through one device buffer (for the benchmark and for host-side callers). This machine has no
 //! GPU and no libnccl: this file is only compiled and its missing-library error tested here.
@@ -43,6 +49,8 @@ pub struct Nccl {
     rank: usize,
     world: usize,
     timeout: Duration,
+    /// The TCP ring of the bootstrap, kept for abort frames and for naming a hung rank.
+    control: Option<super::ring::Ring>,
     /// Staging buffer of the host-buffer collectives: (device pointer, bytes).
     staging: Option<(u64, usize)>,
 }
@@ -106,8 +114,15 @@ impl Nccl {
             rank,
             world,
             timeout,
+            control: None,
             staging: None,
         })
+    }
+
+    /// Keeps `ring` (this job's TCP ring) as the control channel (see the module notes).
+    pub fn with_control(mut self, ring: super::ring::Ring) -> Nccl {
+        self.control = Some(ring);
+        self
     }
 
     /// The communication stream (the caller orders it after the kernels that produce the data).
@@ -119,6 +134,7 @@ impl Nccl {
     /// aborted and the error says a peer hung or died.
     pub fn wait(&mut self) -> CommResult<()> {
         let start = Instant::now();
+        let mut polled = Instant::now();
         loop {
             // SAFETY: the stream is ours and alive.
             let q = unsafe { dsys::cuStreamQuery(self.stream) };
@@ -132,15 +148,41 @@ impl Nccl {
             // SAFETY: comm is alive; writes one value.
             unsafe { nsys::ncclCommGetAsyncError(self.comm, &mut async_err) };
             if async_err != nsys::ncclResult_t::ncclSuccess && async_err != nsys::ncclResult_t::ncclInProgress {
-                self.abort("asynchronous NCCL error");
+                // SAFETY: comm is alive; after an abort every pending and later operation fails.
+                unsafe {
+                    let _ = nres::comm_abort(self.comm);
+                }
+                // A neighbour that exited or gave up says so on the control ring.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(err) = self.control.as_mut().and_then(|c| c.poll_abort()) {
+                    return Err(err);
+                }
                 return Err(CommError::Backend(format!(
                     "NCCL asynchronous error {async_err:?} (a peer died or the network failed)"
                 )));
             }
+            if polled.elapsed() > Duration::from_millis(50) {
+                polled = Instant::now();
+                if let Some(err) = self.control.as_mut().and_then(|c| c.poll_abort()) {
+                    // SAFETY: comm is alive; after an abort every pending and later operation fails.
+                    unsafe {
+                        let _ = nres::comm_abort(self.comm);
+                    }
+                    return Err(err);
+                }
+            }
             if start.elapsed() > self.timeout {
-                self.abort("deadline");
+                // SAFETY: as above.
+                unsafe {
+                    let _ = nres::comm_abort(self.comm);
+                }
+                // Every rank that waits here meets the others over TCP; the one that hangs does not come.
+                if let Some(c) = self.control.as_mut() {
+                    c.barrier()?;
+                }
                 return Err(CommError::Backend(format!(
-                    "NCCL collective unfinished after {} s: a peer hung or died; communicator aborted",
+                    "NCCL collective unfinished after {} s on every rank: network or NCCL failure; communicator \
+                     aborted",
                     self.timeout.as_secs()
                 )));
             }
@@ -312,7 +354,11 @@ impl Collectives for Nccl {
         self.all_reduce(&mut token, ReduceOp::Sum)
     }
 
-    fn abort(&mut self, _reason: &str) {
+    fn abort(&mut self, reason: &str) {
+        // The others hear why over the control ring first, then the communicator goes.
+        if let Some(c) = self.control.as_mut() {
+            c.abort(reason);
+        }
         // SAFETY: comm is alive; after an abort every pending and later operation fails.
         unsafe {
             let _ = nres::comm_abort(self.comm);
@@ -335,13 +381,23 @@ pub fn connect(
         Vec::new()
     };
     let joined = super::bootstrap::join(info, fingerprint, id, timeouts)?;
-    Nccl::init(
+    let nccl = Nccl::init(
         info.local_rank.value,
         info.rank.value,
         info.world_size.value,
         &joined.payload,
         timeouts.op,
-    )
+    )?;
+    Ok(match (joined.left, joined.right) {
+        (Some(left), Some(right)) => nccl.with_control(super::ring::Ring::new(
+            info.rank.value,
+            info.world_size.value,
+            left,
+            right,
+            timeouts.op,
+        )),
+        _ => nccl,
+    })
 }
 
 #[cfg(test)]

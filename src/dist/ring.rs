@@ -5,20 +5,34 @@
 //! same order, starting at rank c+1 around the ring and ending at rank c, and every rank receives the owner's
 //! final copy, so results are identical on every rank and bitwise reproducible from run to run.
 //!
-//! Failure: each message is a framed header (data or abort). A neighbour's closed socket, a read past the
-//! deadline or an abort frame fails the collective with the name of the rank at fault, and this rank passes
-//! an abort frame naming it both ways round the ring, so every rank fails naming the same rank instead of
-//! the neighbour that exited after it.
+//! Failure: each message is a framed header (data, heartbeat or abort). A neighbour's closed socket, a
+//! neighbour silent past the deadline or an abort frame fails the collective with the name of the rank at
+//! fault, and this rank passes an abort frame naming it both ways round the ring, so every rank fails naming
+//! the same rank instead of the neighbour that exited after it.
+//!
+//! Hangs: a rank waiting for its left neighbour's data sends heartbeats to its right one (a few a second,
+//! once its own data is sent). So a rank that waits only because the rank before it waits is never silent,
+//! and the only rank that sees silence past the deadline is the right neighbour of the rank that stopped
+//! calling collectives (hung, or computing past the deadline): it names that rank, and the abort frames
+//! carry the name round the ring.
 
 use super::{check_len, Collectives, CommError, CommResult, ReduceOp};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 const DATA: u32 = 0;
 const ABORT: u32 = 1;
+const HEARTBEAT: u32 = 2;
 /// How long the error path waits when telling neighbours about a failure or looking for their abort frame.
 const ABORT_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a waiting rank sends a heartbeat: often enough that its neighbour, whose silence limit is
+/// `op_timeout`, hears several before that limit.
+fn heartbeat_tick(op_timeout: Duration) -> Duration {
+    (op_timeout / 8).clamp(Duration::from_millis(10), Duration::from_millis(500))
+}
 
 /// Data-parallel collectives over a TCP ring (see the module notes).
 pub struct Ring {
@@ -41,7 +55,7 @@ fn header(kind: u32, rank: u32, len: u64) -> [u8; 16] {
     h
 }
 
-fn send_data(s: &mut TcpStream, data: &[f32]) -> std::io::Result<()> {
+fn send_data(mut s: impl Write, data: &[f32]) -> std::io::Result<()> {
     let bytes: &[u8] = bytemuck::cast_slice(data);
     s.write_all(&header(DATA, 0, bytes.len() as u64))?;
     s.write_all(bytes)
@@ -54,9 +68,72 @@ enum ReadFail {
     Protocol(String),
 }
 
+/// A wait for a neighbour's bytes: how long it may stay silent, and the heartbeats this rank sends to its
+/// right neighbour meanwhile (once `sent` says this rank's own data for the step is out), one per tick
+/// whether or not bytes (the left neighbour's heartbeats) arrive in between.
+struct Wait<'a> {
+    silence: Duration,
+    last: Instant,
+    tick: Duration,
+    last_beat: Instant,
+    beat: Option<(&'a TcpStream, &'a AtomicBool)>,
+}
+
+impl<'a> Wait<'a> {
+    fn new(silence: Duration, beat: Option<(&'a TcpStream, &'a AtomicBool)>) -> Wait<'a> {
+        let now = Instant::now();
+        Wait {
+            silence,
+            last: now,
+            tick: heartbeat_tick(silence),
+            last_beat: now,
+            beat,
+        }
+    }
+
+    /// Sends a heartbeat if one is due.
+    fn beat_if_due(&mut self) {
+        if let Some((mut right, sent)) = self.beat {
+            if sent.load(Ordering::Acquire) && self.last_beat.elapsed() >= self.tick {
+                // Best effort: a failed heartbeat shows up as the right neighbour's failure elsewhere.
+                let _ = right.write_all(&header(HEARTBEAT, 0, 0));
+                self.last_beat = Instant::now();
+            }
+        }
+    }
+
+    /// A read timed out: silent for too long, or time for a heartbeat.
+    fn tick(&mut self) -> std::io::Result<()> {
+        if self.last.elapsed() >= self.silence {
+            return Err(std::io::Error::new(ErrorKind::TimedOut, "neighbour silent"));
+        }
+        self.beat_if_due();
+        Ok(())
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, tolerating the socket's short read timeout (the heartbeat tick) until
+/// nothing at all has arrived for the wait's silence limit.
+fn read_full(s: &mut TcpStream, mut buf: &mut [u8], w: &mut Wait) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.read(buf) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                w.last = Instant::now();
+                w.beat_if_due();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => w.tick()?,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn read_abort_body(s: &mut TcpStream, rank: u32, len: u64) -> ReadFail {
     let mut reason = vec![0u8; len.min(4096) as usize];
-    match s.read_exact(&mut reason) {
+    match read_full(s, &mut reason, &mut Wait::new(ABORT_WAIT, None)) {
         Ok(()) => ReadFail::Abort {
             rank: rank as usize,
             reason: String::from_utf8_lossy(&reason).into_owned(),
@@ -65,21 +142,27 @@ fn read_abort_body(s: &mut TcpStream, rank: u32, len: u64) -> ReadFail {
     }
 }
 
-fn recv_data(s: &mut TcpStream, out: &mut [f32]) -> Result<(), ReadFail> {
-    let mut h = [0u8; 16];
-    s.read_exact(&mut h).map_err(ReadFail::Io)?;
-    let kind = u32::from_le_bytes(h[..4].try_into().unwrap());
-    let rank = u32::from_le_bytes(h[4..8].try_into().unwrap());
-    let len = u64::from_le_bytes(h[8..].try_into().unwrap());
-    match kind {
-        DATA if len as usize == out.len() * 4 => s.read_exact(bytemuck::cast_slice_mut(out)).map_err(ReadFail::Io),
-        DATA => Err(ReadFail::Protocol(format!(
-            "received {len} bytes where {} were expected: the ranks are running different collectives \
-             (different configurations, or a bug)",
-            out.len() * 4
-        ))),
-        ABORT => Err(read_abort_body(s, rank, len)),
-        k => Err(ReadFail::Protocol(format!("unknown frame kind {k}"))),
+/// Receives one data frame of `out.len()` values, skipping heartbeats.
+fn recv_data(s: &mut TcpStream, out: &mut [f32], w: &mut Wait) -> Result<(), ReadFail> {
+    loop {
+        let mut h = [0u8; 16];
+        read_full(s, &mut h, w).map_err(ReadFail::Io)?;
+        let kind = u32::from_le_bytes(h[..4].try_into().unwrap());
+        let rank = u32::from_le_bytes(h[4..8].try_into().unwrap());
+        let len = u64::from_le_bytes(h[8..].try_into().unwrap());
+        return match kind {
+            HEARTBEAT if len == 0 => continue,
+            DATA if len as usize == out.len() * 4 => {
+                read_full(s, bytemuck::cast_slice_mut(out), w).map_err(ReadFail::Io)
+            }
+            DATA => Err(ReadFail::Protocol(format!(
+                "received {len} bytes where {} were expected: the ranks are running different collectives \
+                 (different configurations, or a bug)",
+                out.len() * 4
+            ))),
+            ABORT => Err(read_abort_body(s, rank, len)),
+            k => Err(ReadFail::Protocol(format!("unknown frame kind {k}"))),
+        };
     }
 }
 
@@ -87,8 +170,8 @@ fn recv_data(s: &mut TcpStream, out: &mut [f32]) -> Result<(), ReadFail> {
 fn io_failure(peer: usize, e: &std::io::Error, timeout: Duration) -> CommError {
     let reason = match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
-            "no data for {} s (hung, or stopped outside a collective)",
-            timeout.as_secs()
+            "sent nothing for {} s (hung, or busy outside the collectives for longer than the deadline)",
+            timeout.as_secs_f64()
         ),
         ErrorKind::UnexpectedEof => "closed its connection (exited or crashed)".to_string(),
         _ => format!("connection lost ({e}; exited or crashed)"),
@@ -99,6 +182,8 @@ fn io_failure(peer: usize, e: &std::io::Error, timeout: Duration) -> CommError {
 impl Ring {
     /// The ring over the sockets that [`super::bootstrap::join`] connected.
     pub fn new(rank: usize, world: usize, left: TcpStream, right: TcpStream, op_timeout: Duration) -> Ring {
+        // Reads from the left wake up at every heartbeat tick; silence is measured by `Wait`.
+        let _ = left.set_read_timeout(Some(heartbeat_tick(op_timeout)));
         Ring {
             rank,
             world,
@@ -161,13 +246,19 @@ impl Ring {
             return Err(e.clone());
         }
         self.recv.resize(recv_len, 0.0);
-        let (right, left, recv) = (&mut self.right, &mut self.left, &mut self.recv);
+        let timeout = self.op_timeout;
+        let (right, left, recv) = (&self.right, &mut self.left, &mut self.recv);
+        let sent = AtomicBool::new(false);
         let (wrote, read) = std::thread::scope(|s| {
-            let writer = s.spawn(move || send_data(right, send));
-            let read = recv_data(left, recv);
+            let sent = &sent;
+            let writer = s.spawn(move || {
+                let r = send_data(right, send);
+                sent.store(true, Ordering::Release);
+                r
+            });
+            let read = recv_data(left, recv, &mut Wait::new(timeout, Some((right, sent))));
             (writer.join().expect("ring writer thread panicked"), read)
         });
-        let timeout = self.op_timeout;
         match read {
             Err(ReadFail::Abort { rank, reason }) => return Err(self.fail(CommError::PeerFailed { rank, reason })),
             Err(ReadFail::Io(e)) => {
@@ -190,6 +281,55 @@ impl Ring {
             return Err(self.fail(err));
         }
         Ok(())
+    }
+
+    /// Between collectives (or while another backend's collective runs, NCCL's): has a neighbour sent an
+    /// abort frame? Never blocks for long; heartbeats found on the way are consumed.
+    pub fn poll_abort(&mut self) -> Option<CommError> {
+        if let Some(e) = &self.failed {
+            return Some(e.clone());
+        }
+        for side in [0, 1] {
+            let s = if side == 0 { &mut self.left } else { &mut self.right };
+            loop {
+                let mut h = [0u8; 16];
+                let _ = s.set_nonblocking(true);
+                let got = s.peek(&mut h);
+                let _ = s.set_nonblocking(false);
+                let n = match got {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => 0,
+                };
+                if n == 0 {
+                    // Closed without a word: the neighbour exited.
+                    let (peer, timeout) = (
+                        if side == 0 { self.left_rank() } else { self.right_rank() },
+                        self.op_timeout,
+                    );
+                    let err = io_failure(peer, &ErrorKind::UnexpectedEof.into(), timeout);
+                    return Some(self.fail(err));
+                }
+                if n < 16 {
+                    break;
+                }
+                let _ = s.read_exact(&mut h);
+                let kind = u32::from_le_bytes(h[..4].try_into().unwrap());
+                let rank = u32::from_le_bytes(h[4..8].try_into().unwrap());
+                let len = u64::from_le_bytes(h[8..].try_into().unwrap());
+                match kind {
+                    HEARTBEAT => continue,
+                    ABORT => {
+                        if let ReadFail::Abort { rank, reason } = read_abort_body(s, rank, len) {
+                            return Some(self.fail(CommError::PeerFailed { rank, reason }));
+                        }
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        None
     }
 
     /// Chunk c of a buffer of `n` values split `world` ways (the first `n % world` one longer).
@@ -296,8 +436,10 @@ impl Collectives for Ring {
                 if let Some(e) = &self.failed {
                     return Err(e.clone());
                 }
-                if let Err(f) = recv_data(&mut self.left, &mut buf[seg.clone()]) {
-                    let timeout = self.op_timeout;
+                let timeout = self.op_timeout;
+                let sent = AtomicBool::new(true);
+                let mut wait = Wait::new(timeout, Some((&self.right, &sent)));
+                if let Err(f) = recv_data(&mut self.left, &mut buf[seg.clone()], &mut wait) {
                     let err = match f {
                         ReadFail::Abort { rank, reason } => CommError::PeerFailed { rank, reason },
                         ReadFail::Io(e) => io_failure(self.left_rank(), &e, timeout),

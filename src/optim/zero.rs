@@ -61,6 +61,33 @@ struct MuonShard {
     second: usize,
 }
 
+/// One phase of a sharded step as [`ShardedMuonAdamW::begin_step_jobs`] lists it.
+#[derive(Clone, Debug)]
+pub enum ShardJob {
+    /// An AdamW parameter at `range`: `sharded`, its gradient is reduce-scattered, this rank updates `owned`
+    /// (moments at `state..` of its exp_avg/exp_avg_sq) and the rows are all-gathered; otherwise the gradient
+    /// is all-reduced and this rank updates all of it (`owned == range`).
+    AdamW {
+        range: Range<usize>,
+        owned: Range<usize>,
+        sharded: bool,
+        state: usize,
+        hyper: AdamHyper,
+    },
+    /// A Muon group: its matrices' flat ranges (upstream order), stacked `chunk × world` (zero padded) for
+    /// the reduce-scatter; this rank updates matrices `owned` (momentum at `state..`, second moments at
+    /// `second..`, in that order) and the chunks are all-gathered.
+    Muon {
+        matrices: Vec<Range<usize>>,
+        dims: (usize, usize),
+        chunk: usize,
+        owned: Range<usize>,
+        state: usize,
+        second: usize,
+        hyper: MuonHyper,
+    },
+}
+
 /// The sharded optimizer of one rank.
 pub struct ShardedMuonAdamW {
     /// Groups, hyperparameters and the step count (its own state buffers are left empty).
@@ -187,17 +214,8 @@ impl ShardedMuonAdamW {
         self.adam.iter().map(|p| p.owned.len()).collect()
     }
 
-    /// One step with this rank's (not yet averaged) gradients: the collectives average them across ranks,
-    /// every rank updates its shard, and the updated parameters are gathered so that `params` is the same
-    /// full vector on every rank afterwards.
-    pub fn step(
-        &mut self,
-        params: &mut [f32],
-        grads: &[f32],
-        s: &StepSettings,
-        comm: &mut dyn Collectives,
-    ) -> CommResult<()> {
-        assert_eq!(comm.world_size(), self.world, "communicator world size");
+    /// Counts a step and returns the hyperparameters of every slot for it.
+    fn begin_hypers(&mut self, s: &StepSettings) -> (HashMap<Slot, AdamHyper>, HashMap<Slot, MuonHyper>) {
         let mut adam_hyper: HashMap<Slot, AdamHyper> = HashMap::new();
         let mut muon_hyper: HashMap<Slot, MuonHyper> = HashMap::new();
         for job in self.inner.begin_step(s) {
@@ -218,6 +236,102 @@ impl ShardedMuonAdamW {
                 }
             }
         }
+        (adam_hyper, muon_hyper)
+    }
+
+    /// Counts a step and returns its phases with this rank's share, in the order [`ShardedMuonAdamW::step`]
+    /// runs them: for a device that runs the update kernels itself and only needs the plan (the collectives,
+    /// offsets into its own copies of the four state buffers, the hyperparameters).
+    pub fn begin_step_jobs(&mut self, s: &StepSettings) -> Vec<ShardJob> {
+        let (adam_hyper, muon_hyper) = self.begin_hypers(s);
+        let mut jobs = Vec::new();
+        for p in &self.adam {
+            jobs.push(ShardJob::AdamW {
+                range: p.range.clone(),
+                owned: p.owned.clone(),
+                sharded: p.sharded && self.world > 1,
+                state: p.state,
+                hyper: adam_hyper[&p.slot],
+            });
+        }
+        for m in &self.muon {
+            jobs.push(ShardJob::Muon {
+                matrices: m.params.iter().map(|(_, _, r)| r.clone()).collect(),
+                dims: m.dims,
+                chunk: m.chunk,
+                owned: m.owned.clone(),
+                state: m.state,
+                second: m.second,
+                hyper: muon_hyper[&m.params[0].1],
+            });
+        }
+        jobs
+    }
+
+    /// Lengths of this rank's four state buffers (exp_avg, exp_avg_sq, momentum, second moment).
+    pub fn state_lens(&self) -> [usize; 4] {
+        [
+            self.exp_avg.len(),
+            self.exp_avg_sq.len(),
+            self.momentum.len(),
+            self.second_moment.len(),
+        ]
+    }
+
+    /// This rank's four state buffers (for a device that keeps the state and syncs it for checkpoints).
+    pub fn state_buffers_mut(&mut self) -> [&mut [f32]; 4] {
+        [
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+            &mut self.momentum,
+            &mut self.second_moment,
+        ]
+    }
+
+    pub fn state_buffers(&self) -> [&[f32]; 4] {
+        [&self.exp_avg, &self.exp_avg_sq, &self.momentum, &self.second_moment]
+    }
+
+    /// One step with this rank's (not yet averaged) gradients: the collectives average them across ranks,
+    /// every rank updates its shard, and the updated parameters are gathered so that `params` is the same
+    /// full vector on every rank afterwards.
+    pub fn step(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        s: &StepSettings,
+        comm: &mut dyn Collectives,
+    ) -> CommResult<()> {
+        self.step_prereduced(params, grads, s, comm, &mut HashMap::new())
+    }
+
+    /// The sharded AdamW parameters whose gradient can be reduce-scattered on its own, before the step:
+    /// (start of the parameter in the flat buffer, length of this rank's share).
+    pub fn early_reduce_scatters(&self) -> HashMap<usize, usize> {
+        if self.world == 1 {
+            return HashMap::new();
+        }
+        self.adam
+            .iter()
+            .filter(|p| p.sharded)
+            .map(|p| (p.range.start, p.owned.len()))
+            .collect()
+    }
+
+    /// [`ShardedMuonAdamW::step`] where the reduce-scatter of some sharded AdamW gradients already ran
+    /// (during the backward pass: overlap): `pre` maps a parameter's start (see
+    /// [`ShardedMuonAdamW::early_reduce_scatters`]) to this rank's averaged share, and is emptied. The same
+    /// collective on the same final gradient gives the same share, so the step is bitwise the same.
+    pub fn step_prereduced(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        s: &StepSettings,
+        comm: &mut dyn Collectives,
+        pre: &mut HashMap<usize, Vec<f32>>,
+    ) -> CommResult<()> {
+        assert_eq!(comm.world_size(), self.world, "communicator world size");
+        let (adam_hyper, muon_hyper) = self.begin_hypers(s);
         let single = self.world == 1;
         for p in &self.adam {
             let h = adam_hyper[&p.slot];
@@ -225,6 +339,9 @@ impl ShardedMuonAdamW {
             let mut g = vec![0f32; p.owned.len()];
             if single {
                 g.copy_from_slice(&grads[p.range.clone()]);
+            } else if let Some(share) = pre.remove(&p.range.start) {
+                crate::dist::check_len("pre-reduced share", share.len(), g.len())?;
+                g = share;
             } else if p.sharded {
                 comm.reduce_scatter(&grads[p.range.clone()], &mut g, ReduceOp::Avg)?;
             } else {

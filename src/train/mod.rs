@@ -5,7 +5,6 @@
 //! [`crate::model`], checkpoint files are [`crate::checkpoint`].
 
 pub mod eval;
-pub mod grad_average;
 pub mod metrics;
 pub mod mid;
 pub mod mixtures;

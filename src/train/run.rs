@@ -3,7 +3,6 @@
 //! train one step of `grad_accum` micro-batches, log.
 
 use super::eval::{bpb_sums, sample_greedy, SAMPLE_PROMPTS};
-use super::grad_average::GradAverage;
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
 use super::ranks::{self, Ranks};
@@ -155,6 +154,43 @@ pub struct TrainArgs {
     /// Seconds the ranks wait for each other (to join, and for data in a collective) before failing.
     #[arg(long, default_value_t = 600)]
     pub dist_timeout: u64,
+    /// Seconds a collective waits for a rank that sends nothing (hung, or busy elsewhere) before every rank
+    /// fails naming it (0 = --dist-timeout). Must exceed the longest gap between two collectives of a rank.
+    #[arg(long, default_value_t = 0)]
+    pub hang_timeout: u64,
+    /// Data-parallel on the cpu device: reduce-scatter the gradients of lm_head and the value embeddings on a
+    /// communication thread during the last micro-batch's backward pass instead of after it (the same
+    /// results, bitwise; every rank must be given the same setting).
+    #[arg(long)]
+    pub overlap_comm: bool,
+}
+
+/// A fault planted on one rank to test the failure paths (`NANOCHAT_FAULT=kind:rank:step`, not a user
+/// setting): `hang-at-save` stops the rank for good at the checkpoint of that step, after writing its shard
+/// and before the barrier; `nan-loss` makes that step's first loss on that rank NaN.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    HangAtSave { rank: usize, step: usize },
+    NanLoss { rank: usize, step: usize },
+}
+
+impl Fault {
+    fn from_env() -> Result<Option<Fault>, String> {
+        let Ok(v) = std::env::var("NANOCHAT_FAULT") else {
+            return Ok(None);
+        };
+        let parts: Vec<&str> = v.split(':').collect();
+        let bad = || format!("NANOCHAT_FAULT={v:?}: expected hang-at-save:RANK:STEP or nan-loss:RANK:STEP");
+        let [kind, rank, step] = parts[..] else {
+            return Err(bad());
+        };
+        let (rank, step) = (rank.parse().map_err(|_| bad())?, step.parse().map_err(|_| bad())?);
+        match kind {
+            "hang-at-save" => Ok(Some(Fault::HangAtSave { rank, step })),
+            "nan-loss" => Ok(Some(Fault::NanLoss { rank, step })),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// What a run reports at its end.
@@ -230,9 +266,14 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
     };
     // Join the other ranks before the expensive part, so a mismatched launch fails at once.
     let user_config = serde_json::to_value(args).map_err(|e| e.to_string())?;
+    let hang = if args.hang_timeout > 0 {
+        args.hang_timeout
+    } else {
+        args.dist_timeout
+    };
     let timeouts = crate::dist::Timeouts {
         connect: std::time::Duration::from_secs(args.dist_timeout),
-        op: std::time::Duration::from_secs(args.dist_timeout),
+        op: std::time::Duration::from_secs(hang),
     };
     let fp = ranks::fingerprint(&user_config, &tok_id.fingerprint, world, resume_step);
     let ranks = Ranks::join(info, &fp, args.device == Backend::Cuda, &timeouts)?;
@@ -270,6 +311,7 @@ fn train_ranked(
     user_config: serde_json::Value,
 ) -> Result<Summary, String> {
     let main = ranks.is_main();
+    let fault = Fault::from_env()?;
     let say = |s: String| {
         if main {
             println!("{s}");
@@ -309,6 +351,7 @@ fn train_ranked(
                     .with_storage(args.device.cpu_storage().unwrap_or(Storage::F32));
                 Ok(Box::new(if world > 1 {
                     m.data_parallel(&plan.optimizer, ranks.comm.clone(), rank, world)
+                        .with_overlap(args.overlap_comm)
                 } else {
                     m
                 }))
@@ -321,10 +364,7 @@ fn train_ranked(
                     m.memory_report(b, t)
                 ));
                 Ok(if world > 1 {
-                    Box::new(GradAverage {
-                        inner: Box::new(m),
-                        comm: ranks.comm.clone(),
-                    })
+                    Box::new(m.data_parallel(&plan.optimizer, ranks.comm.clone(), rank, world)?)
                 } else {
                     Box::new(m)
                 })
@@ -490,6 +530,12 @@ fn train_ranked(
             } else {
                 ranks::save_shard(ckpt_dir, step, rank, None, &states)?;
             }
+            if fault == Some(Fault::HangAtSave { rank, step }) {
+                eprintln!("rank {rank}: NANOCHAT_FAULT: hanging at the checkpoint of step {step}");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
             ranks.barrier("checkpoint")?;
             if main {
                 let meta = Meta {
@@ -520,9 +566,15 @@ fn train_ranked(
         for j in 0..accum {
             let batch = loaders[j / per_rank].next_batch();
             let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
+            if j + 1 == accum {
+                model.final_micro_batch();
+            }
             losses.extend(model.forward_backward_queued(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?);
         }
         losses.extend(model.take_losses()?);
+        if fault == Some(Fault::NanLoss { rank, step }) {
+            losses[0] = f32::NAN;
+        }
         if let Some(bad) = losses.iter().find(|l| !l.is_finite()) {
             return Err(format!(
                 "rank {rank}: the loss became {bad} at step {step}; stopping without saving. The last good \
