@@ -1,6 +1,7 @@
-//! The inference engine (spec §6): prefill the prompt once at batch 1, copy the cache into `num_samples` rows,
-//! then decode all rows together with temperature / top-k sampling from one seeded RNG, forcing the calculator's
-//! output tokens into a row after it closes a `<|python_start|>`..`<|python_end|>` block.
+//! The inference engine (spec §6): prefill the prompt once in row 0, copy its cache into the other of
+//! `num_samples` rows, then decode all rows together with temperature / top-k sampling from one seeded RNG,
+//! forcing the calculator's output tokens into a row after it closes a `<|python_start|>`..`<|python_end|>`
+//! block. [`batch`] runs many different prompts at once (continuous batching), each with its own RNG.
 //!
 //! The model is anything implementing [`InferModel`]; the CPU reference implements it here, kernel devices
 //! implement it with their own cache type.

@@ -10,6 +10,7 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -320,11 +321,16 @@ fn chat_reply<M: InferModel + Sync>(
                 return busy(req, &why);
             }
         };
-        match rx.recv() {
+        // The lane answers Timeout itself after the queue timeout, between two steps; the extra second covers a
+        // step in progress, and a lane that stopped.
+        let waiting = "server busy: timed out waiting for a free row of the KV cache";
+        match rx.recv_timeout(sh.opts.queue_timeout + std::time::Duration::from_secs(1)) {
             Ok(Msg::Started) => (Source::Lane(rx), i),
-            Ok(Msg::Timeout) => return busy(req, "server busy: timed out waiting for a free row of the KV cache"),
+            Ok(Msg::Timeout) | Err(RecvTimeoutError::Timeout) => return busy(req, waiting),
             Ok(Msg::Failed(e)) => return fail(req, 500, &e, None),
-            Ok(Msg::Token { .. }) | Err(_) => return fail(req, 500, "the batch stopped", None),
+            Ok(Msg::Token { .. }) | Err(RecvTimeoutError::Disconnected) => {
+                return fail(req, 500, "the batch stopped", None)
+            }
         }
     };
     let waited = t0.elapsed();
