@@ -89,12 +89,12 @@ fn run(args: &Args) -> Result<(), String> {
     let t = args.seq;
     let b = match args.batch {
         0 => {
-            let (free, _) = model
-                .device()
-                .memory_info()
-                .ok_or_else(|| format!("{name} reports no free memory: give --batch"))?;
+            if model.device().memory_info().is_none() {
+                return Err(format!("{name} reports no free memory: give --batch"));
+            }
+            // The model is on the device already: its memory counts once (free + what it holds).
             model
-                .largest_batch(t, free)
+                .largest_batch_now(t)
                 .ok_or_else(|| format!("depth {} does not fit on {name}", args.depth))?
                 .min(32)
         }

@@ -7,7 +7,20 @@
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
+#if defined(__CUDACC_RTC__)
+// NVRTC (the CUDA 12 build, tools/build_fatbin12.py) has no C library headers.
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef short int16_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+typedef unsigned long long uintptr_t;
+#else
 #include <stdint.h>
+#endif
 // One file-scope declaration: block-scope ones in templates and plain functions conflict in linkage.
 extern __shared__ __align__(16) unsigned char dyn_smem_raw_[];
 #define DYNAMIC_SMEM(T, name) T* name = reinterpret_cast<T*>(dyn_smem_raw_)

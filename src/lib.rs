@@ -9,6 +9,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod common;
 pub mod config;
+pub mod core_eval;
 pub mod cpu;
 pub mod data;
 pub mod device;

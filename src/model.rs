@@ -20,6 +20,24 @@ pub trait ModelDevice {
     /// gradient buffer and returns the mean loss.
     fn forward_backward(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize, scale: f32)
         -> Result<f32, String>;
+    /// [`ModelDevice::forward_backward`] without waiting for the loss where the device can keep it: a kernel
+    /// device queues the micro-batch and leaves its loss on the device (`Ok(None)`), to be read with the others
+    /// by [`ModelDevice::take_losses`], once per optimizer step. Elsewhere the loss comes back at once.
+    fn forward_backward_queued(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<Option<f32>, String> {
+        self.forward_backward(ids, targets, b, t, scale).map(Some)
+    }
+    /// The mean losses of the micro-batches [`ModelDevice::forward_backward_queued`] left on the device since
+    /// the last call, in order (one read from the device).
+    fn take_losses(&mut self) -> Result<Vec<f32>, String> {
+        Ok(Vec::new())
+    }
     /// Forward and backward of `(b, t)` with one weight per row: adds `scale ×` the gradient of
     /// `Σ_r weights[r] · Σ_t CE(r, t)` (a weighted *sum* over the supervised targets, the policy-gradient loss of
     /// chat_rl) and returns that weighted sum. The default composes it from [`ModelDevice::forward_backward`]:

@@ -5,10 +5,18 @@
 //! `(L, out, in)` (Muon runs batched over the stack; elementwise optimizer kernels launch once per slot).
 //! Gradients and optimizer state use the same layout. Checkpoints, safetensors import/export and optimizer
 //! dispatch all read this table; nothing else knows offsets.
+//!
+//! Every slot starts on a multiple of [`SLOT_ALIGN`] elements (the gaps between slots are zero padding that
+//! belongs to no parameter), so that each slot is 256-byte aligned in the bf16 copy and 512-byte aligned in
+//! the fp32 master and gradients on a device, as fast GEMM kernels want their operands. Files (checkpoints,
+//! safetensors) hold every parameter under its name, so the padding never reaches them.
 
 use crate::config::{ModelConfig, SMEAR_CHANNELS, VE_GATE_CHANNELS};
 use crate::rng::Rng;
 use std::ops::Range;
+
+/// Slot offsets in the flat buffer are multiples of this many elements (256 bytes of bf16).
+pub const SLOT_ALIGN: usize = 128;
 
 /// One stacked tensor family of the flat buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,6 +135,7 @@ pub struct ParamTable {
     pub slots: Vec<SlotSpec>,
     /// Every upstream parameter, in upstream module order.
     pub params: Vec<ParamRef>,
+    /// Length of the flat buffer: the parameters plus the padding between slots.
     pub numel: usize,
 }
 
@@ -239,8 +248,9 @@ impl ParamTable {
             spec(SmearLambda, &one, vec![1], Init::Zeros, AdamSmear, f32d),
             spec(BackoutLambda, &one, vec![1], Init::Const(0.2), AdamSmear, f32d),
         ];
-        let mut offset = 0;
+        let mut offset = 0usize;
         for s in slots.iter_mut() {
+            offset = offset.next_multiple_of(SLOT_ALIGN);
             s.offset = offset;
             offset += s.numel();
         }
@@ -307,9 +317,10 @@ impl ParamTable {
         self.params.iter().find(|p| p.name == name)
     }
 
-    /// Fills `buf` (len `numel`) per the init rules of spec §1.6, one independent RNG stream per copy.
+    /// Fills `buf` (len `numel`, padding zeroed) per the init rules of spec §1.6, one independent RNG stream per copy.
     pub fn init(&self, buf: &mut [f32], seed: u64) {
         assert_eq!(buf.len(), self.numel, "parameter buffer has the wrong length");
+        buf.fill(0.0); // the padding between slots
         for (si, spec) in self.slots.iter().enumerate() {
             for k in 0..spec.count() {
                 let dst = &mut buf[spec.copy_range(k)];
@@ -362,22 +373,52 @@ mod tests {
     }
 
     #[test]
-    fn layout_is_contiguous_and_matches_counts() {
+    fn layout_is_packed_up_to_alignment_and_matches_counts() {
         for cfg in [small(4, 2, 512), small(3, 1, 700), small(1, 1, 100)] {
             let t = ParamTable::new(&cfg);
-            assert_eq!(t.numel, cfg.counts().total);
-            let mut end = 0;
+            let mut end = 0usize;
             for s in &t.slots {
-                assert_eq!(s.offset, end);
-                end += s.numel();
+                assert_eq!(s.offset, end.next_multiple_of(SLOT_ALIGN), "{:?}", s.slot);
+                end = s.offset + s.numel();
             }
-            // Every element belongs to exactly one upstream parameter.
+            assert_eq!(t.numel, end);
+            // Every parameter element belongs to exactly one upstream parameter; the rest is padding.
             let mut covered = vec![0u8; t.numel];
             for p in &t.params {
                 assert_eq!(p.range.len(), p.shape.iter().product::<usize>(), "{}", p.name);
                 covered[p.range.clone()].iter_mut().for_each(|c| *c += 1);
             }
-            assert!(covered.iter().all(|&c| c == 1));
+            assert!(covered.iter().all(|&c| c <= 1));
+            assert_eq!(covered.iter().filter(|&&c| c == 1).count(), cfg.counts().total);
+            assert!(t.numel - cfg.counts().total < SLOT_ALIGN * t.slots.len());
+        }
+    }
+
+    #[test]
+    fn every_matrix_slot_is_256_byte_aligned_at_every_depth() {
+        for depth in 4..=32 {
+            let cfg = ModelConfig::from_depth(depth, 64, 128, 2048, 32768, "SSSL");
+            let t = ParamTable::new(&cfg);
+            for s in &t.slots {
+                // bf16 copy, fp32 master and fp32 gradients: the same element offset.
+                for bytes in [2, 4] {
+                    assert_eq!(
+                        s.offset * bytes % 256,
+                        0,
+                        "d{depth} {:?} at element {}",
+                        s.slot,
+                        s.offset
+                    );
+                }
+                // The matrices the GEMMs read copy by copy (every rank-2 slot but the tiny gates, which
+                // only elementwise kernels read) stay aligned in every copy of the stack.
+                if s.shape.len() == 2 && !matches!(s.slot, Slot::VeGate | Slot::SmearGate) {
+                    for k in 0..s.count() {
+                        let at = s.copy_range(k).start;
+                        assert_eq!(at * 2 % 256, 0, "d{depth} {:?} copy {k} at element {at}", s.slot);
+                    }
+                }
+            }
         }
     }
 

@@ -49,3 +49,63 @@ fn attention_and_model_ops_benches_run_on_the_emulator() {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
 }
+
+/// `bench/gpu_report.sh` on a machine without a GPU (forced: `NVIDIA_SMI` names no program, or one that
+/// lists no GPU) ends at once with a "no GPU" line for every step of its run order and exits 0; it never
+/// waits on a GPU that is not there.
+#[test]
+fn gpu_report_without_a_gpu_says_so_for_every_step() {
+    use std::time::{Duration, Instant};
+    let steps = [
+        "driver",
+        "selfcheck_debug",
+        "selfcheck_cu12",
+        "kernel_bench",
+        "attention_bench",
+        "model_ops_bench",
+        "parity",
+        "step_d12",
+        "step_d26",
+    ];
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (smi, reason) in [
+        ("/nonexistent/nvidia-smi", "nvidia-smi not found"),
+        ("true", "nvidia-smi lists no GPU"),
+    ] {
+        let out = std::env::temp_dir().join(format!("gpu_report_{}_{}", std::process::id(), reason.len()));
+        let mut child = Command::new("bash")
+            .arg(format!("{root}/bench/gpu_report.sh"))
+            .arg(format!("{root}/target/nonexistent-bin"))
+            .arg(&out)
+            .env("NVIDIA_SMI", smi)
+            .current_dir(root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A hang guard only (the script takes about a second): a run that has not ended after two minutes
+        // is a hang.
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("gpu_report.sh hangs without a GPU");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let res = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&res.stdout).to_string();
+        assert!(res.status.success(), "{text}{}", String::from_utf8_lossy(&res.stderr));
+        let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap();
+        assert_eq!(summary, text, "summary.txt holds what was printed");
+        let lines: Vec<&str> = summary.lines().collect();
+        assert_eq!(lines.len(), steps.len() + 1, "{summary}");
+        for (line, step) in lines.iter().zip(steps) {
+            assert_eq!(*line, format!("{step}: no GPU ({reason}): skipped"));
+        }
+        assert!(lines[steps.len()].starts_with("no GPU on this machine"), "{summary}");
+        let libs = std::fs::read_to_string(out.join("libraries.txt")).unwrap();
+        assert!(libs.contains("libcuda:") && libs.contains("libcublasLt:"), "{libs}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

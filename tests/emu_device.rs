@@ -216,3 +216,94 @@ fn gemm_rejects_bad_descriptions() {
     let e = d.gemm(&ok.clone().transpose_a().transpose_b()).map(|_| ()).err();
     assert!(e.is_none(), "{e:?}");
 }
+
+/// A micro-step on a kernel device waits for the device once, when its ids, buckets and targets go up
+/// together before the first launch: nothing inside forward and backward synchronises (no upload after the
+/// lm-head GEMM, no loss read, no per-call embedding upload), and the losses of a whole optimizer step are
+/// read back once.
+#[test]
+fn a_micro_step_synchronises_only_for_its_upload_and_a_step_reads_the_losses_once() {
+    use nanochat::config::ModelConfig;
+    use nanochat::device::model::KernelModel;
+    use nanochat::model::ModelDevice;
+    use nanochat::optim::{SetupArgs, StepSettings};
+    use nanochat::params::ParamTable;
+    let config = ModelConfig {
+        sequence_len: 16,
+        vocab_size: 64,
+        n_layer: 2,
+        n_head: 1,
+        n_kv_head: 1,
+        n_embd: 64,
+        window_pattern: "SL".into(),
+    };
+    let table = ParamTable::new(&config);
+    let mut params = vec![0.0; table.numel];
+    table.init(&mut params, 5);
+    let setup = SetupArgs::default();
+    let emu = EmuDevice::new(Schedule::Forward);
+    let log = emu.sync_log();
+    let mut model = KernelModel::new(Box::new(emu), &config, &params, &setup).unwrap();
+    let (b, t) = (2, 16);
+    let batch = |k: u32| -> (Vec<u32>, Vec<i32>) {
+        let ids: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 7 + k) % 64).collect();
+        let targets: Vec<i32> = ids.iter().map(|&x| ((x + 1) % 64) as i32).collect();
+        (ids, targets)
+    };
+    let settings = StepSettings {
+        lr_multiplier: 1.0,
+        muon_momentum: 0.95,
+        muon_weight_decay: 0.0,
+    };
+    let mut queued_losses = Vec::new();
+    for step in 0..2 {
+        for k in 0..3 {
+            let (ids, targets) = batch(k);
+            log.clear();
+            let ops_before = log.ops();
+            let r = model.forward_backward_queued(&ids, &targets, b, t, 1.0 / 3.0).unwrap();
+            assert_eq!(r, None, "the loss stays on the device");
+            let points = log.points();
+            assert!(
+                log.ops() > ops_before + 20,
+                "forward and backward launched their kernels"
+            );
+            assert_eq!(
+                points,
+                vec![nanochat::device::emu::SyncPoint {
+                    kind: "upload",
+                    after_ops: ops_before
+                }],
+                "step {step} micro-step {k}: one upload, before the first launch, and no other wait"
+            );
+        }
+        log.clear();
+        let losses = model.take_losses().unwrap();
+        assert_eq!(losses.len(), 3);
+        assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0), "{losses:?}");
+        assert_eq!(
+            log.points().len(),
+            1,
+            "one read for the step's losses: {:?}",
+            log.points()
+        );
+        assert!(model.take_losses().unwrap().is_empty());
+        model.step(&settings).unwrap();
+        queued_losses.extend(losses);
+    }
+    // The same steps with the loss read back after every micro-step give the same losses.
+    let mut again = KernelModel::new(Box::new(EmuDevice::new(Schedule::Forward)), &config, &params, &setup).unwrap();
+    let mut direct = Vec::new();
+    for _ in 0..2 {
+        for k in 0..3 {
+            let (ids, targets) = batch(k);
+            direct.push(again.forward_backward(&ids, &targets, b, t, 1.0 / 3.0).unwrap());
+        }
+        again.step(&settings).unwrap();
+    }
+    assert_eq!(queued_losses, direct);
+    assert!(
+        direct[3] < direct[0],
+        "training on repeated batches lowers the loss: {direct:?}"
+    );
+}

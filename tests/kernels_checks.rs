@@ -52,6 +52,7 @@ check_tests! {
     rmsnorm_mix_backward => "rmsnorm_mix_backward (fused)",
     rmsnorm_backout_backward => "rmsnorm_backout_backward (fused)",
     gemm => "gemm (transposes, batches, beta)",
+    gemm_on_slots => "gemm on the parameter table's slots (alignment)",
     attention_flash => "attention flash fwd/bwd (d64, d128)",
     attention_naive => "attention naive fwd/bwd",
     rope_qknorm => "rope_qknorm fwd/bwd (strided q, k)",

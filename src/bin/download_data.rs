@@ -6,6 +6,7 @@
 //! Debian packages (see `tools/setup_default_data.sh`) into `base_data_default/`.
 //! `download_data --tasks` fetches the chat tasks' datasets from the Hugging Face hub into `task_data/`, the
 //! spelling word list, and writes the identity conversations.
+//! `download_data --eval-bundle` fetches the CORE evaluation bundle and unpacks it into `eval_bundle/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,13 @@ struct Args {
     /// training data (SmolTalk, MMLU auxiliary_train, GSM8K train).
     #[arg(long)]
     eval_only: bool,
+    /// Fetch the CORE evaluation bundle (`eval_bundle.zip`, the DCLM tasks) and unpack it into
+    /// $NANOCHAT_BASE_DIR/eval_bundle (or under --dir).
+    #[arg(long)]
+    eval_bundle: bool,
+    /// With --eval-bundle: fetch the zip from this URL instead of upstream's (a mirror).
+    #[arg(long, default_value = nanochat::core_eval::EVAL_BUNDLE_URL)]
+    eval_bundle_url: String,
 }
 
 /// `--tasks`: every split, the word list and the identity conversations; failures are listed at the end.
@@ -106,6 +114,26 @@ fn download_tasks(args: &Args, opts: &DownloadOptions) -> Result<(), Box<dyn std
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
+    if args.eval_bundle {
+        use nanochat::core_eval::{download_eval_bundle, BundleOutcome, EVAL_BUNDLE_DIR};
+        let base = args.dir.clone().unwrap_or_else(base_dir);
+        let opts = DownloadOptions {
+            attempts: args.attempts,
+            timeout: Duration::from_secs(args.timeout),
+            ..DownloadOptions::default()
+        };
+        let dir = base.join(EVAL_BUNDLE_DIR);
+        match download_eval_bundle(&base, &args.eval_bundle_url, &opts)? {
+            BundleOutcome::Present => println!("download_data: eval bundle: already present in {}", dir.display()),
+            BundleOutcome::Downloaded { bytes } => println!(
+                "download_data: eval bundle: {:.1} MB unpacked into {} ({:.1}s)",
+                bytes as f64 / 1e6,
+                dir.display(),
+                start.elapsed().as_secs_f64()
+            ),
+        }
+        return Ok(());
+    }
     if args.tasks {
         let opts = DownloadOptions {
             attempts: args.attempts,

@@ -128,6 +128,12 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     tok.save(&out_dir.join(tokenizer::TOKENIZER_FILE))?;
     files::save_token_bytes(&tok, &out_dir.join(tokenizer::TOKEN_BYTES_FILE))?;
     files::export_tiktoken(&tok, &out_dir.join(tokenizer::TIKTOKEN_FILE))?;
+    // The record the report card reads.
+    let record = serde_json::json!({
+        "train_time": train_s, "documents": n_docs.get(), "characters": n_chars.get(),
+        "vocab_size": tok.vocab_size(), "max_chars": args.max_chars, "doc_cap": args.doc_cap,
+    });
+    std::fs::write(out_dir.join("tok_train.json"), format!("{record:#}\n"))?;
     println!("saved tokenizer to {}", out_dir.display());
     Ok(())
 }

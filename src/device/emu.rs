@@ -32,9 +32,59 @@ extern "C" {
 /// Live allocations (address -> size), so that copies and GEMMs are checked against their buffers.
 type Allocs = Arc<Mutex<BTreeMap<u64, usize>>>;
 
+/// A point where the CUDA device would make the host wait for its stream: an upload (which waits for the
+/// copy), a download (which waits for all queued work) or an explicit synchronisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPoint {
+    /// "upload", "download" or "synchronize".
+    pub kind: &'static str,
+    /// Launches and GEMMs queued on the device before it.
+    pub after_ops: usize,
+}
+
+#[derive(Default)]
+struct SyncState {
+    ops: usize,
+    points: Vec<SyncPoint>,
+}
+
+/// The synchronisation points of an [`EmuDevice`], shared with whoever holds a handle (the device itself may
+/// be owned by a model): how tests count the waits a GPU would have in a step.
+#[derive(Clone, Default)]
+pub struct SyncLog(Arc<Mutex<SyncState>>);
+
+impl SyncLog {
+    fn with<T>(&self, f: impl FnOnce(&mut SyncState) -> T) -> T {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+    fn op(&self) {
+        self.with(|s| s.ops += 1)
+    }
+    fn sync(&self, kind: &'static str) {
+        self.with(|s| {
+            let after_ops = s.ops;
+            s.points.push(SyncPoint { kind, after_ops })
+        })
+    }
+    /// Launches and GEMMs so far.
+    pub fn ops(&self) -> usize {
+        self.with(|s| s.ops)
+    }
+    /// Every synchronisation point so far, in order.
+    pub fn points(&self) -> Vec<SyncPoint> {
+        self.with(|s| s.points.clone())
+    }
+    /// Forgets the points recorded so far (the op count goes on).
+    pub fn clear(&self) {
+        self.with(|s| s.points.clear())
+    }
+}
+
 pub struct EmuDevice {
     schedule: Schedule,
     allocs: Allocs,
+    syncs: SyncLog,
 }
 
 impl EmuDevice {
@@ -42,7 +92,13 @@ impl EmuDevice {
         EmuDevice {
             schedule,
             allocs: Arc::new(Mutex::new(BTreeMap::new())),
+            syncs: SyncLog::default(),
         }
+    }
+
+    /// A handle on this device's synchronisation points.
+    pub fn sync_log(&self) -> SyncLog {
+        self.syncs.clone()
     }
 
     pub fn schedule(&self) -> Schedule {
@@ -111,6 +167,7 @@ impl Device for EmuDevice {
 
     fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         self.check_range(dst, src.len(), "upload")?;
+        self.syncs.sync("upload");
         // SAFETY: the destination range lies inside a live allocation (checked above).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
         Ok(())
@@ -118,6 +175,7 @@ impl Device for EmuDevice {
 
     fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
         self.check_range(src, dst.len(), "download")?;
+        self.syncs.sync("download");
         // SAFETY: the source range lies inside a live allocation (checked above).
         unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
@@ -146,6 +204,7 @@ impl Device for EmuDevice {
 
     fn launch(&self, name: &str, grid: Dim3, block: Dim3, smem_bytes: u32, args: &[Arg]) -> Result<()> {
         let cname = CString::new(name).map_err(|_| DeviceError(format!("kernel name {name:?} contains NUL")))?;
+        self.syncs.op();
         let mut values: Vec<[u8; 8]> = Vec::with_capacity(args.len());
         let mut sizes: Vec<usize> = Vec::with_capacity(args.len());
         for a in args {
@@ -190,6 +249,7 @@ impl Device for EmuDevice {
 
     fn gemm(&self, g: &Gemm) -> Result<()> {
         g.validate()?;
+        self.syncs.op();
         let (a, b, c) = g.extents();
         self.check_range(g.a, a, "gemm operand A")?;
         self.check_range(g.b, b, "gemm operand B")?;
@@ -212,6 +272,7 @@ impl Device for EmuDevice {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.syncs.sync("synchronize");
         Ok(())
     }
 }

@@ -97,9 +97,10 @@ impl KernelModel {
         })
     }
 
-    /// Forward over `ids (b, t)`. With targets: per-token losses into the arena and, when `dloss != 0`, the
-    /// logits replaced by the gradient of `dloss · Σ losses` (ready for [`KernelModel::backward`]). Returns
-    /// the sum of the losses (0 without targets).
+    /// Forward over `ids (b, t)`. With targets: per-token losses into the arena, their sum into the f32 at
+    /// `loss_sum` (on the device: nothing is read back) and, when `dloss != 0`, the logits replaced by the
+    /// gradient of `dloss · Σ losses` (ready for [`KernelModel::backward`]). The ids, their buckets and the
+    /// targets go to the device in one upload before the first launch; after it the forward only queues work.
     pub(super) fn forward(
         &mut self,
         ids: &[u32],
@@ -107,18 +108,28 @@ impl KernelModel {
         b: usize,
         t: usize,
         dloss: f32,
-    ) -> std::result::Result<f32, String> {
+        loss_sum: Option<DevPtr>,
+    ) -> std::result::Result<(), String> {
         check_batch(&self.config, self.positions, ids, targets, b, t)?;
         self.ensure_arena(b, t)?;
         let arena = self.arena.as_mut().expect("arena allocated");
         let vp = self.config.padded_vocab();
-        let uploaded = embedding::upload_ids(self.dev.as_ref(), arena.acts.ids, ids, vp);
+        let uploaded = embedding::upload_batch(self.dev.as_ref(), arena.acts.ids, ids, targets, vp);
         arena.ids = Some(uploaded.map_err(|e| format!("{}: forward: {e}", self.dev.name()))?);
-        self.forward_kernels(ids, targets, b, t, dloss)
+        let loss_sum = loss_sum.unwrap_or(arena.acts.loss_sum);
+        self.forward_kernels(ids, targets.is_some(), b, t, dloss, loss_sum)
             .map_err(|e| format!("{}: forward: {e}", self.dev.name()))
     }
 
-    fn forward_kernels(&self, ids: &[u32], targets: Option<&[i32]>, b: usize, t: usize, dloss: f32) -> Result<f32> {
+    fn forward_kernels(
+        &self,
+        ids: &[u32],
+        targets: bool,
+        b: usize,
+        t: usize,
+        dloss: f32,
+        loss_sum: DevPtr,
+    ) -> Result<()> {
         let cfg = &self.config;
         let dev = self.dev.as_ref();
         let a = &self.arena.as_ref().expect("arena allocated").acts;
@@ -190,21 +201,12 @@ impl KernelModel {
         model_ops::backout_forward(dev, a.xf, a.res[l], a.res[mid + 1], backout, n * c)?;
         rmsnorm::rmsnorm_forward(dev, a.xnf, a.rstd_f, a.xf, n, c)?;
         self.linear(mat(a.logits, vp), mat(a.xnf, c), self.weight(Slot::LmHead, 0), n)?;
-        let Some(y) = targets else {
-            return Ok(0.0);
-        };
-        dev.upload(a.targets, bytemuck::cast_slice(y))?;
+        if !targets {
+            return Ok(());
+        }
+        // The targets came with the ids (`forward`): no upload here, which would wait for the whole forward.
         cross_entropy::softcap_ce(dev, a.logits, a.losses, a.targets, dloss, n, v, vp)?;
-        reduce::reduce(
-            dev,
-            a.loss_sum,
-            a.reduce_scratch,
-            a.losses,
-            Dtype::F32,
-            n,
-            Reduction::Sum,
-        )?;
-        Ok(dev.download_vec::<f32>(a.loss_sum, 1)?[0])
+        reduce::reduce(dev, loss_sum, a.reduce_scratch, a.losses, Dtype::F32, n, Reduction::Sum)
     }
 
     /// RoPE + QK-norm over `heads` heads of the q‖k rows of `n` tokens (sequences of `t`).

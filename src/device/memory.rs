@@ -24,8 +24,9 @@ pub(super) const ALIGN: usize = 256;
 /// Where each activation of one micro-batch lives: every field is carved by [`carve`], so a field added
 /// here and there has its own memory (there is no other list of the fields).
 pub(super) struct Acts {
-    /// The token ids and their buckets by id ([`embedding::upload_ids`]).
+    /// The token ids, their buckets by id and the targets, uploaded together ([`embedding::upload_batch`]).
     pub(super) ids: DevPtr,
+    /// Inside `ids`' part, at [`embedding::targets_at`].
     pub(super) targets: DevPtr,
     pub(super) emb: DevPtr,
     pub(super) xe: DevPtr,
@@ -157,8 +158,8 @@ fn carve(cfg: &ModelConfig, b: usize, t: usize, cv: &mut Carver) -> Acts {
     const LAYER: &str = "saved per-layer activations";
     const HEAD: &str = "final norm, logits, losses";
     const BWD: &str = "backward scratch";
-    let ids = cv.take(EMB, embedding::ids_bytes(n));
-    let targets = cv.take(EMB, n * 4);
+    let ids = cv.take(EMB, embedding::batch_bytes(n));
+    let targets = embedding::targets_at(ids, n);
     let emb = cv.take(EMB, rows(c));
     let xe = cv.take(EMB, rows(c));
     let rstd0 = cv.take(EMB, n * F32);
@@ -381,18 +382,35 @@ pub(super) fn memory_report(
         total as f64 / (1 << 20) as f64
     );
     if let Some((free, device_total)) = dev.memory_info() {
-        // What is allocated now (parameters, gradients, state, scratch) counts as available to the plan.
-        let allocated = stat.values().sum::<usize>() + arena_now.map_or(0, |(ab, at)| ArenaLayout::size(cfg, ab, at));
         let _ = write!(
             out,
             "\n  device: {:.1} GiB total, {:.1} GiB free; largest device batch at T = {t}: {}",
             device_total as f64 / (1u64 << 30) as f64,
             free as f64 / (1u64 << 30) as f64,
-            largest_batch(cfg, table, opt, t, free + allocated)
+            largest_batch_now(cfg, table, opt, arena_now, t, free)
                 .map_or("none (the model alone does not fit)".to_string(), |x| x.to_string())
         );
     }
     out
+}
+
+/// The bytes a model holds on its device: its static memory and, when allocated, the arena of micro-batches
+/// `arena_now`.
+pub fn held_bytes(cfg: &ModelConfig, table: &ParamTable, opt: &MuonAdamW, arena_now: Option<(usize, usize)>) -> usize {
+    static_memory(table, opt).values().sum::<usize>() + arena_now.map_or(0, |(ab, at)| ArenaLayout::size(cfg, ab, at))
+}
+
+/// [`largest_batch`] for a model already on its device, whose `free` bytes (as the device reports them now)
+/// exclude what the model holds: that memory counts as available (once).
+pub fn largest_batch_now(
+    cfg: &ModelConfig,
+    table: &ParamTable,
+    opt: &MuonAdamW,
+    arena_now: Option<(usize, usize)>,
+    t: usize,
+    free: usize,
+) -> Option<usize> {
+    largest_batch(cfg, table, opt, t, free + held_bytes(cfg, table, opt, arena_now))
 }
 
 /// The largest device batch at sequence length `t` whose parameters, gradients, optimizer state and
@@ -448,6 +466,28 @@ mod tests {
             );
         }
         assert_eq!(largest_batch(&c, &table, &opt, 2048, fixed / 2), None);
+    }
+
+    #[test]
+    fn a_model_on_its_device_counts_its_own_memory_once() {
+        let c = cfg(4);
+        let table = ParamTable::new(&c);
+        let opt = MuonAdamW::new(&table, &SetupArgs::default());
+        let fixed: usize = static_memory(&table, &opt).values().sum();
+        for b in [1, 3, 8] {
+            // A device with room for exactly b rows before the model was put on it...
+            let total_free = fixed + ArenaLayout::size(&c, b, 2048);
+            assert_eq!(largest_batch(&c, &table, &opt, 2048, total_free), Some(b));
+            // ...reports `total_free - fixed` once the model is there, and the same b must come out.
+            let now = total_free - fixed;
+            assert_eq!(largest_batch_now(&c, &table, &opt, None, 2048, now), Some(b));
+            // With an arena of 1 x 2048 allocated too.
+            let arena = ArenaLayout::size(&c, 1, 2048);
+            assert_eq!(
+                largest_batch_now(&c, &table, &opt, Some((1, 2048)), 2048, now - arena),
+                Some(b)
+            );
+        }
     }
 
     #[test]

@@ -55,7 +55,16 @@ pub struct KernelModel {
     pub(super) sin: Buffer,
     pub(super) positions: usize,
     pub(super) arena: Option<Arena>,
+    /// The loss sums of the queued micro-batches ([`ModelDevice::forward_backward_queued`]), f32, one slot each.
+    pub(super) loss_log: Buffer,
+    /// The supervised-target count of each micro-batch whose loss sum is in `loss_log`.
+    pub(super) queued: Vec<usize>,
+    /// Mean losses read back already (a full `loss_log`) and not taken yet.
+    pub(super) taken: Vec<f32>,
 }
+
+/// Micro-batches whose losses wait on the device before the log is read back (and started anew).
+const LOSS_LOG_LEN: usize = 1024;
 
 impl KernelModel {
     /// Uploads `params` (fp32, the table's layout) and fresh optimizer state to `dev`.
@@ -113,9 +122,10 @@ impl KernelModel {
                 [a?, b?, c?, e?],
                 d_.upload_new(&cos)?,
                 d_.upload_new(&sin)?,
+                d_.alloc(LOSS_LOG_LEN * F32)?,
             ))
         };
-        let (params_buf, params_bf16, grads, lambda_pairs, dlambda_pairs, state, cos, sin) =
+        let (params_buf, params_bf16, grads, lambda_pairs, dlambda_pairs, state, cos, sin, loss_log) =
             mk().map_err(|e| format!("{}: {e}", dev.name()))?;
         let mut muon_scratch = Vec::new();
         for s in muon_stacks(&opt) {
@@ -139,6 +149,9 @@ impl KernelModel {
             sin,
             positions,
             arena: None,
+            loss_log,
+            queued: Vec::new(),
+            taken: Vec::new(),
             dev,
         };
         model.refresh_lambda_pairs().map_err(dev_err)?;
@@ -164,6 +177,14 @@ impl KernelModel {
     /// not even 1 does).
     pub fn largest_batch(&self, t: usize, free: usize) -> Option<usize> {
         largest_batch(&self.config, &self.table, &self.opt, t, free)
+    }
+
+    /// The largest device batch size at sequence length `t` that fits on the device as it is now: its free
+    /// memory plus what this model holds. None when the device reports no memory or not even 1 fits.
+    pub fn largest_batch_now(&self, t: usize) -> Option<usize> {
+        let (free, _) = self.dev.memory_info()?;
+        let now = self.arena.as_ref().map(|a| (a.b, a.t));
+        memory::largest_batch_now(&self.config, &self.table, &self.opt, now, t, free)
     }
 
     /// The bf16 copy of parameter `slot` (layer or table `k`): what GEMMs and gathers read.
@@ -287,6 +308,25 @@ impl KernelModel {
         dev.synchronize()
     }
 
+    /// Reads the loss sums of the queued micro-batches (one download) and empties the queue; returns their
+    /// mean losses (0 for a micro-batch without a supervised target: an all-masked SFT batch, whose gradient
+    /// is zero too).
+    fn read_loss_log(&mut self) -> Result<Vec<f32>, String> {
+        if self.queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sums = self
+            .dev
+            .download_vec::<f32>(self.loss_log.ptr(), self.queued.len())
+            .map_err(|e| format!("{}: reading the losses: {e}", self.dev.name()))?;
+        let out = sums
+            .iter()
+            .zip(self.queued.drain(..))
+            .map(|(&s, valid)| if valid == 0 { 0.0 } else { s / valid as f32 })
+            .collect();
+        Ok(out)
+    }
+
     /// Copies the device optimizer state into the host optimizer object.
     fn sync_state_to_host(&mut self) -> super::Result<()> {
         let dev = self.dev.as_ref();
@@ -319,17 +359,44 @@ impl ModelDevice for KernelModel {
         t: usize,
         scale: f32,
     ) -> Result<f32, String> {
+        self.forward_backward_queued(ids, targets, b, t, scale)?;
+        let mut all = self.take_losses()?;
+        let loss = all.pop().expect("one micro-batch queued");
+        self.taken = all; // the losses queued before this one stay for the next take_losses
+        Ok(loss)
+    }
+
+    fn forward_backward_queued(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<Option<f32>, String> {
+        if self.queued.len() == LOSS_LOG_LEN {
+            let read = self.read_loss_log()?;
+            self.taken.extend(read);
+        }
         let valid = targets.iter().filter(|&&y| y >= 0).count();
         let dloss = scale / valid.max(1) as f32;
-        let sum = self.forward(ids, Some(targets), b, t, dloss)?;
+        let slot = self.loss_log.at::<f32>(self.queued.len());
+        self.forward(ids, Some(targets), b, t, dloss, Some(slot))?;
         self.backward(ids, b, t)
             .map_err(|e| format!("{}: backward: {e}", self.dev.name()))?;
-        // No supervised target (an all-masked SFT micro-batch): loss 0 and, with dloss 0, zero gradient.
-        Ok(if valid == 0 { 0.0 } else { sum / valid as f32 })
+        self.queued.push(valid);
+        Ok(None)
+    }
+
+    fn take_losses(&mut self) -> Result<Vec<f32>, String> {
+        let read = self.read_loss_log()?;
+        let mut all = std::mem::take(&mut self.taken);
+        all.extend(read);
+        Ok(all)
     }
 
     fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String> {
-        self.forward(ids, Some(targets), b, t, 0.0)?;
+        self.forward(ids, Some(targets), b, t, 0.0, None)?;
         let a = &self.arena.as_ref().expect("arena allocated").acts;
         self.dev.download_vec(a.losses, b * t).map_err(dev_err)
     }
@@ -365,7 +432,7 @@ impl ModelDevice for KernelModel {
     }
 
     fn logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
-        self.forward(ids, None, b, t, 0.0)?;
+        self.forward(ids, None, b, t, 0.0, None)?;
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab());
         let a = &self.arena.as_ref().expect("arena allocated").acts;
         let raw: Vec<bf16> = self.dev.download_vec(a.logits, b * t * vp).map_err(dev_err)?;
@@ -376,7 +443,7 @@ impl ModelDevice for KernelModel {
     }
 
     fn last_logits(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
-        self.forward(ids, None, b, t, 0.0)?;
+        self.forward(ids, None, b, t, 0.0, None)?;
         let (v, vp) = (self.config.vocab_size, self.config.padded_vocab());
         let a = &self.arena.as_ref().expect("arena allocated").acts;
         let mut out = Vec::with_capacity(b * v);

@@ -120,6 +120,37 @@ impl PyRandom {
         self.randbelow(len as u64) as usize
     }
 
+    /// `sample(population, k)` for a population of `n` items: the indices into it of the `k` items drawn, in
+    /// draw order. CPython picks a pool (small populations) or a set of drawn indices (large ones) by the same
+    /// size rule, and the two consume the generator differently, so both are reproduced.
+    pub fn sample_indices(&mut self, n: usize, k: usize) -> Vec<usize> {
+        assert!(k <= n, "sample larger than population");
+        let mut setsize = 21usize;
+        if k > 5 {
+            setsize += 4usize.pow(((k * 3) as f64).log(4.0).ceil() as u32);
+        }
+        let mut result = Vec::with_capacity(k);
+        if n <= setsize {
+            let mut pool: Vec<usize> = (0..n).collect();
+            for i in 0..k {
+                let j = self.randbelow((n - i) as u64) as usize;
+                result.push(pool[j]);
+                pool[j] = pool[n - i - 1];
+            }
+        } else {
+            let mut selected = std::collections::HashSet::new();
+            for _ in 0..k {
+                let mut j = self.randbelow(n as u64) as usize;
+                while selected.contains(&j) {
+                    j = self.randbelow(n as u64) as usize;
+                }
+                selected.insert(j);
+                result.push(j);
+            }
+        }
+        result
+    }
+
     /// `shuffle(x)` in place.
     pub fn shuffle<T>(&mut self, x: &mut [T]) {
         for i in (1..x.len()).rev() {

@@ -36,6 +36,19 @@ impl ModelDevice for GradAverage {
     ) -> Result<f32, String> {
         self.inner.forward_backward(ids, targets, b, t, scale)
     }
+    fn forward_backward_queued(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<Option<f32>, String> {
+        self.inner.forward_backward_queued(ids, targets, b, t, scale)
+    }
+    fn take_losses(&mut self) -> Result<Vec<f32>, String> {
+        self.inner.take_losses()
+    }
     fn forward_backward_weighted(
         &mut self,
         ids: &[u32],

@@ -68,21 +68,23 @@ impl Metrics {
 
     /// Draws train loss (smoothed) and validation bpb against the step.
     pub fn write_svg(&self) -> Result<(), String> {
-        let series = |kind: &str, key: &str| -> Vec<(f64, f64)> {
-            self.records
-                .iter()
-                .filter(|r| r.get("kind").and_then(Value::as_str) == Some(kind))
-                .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
-                .filter(|(_, y)| y.is_finite())
-                .collect()
-        };
-        let train = series("train", "smooth_loss");
-        let val = series("eval", "val_bpb");
-        write_atomic(
-            &self.svg,
-            plot(&[("train loss (EMA)", "#1f77b4", &train), ("val bpb", "#d62728", &val)]).as_bytes(),
-        )
+        write_atomic(&self.svg, svg_of(&self.records).as_bytes())
     }
+}
+
+/// The loss chart of a run record: train loss (smoothed) and validation bpb against the step.
+pub fn svg_of(records: &[Value]) -> String {
+    let series = |kind: &str, key: &str| -> Vec<(f64, f64)> {
+        records
+            .iter()
+            .filter(|r| r.get("kind").and_then(Value::as_str) == Some(kind))
+            .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+            .filter(|(_, y)| y.is_finite())
+            .collect()
+    };
+    let train = series("train", "smooth_loss");
+    let val = series("eval", "val_bpb");
+    plot(&[("train loss (EMA)", "#1f77b4", &train), ("val bpb", "#d62728", &val)])
 }
 
 /// One line of a chart: name, colour, (x, y) points.

@@ -11,6 +11,7 @@ pub mod mid;
 pub mod mixtures;
 pub mod plan;
 pub mod ranks;
+pub mod report;
 pub mod rl;
 pub mod run;
 pub mod sft;

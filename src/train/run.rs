@@ -112,12 +112,13 @@ pub struct TrainArgs {
     /// Tokens per validation evaluation.
     #[arg(long, default_value_t = 80 * 524_288)]
     pub eval_tokens: usize,
-    /// CORE metric cadence (the CORE evaluation is not part of this build; 0 silences the notice).
+    /// Evaluate the CORE metric every this many steps (and at the end; 0 = never). Needs the eval bundle
+    /// (`download_data --eval-bundle`); without it the evaluation is skipped with a notice.
     #[arg(long, default_value_t = 2000)]
     pub core_metric_every: usize,
-    /// Examples per CORE task.
-    #[arg(long, default_value_t = 500)]
-    pub core_metric_max_per_task: usize,
+    /// Examples per CORE task (-1: all).
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
+    pub core_metric_max_per_task: i64,
     /// Print greedy samples of the fixed prompts every this many steps (and at the end; 0 = never).
     #[arg(long, default_value_t = 2000)]
     pub sample_every: usize,
@@ -422,9 +423,37 @@ fn train_ranked(
             }
         }
         if args.core_metric_every > 0 && step > 0 && (last_step || step % args.core_metric_every == 0) {
-            say(format!(
-                "step {step:05} | CORE: not part of this build (use --core-metric-every 0 to silence)"
-            ));
+            let dir = base.join(crate::core_eval::EVAL_BUNDLE_DIR);
+            if !dir.join("core.yaml").is_file() {
+                say(format!(
+                    "step {step:05} | CORE: skipped: no eval bundle in {} (fetch it with `download_data \
+                     --eval-bundle`, or silence with --core-metric-every 0)",
+                    dir.display()
+                ));
+            } else {
+                let bundle = crate::core_eval::Bundle::open(&dir)?;
+                let mut sum = |v: &[f64]| ranks.sum("CORE counts", v);
+                let mut core_ranks = crate::core_eval::Ranks {
+                    rank,
+                    world,
+                    sum: &mut sum,
+                };
+                let max = usize::try_from(args.core_metric_max_per_task).ok();
+                let mut quiet = |_: &str| {};
+                let t0 = Instant::now();
+                let r =
+                    crate::core_eval::evaluate_core(model.as_mut(), tok, &bundle, max, &mut core_ranks, &mut quiet)?;
+                say(format!(
+                    "step {step:05} | CORE metric: {:.4} ({} tasks, {:.1}s)",
+                    r.core,
+                    r.tasks.len(),
+                    t0.elapsed().as_secs_f64()
+                ));
+                if let Some(m) = &mut metrics {
+                    m.log(json!({"kind": "core", "step": step, "core_metric": r.core,
+                        "centered": r.tasks.iter().map(|t| (t.label.clone(), json!(t.centered))).collect::<serde_json::Map<_, _>>()}))?;
+                }
+            }
         }
         if main && args.sample_every > 0 && (last_step || (step > 0 && step % args.sample_every == 0)) {
             for prompt in SAMPLE_PROMPTS {
@@ -486,20 +515,23 @@ fn train_ranked(
         // One optimizer step: `accum` micro-batches here (micro-batch j from data rank j / per_rank),
         // gradients averaged over them and over the ranks.
         let t0 = Instant::now();
-        let (mut loss, mut loss_sum) = (0.0, 0f64);
+        // The losses stay on the device until all micro-batches are queued: one read per step.
+        let mut losses = Vec::with_capacity(accum);
         for j in 0..accum {
             let batch = loaders[j / per_rank].next_batch();
             let targets: Vec<i32> = batch.targets.iter().map(|&y| y as i32).collect();
-            loss = model.forward_backward(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?;
-            if !loss.is_finite() {
-                return Err(format!(
-                    "rank {rank}: the loss became {loss} at step {step}; stopping without saving. The last good \
-                     checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
-                    ckpt_dir.display()
-                ));
-            }
-            loss_sum += loss as f64;
+            losses.extend(model.forward_backward_queued(&batch.inputs, &targets, b, t, 1.0 / accum as f32)?);
         }
+        losses.extend(model.take_losses()?);
+        if let Some(bad) = losses.iter().find(|l| !l.is_finite()) {
+            return Err(format!(
+                "rank {rank}: the loss became {bad} at step {step}; stopping without saving. The last good \
+                 checkpoint (if any) is intact in {}: resume from it with a lower learning rate",
+                ckpt_dir.display()
+            ));
+        }
+        let loss = losses.last().copied().unwrap_or(0.0);
+        let loss_sum: f64 = losses.iter().map(|&l| l as f64).sum();
         let settings = StepSettings {
             lr_multiplier: schedule.lr_multiplier(step),
             muon_momentum: schedule.muon_momentum(step),
@@ -550,6 +582,29 @@ fn train_ranked(
         m.write_svg()?;
     }
     summary.min_val_bpb = loop_state.min_val_bpb;
+    if main {
+        // The run's summary for the report card (upstream's "Base model training" section).
+        let timed = summary.last_step.saturating_sub(11);
+        let mfu = (timed > 0 && loop_state.total_training_time > 0.0).then(|| {
+            100.0 * plan.flops_per_token * tokens_per_step * timed as f64
+                / loop_state.total_training_time
+                / peak_flops
+                / world as f64
+        });
+        let tokens = tokens_per_step * summary.last_step as f64;
+        let record = json!({
+            "depth": args.depth, "model_config": plan.model, "num_params": model.table().numel,
+            "num_scaling_params": plan.num_scaling_params, "flops_per_token": plan.flops_per_token,
+            "num_iterations": n_iter, "steps_done": summary.last_step, "tokens": tokens,
+            "tokens_per_param": tokens / plan.num_scaling_params.max(1) as f64,
+            "world_size": world * data_ranks, "device": model.device_name(), "device_batch_size": b,
+            "max_seq_len": t, "total_batch_size": plan.total_batch_size, "warmup_steps": args.warmup_steps,
+            "warmdown_ratio": args.warmdown_ratio, "final_lr_frac": args.final_lr_frac,
+            "min_val_bpb": loop_state.min_val_bpb, "final_val_bpb": val_bpb, "mfu_percent": mfu,
+            "total_flops": plan.flops_per_token * tokens, "total_training_time": loop_state.total_training_time,
+        });
+        checkpoint::write_atomic(&ckpt_dir.join("run.json"), format!("{record:#}\n").as_bytes())?;
+    }
     let crop = loaders[0].stats().crop_fraction();
     say(format!(
         "done: {} steps this run, min validation bpb {}, crop fraction {:.1}%, total training time {}; run record in {}",

@@ -344,23 +344,32 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
 
         // One optimizer step: grad_accum micro-batches (each a mean over its supervised targets), averaged.
         let t0 = Instant::now();
-        let mut loss = 0.0;
+        // The losses stay on the device until all micro-batches are queued: one read per step.
+        let mut losses = Vec::with_capacity(accum);
         for _ in 0..accum {
             all_masked_batches += (pending.supervised() == 0) as u64;
-            loss = model.forward_backward(&pending.inputs, &pending.targets, b, t, 1.0 / accum as f32)?;
-            if !loss.is_finite() {
-                return Err(format!(
-                    "the loss became {loss} at step {step}; stopping without saving. The last good checkpoint (if \
-                     any) is intact in {}: resume from it with a lower learning rate",
-                    s.out_dir.display()
-                ));
-            }
+            losses.extend(model.forward_backward_queued(
+                &pending.inputs,
+                &pending.targets,
+                b,
+                t,
+                1.0 / accum as f32,
+            )?);
             pending_pos = StagePosition {
                 train: loader.state(),
                 stats: loader.stats(),
             };
             pending = loader.next_batch()?;
         }
+        losses.extend(model.take_losses()?);
+        if let Some(bad) = losses.iter().find(|l| !l.is_finite()) {
+            return Err(format!(
+                "the loss became {bad} at step {step}; stopping without saving. The last good checkpoint (if \
+                 any) is intact in {}: resume from it with a lower learning rate",
+                s.out_dir.display()
+            ));
+        }
+        let loss = losses.last().copied().unwrap_or(0.0);
         let progress = match n_iter {
             Some(n) => (step + 1) as f64 / n as f64,
             None => loader.progress(None),

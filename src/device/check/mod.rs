@@ -98,6 +98,10 @@ pub fn all() -> Vec<Check> {
             run: gemm::check_gemm,
         },
         Check {
+            name: "gemm on the parameter table's slots (alignment)",
+            run: gemm::check_gemm_on_slots,
+        },
+        Check {
             name: "attention flash fwd/bwd (d64, d128)",
             run: attention::check_attention_flash,
         },

@@ -1,5 +1,6 @@
-//! `cuda/embedding.cu`: the token-embedding gather and its deterministic backward. The ids and their buckets
-//! by id go to the device once per micro-batch ([`upload_ids`]); the launchers only launch.
+//! `cuda/embedding.cu`: the token-embedding gather and its deterministic backward. The ids, their buckets
+//! by id and the targets go to the device in one upload per micro-batch ([`upload_batch`]); the launchers
+//! only launch.
 
 use super::as_i32;
 use crate::device::{err, Arg, DevPtr, Device, Dim3, Result};
@@ -64,6 +65,16 @@ pub fn ids_bytes(n: usize) -> usize {
     (4 * n + 1) * 4
 }
 
+/// Bytes of the device buffer [`upload_batch`] fills for `n` tokens: [`ids_bytes`], then the `n` i32 targets.
+pub fn batch_bytes(n: usize) -> usize {
+    ids_bytes(n) + 4 * n
+}
+
+/// Where [`upload_batch`] puts the targets of `n` tokens in its buffer at `dst`.
+pub fn targets_at(dst: DevPtr, n: usize) -> DevPtr {
+    dst.byte_add(ids_bytes(n))
+}
+
 /// A micro-batch's token ids on the device, with the buckets [`embedding_backward`] reads.
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceIds {
@@ -79,13 +90,33 @@ pub struct DeviceIds {
 /// Checks `ids` against the vocabulary, buckets them on the host (the sort runs once per micro-batch, not
 /// once per embedding table) and copies ids and buckets to `dst` (at least [`ids_bytes`] bytes) in one upload.
 pub fn upload_ids(dev: &dyn Device, dst: DevPtr, ids: &[u32], vocab: usize) -> Result<DeviceIds> {
+    upload_batch(dev, dst, ids, None, vocab)
+}
+
+/// [`upload_ids`] with the micro-batch's `targets` (one per id) after them, at [`targets_at`]: everything
+/// a micro-step sends to the device, in one upload at its start (`dst`: at least [`batch_bytes`] bytes).
+pub fn upload_batch(
+    dev: &dyn Device,
+    dst: DevPtr,
+    ids: &[u32],
+    targets: Option<&[i32]>,
+    vocab: usize,
+) -> Result<DeviceIds> {
     check_ids(ids, vocab)?;
     let n = ids.len();
     let (order, start, id) = buckets(ids);
-    let mut words: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let mut words: Vec<i32> = Vec::with_capacity(5 * n + 1);
+    words.extend(ids.iter().map(|&i| i as i32));
     words.extend(&order);
     words.extend(&start);
     words.extend(&id);
+    if let Some(y) = targets {
+        if y.len() != n {
+            return err(format!("{} targets for {n} ids", y.len()));
+        }
+        words.resize(4 * n + 1, 0);
+        words.extend(y);
+    }
     dev.upload(dst, bytemuck::cast_slice(&words))?;
     let at = |k: usize| dst.at::<i32>(k);
     Ok(DeviceIds {
