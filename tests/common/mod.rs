@@ -1,8 +1,10 @@
 //! Helpers shared by the tests: for the kernels, the emulator under every thread schedule, bf16-exact random
-//! inputs, bf16 rounding and downloads, and tolerance assertions; for the conversation stages, [`stages`].
+//! inputs, bf16 rounding and downloads, and tolerance assertions; for the conversation stages, [`stages`]; for
+//! the server, [`serve`] (start-up and an HTTP client).
 // Each test crate compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+pub mod serve;
 pub mod stages;
 
 use half::bf16;
