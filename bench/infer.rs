@@ -97,6 +97,18 @@ fn pct(x: Option<f64>) -> String {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    let batches: Vec<usize> = args
+        .batch_sizes
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("--batch-sizes: {s:?} is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    if batches.contains(&0) || args.decode_tokens == 0 {
+        return Err("batch sizes and --decode-tokens must be at least 1".into());
+    }
     let dev = args.device.kernel_device(Schedule::Forward)?;
     let (cfg, params, source, step) = match &args.checkpoint {
         Some(dir) => {
@@ -123,18 +135,6 @@ fn run(args: &Args) -> Result<(), String> {
             (cfg, p, format!("random weights, depth {}", args.depth), None)
         }
     };
-    let batches: Vec<usize> = args
-        .batch_sizes
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("--batch-sizes: {s:?} is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    if batches.contains(&0) || args.decode_tokens == 0 {
-        return Err("batch sizes and --decode-tokens must be at least 1".into());
-    }
     let numel = ParamTable::new(&cfg).numel;
     let m = KernelModel::new(dev, &cfg, &params, &Default::default())?;
     drop(params);

@@ -2,12 +2,16 @@
 //! validation splits, and samples (greedy continuations of fixed prompts, unconditioned samples from BOS).
 
 use clap::Parser;
+use nanochat::backend::Backend;
 use nanochat::checkpoint;
 use nanochat::common::base_dir;
 use nanochat::cpu::model::CpuModel;
 use nanochat::data::loader::{open_split, LoaderConfig};
 use nanochat::data::shards::TokenizerId;
 use nanochat::data::Split;
+use nanochat::device::infer::continue_cached;
+use nanochat::device::model::KernelModel;
+use nanochat::device::Schedule;
 use nanochat::engine::sample_next_token;
 use nanochat::model::ModelDevice;
 use nanochat::rng::Rng;
@@ -35,6 +39,10 @@ struct Args {
     /// Seed of the unconditioned samples.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Device to run on: the CPU reference (fp32 or bf16 storage), or the kernels on a GPU (cuda) or the
+    /// emulator (emu); on the kernels the samples decode with the KV cache.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    device: Backend,
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -65,7 +73,15 @@ fn run(args: &Args) -> Result<(), String> {
         loaded.meta.step,
         loaded.params.len()
     );
-    let mut model = CpuModel::new(&cfg, loaded.params, &Default::default())?;
+    let mut kernel = None;
+    let mut cpu = None;
+    let model: &mut dyn ModelDevice = match args.device.cpu_storage() {
+        Some(storage) => cpu.insert(CpuModel::new(&cfg, loaded.params, &Default::default())?.with_storage(storage)),
+        None => {
+            let dev = args.device.kernel_device(Schedule::Forward)?;
+            kernel.insert(KernelModel::new(dev, &cfg, &loaded.params, &Default::default())?)
+        }
+    };
 
     if parts.contains(&"core") {
         println!("core: not part of this build; skipped");
@@ -82,23 +98,39 @@ fn run(args: &Args) -> Result<(), String> {
                 seq_len: t,
                 ..LoaderConfig::default()
             };
-            let bpb = evaluate_bpb(&mut model, shards, cfg, steps, &tok.token_bytes())?;
+            let bpb = evaluate_bpb(model, shards, cfg, steps, &tok.token_bytes())?;
             println!("{split:?} bpb: {bpb:.6} ({} tokens)", steps * b * t);
         }
     }
     if parts.contains(&"sample") {
-        for prompt in SAMPLE_PROMPTS {
-            println!("{prompt}{}", sample_greedy(&mut model, &tok, prompt, 16)?);
+        if let Some(k) = &kernel {
+            // The KV-cached path of the kernels.
+            for prompt in SAMPLE_PROMPTS {
+                let mut ids = vec![tok.bos_id()];
+                ids.extend(tok.encode_ordinary(prompt));
+                let out = continue_cached(k, &ids, 16, &mut Rng::new(0), 0.0)?;
+                println!("{prompt}{}", tok.decode_lossy(&out));
+            }
+        } else {
+            for prompt in SAMPLE_PROMPTS {
+                let model = cpu.as_mut().expect("the CPU model");
+                println!("{prompt}{}", sample_greedy(model, &tok, prompt, 16)?);
+            }
         }
         println!("-- unconditioned samples (temperature 1.0, 128 tokens)");
         let mut rng = Rng::new(args.seed);
         for _ in 0..8 {
             let mut ids = vec![tok.bos_id()];
-            for _ in 0..128 {
-                let ctx = &ids[ids.len().saturating_sub(cfg.sequence_len)..];
-                let logits = model.last_logits(ctx, 1, ctx.len())?;
-                let next = sample_next_token(&logits, &mut rng, 1.0, None)?;
-                ids.push(next);
+            if let Some(k) = &kernel {
+                ids.extend(continue_cached(k, &[tok.bos_id()], 128, &mut rng, 1.0)?);
+            } else {
+                let model = cpu.as_mut().expect("the CPU model");
+                for _ in 0..128 {
+                    let ctx = &ids[ids.len().saturating_sub(cfg.sequence_len)..];
+                    let logits = model.last_logits(ctx, 1, ctx.len())?;
+                    let next = sample_next_token(&logits, &mut rng, 1.0, None)?;
+                    ids.push(next);
+                }
             }
             println!("{}\n--", tok.decode_lossy(&ids[1..]));
         }

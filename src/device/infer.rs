@@ -567,3 +567,26 @@ pub fn load_kernel_engine(
     let model = KernelModel::new(dev, &cfg, &params, &Default::default())?;
     Ok((crate::engine::Engine::new(model, tok), card, notice))
 }
+
+/// `n` tokens continuing `prompt` through the KV cache of any [`InferModel`] (greedy at temperature 0, else
+/// sampled from `rng`), at most up to the model's context.
+pub fn continue_cached<M: InferModel>(
+    m: &M,
+    prompt: &[u32],
+    n: usize,
+    rng: &mut crate::rng::Rng,
+    temperature: f64,
+) -> std::result::Result<Vec<u32>, String> {
+    let n = n.min(m.config().sequence_len.saturating_sub(prompt.len()));
+    let mut cache = m.new_cache(1, prompt.len() + n);
+    let mut logits = m.forward_last(&mut cache, prompt, prompt.len())?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let next = crate::engine::sample_next_token(&logits, rng, temperature, None)?;
+        out.push(next);
+        if i + 1 < n {
+            logits = m.forward_last(&mut cache, &[next], 1)?;
+        }
+    }
+    Ok(out)
+}
