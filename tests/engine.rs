@@ -88,6 +88,96 @@ fn cached_forward_equals_full_forward_mha_and_tiny_prompt() {
     check_cache_matches_full(&config("SSL", 4, 1, 4), 140, 150, 2);
 }
 
+/// Rows of different lengths in one cache: prefills of different prompt lengths in one step, one-token decodes
+/// at each row's own position, a row joining a running batch, one leaving and its row reused, and a copied row.
+/// Every row's logits equal (bit for bit) those of the same chunks run alone in a one-row cache, and the full
+/// forward of its sequence within fp32 tolerance.
+#[test]
+fn ragged_rows_equal_each_row_alone_and_the_full_forward() {
+    let cfg = config("SL", 4, 2, 3);
+    let p = params(&cfg, 21);
+    let (gpt, inf, v) = (
+        Gpt::new(&cfg).unwrap(),
+        CpuInfer::new(&cfg, p.clone()).unwrap(),
+        cfg.vocab_size,
+    );
+    let mut rng = Rng::new(9);
+    let mut seq = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(v as u64) as u32).collect() };
+    // Each sequence: (row, first step, chunk lengths: a prefill, then one-token decodes).
+    let a = seq(30);
+    let b = seq(150); // past the short window (128)
+    let c = seq(12);
+    let d = seq(20); // joins later, in row 0 after `a` leaves
+    let plan: Vec<(usize, usize, Vec<usize>, &Vec<u32>)> = vec![
+        (0, 0, [vec![25], vec![1; 5]].concat(), &a),
+        (1, 0, [vec![140], vec![1; 10]].concat(), &b),
+        (2, 2, [vec![1], vec![1; 11]].concat(), &c),
+        (0, 7, [vec![13], vec![1; 7]].concat(), &d),
+    ];
+    let steps = plan.iter().map(|(_, s0, ch, _)| s0 + ch.len()).max().unwrap();
+    let mut cache = inf.new_cache(3, 160).unwrap();
+    // Per sequence: its own one-row cache and the position reached.
+    let mut alone: Vec<KvCache> = plan.iter().map(|_| KvCache::new(&cfg, 1, 160)).collect();
+    let mut at = vec![0usize; plan.len()];
+    let mut checked = 0;
+    for step in 0..steps {
+        let (mut rows, mut lens, mut ids, mut who) = (vec![], vec![], vec![], vec![]);
+        for (i, (row, s0, chunks, s)) in plan.iter().enumerate() {
+            if step < *s0 || step >= s0 + chunks.len() {
+                continue;
+            }
+            if step == *s0 {
+                inf.clear_row(&mut cache, *row).unwrap();
+            }
+            let t = chunks[step - s0];
+            rows.push(*row);
+            lens.push(t);
+            ids.extend_from_slice(&s[at[i]..at[i] + t]);
+            who.push(i);
+        }
+        let got = inf.forward_rows(&mut cache, &rows, &lens, &ids).unwrap();
+        assert_eq!(got.len(), rows.len() * v);
+        for (j, &i) in who.iter().enumerate() {
+            let (row, t, s) = (rows[j], lens[j], plan[i].3);
+            let one = inf.forward_last(&mut alone[i], &s[at[i]..at[i] + t], t).unwrap();
+            at[i] += t;
+            assert_eq!(inf.row_len(&cache, row), at[i]);
+            let mine = &got[j * v..(j + 1) * v];
+            assert!(
+                mine == &one[..],
+                "step {step}, sequence {i}: batched logits differ from the row alone"
+            );
+            let full = gpt.forward(&p, &s[..at[i]], None, 1, at[i]).unwrap().logits_unpadded(v);
+            let d = max_diff(mine, &full[(at[i] - 1) * v..at[i] * v]);
+            assert!(
+                d < 2e-4,
+                "step {step}, sequence {i}: logits differ from the full forward by {d}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, plan.iter().map(|x| x.2.len()).sum::<usize>());
+    // A copied row continues like its source.
+    inf.copy_row(&mut cache, 1, 2).unwrap();
+    assert_eq!(inf.row_len(&cache, 2), 150);
+    let two = inf.forward_rows(&mut cache, &[1, 2], &[1, 1], &[7, 7]).unwrap();
+    assert_eq!(two[..v], two[v..]);
+    // Bad steps change nothing.
+    let before = (inf.row_len(&cache, 0), inf.row_len(&cache, 1));
+    for (rows, lens, ids, want) in [
+        (&[0usize, 0][..], &[1usize, 1][..], &[1u32, 2][..], "twice"),
+        (&[3], &[1], &[1], "does not exist"),
+        (&[1], &[11], &[1; 11], "do not fit"),
+        (&[0], &[0], &[], "at least 1"),
+        (&[0, 1], &[1, 1], &[1], "expected 2 token ids"),
+        (&[0], &[1], &[9999], "outside the vocabulary"),
+    ] {
+        let e = inf.forward_rows(&mut cache, rows, lens, ids).unwrap_err();
+        assert!(e.contains(want), "{rows:?} {lens:?}: {e}");
+    }
+    assert_eq!(before, (inf.row_len(&cache, 0), inf.row_len(&cache, 1)));
+}
+
 #[test]
 fn cache_errors_are_reported() {
     let cfg = config("L", 2, 2, 2);
@@ -200,24 +290,35 @@ struct Scripted {
 }
 
 impl InferModel for Scripted {
-    type Cache = usize;
+    /// Positions per row.
+    type Cache = Vec<usize>;
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }
-    fn new_cache(&self, _rows: usize, _t_max: usize) -> usize {
-        0
+    fn new_cache(&self, rows: usize, _t_max: usize) -> Result<Vec<usize>, String> {
+        Ok(vec![0; rows])
     }
-    fn expand(&self, one: &usize, _rows: usize, _t_max: usize) -> Result<usize, String> {
-        Ok(*one)
+    fn row_len(&self, lens: &Vec<usize>, row: usize) -> usize {
+        lens.get(row).copied().unwrap_or(0)
     }
-    fn forward_last(&self, pos: &mut usize, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
-        *pos += t;
-        let rows = ids.len() / t;
-        let i = *pos - self.prompt_len;
-        let next = self.script.get(i).copied().unwrap_or(0);
-        let mut row = vec![0.0; self.cfg.vocab_size];
-        row[next as usize] = 10.0;
-        Ok(row.repeat(rows))
+    fn clear_row(&self, lens: &mut Vec<usize>, row: usize) -> Result<(), String> {
+        lens[row] = 0;
+        Ok(())
+    }
+    fn copy_row(&self, lens: &mut Vec<usize>, src: usize, dst: usize) -> Result<(), String> {
+        lens[dst] = lens[src];
+        Ok(())
+    }
+    fn forward_rows(&self, lens: &mut Vec<usize>, rows: &[usize], t: &[usize], _: &[u32]) -> Result<Vec<f32>, String> {
+        let mut out = Vec::new();
+        for (&r, &t) in rows.iter().zip(t) {
+            lens[r] += t;
+            let next = self.script.get(lens[r] - self.prompt_len).copied().unwrap_or(0);
+            let mut row = vec![0.0; self.cfg.vocab_size];
+            row[next as usize] = 10.0;
+            out.extend(row);
+        }
+        Ok(out)
     }
 }
 

@@ -256,15 +256,23 @@ impl InferModel for Slow {
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }
-    fn new_cache(&self, _: usize, _: usize) {}
-    fn expand(&self, _: &(), _: usize, _: usize) -> Result<(), String> {
+    fn new_cache(&self, _: usize, _: usize) -> Result<(), String> {
         Ok(())
     }
-    fn forward_last(&self, _: &mut (), ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
+    fn row_len(&self, _: &(), _: usize) -> usize {
+        0
+    }
+    fn clear_row(&self, _: &mut (), _: usize) -> Result<(), String> {
+        Ok(())
+    }
+    fn copy_row(&self, _: &mut (), _: usize, _: usize) -> Result<(), String> {
+        Ok(())
+    }
+    fn forward_rows(&self, _: &mut (), rows: &[usize], _: &[usize], _: &[u32]) -> Result<Vec<f32>, String> {
         std::thread::sleep(Duration::from_millis(40));
         let mut row = vec![0.0; self.cfg.vocab_size];
         row[b'a' as usize] = 30.0;
-        Ok(row.repeat(ids.len() / t))
+        Ok(row.repeat(rows.len()))
     }
 }
 

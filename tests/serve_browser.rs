@@ -20,22 +20,35 @@ struct Scripted {
 }
 
 impl InferModel for Scripted {
-    type Cache = usize;
+    /// Steps per row.
+    type Cache = Vec<usize>;
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }
-    fn new_cache(&self, _: usize, _: usize) -> usize {
-        0
+    fn new_cache(&self, rows: usize, _: usize) -> Result<Vec<usize>, String> {
+        Ok(vec![0; rows])
     }
-    fn expand(&self, one: &usize, _: usize, _: usize) -> Result<usize, String> {
-        Ok(*one)
+    fn row_len(&self, steps: &Vec<usize>, row: usize) -> usize {
+        steps.get(row).copied().unwrap_or(0)
     }
-    fn forward_last(&self, step: &mut usize, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
-        let next = self.script[(*step).min(self.script.len() - 1)];
-        *step += 1;
-        let mut row = vec![0.0; self.cfg.vocab_size];
-        row[next as usize] = 30.0;
-        Ok(row.repeat(ids.len() / t))
+    fn clear_row(&self, steps: &mut Vec<usize>, row: usize) -> Result<(), String> {
+        steps[row] = 0;
+        Ok(())
+    }
+    fn copy_row(&self, steps: &mut Vec<usize>, src: usize, dst: usize) -> Result<(), String> {
+        steps[dst] = steps[src];
+        Ok(())
+    }
+    fn forward_rows(&self, steps: &mut Vec<usize>, rows: &[usize], _: &[usize], _: &[u32]) -> Result<Vec<f32>, String> {
+        let mut out = Vec::new();
+        for &r in rows {
+            let next = self.script[steps[r].min(self.script.len() - 1)];
+            steps[r] += 1;
+            let mut row = vec![0.0; self.cfg.vocab_size];
+            row[next as usize] = 30.0;
+            out.extend(row);
+        }
+        Ok(out)
     }
 }
 

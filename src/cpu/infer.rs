@@ -1,5 +1,6 @@
-//! The KV-cached forward of the CPU reference (spec §1.5): prefill a chunk of tokens at cache position T0, or
-//! decode one token per row, attending to every cached key inside each layer's window.
+//! The KV-cached forward of the CPU reference (spec §1.5): prefill a chunk of tokens at a row's position T0, or
+//! decode one token per row, attending to every cached key inside each layer's window. Rows have their own
+//! lengths, so one step may mix prefills of different prompt lengths with one-token decodes.
 //!
 //! It is the training forward of `gpt.rs` op for op, with three differences: RoPE starts at T0, keys and values
 //! are written into the cache and read back from it, and the smear of a one-token decode step mixes in the
@@ -12,20 +13,24 @@ use super::ops;
 use crate::config::{softcap, ModelConfig, ROPE_BASE};
 use crate::params::{ParamTable, Slot};
 
-/// Keys and values of every layer for `rows` sequences of up to `t_max` positions, all rows at one position.
-/// Sliding-window layers still keep every position (no ring buffer), as upstream.
+/// Keys and values of every layer for `rows` sequences of up to `t_max` positions each. Every row has its own
+/// length, so rows of different lengths share one cache (and one forward step). Sliding-window layers still keep
+/// every position (no ring buffer), as upstream.
 #[derive(Clone)]
 pub struct KvCache {
     pub rows: usize,
     pub t_max: usize,
     n_layer: usize,
     kv_dim: usize,
+    n_embd: usize,
     /// (n_layer, rows, t_max, kv_dim)
     k: Vec<f32>,
     v: Vec<f32>,
-    pos: usize,
-    /// (rows, C): the normalized, pre-smear embedding of the last position, for the smear of a decode step.
-    prev_embedding: Option<Vec<f32>>,
+    /// Positions filled, per row.
+    lens: Vec<usize>,
+    /// (rows, C): the normalized, pre-smear embedding of each row's last position, for the smear of a decode
+    /// step; meaningful where the row's length is above 0.
+    prev_embedding: Vec<f32>,
 }
 
 impl KvCache {
@@ -37,21 +42,65 @@ impl KvCache {
             t_max,
             n_layer: cfg.n_layer,
             kv_dim,
+            n_embd: cfg.n_embd,
             k: vec![0.0; len],
             v: vec![0.0; len],
-            pos: 0,
-            prev_embedding: None,
+            lens: vec![0; rows],
+            prev_embedding: vec![0.0; rows * cfg.n_embd],
         }
     }
 
-    /// Positions filled so far (shared by all rows).
+    /// Positions filled in row 0 (in every row while they move together, as in `CpuInfer::forward`).
     pub fn pos(&self) -> usize {
-        self.pos
+        self.lens.first().copied().unwrap_or(0)
     }
 
+    /// Positions filled in `row`.
+    pub fn len(&self, row: usize) -> usize {
+        self.lens[row]
+    }
+
+    /// Whether every row is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lens.iter().all(|&l| l == 0)
+    }
+
+    /// Empties every row.
     pub fn reset(&mut self) {
-        self.pos = 0;
-        self.prev_embedding = None;
+        self.lens.iter_mut().for_each(|l| *l = 0);
+    }
+
+    fn check_row(&self, row: usize) -> Result<(), String> {
+        if row >= self.rows {
+            return Err(format!("row {row} does not exist: the KV cache has {} rows", self.rows));
+        }
+        Ok(())
+    }
+
+    /// Empties `row` for a new sequence.
+    pub fn clear_row(&mut self, row: usize) -> Result<(), String> {
+        self.check_row(row)?;
+        self.lens[row] = 0;
+        Ok(())
+    }
+
+    /// Makes row `dst` a copy of row `src`: length, keys, values and smear state.
+    pub fn copy_row(&mut self, src: usize, dst: usize) -> Result<(), String> {
+        self.check_row(src)?;
+        self.check_row(dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        let n = self.lens[src] * self.kv_dim;
+        for l in 0..self.n_layer {
+            let (s, d) = (self.at(l, src, 0), self.at(l, dst, 0));
+            self.k.copy_within(s..s + n, d);
+            self.v.copy_within(s..s + n, d);
+        }
+        let c = self.n_embd;
+        self.prev_embedding.copy_within(src * c..(src + 1) * c, dst * c);
+        self.lens[dst] = self.lens[src];
+        Ok(())
     }
 
     fn at(&self, layer: usize, row: usize, p: usize) -> usize {
@@ -67,10 +116,10 @@ impl KvCache {
                 self.rows
             ));
         }
-        if t_max < self.pos {
+        let pos = self.lens[0];
+        if t_max < pos {
             return Err(format!(
-                "cannot expand a cache holding {} positions into one of {t_max}",
-                self.pos
+                "cannot expand a cache holding {pos} positions into one of {t_max}"
             ));
         }
         let mut out = KvCache {
@@ -78,12 +127,13 @@ impl KvCache {
             t_max,
             n_layer: self.n_layer,
             kv_dim: self.kv_dim,
+            n_embd: self.n_embd,
             k: vec![0.0; self.n_layer * rows * t_max * self.kv_dim],
             v: vec![0.0; self.n_layer * rows * t_max * self.kv_dim],
-            pos: self.pos,
-            prev_embedding: self.prev_embedding.as_ref().map(|p| p.repeat(rows)),
+            lens: vec![pos; rows],
+            prev_embedding: self.prev_embedding.repeat(rows),
         };
-        let n = self.pos * self.kv_dim;
+        let n = pos * self.kv_dim;
         for l in 0..self.n_layer {
             let src = self.at(l, 0, 0);
             for r in 0..rows {
@@ -136,9 +186,37 @@ impl CpuInfer {
         self.params[self.table.slot(slot).offset + i]
     }
 
-    /// Runs `ids (rows, t)` at the cache position and advances the cache by `t`. Returns softcapped logits
-    /// sliced to the vocabulary: of every position `(rows·t, V)` when `all_positions`, else of the last `(rows, V)`.
+    /// Runs `ids (rows, t)` on every row of the cache, at each row's length, and advances every row by `t`.
+    /// Returns softcapped logits sliced to the vocabulary: of every position `(rows·t, V)` when `all_positions`,
+    /// else of the last `(rows, V)`.
     pub fn forward(&self, cache: &mut KvCache, ids: &[u32], t: usize, all_positions: bool) -> Result<Vec<f32>, String> {
+        let b = cache.rows;
+        if t == 0 || ids.len() != b * t {
+            return Err(format!(
+                "expected {b}x{t} = {} token ids for a cache of {b} rows, got {}",
+                b * t,
+                ids.len()
+            ));
+        }
+        let rows: Vec<usize> = (0..b).collect();
+        self.forward_ragged(cache, &rows, &vec![t; b], ids, all_positions)
+    }
+
+    /// One step over some rows of the cache, each with its own number of new tokens: row `rows[i]` gets the next
+    /// `lens[i]` ids (in the order of `rows`) at positions `len(row)..len(row) + lens[i]`. A chunk of more than
+    /// one token smears within itself only (its first position is not smeared, as upstream's prefill); a
+    /// one-token chunk smears with the row's cached previous embedding when the row is not empty. Rows not
+    /// listed are untouched, and each row's result depends on its own tokens only. Returns softcapped logits of
+    /// every new position `(Σ lens, V)` when `all_positions`, else of each row's last `(rows.len(), V)`.
+    /// The arguments are checked before anything changes.
+    pub fn forward_ragged(
+        &self,
+        cache: &mut KvCache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+        all_positions: bool,
+    ) -> Result<Vec<f32>, String> {
         let cfg = &self.config;
         let (c, nh, nkv, d, vp, v) = (
             cfg.n_embd,
@@ -148,31 +226,59 @@ impl CpuInfer {
             cfg.padded_vocab(),
             cfg.vocab_size,
         );
-        let b = cache.rows;
-        let n = b * t;
-        let t0 = cache.pos;
-        if t == 0 || ids.len() != n {
+        if rows.is_empty() || rows.len() != lens.len() {
             return Err(format!(
-                "expected {b}x{t} = {n} token ids for a cache of {b} rows, got {}",
+                "a forward step needs one length per row and at least one row ({} rows, {} lengths)",
+                rows.len(),
+                lens.len()
+            ));
+        }
+        let n: usize = lens.iter().sum();
+        if ids.len() != n || lens.contains(&0) {
+            return Err(format!(
+                "expected {n} token ids for chunks of {lens:?} tokens (each at least 1), got {}",
                 ids.len()
             ));
         }
-        if t0 + t > cache.t_max {
-            return Err(format!(
-                "the KV cache holds {} positions; {t0} are used and {t} more do not fit",
-                cache.t_max
-            ));
-        }
-        if t0 + t > self.cos.len() / (d / 2) {
-            return Err(format!(
-                "position {} exceeds the RoPE table ({} positions)",
-                t0 + t,
-                self.cos.len() / (d / 2)
-            ));
+        let mut seen = vec![false; cache.rows];
+        for (&r, &t) in rows.iter().zip(lens) {
+            cache.check_row(r)?;
+            if std::mem::replace(&mut seen[r], true) {
+                return Err(format!("row {r} appears twice in one forward step"));
+            }
+            let t0 = cache.lens[r];
+            if t0 + t > cache.t_max {
+                return Err(format!(
+                    "the KV cache holds {} positions; {t0} are used in row {r} and {t} more do not fit",
+                    cache.t_max
+                ));
+            }
+            if t0 + t > self.cos.len() / (d / 2) {
+                return Err(format!(
+                    "position {} exceeds the RoPE table ({} positions)",
+                    t0 + t,
+                    self.cos.len() / (d / 2)
+                ));
+            }
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
             return Err(format!("token id {bad} is outside the vocabulary of {v}"));
         }
+        // Each chunk's first token and each token's (row, absolute position).
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |o, &t| {
+                let s = *o;
+                *o += t;
+                Some(s)
+            })
+            .collect();
+        let tokens: Vec<(usize, usize)> = rows
+            .iter()
+            .zip(lens)
+            .flat_map(|(&r, &t)| (0..t).map(move |i| (r, i)))
+            .map(|(r, i)| (r, cache.lens[r] + i))
+            .collect();
 
         // Embedding, norm, smear (within the chunk for t > 1; with the cached previous embedding for t = 1).
         let mut emb = vec![0.0; n * c];
@@ -181,25 +287,21 @@ impl CpuInfer {
         ops::rmsnorm_forward(&mut xe, &mut rstd, &emb, c);
         let (gate, lambda) = (self.p(Slot::SmearGate, 0), self.scalar(Slot::SmearLambda, 0));
         let mut x0 = vec![0.0; n * c];
-        if t > 1 {
-            let mut g = vec![0.0; n];
-            ops::smear_forward(&mut x0, &mut g, &xe, gate, lambda, b, t, c);
-        } else if let Some(prev) = &cache.prev_embedding {
-            // A two-position sequence [prev, x]: the smear of its second position is the decode rule.
-            let (mut pair, mut out, mut g) = (vec![0.0; 2 * c], vec![0.0; 2 * c], [0.0; 2]);
-            for r in 0..b {
-                pair[..c].copy_from_slice(&prev[r * c..(r + 1) * c]);
-                pair[c..].copy_from_slice(&xe[r * c..(r + 1) * c]);
-                ops::smear_forward(&mut out, &mut g, &pair, gate, lambda, 1, 2, c);
-                x0[r * c..(r + 1) * c].copy_from_slice(&out[c..]);
+        for ((&r, &t), &s) in rows.iter().zip(lens).zip(&starts) {
+            let (xs, out) = (&xe[s * c..(s + t) * c], &mut x0[s * c..(s + t) * c]);
+            if t > 1 {
+                let mut g = vec![0.0; t];
+                ops::smear_forward(out, &mut g, xs, gate, lambda, 1, t, c);
+            } else if cache.lens[r] > 0 {
+                // A two-position sequence [prev, x]: the smear of its second position is the decode rule.
+                let (mut pair, mut both, mut g) = (vec![0.0; 2 * c], vec![0.0; 2 * c], [0.0; 2]);
+                pair[..c].copy_from_slice(&cache.prev_embedding[r * c..(r + 1) * c]);
+                pair[c..].copy_from_slice(xs);
+                ops::smear_forward(&mut both, &mut g, &pair, gate, lambda, 1, 2, c);
+                out.copy_from_slice(&both[c..]);
+            } else {
+                out.copy_from_slice(xs);
             }
-        } else {
-            x0.copy_from_slice(&xe);
-        }
-        let mut prev = vec![0.0; b * c];
-        for r in 0..b {
-            let last = (r * t + t - 1) * c;
-            prev[r * c..(r + 1) * c].copy_from_slice(&xe[last..last + c]);
         }
 
         let mut x = x0.clone();
@@ -231,19 +333,29 @@ impl CpuInfer {
                 let wg = self.p(Slot::VeGate, kv);
                 ops::ve_gate_forward(&mut vv, &mut g, &xn, &ve, wg, n, c, nkv, d);
             }
-            ops::rope_forward(&mut q, &self.cos, &self.sin, t, nh, d, t0);
-            ops::rope_forward(&mut k, &self.cos, &self.sin, t, nkv, d, t0);
+            for ((&r, &t), &s) in rows.iter().zip(lens).zip(&starts) {
+                let t0 = cache.lens[r];
+                ops::rope_forward(&mut q[s * nh * d..(s + t) * nh * d], &self.cos, &self.sin, t, nh, d, t0);
+                ops::rope_forward(
+                    &mut k[s * nkv * d..(s + t) * nkv * d],
+                    &self.cos,
+                    &self.sin,
+                    t,
+                    nkv,
+                    d,
+                    t0,
+                );
+            }
             ops::qk_norm_forward(&mut qn, &mut rq, &q, d);
             ops::qk_norm_forward(&mut kn, &mut rk, &k, d);
-            // Write this chunk's keys and values at positions t0.. of every row.
-            for r in 0..b {
-                let dst = cache.at(i, r, t0);
-                let src = r * t * nkv * d;
-                let len = t * nkv * d;
+            // Write each chunk's keys and values at its row's positions.
+            for ((&r, &t), &s) in rows.iter().zip(lens).zip(&starts) {
+                let dst = cache.at(i, r, cache.lens[r]);
+                let (src, len) = (s * nkv * d, t * nkv * d);
                 cache.k[dst..dst + len].copy_from_slice(&kn[src..src + len]);
                 cache.v[dst..dst + len].copy_from_slice(&vv[src..src + len]);
             }
-            let y = self.cached_attention(cache, i, &qn, b, t, t0);
+            let y = self.cached_attention(cache, i, &qn, &tokens);
             let mut xb = vec![0.0; n * c];
             ops::linear_forward(&mut xb, &y, self.p(Slot::AttnProj, i), n, nh * d, c);
             xb.iter_mut().zip(&xa).for_each(|(o, r)| *o += r);
@@ -261,14 +373,17 @@ impl CpuInfer {
             }
             x = out;
         }
-        cache.pos += t;
-        cache.prev_embedding = Some(prev);
+        for ((&r, &t), &s) in rows.iter().zip(lens).zip(&starts) {
+            let last = (s + t - 1) * c;
+            cache.prev_embedding[r * c..(r + 1) * c].copy_from_slice(&xe[last..last + c]);
+            cache.lens[r] += t;
+        }
 
-        // Only the rows whose logits are wanted go through the final norm and the (large) lm_head.
+        // Only the positions whose logits are wanted go through the final norm and the (large) lm_head.
         let keep: Vec<usize> = if all_positions {
             (0..n).collect()
         } else {
-            (0..b).map(|r| r * t + t - 1).collect()
+            starts.iter().zip(lens).map(|(&s, &t)| s + t - 1).collect()
         };
         let m = keep.len();
         let backout = self.scalar(Slot::BackoutLambda, 0);
@@ -287,17 +402,16 @@ impl CpuInfer {
             .collect())
     }
 
-    /// Attention of the chunk's queries `q (b, t, h, d)` (absolute positions t0..t0+t) against the cached keys
-    /// of layer `layer`: query p sees keys `[p − window, p]`.
-    fn cached_attention(&self, cache: &KvCache, layer: usize, q: &[f32], b: usize, t: usize, t0: usize) -> Vec<f32> {
+    /// Attention of the new queries `q (n, h, d)`, query j at row and absolute position `tokens[j]`, against
+    /// the cached keys of layer `layer`: the query at position p sees its row's keys `[p − window, p]`.
+    fn cached_attention(&self, cache: &KvCache, layer: usize, q: &[f32], tokens: &[(usize, usize)]) -> Vec<f32> {
         let (h, hkv, d) = (self.config.n_head, self.config.n_kv_head, self.config.head_dim());
         let (group, window) = (h / hkv, self.windows[layer]);
         let scale = 1.0 / (d as f32).sqrt();
-        let mut out = vec![0.0f32; b * t * h * d];
-        // One task per (row, position): it owns one (h, d) block of the output.
+        let mut out = vec![0.0f32; tokens.len() * h * d];
+        // One task per new token: it owns one (h, d) block of the output.
         out.par_chunks_mut(h * d).enumerate().for_each(|(rt, orow)| {
-            let (r, ti) = (rt / t, rt % t);
-            let p = t0 + ti;
+            let (r, p) = tokens[rt];
             let k0 = p.saturating_sub(window);
             let base = cache.at(layer, r, 0);
             let mut scores = vec![0.0f32; p + 1 - k0];

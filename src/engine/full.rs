@@ -64,38 +64,82 @@ impl InferModel for FullForward<'_> {
     fn config(&self) -> &ModelConfig {
         &self.config
     }
-    fn new_cache(&self, rows: usize, t_max: usize) -> TokenRows {
-        TokenRows {
-            rows: vec![Vec::new(); rows],
-            t_max,
-        }
-    }
-    fn expand(&self, one: &TokenRows, rows: usize, t_max: usize) -> Result<TokenRows, String> {
-        if one.rows.len() != 1 || t_max < one.rows[0].len() {
-            return Err(format!(
-                "cannot expand a {}-row cache of {} positions into {rows} rows of {t_max}",
-                one.rows.len(),
-                one.rows.first().map_or(0, Vec::len)
-            ));
-        }
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<TokenRows, String> {
         Ok(TokenRows {
-            rows: vec![one.rows[0].clone(); rows],
+            rows: vec![Vec::new(); rows],
             t_max,
         })
     }
-    fn forward_last(&self, cache: &mut TokenRows, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
-        let b = cache.rows.len();
-        if ids.len() != b * t {
-            return Err(format!("expected {b}x{t} ids, got {}", ids.len()));
+    fn row_len(&self, cache: &TokenRows, row: usize) -> usize {
+        cache.rows.get(row).map_or(0, Vec::len)
+    }
+    fn clear_row(&self, cache: &mut TokenRows, row: usize) -> Result<(), String> {
+        let n = cache.rows.len();
+        cache
+            .rows
+            .get_mut(row)
+            .ok_or_else(|| format!("row {row} does not exist: the cache has {n} rows"))?
+            .clear();
+        Ok(())
+    }
+    fn copy_row(&self, cache: &mut TokenRows, src: usize, dst: usize) -> Result<(), String> {
+        let n = cache.rows.len();
+        if src >= n || dst >= n {
+            return Err(format!("cannot copy row {src} into row {dst}: the cache has {n} rows"));
         }
-        let len = cache.rows.first().map_or(0, Vec::len) + t;
-        if len > cache.t_max {
-            return Err(format!("the cache holds {} positions, {len} needed", cache.t_max));
+        cache.rows[dst] = cache.rows[src].clone();
+        Ok(())
+    }
+    /// Rows of equal new length run as one full forward; each group of lengths is its own forward.
+    fn forward_rows(
+        &self,
+        cache: &mut TokenRows,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> Result<Vec<f32>, String> {
+        let n = cache.rows.len();
+        if rows.is_empty() || rows.len() != lens.len() || lens.contains(&0) || ids.len() != lens.iter().sum::<usize>() {
+            return Err(format!(
+                "expected one chunk of at least one token per row ({} rows, lengths {lens:?}, {} ids)",
+                rows.len(),
+                ids.len()
+            ));
         }
-        for (r, row) in cache.rows.iter_mut().enumerate() {
-            row.extend_from_slice(&ids[r * t..(r + 1) * t]);
+        let mut seen = vec![false; n];
+        for (&r, &t) in rows.iter().zip(lens) {
+            if r >= n || std::mem::replace(&mut seen[r], true) {
+                return Err(format!("row {r} is out of range ({n} rows) or listed twice"));
+            }
+            if cache.rows[r].len() + t > cache.t_max {
+                return Err(format!(
+                    "the cache holds {} positions, {} needed",
+                    cache.t_max,
+                    cache.rows[r].len() + t
+                ));
+            }
         }
-        let flat: Vec<u32> = cache.rows.concat();
-        self.with_model(|m| m.last_logits(&flat, b, len))?
+        let mut off = 0;
+        for (&r, &t) in rows.iter().zip(lens) {
+            cache.rows[r].extend_from_slice(&ids[off..off + t]);
+            off += t;
+        }
+        let v = self.config.vocab_size;
+        let mut out = vec![0.0; rows.len() * v];
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, &r) in rows.iter().enumerate() {
+            by_len.entry(cache.rows[r].len()).or_default().push(i);
+        }
+        for (len, group) in by_len {
+            let flat: Vec<u32> = group
+                .iter()
+                .flat_map(|&i| cache.rows[rows[i]].iter().copied())
+                .collect();
+            let logits = self.with_model(|m| m.last_logits(&flat, group.len(), len))??;
+            for (j, &i) in group.iter().enumerate() {
+                out[i * v..(i + 1) * v].copy_from_slice(&logits[j * v..(j + 1) * v]);
+            }
+        }
+        Ok(out)
     }
 }

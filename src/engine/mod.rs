@@ -16,17 +16,52 @@ use crate::cpu::infer::{CpuInfer, KvCache};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 
-/// A model that runs with a KV cache.
+/// A model that runs with a KV cache of independent rows.
+///
+/// A cache holds a fixed number of rows (sequences), each of up to `t_max` positions, allocated once by
+/// [`new_cache`](InferModel::new_cache). Every row has its own length. A forward step feeds any subset of the
+/// rows, each its own number of new tokens written at that row's current length, so one step can mix prefills
+/// of different prompt lengths with one-token decodes, and a row can be cleared and start a new sequence while
+/// the others go on (continuous batching). A row's logits depend on its own tokens only, never on which other
+/// rows share the step (up to the rounding of a batched matrix product on devices that have one).
+///
+/// Smear (spec §1.5): a chunk of more than one token smears within itself only (its first position is not
+/// smeared, as upstream's prefill); a one-token chunk on a non-empty row smears with that row's previous
+/// token's embedding, kept in the cache.
 pub trait InferModel: Send {
     type Cache: Send;
     fn config(&self) -> &ModelConfig;
-    /// An empty cache for `rows` sequences of up to `t_max` positions.
-    fn new_cache(&self, rows: usize, t_max: usize) -> Self::Cache;
-    /// A `rows`-row cache of `t_max` positions holding copies of the batch-1 cache `one`.
-    fn expand(&self, one: &Self::Cache, rows: usize, t_max: usize) -> Result<Self::Cache, String>;
-    /// Runs `ids (rows, t)` at the cache position, advancing it by `t`; returns the last position's
-    /// softcapped logits per row, `(rows, vocab_size)`.
-    fn forward_last(&self, cache: &mut Self::Cache, ids: &[u32], t: usize) -> Result<Vec<f32>, String>;
+    /// A cache of `rows` empty rows of up to `t_max` positions each.
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<Self::Cache, String>;
+    /// Positions filled in `row` (0 for a row out of range).
+    fn row_len(&self, cache: &Self::Cache, row: usize) -> usize;
+    /// Empties `row` (length 0) for a new sequence; the other rows are untouched.
+    fn clear_row(&self, cache: &mut Self::Cache, row: usize) -> Result<(), String>;
+    /// Makes row `dst` a copy of row `src`: length, keys, values and smear state (upstream's
+    /// `KVCache.prefill`, row by row: one prefill shared by several samples).
+    fn copy_row(&self, cache: &mut Self::Cache, src: usize, dst: usize) -> Result<(), String>;
+    /// One forward step over the distinct rows `rows`: row `rows[i]` gets the next `lens[i] >= 1` ids of `ids`
+    /// (`ids.len()` is the sum of `lens`, chunks in the order of `rows`) at positions
+    /// `row_len..row_len + lens[i]`, and its length grows by `lens[i]`. Rows not listed are untouched. Returns
+    /// the softcapped logits of each listed row's last new position, `(rows.len(), vocab_size)`. Checks its
+    /// arguments (rows in range and distinct, lengths fitting `t_max`, ids in the vocabulary) before changing
+    /// anything.
+    fn forward_rows(
+        &self,
+        cache: &mut Self::Cache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> Result<Vec<f32>, String>;
+    /// `forward_rows` over rows `0..ids.len() / t` with `t` tokens each (`ids` is `(rows, t)`).
+    fn forward_last(&self, cache: &mut Self::Cache, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
+        if t == 0 || ids.is_empty() || ids.len() % t != 0 {
+            return Err(format!("expected (rows, {t}) token ids, got {}", ids.len()));
+        }
+        let rows = ids.len() / t;
+        let all: Vec<usize> = (0..rows).collect();
+        self.forward_rows(cache, &all, &vec![t; rows], ids)
+    }
 }
 
 impl InferModel for CpuInfer {
@@ -34,14 +69,30 @@ impl InferModel for CpuInfer {
     fn config(&self) -> &ModelConfig {
         &self.config
     }
-    fn new_cache(&self, rows: usize, t_max: usize) -> KvCache {
-        KvCache::new(&self.config, rows, t_max)
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<KvCache, String> {
+        Ok(KvCache::new(&self.config, rows, t_max))
     }
-    fn expand(&self, one: &KvCache, rows: usize, t_max: usize) -> Result<KvCache, String> {
-        one.expand(rows, t_max)
+    fn row_len(&self, cache: &KvCache, row: usize) -> usize {
+        if row < cache.rows {
+            cache.len(row)
+        } else {
+            0
+        }
     }
-    fn forward_last(&self, cache: &mut KvCache, ids: &[u32], t: usize) -> Result<Vec<f32>, String> {
-        self.forward(cache, ids, t, false)
+    fn clear_row(&self, cache: &mut KvCache, row: usize) -> Result<(), String> {
+        cache.clear_row(row)
+    }
+    fn copy_row(&self, cache: &mut KvCache, src: usize, dst: usize) -> Result<(), String> {
+        cache.copy_row(src, dst)
+    }
+    fn forward_rows(
+        &self,
+        cache: &mut KvCache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> Result<Vec<f32>, String> {
+        self.forward_ragged(cache, rows, lens, ids, false)
     }
 }
 
@@ -193,13 +244,13 @@ impl<M: InferModel> Engine<M> {
         let rows = cfg.num_samples;
         let mut rng = Rng::new(cfg.seed);
 
-        // 1. Batch-1 prefill; its last logits are shared by all rows.
-        let mut one = self.model.new_cache(1, prompt.len());
-        let last = self.model.forward_last(&mut one, prompt, prompt.len())?;
+        // 1. Prefill row 0 once; its last logits are shared by all rows, and its cache is copied into the others.
+        let mut cache = self.model.new_cache(rows, prompt.len() + max_tokens)?;
+        let last = self.model.forward_rows(&mut cache, &[0], &[prompt.len()], prompt)?;
+        for r in 1..rows {
+            self.model.copy_row(&mut cache, 0, r)?;
+        }
         let mut logits: Vec<f32> = last.repeat(rows);
-        // 2. The decode cache.
-        let mut cache = self.model.expand(&one, rows, prompt.len() + max_tokens)?;
-        drop(one);
         let v = last.len();
         let mut state: Vec<RowState> = (0..rows).map(|_| RowState::default()).collect();
         let (mut col, mut mask) = (vec![0u32; rows], vec![0u8; rows]);
