@@ -12,7 +12,7 @@ use half::bf16;
 use nanochat::backend::Backend;
 use nanochat::device::check::{self, Scale};
 use nanochat::device::kernels::decode::{
-    cache_bytes_read, choose_splits, decode_attention, max_keys, split_scratch, StepShape,
+    cache_bytes_read, choose_splits, decode_attention, max_keys, split_scratch, StepShape, StepTokens, TokenTable,
 };
 use nanochat::device::roofline::{pct_cell, time, Peaks};
 use nanochat::device::{Device, Result, Schedule};
@@ -32,17 +32,20 @@ struct Args {
 
 fn bench(d: &dyn Device, peaks: &Peaks, s: StepShape, ctx: usize, splits: Option<usize>, iters: usize) -> Result<()> {
     let mut rng = Rng::new(8);
-    let nq = s.n() * s.h * s.d;
-    let nk = s.rows * s.t_max * s.hkv * s.d;
+    let rows = s.n; // one new token per row
+    let nq = s.n * s.h * s.d;
+    let nk = rows * s.t_max * s.hkv * s.d;
     let mut gen = |n: usize| -> Vec<bf16> { (0..n).map(|_| bf16::from_f32(rng.uniform(-1.0, 1.0))).collect() };
     let (q, k, v) = (
         d.upload_new(&gen(nq))?,
         d.upload_new(&gen(nk))?,
         d.upload_new(&gen(nk))?,
     );
-    let pos = vec![ctx - 1; s.rows];
-    let pos_dev = d.upload_new(&pos.iter().map(|&p| p as i32).collect::<Vec<_>>())?;
-    let splits = splits.unwrap_or_else(|| choose_splits(&s, max_keys(&s, &pos)));
+    let all: Vec<usize> = (0..rows).collect();
+    let tok = StepTokens::new(&all, &vec![1; rows], &vec![ctx - 1; rows]);
+    let tb = d.upload_new(&tok.table(&all))?;
+    let table = TokenTable::at(tb.ptr(), rows, rows);
+    let splits = splits.unwrap_or_else(|| choose_splits(&s, rows, max_keys(&s, &tok, &all)));
     let (po, pml) = split_scratch(&s, splits);
     let (part_o, part_ml, out) = (d.alloc(po.max(1) * 4)?, d.alloc(pml.max(1) * 4)?, d.alloc(nq * 2)?);
     let sec = time(d, iters, || {
@@ -54,16 +57,18 @@ fn bench(d: &dyn Device, peaks: &Peaks, s: StepShape, ctx: usize, splits: Option
             q.ptr(),
             k.ptr(),
             v.ptr(),
-            pos_dev.ptr(),
-            &pos,
+            &table,
+            &tok,
+            &all,
             s,
+            rows,
             splits,
         )
     })?;
-    let bytes = cache_bytes_read(&s, &pos) as f64;
+    let bytes = cache_bytes_read(&s, &tok, &all) as f64;
     println!(
         "decode b{:<3} ctx {:<5} h{}/{} d{} window {:<5} splits {:<2} {:>8.1} us {:>7.1} GB/s {:>6} of bandwidth",
-        s.rows,
+        s.n,
         ctx,
         s.h,
         s.hkv,
@@ -79,8 +84,7 @@ fn bench(d: &dyn Device, peaks: &Peaks, s: StepShape, ctx: usize, splits: Option
 
 fn shape(rows: usize, h: usize, hkv: usize, d: usize, t_max: usize, window: usize) -> StepShape {
     StepShape {
-        rows,
-        t: 1,
+        n: rows,
         h,
         hkv,
         d,

@@ -182,7 +182,7 @@ fn run(args: &Args) -> Result<(), String> {
     // Prefill: a warm-up, then one timed batch-1 prefill.
     let prefill = |m: &KernelModel| -> Result<(DeviceCache, Vec<f32>, f64), String> {
         let t0 = Instant::now();
-        let mut c = m.new_cache(1, prompt_len);
+        let mut c = m.new_cache(1, prompt_len)?;
         let logits = m.forward_last(&mut c, &prompt, prompt_len)?;
         Ok((c, logits, t0.elapsed().as_secs_f64()))
     };
@@ -204,9 +204,12 @@ fn run(args: &Args) -> Result<(), String> {
     for &b in &batches {
         let run_one = |steps: usize| -> Result<(f64, Vec<f64>), String> {
             let t0 = Instant::now();
-            let (one, last, _) = prefill(&m)?;
-            let mut cache = m.expand(&one, b, t_max)?;
-            drop(one);
+            // Prefill row 0, copy it into the other rows (the engine's generate).
+            let mut cache = m.new_cache(b, t_max)?;
+            let last = m.forward_rows(&mut cache, &[0], &[prompt_len], &prompt)?;
+            for r in 1..b {
+                m.copy_row(&mut cache, 0, r)?;
+            }
             let mut logits = last.repeat(b);
             let mut rng = Rng::new(42);
             let mut col: Vec<u32> = (0..b)

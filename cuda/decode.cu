@@ -1,7 +1,7 @@
 // KV-cached inference: the kernels of a forward step over a bf16 KV cache whose rows hold sequences of
-// different lengths. Cache layout per layer: k, v (rows, t_max, hkv, d) bf16. A step runs `t` new tokens
-// per row; token i of row r sits at position pos[r] + i (pos (rows) i32 on the device: the row's length
-// before the step). Query p of head hi sees the cached keys [p - window, p] of kv head hi / (h / hkv).
+// different lengths. Cache layout per layer: k, v (rows, t_max, hkv, d) bf16. A step runs n new tokens,
+// any number per row; token j goes to cache row tok_row[j] at position tok_pos[j] (i32 on the device).
+// Query p of head hi sees the cached keys [p - window, p] of kv head hi / (h / hkv).
 //   kv_rope_append     RoPE at the per-row positions + QK RMSNorm + 1.2 (as rope_qknorm_forward) of the
 //                      step's q and k; q to (n, h, d), k into the cache; v copied into the cache
 //   decode_attention   flash-decoding: a block owns (key split, query head, query); its 4 warps stream
@@ -10,8 +10,9 @@
 //                      in shared memory. One split: the output directly; more: fp32 partials
 //                      (unnormalised sum, max, sum of exponentials) for decode_combine
 //   decode_combine     merges the splits of each (query, head): one warp each
-//   decode_smear       smear of a one-token step from the row's previous embedding, which it then
-//                      replaces by this step's (a fresh row's previous embedding is zero: no smear)
+//   decode_smear       smear of each token from the token before it in its chunk, or, for a one-token
+//                      chunk, from its row's cached previous embedding; then each row's cached previous
+//                      embedding becomes that of its chunk's last token
 // Inference only: no backward. Launcher: src/device/kernels/decode.rs. CPU reference: src/cpu/decode.rs.
 // Check: src/device/check/decode.rs.
 #include "kernel_common.cuh"
@@ -55,15 +56,15 @@ __device__ __forceinline__ void dec_rope_norm(bf16* y, const bf16* x, const floa
 // Grid ceil(n * (h + hkv) / 4), 128 threads: one warp per (token, head), q heads first, then kv heads.
 // qk: rows of x_stride elements, q heads in columns [0, h d), k heads in [h d, (h + hkv) d); v (n, hkv d).
 extern "C" __global__ void kv_rope_append(bf16* q_out, bf16* k_cache, bf16* v_cache, const bf16* qk, const bf16* v,
-                                          const float* cos_t, const float* sin_t, const int* pos, int n, int t, int h,
-                                          int hkv, int d, int t_max, int x_stride) {
+                                          const float* cos_t, const float* sin_t, const int* tok_row,
+                                          const int* tok_pos, int n, int h, int hkv, int d, int t_max, int x_stride) {
     int lane = threadIdx.x % 32;
     int64_t unit = (int64_t)blockIdx.x * DEC_WARPS + threadIdx.x / 32;
     if (unit < (int64_t)n * (h + hkv)) {  // warp-uniform: no barriers here, whole warps shuffle
         int64_t row = unit / (h + hkv);
         int hh = (int)(unit % (h + hkv));
-        int r = (int)(row / t);
-        int64_t p = pos[r] + row % t;
+        int r = tok_row[row];
+        int64_t p = tok_pos[row];
         const float* cs = cos_t + p * (d / 2);
         const float* sn = sin_t + p * (d / 2);
         if (hh < h) {
@@ -79,23 +80,24 @@ extern "C" __global__ void kv_rope_append(bf16* q_out, bf16* k_cache, bf16* v_ca
 }
 KERNEL_REGISTER("kv_rope_append", kv_rope_append);
 
-// Grid (splits, h, n), 128 threads; d in {8, 16, 32, 64, 128, 256}. Query `row` (= r t + i) of head hi
-// sees keys [lo, p], lo = max(0, p - window); split s takes the s-th of `splits` equal chunks of them.
+// Grid (splits, h, m), 128 threads; d in {8, 16, 32, 64, 128, 256}. Block z takes query row = sel[z] (the
+// m tokens of the step that need it); its head hi sees keys [lo, p], lo = max(0, p - window), of its cache
+// row; split s takes the s-th of `splits` equal chunks of them.
 // part_o (n, h, splits, d), part_ml (n, h, splits, 2) f32, scores in base 2 (scaled by log2 e).
 extern "C" __global__ void __launch_bounds__(128)
     decode_attention(bf16* out, float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
-                     const bf16* v_cache, const int* pos, int n, int t, int h, int hkv, int d, int t_max, int window,
-                     int splits) {
+                     const bf16* v_cache, const int* tok_row, const int* tok_pos, const int* sel, int m_sel, int h,
+                     int hkv, int d, int t_max, int window, int splits) {
     __shared__ float s_o[DEC_SLOTS];
     __shared__ float s_m[DEC_WARPS * 32];
     __shared__ float s_l[DEC_WARPS * 32];
-    const int s = blockIdx.x, hi = blockIdx.y, row = blockIdx.z;
-    (void)n;
+    const int s = blockIdx.x, hi = blockIdx.y, row = sel[blockIdx.z];
+    (void)m_sel;
     const int lanes = d / 8, kpw = 32 / lanes;  // lanes per key, keys per warp
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int li = lane % lanes, grp = threadIdx.x / lanes, groups = DEC_WARPS * kpw;
-    const int r = row / t, kh = hi / (h / hkv);
-    const int p = pos[r] + row % t, lo = p - window > 0 ? p - window : 0;
+    const int r = tok_row[row], kh = hi / (h / hkv);
+    const int p = tok_pos[row], lo = p - window > 0 ? p - window : 0;
     const int len = p - lo + 1, chunk = (len + splits - 1) / splits;
     const int start = lo + s * chunk, end = start + chunk < p + 1 ? start + chunk : p + 1;
 
@@ -160,12 +162,13 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 KERNEL_REGISTER("decode_attention", decode_attention);
 
-// Grid ceil(n h / 4), 128 threads: one warp per (query, head); lane holds dims lane + 32 c.
-extern "C" __global__ void decode_combine(bf16* out, const float* part_o, const float* part_ml, int n, int h, int d,
-                                          int splits) {
+// Grid ceil(m h / 4), 128 threads: one warp per (query sel[i], head); lane holds dims lane + 32 c.
+extern "C" __global__ void decode_combine(bf16* out, const float* part_o, const float* part_ml, const int* sel, int m,
+                                          int h, int d, int splits) {
     int lane = threadIdx.x % 32;
-    int64_t unit = (int64_t)blockIdx.x * DEC_WARPS + threadIdx.x / 32;
-    if (unit < (int64_t)n * h) {
+    int64_t w = (int64_t)blockIdx.x * DEC_WARPS + threadIdx.x / 32;
+    if (w < (int64_t)m * h) {
+        int64_t unit = (int64_t)sel[w / h] * h + w % h;
         const float* ml = part_ml + unit * splits * 2;
         float mx = dec_neg_inf();
         for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
@@ -181,22 +184,28 @@ extern "C" __global__ void decode_combine(bf16* out, const float* part_o, const 
 }
 KERNEL_REGISTER("decode_combine", decode_combine);
 
-// Grid ceil(rows / 4), 128 threads: one warp per row. out = x + lambda sigmoid(w . x[:k]) prev (k <= 32),
-// then prev = x. x, out, prev (rows, c) bf16; w (k), lambda (1) f32.
+// Grid ceil(n / 4), 128 threads: one warp per token j of x (n, c) bf16. The smear source of token j is
+// x[src_tok[j]] when src_tok[j] >= 0, else prev[src_row[j]] when src_row[j] >= 0, else none:
+// out = x + lambda sigmoid(w . x[:k]) source (k <= 32), or out = x. Then prev[last_row[j]] = x[j] when
+// last_row[j] >= 0. A row's prev is read only by the token that then replaces it (a one-token chunk), so
+// no other thread races with it. prev (rows, c) bf16; w (k), lambda (1) f32.
 extern "C" __global__ void decode_smear(bf16* out, bf16* prev, const bf16* x, const float* w, const float* lambda,
-                                        int rows, int c, int k) {
+                                        const int* src_tok, const int* src_row, const int* last_row, int n, int c,
+                                        int k) {
     int lane = threadIdx.x % 32;
-    int64_t r = (int64_t)blockIdx.x * DEC_WARPS + threadIdx.x / 32;
-    if (r < rows) {
-        const bf16* xr = x + r * c;
+    int64_t j = (int64_t)blockIdx.x * DEC_WARPS + threadIdx.x / 32;
+    if (j < n) {
+        const bf16* xr = x + j * c;
+        const bf16* src = src_tok[j] >= 0 ? x + (int64_t)src_tok[j] * c
+                                          : (src_row[j] >= 0 ? prev + (int64_t)src_row[j] * c : nullptr);
         float z = warp_sum(lane < k ? w[lane] * __bfloat162float(xr[lane]) : 0.f);
         float g = lambda[0] / (1.f + __expf(-z));
-        bf16* pr = prev + r * c;
-        bf16* orow = out + r * c;
-        for (int j = lane; j < c; j += 32) {
-            float xv = __bfloat162float(xr[j]);
-            orow[j] = __float2bfloat16(xv + g * __bfloat162float(pr[j]));
-            pr[j] = xr[j];
+        bf16* orow = out + j * c;
+        bf16* dst = last_row[j] >= 0 ? prev + (int64_t)last_row[j] * c : nullptr;
+        for (int i = lane; i < c; i += 32) {
+            float xv = __bfloat162float(xr[i]);
+            orow[i] = src ? __float2bfloat16(xv + g * __bfloat162float(src[i])) : xr[i];
+            if (dst) dst[i] = xr[i];
         }
     }
 }

@@ -13,7 +13,13 @@ fn run(bin: &str, args: &[&str]) -> String {
 #[test]
 fn decode_bench_runs_on_the_emulator() {
     let text = run(env!("CARGO_BIN_EXE_decode_bench"), &["--device", "emu"]);
-    for line in ["PASS kv_rope_append", "PASS decode_attention", "PASS decode_smear", "decode b2", "splits 3"] {
+    for line in [
+        "PASS kv_rope_append",
+        "PASS decode_attention",
+        "PASS decode_smear",
+        "decode b2",
+        "splits 3",
+    ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
     assert!(text.contains("all checks passed"), "{text}");

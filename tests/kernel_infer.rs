@@ -64,7 +64,7 @@ fn check_every_position(cfg: &ModelConfig, prefill: usize, total: usize) -> f32 
     let (cpu, dev) = models(cfg, Schedule::Forward);
     let mut rng = Rng::new(3);
     let seq = tokens(&mut rng, total, cfg.vocab_size);
-    let (mut cc, mut dc) = (cpu.new_cache(1, total), dev.new_cache(1, total));
+    let (mut cc, mut dc) = (cpu.new_cache(1, total).unwrap(), dev.new_cache(1, total).unwrap());
     let want = cpu.forward_last(&mut cc, &seq[..prefill], prefill).unwrap();
     let got = dev.forward_last(&mut dc, &seq[..prefill], prefill).unwrap();
     let mut worst = max_diff(&got, &want);
@@ -114,10 +114,10 @@ fn greedy_32_tokens_match_the_cpu_engine() {
         }
         (seq, all)
     };
-    let mut cc = cpu.new_cache(1, total);
+    let mut cc = cpu.new_cache(1, total).unwrap();
     let cc = std::cell::RefCell::new(&mut cc);
     let (want, want_logits) = run(&|ids, t, _| cpu.forward_last(&mut cc.borrow_mut(), ids, t).unwrap());
-    let mut dc = dev.new_cache(1, total);
+    let mut dc = dev.new_cache(1, total).unwrap();
     let dc = std::cell::RefCell::new(&mut dc);
     let (got, got_logits) = run(&|ids, t, _| dev.forward_last(&mut dc.borrow_mut(), ids, t).unwrap());
     if got != want {
@@ -132,59 +132,121 @@ fn greedy_32_tokens_match_the_cpu_engine() {
     }
 }
 
+/// The CPU engine on one row alone: its own cache, fed the same chunks.
+struct Alone {
+    cache: nanochat::cpu::infer::KvCache,
+    seq: Vec<u32>,
+}
+
 #[test]
 fn rows_of_different_lengths_in_one_batch() {
-    // Prompts of 3, 9 and 14 tokens are prefilled alone and put into the rows of one cache; then the rows
-    // step together, each at its own position (a two-token chunk, then one token at a time). Every row's
-    // logits equal those of its own sequence on the CPU engine.
+    // Prompts of 3, 9 and 14 tokens prefill together in one step (row 3 stays empty); then steps mix a
+    // two-token chunk with one-token decodes, feed a subset of the rows in another order, and a row is
+    // cleared and starts a new prompt while the others decode (continuous batching). Every row's logits equal
+    // those of its own sequence alone on the CPU engine.
     let cfg = config(4, 1, 64);
     let (cpu, dev) = models(&cfg, Schedule::Random(5));
     let mut rng = Rng::new(4);
-    let (lens, steps, t_max) = ([3, 9, 14], 12, 40);
     let v = cfg.vocab_size;
-    let mut cache = dev.new_cache(lens.len(), t_max);
-    let mut cpu_caches = Vec::new();
-    let seqs: Vec<Vec<u32>> = lens.iter().map(|&l| tokens(&mut rng, l + steps + 1, v)).collect();
-    for (r, &l) in lens.iter().enumerate() {
-        let mut one = dev.new_cache(1, l);
-        let got = dev.forward_last(&mut one, &seqs[r][..l], l).unwrap();
-        dev.insert_row(&mut cache, r, &one).unwrap();
-        let mut c = cpu.new_cache(1, t_max);
-        let want = cpu.forward_last(&mut c, &seqs[r][..l], l).unwrap();
-        assert!(max_diff(&got, &want) < TOL, "prefill of row {r}");
-        cpu_caches.push(c);
-    }
-    assert_eq!(cache.lens(), &lens);
-    let mut at = lens;
-    let mut t = 2;
-    while at[0] < lens[0] + steps + 1 {
-        let ids: Vec<u32> = (0..lens.len()).flat_map(|r| seqs[r][at[r]..][..t].to_vec()).collect();
-        let got = dev.forward_last(&mut cache, &ids, t).unwrap();
-        for r in 0..lens.len() {
-            let want = cpu
-                .forward_last(&mut cpu_caches[r], &ids[r * t..(r + 1) * t], t)
-                .unwrap();
-            let d = max_diff(&got[r * v..(r + 1) * v], &want);
-            assert!(d < TOL, "row {r} at {}: logits differ by {d}", at[r]);
+    let t_max = 40;
+    let mut cache = dev.new_cache(4, t_max).unwrap();
+    let mut alone: Vec<Alone> = (0..4)
+        .map(|_| Alone {
+            cache: cpu.new_cache(1, t_max).unwrap(),
+            seq: tokens(&mut rng, t_max, v),
+        })
+        .collect();
+    let mut at = [0usize; 4];
+    let check_step = |cache: &mut _, alone: &mut Vec<Alone>, at: &mut [usize; 4], rows: &[usize], lens: &[usize]| {
+        let ids: Vec<u32> = rows
+            .iter()
+            .zip(lens)
+            .flat_map(|(&r, &t)| alone[r].seq[at[r]..at[r] + t].to_vec())
+            .collect();
+        let got = dev.forward_rows(cache, rows, lens, &ids).unwrap();
+        let mut off = 0;
+        for (i, (&r, &t)) in rows.iter().zip(lens).enumerate() {
+            let want = cpu.forward_last(&mut alone[r].cache, &ids[off..off + t], t).unwrap();
+            let d = max_diff(&got[i * v..(i + 1) * v], &want);
+            assert!(d < TOL, "row {r}, {t} tokens at {}: logits differ by {d}", at[r]);
             at[r] += t;
+            off += t;
         }
-        t = 1;
+    };
+    check_step(&mut cache, &mut alone, &mut at, &[0, 1, 2], &[3, 9, 14]);
+    assert_eq!(cache.lens(), &[3, 9, 14, 0]);
+    check_step(&mut cache, &mut alone, &mut at, &[0, 1, 2], &[1, 2, 1]);
+    for _ in 0..4 {
+        check_step(&mut cache, &mut alone, &mut at, &[2, 0, 1], &[1, 1, 1]);
     }
+    check_step(&mut cache, &mut alone, &mut at, &[2, 0], &[1, 1]);
+    // Row 1 leaves; a new request takes its place and prefills while rows 0 and 2 decode.
+    dev.clear_row(&mut cache, 1).unwrap();
+    at[1] = 0;
+    alone[1] = Alone {
+        cache: cpu.new_cache(1, t_max).unwrap(),
+        seq: tokens(&mut rng, t_max, v),
+    };
+    check_step(&mut cache, &mut alone, &mut at, &[0, 1, 2], &[1, 5, 1]);
+    for _ in 0..3 {
+        check_step(&mut cache, &mut alone, &mut at, &[0, 1, 2], &[1, 1, 1]);
+    }
+    // A one-token prompt on the empty row 3 (nothing to smear from) next to decodes.
+    check_step(&mut cache, &mut alone, &mut at, &[3, 1], &[1, 1]);
+    check_step(&mut cache, &mut alone, &mut at, &[3, 1], &[1, 1]);
     assert_eq!(cache.lens(), &at);
+    // copy_row: row 3 becomes row 2 (keys, values, smear state); both continue with the same token alike.
+    dev.copy_row(&mut cache, 2, 3).unwrap();
+    assert_eq!(cache.lens()[3], at[2]);
+    let next = alone[2].seq[at[2]];
+    let got = dev.forward_rows(&mut cache, &[2, 3], &[1, 1], &[next, next]).unwrap();
+    assert_eq!(&got[..v], &got[v..], "a copied row must give the logits of its source");
 }
 
 #[test]
 fn errors_are_reported() {
     let cfg = config(4, 2, 64);
     let (_, dev) = models(&cfg, Schedule::Forward);
-    let mut c = dev.new_cache(1, 4);
+    let mut c = dev.new_cache(2, 4).unwrap();
     let e = dev.forward_last(&mut c, &[1, 2, 3, 4, 5], 5).unwrap_err();
     assert!(e.contains("KV cache holds 4"), "{e}");
-    let e = dev.forward_last(&mut c, &[1, 400], 2).unwrap_err();
+    let e = dev.forward_last(&mut c, &[1, 400], 1).unwrap_err();
     assert!(e.contains("outside the vocabulary"), "{e}");
-    let e = dev.forward_last(&mut c, &[1, 2, 3], 2).unwrap_err();
-    assert!(e.contains("expected 1x2"), "{e}");
-    dev.forward_last(&mut c, &[1, 2], 2).unwrap();
-    let e = dev.expand(&c, 2, 1).err().unwrap();
-    assert!(e.contains("cannot expand"), "{e}");
+    let e = dev.forward_rows(&mut c, &[0, 0], &[1, 1], &[1, 2]).unwrap_err();
+    assert!(e.contains("twice"), "{e}");
+    let e = dev.forward_rows(&mut c, &[2], &[1], &[1]).unwrap_err();
+    assert!(e.contains("outside the cache"), "{e}");
+    let e = dev.forward_rows(&mut c, &[0], &[2], &[1]).unwrap_err();
+    assert!(e.contains("expected 2 token ids"), "{e}");
+    // Nothing changed on errors.
+    assert_eq!(c.lens(), &[0, 0]);
+    dev.forward_rows(&mut c, &[1], &[2], &[1, 2]).unwrap();
+    assert_eq!((dev.row_len(&c, 1), dev.row_len(&c, 0)), (2, 0));
+    assert!(dev.clear_row(&mut c, 5).is_err());
+}
+
+#[test]
+fn engine_generate_on_the_kernels_matches_the_cpu_engine() {
+    // generate_batch through the kernel engine (prefill row 0, copy it into the samples' rows, decode all
+    // rows together) equals the CPU engine's, greedy, 3 samples.
+    use nanochat::engine::{Engine, GenConfig};
+    use nanochat::tokenizer::{files, pattern, SPECIAL_TOKENS};
+    let ranks =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+    let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    let tok = files::import_tiktoken(&ranks, pattern::SPLIT_PATTERN, specials).unwrap();
+    let mut cfg = config(4, 2, 64);
+    cfg.vocab_size = tok.vocab_size();
+    let (cpu, dev) = models(&cfg, Schedule::Forward);
+    let prompt = tok.encode_ordinary("The capital of France is");
+    let gen = GenConfig {
+        num_samples: 3,
+        max_tokens: Some(12),
+        temperature: 0.0,
+        top_k: None,
+        seed: 1,
+    };
+    let want = Engine::new(cpu, tok.clone()).generate_batch(&prompt, &gen).unwrap();
+    let got = Engine::new(dev, tok).generate_batch(&prompt, &gen).unwrap();
+    assert_eq!(got, want);
 }

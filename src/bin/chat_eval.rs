@@ -122,7 +122,9 @@ fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<T
             .model
             .with_model(|m| eval_categorical(m, &e.tokenizer, task, s, &mut progress))?,
         (Models::Device(e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
-        (Models::Kernel(e), EvalType::Categorical) => eval_categorical(&mut e.model, &e.tokenizer, task, s, &mut progress),
+        (Models::Kernel(e), EvalType::Categorical) => {
+            eval_categorical(&mut e.model, &e.tokenizer, task, s, &mut progress)
+        }
         (Models::Kernel(e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
     };
     if tty {

@@ -2,16 +2,16 @@
 //! [`crate::cpu::infer`] (spec §1.5), op for op.
 //!
 //! The cache ([`DeviceCache`]) keeps, per layer, bf16 keys and values `(rows, t_max, hkv, d)` (GQA heads,
-//! every position: no ring buffer for the sliding-window layers, as upstream), each row's length (rows may
-//! hold sequences of different lengths), and each row's normalized embedding of its last token for the
-//! smear of the next one-token step. A step of `t` tokens per row:
-//! - embedding, norm; smear within the chunk (`t > 1`, its first position not smeared, as the CPU
-//!   reference) or from the cached previous embedding (`t = 1`, `decode_smear`);
+//! every position: no ring buffer for the sliding-window layers, as upstream), each row's length (rows hold
+//! sequences of different lengths), and each row's normalized embedding of its last token for the smear of
+//! its next one-token step. A step feeds any subset of the rows, each its own number of tokens:
+//! - embedding, norm; smear within each chunk (its first position not smeared, as the CPU reference) or,
+//!   for a one-token chunk, from the row's cached previous embedding (`decode_smear`);
 //! - per layer: residual mix + norm, the q/k/v GEMMs, the value-embedding gate, RoPE + QK-norm at each row's
-//!   own positions writing k and v into the cache (`kv_rope_append`), then attention: a prefill from
-//!   position 0 runs the flash-attention forward on each row's cache slice; any other step runs the
-//!   flash-decoding kernel (`decode_attention`, split over the key axis and combined when the context is
-//!   long); the projection, the MLP;
+//!   own positions writing k and v into the cache (`kv_rope_append`), then attention: a chunk of several
+//!   tokens on an empty row (a prefill) runs the flash-attention forward on its row's cache slice; every
+//!   other token runs the flash-decoding kernel (`decode_attention`, split over the key axis and combined
+//!   when the context is long); the projection, the MLP;
 //! - backout, final norm and the LM head on each row's last position only; the bf16 logits are copied to
 //!   the host and softcapped there.
 //!
@@ -23,7 +23,7 @@
 use half::bf16;
 
 use super::kernels::attention::{attention_forward, AttnShape};
-use super::kernels::decode::{self, StepShape};
+use super::kernels::decode::{self, StepShape, StepTokens, TokenTable};
 use super::kernels::elementwise::relu2_forward;
 use super::kernels::embedding;
 use super::kernels::model_ops;
@@ -35,14 +35,13 @@ use crate::config::{softcap, ModelConfig, SMEAR_CHANNELS};
 use crate::engine::InferModel;
 use crate::params::Slot;
 
-/// The KV cache of a kernel device and the step scratch. Device memory is allocated at the first step
-/// (so that [`InferModel::new_cache`] stays infallible) and the scratch grows to the largest step seen.
+/// The KV cache of a kernel device and the step scratch (which grows to the largest step seen).
 pub struct DeviceCache {
     pub rows: usize,
     pub t_max: usize,
     /// Each row's length.
     lens: Vec<usize>,
-    bufs: Option<CacheBufs>,
+    bufs: CacheBufs,
     scratch: Option<Scratch>,
 }
 
@@ -52,14 +51,13 @@ struct CacheBufs {
     v: Buffer,
     /// (rows, C) bf16: the normalized embedding of each row's last token (zero for an empty row).
     prev: Buffer,
-    /// (rows) i32: each row's length before the step.
-    pos: Buffer,
 }
 
-/// Scratch of a step of up to `n` tokens over up to `rows` rows.
+/// Scratch of a step of up to `n` tokens.
 struct Scratch {
     n: usize,
-    rows: usize,
+    /// The step's token table ([`StepTokens::table`]).
+    tok: Buffer,
     ids: Buffer,
     emb: Buffer,
     xe: Buffer,
@@ -70,7 +68,6 @@ struct Scratch {
     xn: Buffer,
     xb: Buffer,
     rstd: Buffer,
-    smear_g: Buffer,
     qk: Buffer,
     v: Buffer,
     q: Buffer,
@@ -84,20 +81,18 @@ struct Scratch {
     last_mid: Buffer,
     xf: Buffer,
     xnf: Buffer,
-    rstd_f: Buffer,
     logits: Buffer,
     /// Split partials of the decode kernel and the split count they fit.
     part: Option<(Buffer, Buffer, usize)>,
 }
 
 impl Scratch {
-    fn new(dev: &dyn Device, cfg: &ModelConfig, n: usize, rows: usize) -> Result<Scratch> {
+    fn new(dev: &dyn Device, cfg: &ModelConfig, n: usize) -> Result<Scratch> {
         let (c, qd, kvd, md, h) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.mlp_dim(), cfg.n_head);
         let bf = |w: usize| dev.alloc(n * w * BF16);
-        let t = n; // a batch-1 prefill: the longest sequence of the step
         Ok(Scratch {
             n,
-            rows,
+            tok: dev.alloc(7 * n * 4)?,
             ids: dev.alloc(embedding::ids_bytes(n))?,
             emb: bf(c)?,
             xe: bf(c)?,
@@ -108,7 +103,6 @@ impl Scratch {
             xn: bf(c)?,
             xb: bf(c)?,
             rstd: dev.alloc(n * F32)?,
-            smear_g: dev.alloc(n * F32)?,
             qk: bf(qd + kvd)?,
             v: bf(kvd)?,
             q: bf(qd)?,
@@ -117,29 +111,18 @@ impl Scratch {
             gate: dev.alloc(n * cfg.n_kv_head * F32)?,
             h: bf(md)?,
             act: bf(md)?,
-            lse: dev.alloc(h * t * F32)?,
-            last: dev.alloc(rows * c * BF16)?,
-            last_mid: dev.alloc(rows * c * BF16)?,
-            xf: dev.alloc(rows * c * BF16)?,
-            xnf: dev.alloc(rows * c * BF16)?,
-            rstd_f: dev.alloc(rows * F32)?,
-            logits: dev.alloc(rows * cfg.padded_vocab() * BF16)?,
+            lse: dev.alloc(h * n * F32)?,
+            last: bf(c)?,
+            last_mid: bf(c)?,
+            xf: bf(c)?,
+            xnf: bf(c)?,
+            logits: dev.alloc(n * cfg.padded_vocab() * BF16)?,
             part: None,
         })
     }
 }
 
 impl DeviceCache {
-    fn empty(rows: usize, t_max: usize) -> DeviceCache {
-        DeviceCache {
-            rows,
-            t_max,
-            lens: vec![0; rows],
-            bufs: None,
-            scratch: None,
-        }
-    }
-
     /// Each row's length.
     pub fn lens(&self) -> &[usize] {
         &self.lens
@@ -149,21 +132,18 @@ impl DeviceCache {
     pub fn kv_bytes(cfg: &ModelConfig, rows: usize, t_max: usize) -> usize {
         2 * cfg.n_layer * rows * t_max * cfg.kv_dim() * BF16
     }
-}
 
-fn alloc_bufs(dev: &dyn Device, cfg: &ModelConfig, rows: usize, t_max: usize) -> Result<CacheBufs> {
-    let kv = cfg.n_layer * rows * t_max * cfg.kv_dim() * BF16;
-    let bufs = CacheBufs {
-        k: dev.alloc(kv.max(BF16))?,
-        v: dev.alloc(kv.max(BF16))?,
-        prev: dev.alloc(rows * cfg.n_embd * BF16)?,
-        pos: dev.alloc(rows * 4)?,
-    };
-    dev.zero(bufs.prev.ptr(), rows * cfg.n_embd * BF16)?;
-    Ok(bufs)
+    fn check_row(&self, row: usize) -> std::result::Result<(), String> {
+        if row < self.rows {
+            Ok(())
+        } else {
+            Err(format!("row {row} is outside the cache's {} rows", self.rows))
+        }
+    }
 }
 
 impl KernelModel {
+    #[allow(clippy::too_many_arguments)]
     fn gemm_into(
         &self,
         out: DevPtr,
@@ -180,12 +160,48 @@ impl KernelModel {
         self.dev.gemm(&Gemm { lda, ldc, beta, ..g })
     }
 
-    /// One cached step: `ids (rows, t)` at each row's length; returns each row's last softcapped logits.
-    fn cached_step(&self, cache: &mut DeviceCache, ids: &[u32], t: usize) -> Result<Vec<f32>> {
+    fn alloc_cache(&self, rows: usize, t_max: usize) -> Result<DeviceCache> {
+        let dev = self.dev.as_ref();
+        let cfg = &self.config;
+        let kv = DeviceCache::kv_bytes(cfg, rows, t_max) / 2;
+        let bufs = CacheBufs {
+            k: dev.alloc(kv.max(BF16))?,
+            v: dev.alloc(kv.max(BF16))?,
+            prev: dev.alloc((rows * cfg.n_embd * BF16).max(BF16))?,
+        };
+        dev.zero(bufs.prev.ptr(), rows * cfg.n_embd * BF16)?;
+        Ok(DeviceCache {
+            rows,
+            t_max,
+            lens: vec![0; rows],
+            bufs,
+            scratch: None,
+        })
+    }
+
+    fn copy_row_dev(&self, cache: &mut DeviceCache, src: usize, dst: usize) -> Result<()> {
+        let dev = self.dev.as_ref();
+        let cfg = &self.config;
+        let (kvd, c, len) = (cfg.kv_dim(), cfg.n_embd, cache.lens[src]);
+        let b = &cache.bufs;
+        if src != dst {
+            for l in 0..cfg.n_layer {
+                let at = |r: usize| (l * cache.rows + r) * cache.t_max * kvd;
+                dev.copy(b.k.at::<bf16>(at(dst)), b.k.at::<bf16>(at(src)), len * kvd * BF16)?;
+                dev.copy(b.v.at::<bf16>(at(dst)), b.v.at::<bf16>(at(src)), len * kvd * BF16)?;
+            }
+            dev.copy(b.prev.at::<bf16>(dst * c), b.prev.at::<bf16>(src * c), c * BF16)?;
+        }
+        cache.lens[dst] = len;
+        Ok(())
+    }
+
+    /// One cached step over `rows` (distinct, checked), `lens[i]` tokens each: each row's last softcapped
+    /// logits.
+    fn cached_step(&self, cache: &mut DeviceCache, rows: &[usize], lens: &[usize], ids: &[u32]) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let dev = self.dev.as_ref();
-        let rows = cache.rows;
-        let n = rows * t;
+        let n = ids.len();
         let (c, nh, nkv, d, vp, v) = (
             cfg.n_embd,
             cfg.n_head,
@@ -195,84 +211,52 @@ impl KernelModel {
             cfg.vocab_size,
         );
         let (qd, kvd, md) = (nh * d, nkv * d, cfg.mlp_dim());
-        if t == 0 || ids.len() != n {
-            return super::err(format!(
-                "expected {rows}x{t} = {n} token ids for a cache of {rows} rows, got {}",
-                ids.len()
-            ));
-        }
-        if let Some((r, &l)) = cache.lens.iter().enumerate().find(|(_, &l)| l + t > cache.t_max) {
-            return super::err(format!(
-                "the KV cache holds {} positions; row {r} uses {l} and {t} more do not fit",
-                cache.t_max
-            ));
-        }
-        if cache.lens.iter().any(|&l| l + t > self.positions) {
-            return super::err(format!("positions beyond the rotary tables ({})", self.positions));
-        }
-        if cache.bufs.is_none() {
-            cache.bufs = Some(alloc_bufs(dev, cfg, rows, cache.t_max)?);
-        }
-        if cache.scratch.as_ref().is_none_or(|s| s.n < n || s.rows < rows) {
+        let row_len: Vec<usize> = rows.iter().map(|&r| cache.lens[r]).collect();
+        let tok = StepTokens::new(rows, lens, &row_len);
+        // Chunks of several tokens on empty rows are prefills: flash attention on their cache slice. The
+        // other tokens go through the decode kernel.
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |o, &t| {
+                *o += t;
+                Some(*o - t)
+            })
+            .collect();
+        let is_prefill = |i: usize| lens[i] > 1 && row_len[i] == 0;
+        let sel: Vec<usize> = (0..rows.len())
+            .filter(|&i| !is_prefill(i))
+            .flat_map(|i| starts[i]..starts[i] + lens[i])
+            .collect();
+        if cache.scratch.as_ref().is_none_or(|s| s.n < n) {
             cache.scratch = None;
-            cache.scratch = Some(Scratch::new(dev, cfg, n.max(rows), rows)?);
+            cache.scratch = Some(Scratch::new(dev, cfg, n.max(8))?);
         }
-        let pos = cache.lens.clone();
-        let bufs = cache.bufs.as_ref().expect("allocated");
+        let bufs = &cache.bufs;
         let sc = cache.scratch.as_mut().expect("allocated");
-        let pos_i32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
-        dev.upload(bufs.pos.ptr(), bytemuck::cast_slice(&pos_i32))?;
+        dev.upload(sc.tok.ptr(), bytemuck::cast_slice(&tok.table(&sel)))?;
+        let table = TokenTable::at(sc.tok.ptr(), n, sel.len());
         let ids_dev = embedding::upload_ids(dev, sc.ids.ptr(), ids, vp)?.ids;
-        let shape = |window: usize| StepShape {
-            rows,
-            t,
-            h: nh,
-            hkv: nkv,
-            d,
-            t_max: cache.t_max,
-            window,
-        };
+        let (cache_rows, t_max) = (cache.rows, cache.t_max);
 
         // Embedding, norm, smear.
         embedding::embedding_forward(dev, sc.emb.ptr(), ids_dev, self.weight(Slot::Wte, 0), ids, vp, c)?;
         rmsnorm::rmsnorm_forward(dev, sc.xe.ptr(), sc.rstd.ptr(), sc.emb.ptr(), n, c)?;
         let (gate_w, lambda) = (self.master(Slot::SmearGate, 0), self.master(Slot::SmearLambda, 0));
-        if t == 1 {
-            decode::decode_smear(
-                dev,
-                sc.x0.ptr(),
-                bufs.prev.ptr(),
-                sc.xe.ptr(),
-                gate_w,
-                lambda,
-                rows,
-                c,
-                SMEAR_CHANNELS,
-            )?;
-        } else {
-            model_ops::smear_forward(
-                dev,
-                sc.x0.ptr(),
-                sc.smear_g.ptr(),
-                sc.xe.ptr(),
-                gate_w,
-                lambda,
-                n,
-                t,
-                c,
-                SMEAR_CHANNELS,
-            )?;
-            for r in 0..rows {
-                dev.copy(
-                    bufs.prev.at::<bf16>(r * c),
-                    sc.xe.at::<bf16>((r * t + t - 1) * c),
-                    c * BF16,
-                )?;
-            }
-        }
+        decode::decode_smear(
+            dev,
+            sc.x0.ptr(),
+            bufs.prev.ptr(),
+            sc.xe.ptr(),
+            gate_w,
+            lambda,
+            &table,
+            &tok,
+            cache_rows,
+            c,
+            SMEAR_CHANNELS,
+        )?;
 
-        let layer_kv = rows * cache.t_max * kvd;
-        let prefill = t > 1 && pos.iter().all(|&p| p == 0);
+        let layer_kv = cache_rows * t_max * kvd;
         let mut cur = sc.x0.ptr();
         for i in 0..cfg.n_layer {
             let next = sc.res[i % 2].ptr();
@@ -308,7 +292,14 @@ impl KernelModel {
                 let wg = self.master(Slot::VeGate, kv);
                 model_ops::ve_gate_forward(dev, sc.v.ptr(), sc.gate.ptr(), xn, sc.ve.ptr(), wg, gate_shape(cfg, n))?;
             }
-            let s = shape(self.windows[i]);
+            let s = StepShape {
+                n,
+                h: nh,
+                hkv: nkv,
+                d,
+                t_max,
+                window: self.windows[i],
+            };
             let (kl, vl) = (bufs.k.at::<bf16>(i * layer_kv), bufs.v.at::<bf16>(i * layer_kv));
             let (cos, sin) = (self.cos.ptr(), self.sin.ptr());
             decode::kv_rope_append(
@@ -320,14 +311,17 @@ impl KernelModel {
                 sc.v.ptr(),
                 cos,
                 sin,
-                bufs.pos.ptr(),
-                &pos,
+                &table,
+                &tok,
                 s,
+                cache_rows,
                 w,
                 self.positions,
             )?;
-            if prefill {
-                // Each row's cache slice of t positions is a (1, t, hkv, d) tensor: the training attention.
+            for (ci, &r) in rows.iter().enumerate().filter(|&(ci, _)| is_prefill(ci)) {
+                // The row's cache slice of its first t positions is a (1, t, hkv, d) tensor: the training
+                // attention reads it as written.
+                let t = lens[ci];
                 let a = AttnShape {
                     b: 1,
                     t,
@@ -336,25 +330,16 @@ impl KernelModel {
                     d,
                     window: s.window,
                 };
-                for r in 0..rows {
-                    let (q, y) = (sc.q.at::<bf16>(r * t * qd), sc.y.at::<bf16>(r * t * qd));
-                    let (kr, vr) = (
-                        kl.at::<bf16>(r * cache.t_max * kvd),
-                        vl.at::<bf16>(r * cache.t_max * kvd),
-                    );
-                    attention_forward(dev, self.attn, y, sc.lse.ptr(), q, kr, vr, a)?;
-                }
-            } else {
-                let splits = decode::choose_splits(&s, decode::max_keys(&s, &pos));
-                let (po, pml) = decode::split_scratch(&s, splits);
+                let (q, y) = (sc.q.at::<bf16>(starts[ci] * qd), sc.y.at::<bf16>(starts[ci] * qd));
+                let (kr, vr) = (kl.at::<bf16>(r * t_max * kvd), vl.at::<bf16>(r * t_max * kvd));
+                attention_forward(dev, self.attn, y, sc.lse.ptr(), q, kr, vr, a)?;
+            }
+            if !sel.is_empty() {
+                let splits = decode::choose_splits(&s, sel.len(), decode::max_keys(&s, &tok, &sel));
                 if splits > 1 && sc.part.as_ref().is_none_or(|p| p.2 < splits) {
                     sc.part = None;
-                    let (po_max, pml_max) = decode::split_scratch(&StepShape { rows: sc.n, t: 1, ..s }, splits);
-                    sc.part = Some((
-                        dev.alloc(po_max.max(po) * F32)?,
-                        dev.alloc(pml_max.max(pml) * F32)?,
-                        splits,
-                    ));
+                    let (po, pml) = decode::split_scratch(&StepShape { n: sc.n, ..s }, splits);
+                    sc.part = Some((dev.alloc(po * F32)?, dev.alloc(pml * F32)?, splits));
                 }
                 let (part_o, part_ml) = match &sc.part {
                     Some((o, ml, _)) if splits > 1 => (o.ptr(), ml.ptr()),
@@ -368,9 +353,11 @@ impl KernelModel {
                     sc.q.ptr(),
                     kl,
                     vl,
-                    bufs.pos.ptr(),
-                    &pos,
+                    &table,
+                    &tok,
+                    &sel,
                     s,
+                    cache_rows,
                     splits,
                 )?;
             }
@@ -407,120 +394,39 @@ impl KernelModel {
             cur = next;
         }
 
-        // Each row's last position: backout, final norm, head.
-        let (last, last_mid) = if t == 1 {
+        // Each chunk's last position: backout, final norm, head. With one token a chunk they are all of them;
+        // otherwise they are gathered (the embedding gather over the step's rows).
+        let m = rows.len();
+        let (last, last_mid) = if m == n {
             (cur, sc.xmid.ptr())
         } else {
-            for r in 0..rows {
-                let src = (r * t + t - 1) * c;
-                dev.copy(sc.last.at::<bf16>(r * c), cur.at::<bf16>(src), c * BF16)?;
-                dev.copy(sc.last_mid.at::<bf16>(r * c), sc.xmid.at::<bf16>(src), c * BF16)?;
-            }
+            let idx: Vec<u32> = tok.last.iter().map(|&j| j as u32).collect();
+            embedding::embedding_forward(dev, sc.last.ptr(), table.last, cur, &idx, n, c)?;
+            embedding::embedding_forward(dev, sc.last_mid.ptr(), table.last, sc.xmid.ptr(), &idx, n, c)?;
             (sc.last.ptr(), sc.last_mid.ptr())
         };
         let backout = self.master(Slot::BackoutLambda, 0);
-        model_ops::backout_forward(dev, sc.xf.ptr(), last, last_mid, backout, rows * c)?;
-        rmsnorm::rmsnorm_forward(dev, sc.xnf.ptr(), sc.rstd_f.ptr(), sc.xf.ptr(), rows, c)?;
+        model_ops::backout_forward(dev, sc.xf.ptr(), last, last_mid, backout, m * c)?;
+        rmsnorm::rmsnorm_forward(dev, sc.xnf.ptr(), sc.rstd.ptr(), sc.xf.ptr(), m, c)?;
         self.gemm_into(
             sc.logits.ptr(),
             vp,
             sc.xnf.ptr(),
             c,
             self.weight(Slot::LmHead, 0),
-            rows,
+            m,
             vp,
             c,
             0.0,
         )?;
-        let raw: Vec<bf16> = dev.download_vec(sc.logits.ptr(), rows * vp)?;
-        cache.lens.iter_mut().for_each(|l| *l += t);
+        let raw: Vec<bf16> = dev.download_vec(sc.logits.ptr(), m * vp)?;
+        for (&r, &t) in rows.iter().zip(lens) {
+            cache.lens[r] += t;
+        }
         Ok(raw
             .chunks_exact(vp)
             .flat_map(|r| r[..v].iter().map(|z| softcap(z.to_f32())))
             .collect())
-    }
-
-    /// A `rows`-row cache of `t_max` positions holding copies of the one-row cache `one`.
-    fn expand_cache(&self, one: &DeviceCache, rows: usize, t_max: usize) -> Result<DeviceCache> {
-        if one.rows != 1 {
-            return super::err(format!(
-                "only a batch-1 cache can be expanded (this one has {} rows)",
-                one.rows
-            ));
-        }
-        let len = one.lens[0];
-        if t_max < len {
-            return super::err(format!(
-                "cannot expand a cache holding {len} positions into one of {t_max}"
-            ));
-        }
-        let mut out = DeviceCache::empty(rows, t_max);
-        let Some(src) = &one.bufs else {
-            return Ok(out);
-        };
-        let dev = self.dev.as_ref();
-        let cfg = &self.config;
-        let bufs = alloc_bufs(dev, cfg, rows, t_max)?;
-        let kvd = cfg.kv_dim();
-        for l in 0..cfg.n_layer {
-            let from = l * one.t_max * kvd;
-            for r in 0..rows {
-                let to = (l * rows + r) * t_max * kvd;
-                dev.copy(bufs.k.at::<bf16>(to), src.k.at::<bf16>(from), len * kvd * BF16)?;
-                dev.copy(bufs.v.at::<bf16>(to), src.v.at::<bf16>(from), len * kvd * BF16)?;
-            }
-        }
-        for r in 0..rows {
-            dev.copy(bufs.prev.at::<bf16>(r * cfg.n_embd), src.prev.ptr(), cfg.n_embd * BF16)?;
-        }
-        out.bufs = Some(bufs);
-        out.lens = vec![len; rows];
-        Ok(out)
-    }
-}
-
-impl KernelModel {
-    /// Puts the one-row cache `one` (a prefilled request) into row `row` of `cache`, whose other rows keep
-    /// their sequences: rows of different lengths then decode together, each at its own position.
-    pub fn insert_row(
-        &self,
-        cache: &mut DeviceCache,
-        row: usize,
-        one: &DeviceCache,
-    ) -> std::result::Result<(), String> {
-        self.insert_row_dev(cache, row, one)
-            .map_err(|e| format!("{}: KV cache: {e}", self.dev.name()))
-    }
-
-    fn insert_row_dev(&self, cache: &mut DeviceCache, row: usize, one: &DeviceCache) -> Result<()> {
-        let len = one.lens.first().copied().unwrap_or(0);
-        if one.rows != 1 || row >= cache.rows || len > cache.t_max {
-            return super::err(format!(
-                "cannot put a {}-row cache of {len} positions into row {row} of a {}-row cache of {}",
-                one.rows, cache.rows, cache.t_max
-            ));
-        }
-        let dev = self.dev.as_ref();
-        let cfg = &self.config;
-        if cache.bufs.is_none() {
-            cache.bufs = Some(alloc_bufs(dev, cfg, cache.rows, cache.t_max)?);
-        }
-        let dst = cache.bufs.as_ref().expect("allocated");
-        let (kvd, c) = (cfg.kv_dim(), cfg.n_embd);
-        match &one.bufs {
-            Some(src) if len > 0 => {
-                for l in 0..cfg.n_layer {
-                    let from = l * one.t_max * kvd;
-                    let to = (l * cache.rows + row) * cache.t_max * kvd;
-                    dev.copy(dst.k.at::<bf16>(to), src.k.at::<bf16>(from), len * kvd * BF16)?;
-                    dev.copy(dst.v.at::<bf16>(to), src.v.at::<bf16>(from), len * kvd * BF16)?;
-                }
-                dev.copy(dst.prev.at::<bf16>(row * c), src.prev.ptr(), c * BF16)?;
-            }
-            _ => dev.zero(dst.prev.at::<bf16>(row * c), c * BF16)?,
-        }
-        cache.lens[row] = len;
-        Ok(())
     }
 }
 
@@ -529,21 +435,82 @@ impl InferModel for KernelModel {
     fn config(&self) -> &ModelConfig {
         &self.config
     }
-    fn new_cache(&self, rows: usize, t_max: usize) -> DeviceCache {
-        DeviceCache::empty(rows, t_max)
+    fn new_cache(&self, rows: usize, t_max: usize) -> std::result::Result<DeviceCache, String> {
+        self.alloc_cache(rows, t_max).map_err(|e| {
+            format!(
+                "{}: a KV cache of {rows} rows x {t_max} positions ({:.1} MiB): {e}",
+                self.dev.name(),
+                DeviceCache::kv_bytes(&self.config, rows, t_max) as f64 / (1 << 20) as f64
+            )
+        })
     }
-    fn expand(&self, one: &DeviceCache, rows: usize, t_max: usize) -> std::result::Result<DeviceCache, String> {
-        self.expand_cache(one, rows, t_max)
+    fn row_len(&self, cache: &DeviceCache, row: usize) -> usize {
+        cache.lens.get(row).copied().unwrap_or(0)
+    }
+    fn clear_row(&self, cache: &mut DeviceCache, row: usize) -> std::result::Result<(), String> {
+        cache.check_row(row)?;
+        let c = self.config.n_embd;
+        self.dev
+            .zero(cache.bufs.prev.at::<bf16>(row * c), c * BF16)
+            .map_err(|e| format!("{}: KV cache: {e}", self.dev.name()))?;
+        cache.lens[row] = 0;
+        Ok(())
+    }
+    fn copy_row(&self, cache: &mut DeviceCache, src: usize, dst: usize) -> std::result::Result<(), String> {
+        cache.check_row(src)?;
+        cache.check_row(dst)?;
+        self.copy_row_dev(cache, src, dst)
             .map_err(|e| format!("{}: KV cache: {e}", self.dev.name()))
     }
-    fn forward_last(&self, cache: &mut DeviceCache, ids: &[u32], t: usize) -> std::result::Result<Vec<f32>, String> {
+    fn forward_rows(
+        &self,
+        cache: &mut DeviceCache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> std::result::Result<Vec<f32>, String> {
+        if rows.is_empty() || rows.len() != lens.len() {
+            return Err(format!(
+                "a forward step needs one length per row and at least one row ({} rows, {} lengths)",
+                rows.len(),
+                lens.len()
+            ));
+        }
+        let n: usize = lens.iter().sum();
+        if ids.len() != n || lens.contains(&0) {
+            return Err(format!(
+                "expected {n} token ids for chunks of {lens:?} tokens (each at least 1), got {}",
+                ids.len()
+            ));
+        }
+        let mut seen = vec![false; cache.rows];
+        for (&r, &t) in rows.iter().zip(lens) {
+            cache.check_row(r)?;
+            if std::mem::replace(&mut seen[r], true) {
+                return Err(format!("row {r} appears twice in one forward step"));
+            }
+            let t0 = cache.lens[r];
+            if t0 + t > cache.t_max {
+                return Err(format!(
+                    "the KV cache holds {} positions; {t0} are used in row {r} and {t} more do not fit",
+                    cache.t_max
+                ));
+            }
+            if t0 + t > self.positions {
+                return Err(format!(
+                    "position {} exceeds the RoPE table ({} positions)",
+                    t0 + t,
+                    self.positions
+                ));
+            }
+        }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
             return Err(format!(
                 "token id {bad} is outside the vocabulary of {}",
                 self.config.vocab_size
             ));
         }
-        self.cached_step(cache, ids, t)
+        self.cached_step(cache, rows, lens, ids)
             .map_err(|e| format!("{}: cached forward: {e}", self.dev.name()))
     }
 }
@@ -578,7 +545,7 @@ pub fn continue_cached<M: InferModel>(
     temperature: f64,
 ) -> std::result::Result<Vec<u32>, String> {
     let n = n.min(m.config().sequence_len.saturating_sub(prompt.len()));
-    let mut cache = m.new_cache(1, prompt.len() + n);
+    let mut cache = m.new_cache(1, prompt.len() + n)?;
     let mut logits = m.forward_last(&mut cache, prompt, prompt.len())?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
