@@ -96,30 +96,33 @@ fn logits_at_every_position_flash_prefill_head_dim_64() {
     eprintln!("flash prefill: worst logit difference {w}");
 }
 
+/// One cached forward step: ids, tokens per row; returns the last logits.
+type Step<'a> = dyn Fn(&[u32], usize) -> Vec<f32> + 'a;
+
 #[test]
 fn greedy_32_tokens_match_the_cpu_engine() {
     let cfg = config(4, 2, 64);
     let (cpu, dev) = models(&cfg, Schedule::Reverse);
     let prompt = tokens(&mut Rng::new(9), 12, cfg.vocab_size);
     let total = prompt.len() + 32;
-    let run = |m: &dyn Fn(&[u32], usize, bool) -> Vec<f32>| {
+    let run = |m: &Step| {
         let mut seq = prompt.clone();
         let mut all = Vec::new();
-        let mut logits = m(&prompt, prompt.len(), true);
+        let mut logits = m(&prompt, prompt.len());
         for _ in 0..32 {
             let next = argmax(&logits) as u32;
             all.push(logits.clone());
             seq.push(next);
-            logits = m(&[next], 1, false);
+            logits = m(&[next], 1);
         }
         (seq, all)
     };
     let mut cc = cpu.new_cache(1, total).unwrap();
     let cc = std::cell::RefCell::new(&mut cc);
-    let (want, want_logits) = run(&|ids, t, _| cpu.forward_last(&mut cc.borrow_mut(), ids, t).unwrap());
+    let (want, want_logits) = run(&|ids, t| cpu.forward_last(&mut cc.borrow_mut(), ids, t).unwrap());
     let mut dc = dev.new_cache(1, total).unwrap();
     let dc = std::cell::RefCell::new(&mut dc);
-    let (got, got_logits) = run(&|ids, t, _| dev.forward_last(&mut dc.borrow_mut(), ids, t).unwrap());
+    let (got, got_logits) = run(&|ids, t| dev.forward_last(&mut dc.borrow_mut(), ids, t).unwrap());
     if got != want {
         // A bf16 near-tie may flip a token: then the two logits at the first difference are within tolerance.
         let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap() - prompt.len();

@@ -515,6 +515,13 @@ impl InferModel for KernelModel {
     }
 }
 
+/// A kernel engine, its checkpoint and a notice (see [`load_kernel_engine`]).
+pub type KernelEngine = (
+    crate::engine::Engine<KernelModel>,
+    crate::engine::load::ModelCard,
+    Option<String>,
+);
+
 /// [`crate::engine::load::load_engine`] on a kernel device: the checkpoint's model on `dev`, KV-cached.
 pub fn load_kernel_engine(
     dev: Box<dyn Device>,

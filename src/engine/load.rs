@@ -60,12 +60,10 @@ pub fn load_engine(
 
 /// What [`load_engine`] loads, before a model is built from it: (configuration, parameters, tokenizer,
 /// checkpoint card, notice).
-pub fn load_parts(
-    base: &Path,
-    source: &str,
-    model_tag: Option<&str>,
-    step: Option<usize>,
-) -> Result<(ModelConfig, Vec<f32>, Tokenizer, ModelCard, Option<String>), String> {
+pub type Parts = (ModelConfig, Vec<f32>, Tokenizer, ModelCard, Option<String>);
+
+/// The checkpoint and tokenizer [`load_engine`] builds its engine from.
+pub fn load_parts(base: &Path, source: &str, model_tag: Option<&str>, step: Option<usize>) -> Result<Parts, String> {
     let mut source = source;
     let mut notice = None;
     let mut phase = base.join(phase_dir_name(source)?);
