@@ -1,10 +1,12 @@
 //! Load test of the `chat_web` program on loopback, as clients meet it: waves of 16 concurrent clients, each on
 //! its own kept-alive HTTP/1.1 connection (no `Connection: close`, so a body that does not end hangs the
-//! client), against one worker with `--max-queue 4`. Requests rotate over upstream's stream, the OpenAI stream
+//! client), against one worker with `--max-queue 4`, twice: one request per worker at a time
+//! (`--batch-rows 0`), then continuous batching (`--batch-rows 16`: the 16 clients share each decode step). Requests rotate over upstream's stream, the OpenAI stream
 //! and the OpenAI answer. Every request must be answered 200 (a complete body) or 503 within 30 s; the
 //! server's resident memory must grow by less than 32 MiB over the run (at least 1,000 requests). Bounded:
 //! the waves stop at `REQUESTS` or after `DEADLINE`, every read has a 30 s timeout, and the server is killed at
-//! the end. Prints requests/s, p50/p99 latency and the server's RSS before and after; exits 1 on a failure.
+//! the end. Prints requests/s, p50/p99 latency and the server's RSS before and after for each mode, then the
+//! two side by side; exits 1 on a failure.
 //!
 //! `cargo bench --bench serve_load` (`--profile dev` skips the release build).
 
@@ -163,13 +165,46 @@ impl Drop for Killed {
     }
 }
 
+/// One mode's figures: requests/s, completed/s, p50 and p99 latency of the 200s (ms).
+struct Figures {
+    rps: f64,
+    completed: f64,
+    p50: f64,
+    p99: f64,
+}
+
 fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
     prepare(tmp.path());
+    let mut failed = false;
+    let mut rows = Vec::new();
+    for (name, batch_rows) in [("one request per worker", "0"), ("continuous batching", "16")] {
+        let (f, bad) = run(tmp.path(), name, batch_rows);
+        failed |= bad;
+        rows.push((name, f));
+    }
+    println!(
+        "serve_load: {:<24} {:>10} {:>12} {:>10} {:>10}",
+        "mode", "requests/s", "completed/s", "p50 ms", "p99 ms"
+    );
+    for (name, f) in &rows {
+        println!(
+            "serve_load: {name:<24} {:>10.1} {:>12.1} {:>10.1} {:>10.1}",
+            f.rps, f.completed, f.p50, f.p99
+        );
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    println!("serve_load: ok");
+}
+
+/// Runs the waves against a fresh chat_web with `--batch-rows batch_rows`: (figures, whether it failed).
+fn run(base: &Path, name: &str, batch_rows: &str) -> (Figures, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chat_web"))
         .args(["--host", "127.0.0.1", "--port", "0", "-i", "base"])
-        .args(["--max-queue", "4", "-n", "1"])
-        .env("NANOCHAT_BASE_DIR", tmp.path())
+        .args(["--max-queue", "4", "-n", "1", "--batch-rows", batch_rows])
+        .env("NANOCHAT_BASE_DIR", base)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -228,7 +263,7 @@ fn main() {
     ok.sort();
     all.sort();
     println!(
-        "serve_load: {} requests in {waves} waves of {CLIENTS} (one worker, --max-queue 4, {MAX_TOKENS} tokens each) in {wall:.1} s",
+        "serve_load, {name}: {} requests in {waves} waves of {CLIENTS} (one worker, --max-queue 4, --batch-rows {batch_rows}, {MAX_TOKENS} tokens each) in {wall:.1} s",
         outcomes.len()
     );
     println!(
@@ -271,8 +306,11 @@ fn main() {
         failed = true;
     }
     drop(server);
-    if failed {
-        std::process::exit(1);
-    }
-    println!("serve_load: ok");
+    let figures = Figures {
+        rps: outcomes.len() as f64 / wall,
+        completed: ok.len() as f64 / wall,
+        p50: pct(&ok, 0.5),
+        p99: pct(&ok, 0.99),
+    };
+    (figures, failed)
 }

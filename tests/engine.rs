@@ -3,6 +3,7 @@
 use nanochat::config::ModelConfig;
 use nanochat::cpu::gpt::Gpt;
 use nanochat::cpu::infer::{CpuInfer, KvCache};
+use nanochat::engine::batch::Job;
 use nanochat::engine::{sample_next_token, Engine, GenConfig, InferModel, TextStream};
 use nanochat::params::ParamTable;
 use nanochat::rng::Rng;
@@ -280,6 +281,58 @@ fn generate_semantics() {
     })
     .unwrap();
     assert_eq!(steps, 1);
+}
+
+/// generate_jobs: prompts of different lengths, greedy and sampled, in one batch of fewer rows than jobs (rows
+/// leave and new jobs join); each job's row equals generate_batch of that job alone.
+#[test]
+fn generate_jobs_rows_of_different_lengths_equal_each_alone() {
+    let eng = engine();
+    let mut rng = Rng::new(4);
+    let jobs: Vec<Job> = (0..5)
+        .map(|i| {
+            let mut prompt = vec![eng.tokenizer.bos_id()];
+            prompt.extend((0..1 + 7 * i).map(|_| 100 + rng.below(150) as u32));
+            Job {
+                prompt,
+                max_tokens: 4 + 3 * i,
+                temperature: if i % 2 == 0 { 0.0 } else { 1.0 },
+                top_k: if i == 3 { Some(5) } else { None },
+                seed: 50 + i as u64,
+            }
+        })
+        .collect();
+    for max_rows in [2, 5] {
+        let (seqs, masks) = eng.generate_jobs(&jobs, max_rows).unwrap();
+        assert_eq!(seqs.len(), jobs.len());
+        for (i, j) in jobs.iter().enumerate() {
+            let cfg = GenConfig {
+                num_samples: 1,
+                max_tokens: Some(j.max_tokens),
+                temperature: j.temperature,
+                top_k: j.top_k,
+                seed: j.seed,
+            };
+            let (one, one_masks) = eng.generate_batch(&j.prompt, &cfg).unwrap();
+            assert_eq!(seqs[i], one[0], "job {i} with {max_rows} rows");
+            assert_eq!(masks[i], one_masks[0], "job {i} masks");
+            assert!(seqs[i].len() > j.prompt.len(), "job {i} generated nothing");
+        }
+    }
+    // Sampled jobs differ from their greedy twins (the seeds matter).
+    let mut greedy = jobs[1].clone();
+    greedy.temperature = 0.0;
+    let (a, _) = eng.generate_jobs(&[jobs[1].clone(), greedy], 2).unwrap();
+    assert_ne!(a[0], a[1]);
+    // Bad jobs are refused before anything runs.
+    let mut none = jobs[0].clone();
+    none.max_tokens = 0;
+    assert!(eng.generate_jobs(&[none], 1).unwrap_err().contains("at least 1"));
+    let bad = Job {
+        prompt: vec![],
+        ..jobs[0].clone()
+    };
+    assert!(eng.generate_jobs(&[bad], 1).unwrap_err().contains("empty"));
 }
 
 /// A model that writes a fixed script (one-hot logits for the script token at each position), ignoring input.

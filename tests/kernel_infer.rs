@@ -253,3 +253,51 @@ fn engine_generate_on_the_kernels_matches_the_cpu_engine() {
     let got = Engine::new(dev, tok).generate_batch(&prompt, &gen).unwrap();
     assert_eq!(got, want);
 }
+
+#[test]
+fn continuous_batching_jobs_on_the_kernels_equal_each_alone() {
+    // generate_jobs (rows of different lengths, fewer rows than jobs: rows leave and new jobs join) on the
+    // kernel engine: each job equals the same job alone on the kernel engine (greedy and seeded sampling),
+    // and the greedy jobs equal the CPU engine's.
+    use nanochat::engine::batch::Job;
+    use nanochat::engine::{Engine, GenConfig};
+    use nanochat::tokenizer::{files, pattern, SPECIAL_TOKENS};
+    let ranks =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+    let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    let tok = files::import_tiktoken(&ranks, pattern::SPLIT_PATTERN, specials).unwrap();
+    let mut cfg = config(4, 2, 64);
+    cfg.vocab_size = tok.vocab_size();
+    let (cpu, dev) = models(&cfg, Schedule::Reverse);
+    let (cpu, dev) = (Engine::new(cpu, tok.clone()), Engine::new(dev, tok.clone()));
+    let mut rng = Rng::new(6);
+    let jobs: Vec<Job> = (0..4)
+        .map(|i| {
+            let mut prompt = vec![tok.bos_id()];
+            prompt.extend((0..1 + 5 * i).map(|_| 100 + rng.below(150) as u32));
+            Job {
+                prompt,
+                max_tokens: 3 + 2 * i,
+                temperature: if i % 2 == 0 { 0.0 } else { 1.0 },
+                top_k: if i == 3 { Some(5) } else { None },
+                seed: 70 + i as u64,
+            }
+        })
+        .collect();
+    let (seqs, _) = dev.generate_jobs(&jobs, 2).unwrap();
+    let (cpu_seqs, _) = cpu.generate_jobs(&jobs, 2).unwrap();
+    for (i, j) in jobs.iter().enumerate() {
+        let g = GenConfig {
+            num_samples: 1,
+            max_tokens: Some(j.max_tokens),
+            temperature: j.temperature,
+            top_k: j.top_k,
+            seed: j.seed,
+        };
+        let (alone, _) = dev.generate_batch(&j.prompt, &g).unwrap();
+        assert_eq!(seqs[i], alone[0], "job {i}: batched vs alone on the kernels");
+        if j.temperature == 0.0 {
+            assert_eq!(seqs[i], cpu_seqs[i], "greedy job {i}: kernels vs the CPU engine");
+        }
+    }
+}

@@ -61,6 +61,12 @@ struct Args {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
+    /// Continuous batching: requests running at once per worker, each in its own row of the worker's KV cache
+    /// (rows x the model's context, allocated at start-up); new requests join the running batch at the next
+    /// step and finished ones leave. Requests beyond the rows wait in the queue (--max-queue), beyond that 503.
+    /// 0: one request per worker at a time (upstream's mode).
+    #[arg(long, default_value_t = 16)]
+    batch_rows: usize,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10.0)]
     grace: f64,
@@ -140,6 +146,7 @@ fn serve<M: InferModel + Sync + 'static>(
         max_queue: args.max_queue,
         queue_timeout: Duration::from_secs_f64(args.queue_timeout),
         max_body: args.max_body,
+        batch_rows: args.batch_rows,
         model,
         ..Options::default()
     };
@@ -147,6 +154,20 @@ fn serve<M: InferModel + Sync + 'static>(
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    }
+    if args.batch_rows > 0 {
+        let cfg = engines[0].model.config();
+        // Keys and values per position of every layer: fp32 on the CPU reference, bf16 on the kernels.
+        let elem = if args.device_type.is_kernels() { 2 } else { 4 };
+        let bytes = args.batch_rows * cfg.sequence_len * cfg.n_layer * 2 * cfg.kv_dim() * elem;
+        eprintln!(
+            "continuous batching: {} rows of {} positions per worker, KV cache {:.1} MiB per worker",
+            args.batch_rows,
+            cfg.sequence_len,
+            bytes as f64 / (1 << 20) as f64
+        );
+    } else {
+        eprintln!("one request per worker at a time (--batch-rows 0)");
     }
     let addr = format!("{}:{}", args.host, args.port);
     let server = Server::start(engines, devices, opts, &addr)?;

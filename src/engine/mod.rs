@@ -1,10 +1,12 @@
-//! The inference engine (spec §6): prefill the prompt once at batch 1, copy the cache into `num_samples` rows,
-//! then decode all rows together with temperature / top-k sampling from one seeded RNG, forcing the calculator's
-//! output tokens into a row after it closes a `<|python_start|>`..`<|python_end|>` block.
+//! The inference engine (spec §6): prefill the prompt once in row 0, copy its cache into the other of
+//! `num_samples` rows, then decode all rows together with temperature / top-k sampling from one seeded RNG,
+//! forcing the calculator's output tokens into a row after it closes a `<|python_start|>`..`<|python_end|>`
+//! block. [`batch`] runs many different prompts at once (continuous batching), each with its own RNG.
 //!
 //! The model is anything implementing [`InferModel`]; the CPU reference implements it here, kernel devices
 //! implement it with their own cache type.
 
+pub mod batch;
 pub mod calc;
 pub mod full;
 pub mod load;
@@ -202,6 +204,35 @@ struct RowState {
     completed: bool,
 }
 
+impl RowState {
+    /// The row's next token, a forced one before the sampled one, with its mask (1 sampled, 0 forced), and the
+    /// tool state machine advanced past it.
+    fn next(&mut self, sampled: u32, sp: &Specials, tok: &Tokenizer) -> (u32, u8) {
+        let (t, m) = match self.forced.pop_front() {
+            Some(f) => (f, 0),
+            None => (sampled, 1),
+        };
+        if t == sp.assistant_end || t == sp.bos {
+            self.completed = true;
+        }
+        if Some(t) == sp.python_start {
+            self.in_python = true;
+            self.expr.clear();
+        } else if Some(t) == sp.python_end && self.in_python {
+            self.in_python = false;
+            let expr = tok.decode_lossy(&self.expr);
+            if let (Some(result), Some(os), Some(oe)) = (calc::use_calculator(&expr), sp.output_start, sp.output_end) {
+                self.forced.push_back(os);
+                self.forced.extend(tok.encode_ordinary(&result));
+                self.forced.push_back(oe);
+            }
+        } else if self.in_python {
+            self.expr.push(t);
+        }
+        (t, m)
+    }
+}
+
 /// Sequences and their masks, one per row.
 pub type Batch = (Vec<Vec<u32>>, Vec<Vec<u8>>);
 
@@ -260,32 +291,7 @@ impl<M: InferModel> Engine<M> {
             }
             for r in 0..rows {
                 let sampled = sample_next_token(&logits[r * v..(r + 1) * v], &mut rng, cfg.temperature, cfg.top_k)?;
-                let st = &mut state[r];
-                let (tok, m) = match st.forced.pop_front() {
-                    Some(f) => (f, 0),
-                    None => (sampled, 1),
-                };
-                col[r] = tok;
-                mask[r] = m;
-                if tok == sp.assistant_end || tok == sp.bos {
-                    st.completed = true;
-                }
-                if Some(tok) == sp.python_start {
-                    st.in_python = true;
-                    st.expr.clear();
-                } else if Some(tok) == sp.python_end && st.in_python {
-                    st.in_python = false;
-                    let expr = self.tokenizer.decode_lossy(&st.expr);
-                    if let (Some(result), Some(os), Some(oe)) =
-                        (calc::use_calculator(&expr), sp.output_start, sp.output_end)
-                    {
-                        st.forced.push_back(os);
-                        st.forced.extend(self.tokenizer.encode_ordinary(&result));
-                        st.forced.push_back(oe);
-                    }
-                } else if st.in_python {
-                    st.expr.push(tok);
-                }
+                (col[r], mask[r]) = state[r].next(sampled, &sp, &self.tokenizer);
             }
             if !on_column(&col, &mask) {
                 break;

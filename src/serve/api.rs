@@ -30,6 +30,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// OpenAI endpoint only (`stream_options.include_usage`): a last chunk carrying the token counts.
     pub include_usage: bool,
+    /// `seed` (as OpenAI's): the sampling seed, so a request can be repeated; None: the server picks one.
+    pub seed: Option<u64>,
 }
 
 /// Why a request body was refused (a 400 answer): the message, and the request field at fault when there is
@@ -185,6 +187,10 @@ pub fn parse_request(body: &[u8], defaults: Defaults, openai: bool) -> Result<Ch
             format!("{key} must be between 1 and {MAX_MAX_TOKENS}, got {max_tokens}"),
         ));
     }
+    let seed = match integer(&v, "seed")? {
+        Some(s) if s < 0 => return Err(bad("seed", format!("seed must be a non-negative integer, got {s}"))),
+        s => s.map(|s| s as u64),
+    };
     let stream = boolean(&v, "stream")?.unwrap_or(false);
     let include_usage = match v.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -206,6 +212,7 @@ pub fn parse_request(body: &[u8], defaults: Defaults, openai: bool) -> Result<Ch
         max_tokens: max_tokens as usize,
         stream,
         include_usage,
+        seed,
     })
 }
 

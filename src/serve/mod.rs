@@ -1,10 +1,13 @@
 //! The chat server on tiny_http (spec §7.2): `GET /` (the page of `web/`), `POST /chat/completions` (Server-Sent
 //! Events as upstream), an OpenAI-compatible `POST /v1/chat/completions` (streaming or not), `GET /v1/models`
-//! and `GET /v1/models/{id}`, `GET /health` and `GET /stats`. One engine per device in a worker pool with a
-//! bounded wait queue; a thread per request. Errors of the `/v1` routes are OpenAI error objects
+//! and `GET /v1/models/{id}`, `GET /health` and `GET /stats`. One engine per device; a thread per request.
+//! Two ways to share the engines ([`Options::batch_rows`]): continuous batching, where each engine runs one
+//! batch that requests join and leave step by step (`lanes`), or one request per engine at a time in a worker
+//! pool (`pool`, upstream's way). Both have a bounded wait queue and answer 503 beyond it. Errors of the `/v1` routes are OpenAI error objects
 //! (`{"error": {"message", "type", "param", "code"}}`), those of upstream's routes `{"error": "message"}`.
 
 pub mod api;
+pub mod lanes;
 pub mod pool;
 mod respond;
 
@@ -38,6 +41,9 @@ pub struct Options {
     pub log: bool,
     /// What `/v1/models` lists.
     pub model: ModelInfo,
+    /// Continuous batching: rows of each engine's KV cache (requests running at once per engine), each of the
+    /// model's context. 0: one request per engine at a time (a worker pool).
+    pub batch_rows: usize,
 }
 
 /// The model being served, as `/v1/models` describes it.
@@ -81,6 +87,7 @@ impl Default for Options {
             max_connections: 256,
             log: true,
             model: ModelInfo::default(),
+            batch_rows: 0,
         }
     }
 }
@@ -97,7 +104,11 @@ struct Counters {
 }
 
 struct Shared<M: InferModel> {
+    /// The engines; with continuous batching the lanes run them and the pool only hands out the first one's
+    /// tokenizer and configuration.
     pool: Pool<Engine<M>>,
+    /// One per engine with continuous batching, else none.
+    lanes: Vec<lanes::Lane>,
     opts: Options,
     /// Device names, one per worker.
     devices: Vec<String>,
@@ -111,6 +122,9 @@ pub struct Server {
     addr: SocketAddr,
     accept: Option<JoinHandle<()>>,
     active: Arc<AtomicUsize>,
+    /// Stops the batching threads.
+    stop_lanes: Box<dyn Fn() + Send + Sync>,
+    lane_threads: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -131,13 +145,30 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let context = engines[0].model.config().sequence_len;
+        let lanes = (0..if opts.batch_rows > 0 { engines.len() } else { 0 })
+            .map(|_| lanes::Lane::new(opts.batch_rows, context, opts.max_queue, opts.queue_timeout))
+            .collect();
         let shared = Arc::new(Shared {
             pool: Pool::new(engines, opts.max_queue, opts.queue_timeout),
+            lanes,
             opts,
             devices,
             counters: Counters::default(),
             seed: AtomicU64::new(seed),
         });
+        let mut lane_threads = Vec::new();
+        for i in 0..shared.lanes.len() {
+            match spawn_lane(shared.clone(), i) {
+                Ok(h) => lane_threads.push(h),
+                Err(e) => {
+                    shared.lanes.iter().for_each(lanes::Lane::stop);
+                    return Err(e);
+                }
+            }
+        }
+        let sh = shared.clone();
+        let stop_lanes = Box::new(move || sh.lanes.iter().for_each(lanes::Lane::stop));
         let active = Arc::new(AtomicUsize::new(0));
         let (h, act) = (http.clone(), active.clone());
         let accept = std::thread::Builder::new()
@@ -168,6 +199,8 @@ impl Server {
             addr,
             accept: Some(accept),
             active,
+            stop_lanes,
+            lane_threads,
         })
     }
 
@@ -190,7 +223,51 @@ impl Server {
         while self.active() > 0 && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A lane stops once its batch is empty; wait for that only when the requests in flight have finished.
+        (self.stop_lanes)();
+        if self.active() == 0 {
+            for h in self.lane_threads.drain(..) {
+                let _ = h.join();
+            }
+        }
     }
+}
+
+/// Starts lane `i`'s thread on engine `i`; returns once its KV cache is allocated (an allocation failure is
+/// the error).
+fn spawn_lane<M: InferModel + Sync + 'static>(sh: Arc<Shared<M>>, i: usize) -> Result<JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("batch-{i}"))
+        .spawn(move || {
+            let lane = &sh.lanes[i];
+            let mut b = match crate::engine::batch::Batcher::new(sh.pool.get(i), lane.rows, lane.t_max) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            lane.run(&mut b);
+        })
+        .map_err(|e| format!("cannot start a batching thread: {e}"))?;
+    ready_rx
+        .recv()
+        .map_err(|_| "the batching thread stopped while allocating its KV cache".to_string())??;
+    Ok(handle)
+}
+
+/// (engines free for a new request, requests waiting): with continuous batching an engine is free while its
+/// batch has a free row.
+fn availability<M: InferModel>(sh: &Shared<M>) -> (usize, usize) {
+    if sh.lanes.is_empty() {
+        return sh.pool.counts();
+    }
+    sh.lanes.iter().fold((0, 0), |(f, w), l| {
+        let (active, waiting) = l.counts();
+        (f + usize::from(active < l.rows), w + waiting)
+    })
 }
 
 /// Reads the body, at most `max` bytes: None when it is larger.
@@ -229,7 +306,7 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
         (Method::Get, "/") | (Method::Get, "/index.html") => Reply::Page,
         (Method::Get, "/logo.svg") => Reply::Logo,
         (Method::Get, "/health") => {
-            let (free, _) = sh.pool.counts();
+            let (free, _) = availability(sh);
             Reply::Json(
                 200,
                 serde_json::json!({"status": "ok", "ready": true, "num_gpus": sh.pool.total(),
@@ -237,7 +314,7 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
             )
         }
         (Method::Get, "/stats") => {
-            let (free, waiting) = sh.pool.counts();
+            let (free, waiting) = availability(sh);
             let workers: Vec<_> = sh
                 .devices
                 .iter()
@@ -245,16 +322,22 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
                 .map(|(i, d)| serde_json::json!({"gpu_id": i, "device": d}))
                 .collect();
             let c = &sh.counters;
-            Reply::Json(
-                200,
-                serde_json::json!({"total_workers": sh.pool.total(), "available_workers": free,
-                    "busy_workers": sh.pool.total() - free, "waiting_requests": waiting,
-                    "workers": workers, "requests": c.requests.load(Ordering::Relaxed),
-                    "completions": c.completions.load(Ordering::Relaxed),
-                    "cancelled": c.cancelled.load(Ordering::Relaxed),
-                    "rejected_busy": c.rejected_busy.load(Ordering::Relaxed),
-                    "generated_tokens": c.tokens.load(Ordering::Relaxed)}),
-            )
+            let mut v = serde_json::json!({"total_workers": sh.pool.total(), "available_workers": free,
+                "busy_workers": sh.pool.total() - free, "waiting_requests": waiting,
+                "workers": workers, "requests": c.requests.load(Ordering::Relaxed),
+                "completions": c.completions.load(Ordering::Relaxed),
+                "cancelled": c.cancelled.load(Ordering::Relaxed),
+                "rejected_busy": c.rejected_busy.load(Ordering::Relaxed),
+                "generated_tokens": c.tokens.load(Ordering::Relaxed),
+                "batching": if sh.lanes.is_empty() { "per-worker" } else { "continuous" }});
+            if !sh.lanes.is_empty() {
+                let rows: usize = sh.lanes.iter().map(|l| l.rows).sum();
+                let active: usize = sh.lanes.iter().map(|l| l.counts().0).sum();
+                v["batch_rows"] = rows.into();
+                v["active_rows"] = active.into();
+                v["row_positions"] = sh.lanes[0].t_max.into();
+            }
+            Reply::Json(200, v)
         }
         (Method::Get, "/v1/models") => {
             Reply::Json(200, serde_json::json!({"object": "list", "data": [model_object(sh)]}))
@@ -288,8 +371,14 @@ fn handle<M: InferModel + Sync>(sh: &Shared<M>, mut req: Request) {
                 Ok(Some(body)) => match api::parse_request(&body, sh.opts.defaults, v1) {
                     Err(e) => error(400, &e.message, e.param, None),
                     Ok(chat) => {
-                        let seed = sh.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) % (1 << 31);
-                        Reply::Chat { chat, openai: v1, seed }
+                        let picked = sh.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) % (1 << 31);
+                        let seed = chat.seed.unwrap_or(picked);
+                        Reply::Chat {
+                            chat,
+                            openai: v1,
+                            seed,
+                            id: picked,
+                        }
                     }
                 },
             }

@@ -90,6 +90,11 @@ impl<W> Pool<W> {
         }
     }
 
+    /// Worker `i` (for a caller that schedules the workers itself).
+    pub fn get(&self, i: usize) -> &W {
+        &self.workers[i]
+    }
+
     /// The first worker (all are replicas of one model).
     pub fn first(&self) -> &W {
         &self.workers[0]

@@ -10,14 +10,17 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 use tiny_http::{Header, Request, Response};
 
 use super::api::{self, ChatRequest};
-use super::pool::Busy;
+use super::lanes::Msg;
+use super::pool::{Busy, Lease};
 use super::Shared;
+use crate::engine::batch::Job;
 use crate::engine::{Engine, GenConfig, InferModel, TextStream};
 
 const PAGE: &str = include_str!("../../web/index.html");
@@ -28,7 +31,13 @@ pub(super) enum Reply {
     Page,
     Logo,
     Preflight,
-    Chat { chat: ChatRequest, openai: bool, seed: u64 },
+    /// `id` names the answer (`chatcmpl-<id>`), unique per request.
+    Chat {
+        chat: ChatRequest,
+        openai: bool,
+        seed: u64,
+        id: u64,
+    },
 }
 
 /// The error body: OpenAI's error object on the `/v1` routes (its clients turn `message` into their
@@ -75,7 +84,7 @@ pub(super) fn send<M: InferModel + Sync>(sh: &Shared<M>, req: Request, reply: Re
         Reply::Page => (text_response(PAGE, "text/html; charset=utf-8"), 200),
         Reply::Logo => (text_response(LOGO, "image/svg+xml"), 200),
         Reply::Preflight => (cors(Response::from_string("").with_status_code(204)), 204),
-        Reply::Chat { chat, openai, seed } => return chat_reply(sh, req, chat, openai, seed),
+        Reply::Chat { chat, openai, seed, id } => return chat_reply(sh, req, chat, openai, seed, id),
     };
     match req.respond(resp) {
         Ok(()) => status.to_string(),
@@ -101,28 +110,32 @@ fn prepare<M: InferModel>(engine: &Engine<M>, chat: &ChatRequest) -> Result<(Vec
     Ok((prompt, dropped, max_new))
 }
 
-/// Generates the assistant's reply, handing each complete piece of text to `on_text` (false stops).
+/// Where a request's tokens come from.
+enum Source<'a, M: InferModel> {
+    /// A worker of the pool, held for the whole request.
+    Worker(Lease<'a, Engine<M>>),
+    /// A row of a lane's running batch: its tokens arrive here.
+    Lane(std::sync::mpsc::Receiver<Msg>),
+    /// Nothing to generate (no room left in the context).
+    Nothing,
+}
+
+/// Generates the assistant's reply, handing each complete piece of text to `on_text` (false stops; with a
+/// lane, dropping the receiver then makes the lane drop the row).
 fn generate<M: InferModel>(
     engine: &Engine<M>,
     chat: &ChatRequest,
     (prompt, dropped, max_new): (Vec<u32>, usize, usize),
     seed: u64,
+    source: &Source<'_, M>,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Generated, String> {
     let tok = &engine.tokenizer;
     let end = tok.special_id("<|assistant_end|>");
     let bos = tok.bos_id();
-    let cfg = GenConfig {
-        num_samples: 1,
-        max_tokens: Some(max_new),
-        temperature: chat.temperature,
-        top_k: Some(chat.top_k),
-        seed,
-    };
     let mut stream = TextStream::new();
     let (mut text, mut finish, mut n) = (String::new(), "length", 0);
-    engine.generate(&prompt, &cfg, &mut |col, _| {
-        let t = col[0];
+    let mut on_token = |t: u32| {
         if Some(t) == end || t == bos {
             finish = "stop";
             return false;
@@ -134,7 +147,32 @@ fn generate<M: InferModel>(
         }
         text.push_str(&piece);
         on_text(&piece)
-    })?;
+    };
+    match source {
+        Source::Worker(lease) => {
+            let cfg = GenConfig {
+                num_samples: 1,
+                max_tokens: Some(max_new),
+                temperature: chat.temperature,
+                top_k: Some(chat.top_k),
+                seed,
+            };
+            lease.worker().generate(&prompt, &cfg, &mut |col, _| on_token(col[0]))?;
+        }
+        Source::Lane(rx) => loop {
+            match rx.recv() {
+                Ok(Msg::Token { token, done }) => {
+                    if !on_token(token) || done {
+                        break;
+                    }
+                }
+                Ok(Msg::Failed(e)) => return Err(e),
+                Ok(Msg::Started | Msg::Timeout) => {}
+                Err(_) => return Err("the batch stopped before the reply was complete".into()),
+            }
+        },
+        Source::Nothing => {}
+    }
     Ok(Generated {
         text,
         prompt_tokens: prompt.len(),
@@ -222,6 +260,7 @@ fn chat_reply<M: InferModel + Sync>(
     chat: ChatRequest,
     openai: bool,
     seed: u64,
+    answer_id: u64,
 ) -> String {
     let t0 = Instant::now();
     let fail = |req: Request, status: u16, msg: &str, param: Option<&str>| {
@@ -229,21 +268,75 @@ fn chat_reply<M: InferModel + Sync>(
         let _ = req.respond(json_response(status, &body));
         format!("{status} ({msg})")
     };
-    let lease = match sh.pool.acquire() {
-        Ok(l) => l,
-        Err(b) => {
-            sh.counters.rejected_busy.fetch_add(1, Ordering::Relaxed);
-            let why = match b {
-                Busy::QueueFull => "all workers are busy and the queue is full",
-                Busy::Timeout => "timed out waiting for a free worker",
-            };
-            return fail(req, 503, why, None);
+    // All engines are replicas: the first one's tokenizer and context shape the prompt.
+    let prepared = match prepare(sh.pool.first(), &chat) {
+        Ok(p) => p,
+        Err(e) => return fail(req, 400, &e, Some("messages")),
+    };
+    let busy = |req: Request, why: &str| {
+        sh.counters.rejected_busy.fetch_add(1, Ordering::Relaxed);
+        fail(req, 503, why, None)
+    };
+    let (source, gpu) = if prepared.2 == 0 {
+        (Source::Nothing, 0)
+    } else if sh.lanes.is_empty() {
+        match sh.pool.acquire() {
+            Ok(l) => {
+                let i = l.index;
+                (Source::Worker(l), i)
+            }
+            Err(b) => {
+                let why = match b {
+                    Busy::QueueFull => "all workers are busy and the queue is full",
+                    Busy::Timeout => "timed out waiting for a free worker",
+                };
+                return busy(req, why);
+            }
+        }
+    } else {
+        // The lane with the fewest requests in it.
+        let (i, lane) = sh
+            .lanes
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| {
+                let (a, w) = l.counts();
+                a + w
+            })
+            .expect("at least one lane");
+        let job = Job {
+            prompt: prepared.0.clone(),
+            max_tokens: prepared.2,
+            temperature: chat.temperature,
+            top_k: Some(chat.top_k),
+            seed,
+        };
+        let rx = match lane.submit(job) {
+            Ok(rx) => rx,
+            Err(full) => {
+                let why = format!(
+                    "server busy: the KV cache is full ({} of {} rows of {} positions in use) and {} requests wait",
+                    full.active, lane.rows, lane.t_max, full.waiting
+                );
+                return busy(req, &why);
+            }
+        };
+        // The lane answers Timeout itself after the queue timeout, between two steps; the extra second covers a
+        // step in progress, and a lane that stopped.
+        let waiting = "server busy: timed out waiting for a free row of the KV cache";
+        match rx.recv_timeout(sh.opts.queue_timeout + std::time::Duration::from_secs(1)) {
+            Ok(Msg::Started) => (Source::Lane(rx), i),
+            Ok(Msg::Timeout) | Err(RecvTimeoutError::Timeout) => return busy(req, waiting),
+            Ok(Msg::Failed(e)) => return fail(req, 500, &e, None),
+            Ok(Msg::Token { .. }) | Err(RecvTimeoutError::Disconnected) => {
+                return fail(req, 500, "the batch stopped", None)
+            }
         }
     };
     let waited = t0.elapsed();
-    let (gpu, engine) = (lease.index, lease.worker());
+    let engine = sh.pool.first();
     let model = sh.opts.model.id.as_str();
-    let id = format!("chatcmpl-{seed:x}");
+    let id = format!("chatcmpl-{answer_id:x}");
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -261,14 +354,10 @@ fn chat_reply<M: InferModel + Sync>(
         }
         c.to_string()
     };
-    let prepared = match prepare(engine, &chat) {
-        Ok(p) => p,
-        Err(e) => return fail(req, 400, &e, Some("messages")),
-    };
     let t_gen = Instant::now();
     let mut gone = false;
     let (result, finish) = if openai && !chat.stream {
-        let r = generate(engine, &chat, prepared, seed, &mut |_| true);
+        let r = generate(engine, &chat, prepared, seed, &source, &mut |_| true);
         let resp = match &r {
             Ok(g) => json_response(
                 200,
@@ -291,7 +380,7 @@ fn chat_reply<M: InferModel + Sync>(
         let r = if gone {
             Err("client gone".to_string())
         } else {
-            generate(engine, &chat, prepared, seed, &mut |piece| {
+            generate(engine, &chat, prepared, seed, &source, &mut |piece| {
                 let data = if openai {
                     chunk(json!({ "content": piece }), Value::Null)
                 } else {
@@ -323,7 +412,7 @@ fn chat_reply<M: InferModel + Sync>(
     };
     // Free the worker and count the request before the client sees the end, so /health and /stats agree with
     // what the client has seen.
-    drop(lease);
+    drop(source);
     if let Ok(g) = &result {
         sh.counters.tokens.fetch_add(g.tokens as u64, Ordering::Relaxed);
         let done = if gone {

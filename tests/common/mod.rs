@@ -1,7 +1,9 @@
-//! Helpers shared by the kernel tests: the emulator under every thread schedule, bf16-exact random inputs,
-//! bf16 rounding and downloads, and tolerance assertions.
+//! Helpers shared by the tests: the emulator under every thread schedule, bf16-exact random inputs, bf16
+//! rounding and downloads, tolerance assertions; `serve`: server start-up and an HTTP client.
 // Each test crate compiles this module and uses a part of it.
 #![allow(dead_code)]
+
+pub mod serve;
 
 use half::bf16;
 use nanochat::device::emu::EmuDevice;
