@@ -20,6 +20,10 @@ pub struct LoopState {
     pub min_val_bpb: Option<f64>,
     pub smooth_train_loss: f64,
     pub total_training_time: f64,
+    /// The step at which `smooth_train_loss` started from 0 (what its debiasing counts from): 0 for a run
+    /// begun here, the imported step for an upstream checkpoint that recorded no smoothed loss.
+    #[serde(default)]
+    pub smooth_since: usize,
 }
 
 /// `meta_{step}.json`. Field names follow upstream's metadata.
@@ -239,6 +243,7 @@ mod tests {
             loop_state: LoopState {
                 min_val_bpb: Some(1.5),
                 smooth_train_loss: 3.0,
+                smooth_since: 0,
                 total_training_time: 2.0,
             },
         }

@@ -435,26 +435,35 @@ const WORDS: &[&str] = &[
 
 /// A base directory with parquet shards of generated sentences, a tokenizer and token shards.
 fn prepare(base: &Path) {
-    use nanochat::data::{self, parquet::write_text_parquet};
+    let docs = sentences();
+    let tok = tokenizer::Tokenizer::train(docs.iter().cloned(), 320, 64, &mut |_, _| {}).unwrap();
+    std::fs::create_dir_all(base.join("tokenizer")).unwrap();
+    tok.save(&base.join("tokenizer").join(tokenizer::TOKENIZER_FILE))
+        .unwrap();
+    write_and_tokenize(base, &docs, &tok);
+}
+
+fn sentences() -> Vec<String> {
     let mut rng = nanochat::rng::Rng::new(7);
-    let docs: Vec<String> = (0..600)
+    (0..600)
         .map(|_| {
             let n = 5 + rng.below(60) as usize;
             let w: Vec<&str> = (0..n).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
             format!("{}.", w.join(" "))
         })
-        .collect();
+        .collect()
+}
+
+/// Parquet shards of `docs` in the default data directory, tokenized with `tok`.
+fn write_and_tokenize(base: &Path, docs: &[String], tok: &tokenizer::Tokenizer) {
+    use nanochat::data::{self, parquet::write_text_parquet};
     let dir = base.join(data::DEFAULT_DIR);
     std::fs::create_dir_all(&dir).unwrap();
     for (i, chunk) in docs.chunks(300).enumerate() {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         write_text_parquet(&dir.join(format!("shard_{i:05}.parquet")), &refs, 100).unwrap();
     }
-    let tok = tokenizer::Tokenizer::train(docs.iter().cloned(), 320, 64, &mut |_, _| {}).unwrap();
-    std::fs::create_dir_all(base.join("tokenizer")).unwrap();
-    tok.save(&base.join("tokenizer").join(tokenizer::TOKENIZER_FILE))
-        .unwrap();
-    data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), &tok, false).unwrap();
+    data::tokenize::tokenize_dir(&dir, &data::tokens_dir_for(&dir), tok, false).unwrap();
 }
 
 fn train_args(extra: &[&str]) -> nanochat::train::run::TrainArgs {
@@ -531,4 +540,78 @@ fn train_gpt_resumes_from_an_imported_checkpoint_with_two_optimizer_shards() {
     );
     assert!(resumed.losses.iter().all(|(_, l)| l.is_finite()));
     assert_eq!(checkpoint::last_step(&r.dir), Some(6));
+}
+
+#[test]
+fn train_gpt_resumes_upstreams_own_gqa_checkpoint_and_optimizer() {
+    use clap::Parser;
+    use nanochat::train::run::{train, TrainArgs};
+    // The fixture as upstream wrote it (GQA 2:1, width 128, T 128, its rank-0 optimizer file), imported into
+    // a base directory whose data is tokenized with the imported tokenizer.
+    let b = tempfile::tempdir().unwrap();
+    let r = convert::import(&fixture(), b.path(), "base", None, None).unwrap();
+    assert_eq!((r.tag.as_str(), r.step, r.optimizer_ranks), ("d4", 3, 1));
+    let tok = load_tokenizer(b.path()).unwrap();
+    write_and_tokenize(b.path(), &sentences(), &tok);
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "train_gpt",
+            "--depth",
+            "4",
+            "--aspect-ratio",
+            "32",
+            "--head-dim",
+            "64",
+            "--max-seq-len",
+            "128",
+            "--device-batch-size",
+            "2",
+            "--total-batch-size",
+            "256",
+            "--num-iterations",
+            "5",
+            "--eval-every",
+            "0",
+            "--sample-every",
+            "0",
+            "--core-metric-every",
+            "0",
+            "--resume",
+        ];
+        a.extend(extra);
+        TrainArgs::try_parse_from(a).unwrap()
+    };
+    // Without the key/value head count the run builds another model: the error gives the flags to pass.
+    let e = train(&args(&[]), b.path())
+        .err()
+        .expect("a model without GQA must not resume a GQA checkpoint");
+    assert!(
+        e.contains("--n-kv-head 1") && e.contains("--depth 4 --aspect-ratio 32 --head-dim 64"),
+        "{e}"
+    );
+    let resumed = train(&args(&["--n-kv-head", "1"]), b.path()).unwrap();
+    let steps: Vec<usize> = resumed.losses.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [3, 4], "continues from upstream's step 3 to the horizon");
+    // An untrained model (lm_head near 0) scores ln(512) = 6.238 on anything; upstream's 3 steps moved the
+    // weights (3.18 on upstream's own text, expected.safetensors): below 6.1 here means they were taken.
+    assert!(resumed.losses[0].1 < 6.1, "{:?}", resumed.losses);
+    assert!(
+        resumed.losses.iter().all(|(_, l)| l.is_finite()),
+        "{:?}",
+        resumed.losses
+    );
+    // Upstream recorded no smoothed loss: the smoothing starts at the imported step, so the first logged
+    // smoothed loss is that step's loss (not a tenth of it debiased as if it had run since step 0).
+    let metrics = std::fs::read_to_string(r.dir.join("metrics.jsonl")).unwrap();
+    let first: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "train")
+        .unwrap();
+    let (loss, smooth) = (first["loss"].as_f64().unwrap(), first["smooth_loss"].as_f64().unwrap());
+    assert!((loss - smooth).abs() < 1e-6 * loss, "{first}");
+    assert_eq!(checkpoint::last_step(&r.dir), Some(5));
+    let l = checkpoint::load(&r.dir, Some(5), 0, None).unwrap();
+    assert_eq!(l.meta.model_config.n_kv_head, 1);
+    assert!(l.optim.is_some(), "the continued run saves its optimizer state");
 }

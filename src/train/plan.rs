@@ -18,6 +18,8 @@ pub struct PlanArgs {
     pub head_dim: usize,
     pub max_seq_len: usize,
     pub window_pattern: String,
+    /// Key/value heads (grouped-query attention); 0 = as many as query heads (upstream's base_train).
+    pub n_kv_head: usize,
     pub vocab_size: usize,
     /// Explicit horizon (highest precedence); -1 = derive.
     pub num_iterations: i64,
@@ -54,8 +56,9 @@ pub struct Plan {
     pub optimizer: SetupArgs,
 }
 
-fn scaling_tokens(args: &PlanArgs, depth: usize) -> (ModelConfig, f64) {
-    let cfg = ModelConfig::from_depth(
+/// The model of `depth` with `n_kv_head` key/value heads (0 = one per query head) and its target tokens.
+fn scaling_tokens(args: &PlanArgs, depth: usize, n_kv_head: usize) -> (ModelConfig, f64) {
+    let mut cfg = ModelConfig::from_depth(
         depth,
         args.aspect_ratio,
         args.head_dim,
@@ -63,6 +66,9 @@ fn scaling_tokens(args: &PlanArgs, depth: usize) -> (ModelConfig, f64) {
         args.vocab_size,
         &args.window_pattern,
     );
+    if n_kv_head > 0 {
+        cfg.n_kv_head = n_kv_head;
+    }
     let tokens = args.target_param_data_ratio * cfg.num_scaling_params() as f64;
     (cfg, tokens)
 }
@@ -72,10 +78,11 @@ impl Plan {
         if args.depth == 0 || args.device_batch_size == 0 || args.max_seq_len == 0 || args.world_size == 0 {
             return Err("depth, device batch size, sequence length and world size must be positive".into());
         }
-        let (model, target) = scaling_tokens(args, args.depth);
+        let (model, target) = scaling_tokens(args, args.depth, args.n_kv_head);
         model.validate()?;
         let target_tokens = target as usize;
-        let (_, d_ref) = scaling_tokens(args, DEPTH_REF);
+        // The reference model is upstream's d12, one key/value head per query head.
+        let (_, d_ref) = scaling_tokens(args, DEPTH_REF, 0);
         let total_batch_size = if args.total_batch_size > 0 {
             args.total_batch_size as usize
         } else {
@@ -171,6 +178,7 @@ impl PlanArgs {
             head_dim: 128,
             max_seq_len: 2048,
             window_pattern: "SSSL".into(),
+            n_kv_head: 0,
             vocab_size: 32768,
             num_iterations: -1,
             target_flops: -1.0,

@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// Sliding-window pattern tiled over layers: S = short window (a quarter context), L = full; last layer L.
     #[arg(long, default_value = "SSSL")]
     pub window_pattern: String,
+    /// Key/value heads for grouped-query attention (a divisor of the query heads); 0 = as many as query
+    /// heads, as upstream's base_train builds.
+    #[arg(long, default_value_t = 0)]
+    pub n_kv_head: usize,
     /// Explicit number of optimizer steps (highest precedence; -1 = derive).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub num_iterations: i64,
@@ -198,6 +202,7 @@ pub fn train(args: &TrainArgs, base: &Path) -> Result<Summary, String> {
         head_dim: args.head_dim,
         max_seq_len: args.max_seq_len,
         window_pattern: args.window_pattern.clone(),
+        n_kv_head: args.n_kv_head,
         vocab_size: tok.vocab_size(),
         num_iterations: args.num_iterations,
         target_flops: args.target_flops,
@@ -328,7 +333,16 @@ fn train_ranked(
     let (mut model, mut loaders, mut loop_state, start) = match resume_step {
         Some(step) => {
             ranks::check_resume_world(ckpt_dir, step, world)?;
-            let l = checkpoint::load(ckpt_dir, Some(step), rank, Some(&plan.model))?;
+            let l = checkpoint::load(ckpt_dir, Some(step), rank, None)?;
+            if l.meta.model_config != plan.model {
+                return Err(format!(
+                    "checkpoint step {step} in {} was made for model {:?}, this run builds {:?}: resume it with {}",
+                    ckpt_dir.display(),
+                    l.meta.model_config,
+                    plan.model,
+                    model_flags(&l.meta.model_config)
+                ));
+            }
             let mut model = make_model(l.params)?;
             let state = l.optim.ok_or_else(|| {
                 format!(
@@ -497,7 +511,8 @@ fn train_ranked(
         let dt = t0.elapsed().as_secs_f64();
 
         loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * loss as f64;
-        let smooth = loop_state.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
+        let smooth =
+            loop_state.smooth_train_loss / (1.0 - 0.9f64.powi(step.saturating_sub(loop_state.smooth_since) as i32 + 1));
         if step > 10 {
             loop_state.total_training_time += dt;
         }
@@ -596,4 +611,19 @@ fn launch_ranks(args: &TrainArgs, n: usize) -> Result<(), String> {
             grace: std::time::Duration::from_secs(30),
         },
     )
+}
+
+/// The train_gpt flags that build `m` (what a resume of its checkpoint must pass).
+pub fn model_flags(m: &crate::config::ModelConfig) -> String {
+    let head_dim = m.head_dim();
+    // --aspect-ratio: n_embd = ceil(depth * ratio / head_dim) * head_dim, so n_embd / depth builds it.
+    let ratio = m.n_embd / m.n_layer.max(1);
+    let mut flags = format!(
+        "--depth {} --aspect-ratio {ratio} --head-dim {head_dim} --max-seq-len {} --window-pattern {}",
+        m.n_layer, m.sequence_len, m.window_pattern
+    );
+    if m.n_kv_head != m.n_head {
+        flags += &format!(" --n-kv-head {}", m.n_kv_head);
+    }
+    flags
 }

@@ -378,7 +378,8 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
 
         // Logging as upstream's scripts (the EMA is debiased with the incremented step).
         loop_state.smooth_train_loss = 0.9 * loop_state.smooth_train_loss + 0.1 * loss as f64;
-        let smooth = loop_state.smooth_train_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
+        let smooth =
+            loop_state.smooth_train_loss / (1.0 - 0.9f64.powi(step.saturating_sub(loop_state.smooth_since) as i32 + 1));
         if step > 10 {
             loop_state.total_training_time += dt;
         }

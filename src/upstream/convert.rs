@@ -99,6 +99,7 @@ fn meta_from_upstream(v: &serde_json::Value, step: usize, path: &Path) -> Result
             min_val_bpb: f("min_val_bpb"),
             smooth_train_loss: f("smooth_train_loss").unwrap_or(0.0),
             total_training_time: f("total_training_time").unwrap_or(0.0),
+            smooth_since: if f("smooth_train_loss").is_some() { 0 } else { step },
         },
         model_config,
     })
