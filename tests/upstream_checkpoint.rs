@@ -582,9 +582,9 @@ fn train_gpt_resumes_upstreams_own_gqa_checkpoint_and_optimizer() {
         TrainArgs::try_parse_from(a).unwrap()
     };
     // Without the key/value head count the run builds another model: the error gives the flags to pass.
-    let e = train(&args(&[]), b.path())
-        .err()
-        .expect("a model without GQA must not resume a GQA checkpoint");
+    let Err(e) = train(&args(&[]), b.path()) else {
+        panic!("a model without GQA must not resume a GQA checkpoint");
+    };
     assert!(
         e.contains("--n-kv-head 1") && e.contains("--depth 4 --aspect-ratio 32 --head-dim 64"),
         "{e}"
