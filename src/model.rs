@@ -20,6 +20,22 @@ pub trait ModelDevice {
     /// gradient buffer and returns the mean loss.
     fn forward_backward(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize, scale: f32)
         -> Result<f32, String>;
+    /// Forward and backward of `(b, t)` with one weight per row: adds `scale ×` the gradient of
+    /// `Σ_r weights[r] · Σ_t CE(r, t)` (a weighted *sum* over the supervised targets, the policy-gradient loss of
+    /// chat_rl) and returns that weighted sum. The default composes it from [`ModelDevice::forward_backward`]:
+    /// rows of equal weight go through together, each group's mean loss rescaled by its weight and target count
+    /// (rows of weight 0 or without a target are skipped: their gradient is zero).
+    fn forward_backward_weighted(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        weights: &[f32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<f32, String> {
+        weighted_by_row_groups(self, ids, targets, weights, b, t, scale)
+    }
     /// Per-token losses `(b·t)` without touching gradients (0 where the target is -1).
     fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String>;
     /// Softcapped logits of every position, `(b·t, vocab)`.
@@ -73,6 +89,59 @@ pub fn check_batch(
         ));
     }
     Ok(())
+}
+
+/// Checks the row weights of [`ModelDevice::forward_backward_weighted`].
+pub fn check_row_weights(weights: &[f32], b: usize) -> Result<(), String> {
+    if weights.len() != b {
+        return Err(format!("{} row weights given for {b} rows", weights.len()));
+    }
+    if let Some(bad) = weights.iter().find(|w| !w.is_finite()) {
+        return Err(format!("row weight {bad} is not finite"));
+    }
+    Ok(())
+}
+
+/// [`ModelDevice::forward_backward_weighted`] composed from the plain mean-loss forward and backward: the rows
+/// are grouped by weight (in order of first appearance) and each group of `n` supervised targets runs as one
+/// batch with scale `scale · w · n`, which turns its mean into the weighted sum.
+pub fn weighted_by_row_groups<M: ModelDevice + ?Sized>(
+    model: &mut M,
+    ids: &[u32],
+    targets: &[i32],
+    weights: &[f32],
+    b: usize,
+    t: usize,
+    scale: f32,
+) -> Result<f32, String> {
+    check_row_weights(weights, b)?;
+    check_batch(model.config(), usize::MAX, ids, Some(targets), b, t)?;
+    let mut groups: Vec<(f32, Vec<usize>)> = Vec::new();
+    for (r, &w) in weights.iter().enumerate() {
+        let supervised = targets[r * t..(r + 1) * t].iter().any(|&y| y >= 0);
+        if w == 0.0 || !supervised {
+            continue;
+        }
+        match groups.iter_mut().find(|g| g.0 == w) {
+            Some(g) => g.1.push(r),
+            None => groups.push((w, vec![r])),
+        }
+    }
+    let mut total = 0f64;
+    for (w, rows) in groups {
+        let g_ids: Vec<u32> = rows
+            .iter()
+            .flat_map(|&r| ids[r * t..(r + 1) * t].iter().copied())
+            .collect();
+        let g_targets: Vec<i32> = rows
+            .iter()
+            .flat_map(|&r| targets[r * t..(r + 1) * t].iter().copied())
+            .collect();
+        let n = g_targets.iter().filter(|&&y| y >= 0).count() as f32;
+        let mean = model.forward_backward(&g_ids, &g_targets, rows.len(), t, scale * w * n)?;
+        total += (w * mean * n) as f64;
+    }
+    Ok(total as f32)
 }
 
 /// The rows `(b, v)` of the last position of each row of `all` `(b·t, v)`.

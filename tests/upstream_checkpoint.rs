@@ -583,7 +583,7 @@ fn train_gpt_resumes_upstreams_own_gqa_checkpoint_and_optimizer() {
     };
     // Without the key/value head count the run builds another model: the error gives the flags to pass.
     let Err(e) = train(&args(&[]), b.path()) else {
-        panic!("a model without GQA must not resume a GQA checkpoint");
+        panic!("a model without GQA must not resume a GQA checkpoint")
     };
     assert!(
         e.contains("--n-kv-head 1") && e.contains("--depth 4 --aspect-ratio 32 --head-dim 64"),

@@ -4,7 +4,7 @@
 use super::gpt::{Gpt, Storage};
 use crate::config::ModelConfig;
 use crate::dist::SharedComm;
-use crate::model::{last_positions, ModelDevice};
+use crate::model::{check_row_weights, last_positions, ModelDevice};
 use crate::optim::zero::ShardedMuonAdamW;
 use crate::optim::{MuonAdamW, SetupArgs, StepSettings};
 use crate::params::ParamTable;
@@ -88,6 +88,31 @@ impl ModelDevice for CpuModel {
         let dloss: Vec<f32> = Gpt::mean_dloss(&fwd).into_iter().map(|g| g * scale).collect();
         self.gpt.backward(&self.params, &fwd, &dloss, &mut self.grads);
         Ok(fwd.loss)
+    }
+
+    /// The weighted loss directly: one forward, and the per-token gradient `scale · weight of the row` into the
+    /// backward (the reference the grouped composition of the kernel devices is checked against).
+    fn forward_backward_weighted(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        weights: &[f32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<f32, String> {
+        check_row_weights(weights, b)?;
+        let fwd = self.gpt.forward(&self.params, ids, Some(targets), b, t)?;
+        let mut dloss = vec![0f32; b * t];
+        let mut total = 0f64;
+        for (i, (&y, &l)) in targets.iter().zip(&fwd.losses).enumerate() {
+            if y >= 0 {
+                dloss[i] = scale * weights[i / t];
+                total += (weights[i / t] * l) as f64;
+            }
+        }
+        self.gpt.backward(&self.params, &fwd, &dloss, &mut self.grads);
+        Ok(total as f32)
     }
 
     fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String> {

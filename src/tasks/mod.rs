@@ -13,6 +13,7 @@ pub mod download;
 pub mod gsm8k;
 pub mod hub;
 pub mod humaneval;
+pub mod keyword;
 pub mod mmlu;
 pub mod nprandom;
 pub mod pyrandom;

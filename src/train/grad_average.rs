@@ -36,6 +36,17 @@ impl ModelDevice for GradAverage {
     ) -> Result<f32, String> {
         self.inner.forward_backward(ids, targets, b, t, scale)
     }
+    fn forward_backward_weighted(
+        &mut self,
+        ids: &[u32],
+        targets: &[i32],
+        weights: &[f32],
+        b: usize,
+        t: usize,
+        scale: f32,
+    ) -> Result<f32, String> {
+        self.inner.forward_backward_weighted(ids, targets, weights, b, t, scale)
+    }
     fn token_losses(&mut self, ids: &[u32], targets: &[i32], b: usize, t: usize) -> Result<Vec<f32>, String> {
         self.inner.token_losses(ids, targets, b, t)
     }

@@ -1,9 +1,11 @@
-//! Helpers shared by the tests: the emulator under every thread schedule, bf16-exact random inputs, bf16
-//! rounding and downloads, tolerance assertions; `serve`: server start-up and an HTTP client.
+//! Helpers shared by the tests: for the kernels, the emulator under every thread schedule, bf16-exact random
+//! inputs, bf16 rounding and downloads, and tolerance assertions; for the conversation stages, [`stages`];
+//! `serve`: server start-up and an HTTP client.
 // Each test crate compiles this module and uses a part of it.
 #![allow(dead_code)]
 
 pub mod serve;
+pub mod stages;
 
 use half::bf16;
 use nanochat::device::emu::EmuDevice;
