@@ -7,6 +7,8 @@ use std::io::{BufRead, Write};
 use clap::Parser;
 use nanochat::backend::Backend;
 use nanochat::common::base_dir;
+use nanochat::device::infer::load_kernel_engine;
+use nanochat::device::Schedule;
 use nanochat::engine::load::load_engine;
 use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
 
@@ -31,7 +33,7 @@ struct Args {
     /// Sample among the k most likely tokens (0: all).
     #[arg(short = 'k', long, default_value_t = 50)]
     top_k: usize,
-    /// Device to run on (upstream's flag name; only the CPU reference runs inference in this build).
+    /// Device to run on (upstream's flag name): the CPU reference, or the kernels on a GPU (cuda) or the emulator.
     #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Cpu)]
     device_type: Backend,
     /// Tokens generated per reply at most.
@@ -125,16 +127,38 @@ impl<M: InferModel> Chat<'_, M> {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device_type != Backend::Cpu {
-        return Err(format!(
-            "{}: only the CPU reference (cpu) runs inference in this build",
-            args.device_type.flag()
-        ));
-    }
     if args.temperature.is_nan() || args.temperature < 0.0 {
         return Err(format!("--temperature must be >= 0, got {}", args.temperature));
     }
-    let (engine, desc, notice) = load_engine(&base_dir(), &args.source, args.model_tag.as_deref(), args.step)?;
+    let (tag, step) = (args.model_tag.as_deref(), args.step);
+    match args.device_type {
+        Backend::Cpu => {
+            let (engine, desc, notice) = load_engine(&base_dir(), &args.source, tag, step)?;
+            chat_with(args, &engine, &desc.to_string(), notice)
+        }
+        Backend::Cuda | Backend::Emu => {
+            let (engine, desc, notice) = load_kernel_engine(
+                args.device_type.kernel_device(Schedule::Forward)?,
+                &base_dir(),
+                &args.source,
+                tag,
+                step,
+            )?;
+            chat_with(
+                args,
+                &engine,
+                &format!("{desc} on {}", engine.model.device().name()),
+                notice,
+            )
+        }
+        Backend::CpuBf16 => Err(format!(
+            "{}: inference runs on cpu (the fp32 reference), cuda or emu",
+            args.device_type.flag()
+        )),
+    }
+}
+
+fn chat_with<M: InferModel>(args: &Args, engine: &Engine<M>, desc: &str, notice: Option<String>) -> Result<(), String> {
     if let Some(n) = notice {
         eprintln!("note: {n}");
     }
@@ -151,7 +175,7 @@ fn run(args: &Args) -> Result<(), String> {
         sp("<|assistant_end|>")?,
     ];
     let mut chat = Chat {
-        engine: &engine,
+        engine,
         turns: Vec::new(),
         cfg: GenConfig {
             num_samples: 1,

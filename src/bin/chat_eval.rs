@@ -88,7 +88,10 @@ fn phase_dir(base: &Path, source: &str) -> Result<PathBuf, String> {
 #[allow(clippy::large_enum_variant)]
 enum Models {
     Cpu(CpuModel, Engine<CpuInfer>),
+    /// The CPU reference in bf16 storage: generation re-runs the full forward.
     Device(Engine<FullForward<'static>>),
+    /// The kernels: full forwards for the categorical tasks, the KV-cached engine for generation.
+    Kernel(Engine<KernelModel>),
 }
 
 fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<TaskResult, String> {
@@ -119,6 +122,10 @@ fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<T
             .model
             .with_model(|m| eval_categorical(m, &e.tokenizer, task, s, &mut progress))?,
         (Models::Device(e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
+        (Models::Kernel(e), EvalType::Categorical) => {
+            eval_categorical(&mut e.model, &e.tokenizer, task, s, &mut progress)
+        }
+        (Models::Kernel(e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
     };
     if tty {
         eprintln!();
@@ -168,7 +175,7 @@ fn run(args: Args) -> Result<(), String> {
         None => {
             let dev = args.device.kernel_device(Schedule::Forward)?;
             let m = KernelModel::new(dev, &cfg, &loaded.params, &Default::default())?;
-            Models::Device(Engine::new(FullForward::new(Box::new(m)), tok.clone()))
+            Models::Kernel(Engine::new(m, tok.clone()))
         }
     };
 

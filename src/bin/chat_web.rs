@@ -9,15 +9,19 @@ use std::time::Duration;
 use clap::Parser;
 use nanochat::backend::Backend;
 use nanochat::common::base_dir;
-use nanochat::engine::load::load_engine;
-use nanochat::engine::InferModel;
+use nanochat::device::cuda::CudaDevice;
+use nanochat::device::emu::EmuDevice;
+use nanochat::device::infer::load_kernel_engine;
+use nanochat::device::{Device, Schedule};
+use nanochat::engine::load::{load_engine, ModelCard};
+use nanochat::engine::{Engine, InferModel};
 use nanochat::serve::api::Defaults;
 use nanochat::serve::{ModelInfo, Options, Server};
 
 #[derive(Parser)]
 #[command(about = "Serve a nanochat model: web page, streaming chat API, OpenAI-compatible API")]
 struct Args {
-    /// Workers, one model replica each (on the CPU reference, each runs on all cores).
+    /// Workers, one model replica each (on the CPU reference, each runs on all cores; with cuda, one per GPU).
     #[arg(short = 'n', long, default_value_t = 1)]
     num_gpus: usize,
     /// Model source: sft, rl, mid or base (sft falls back to base when no sft checkpoint exists).
@@ -44,7 +48,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
-    /// Device to run on (upstream's flag name; only the CPU reference runs inference in this build).
+    /// Device to run on (upstream's flag name): the CPU reference, or the kernels on GPUs 0..n (cuda) or the
+    /// emulator (emu).
     #[arg(long, visible_alias = "device", value_enum, default_value_t = Backend::Cpu)]
     device_type: Backend,
     /// Requests that may wait for a busy worker; more get 503 at once.
@@ -68,12 +73,6 @@ struct Args {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device_type != Backend::Cpu {
-        return Err(format!(
-            "{}: only the CPU reference (cpu) runs inference in this build",
-            args.device_type.flag()
-        ));
-    }
     if args.num_gpus == 0 {
         return Err("--num-gpus must be at least 1".into());
     }
@@ -83,11 +82,40 @@ fn run(args: &Args) -> Result<(), String> {
     if !(args.queue_timeout >= 0.0 && args.grace >= 0.0) {
         return Err("--queue-timeout and --grace must be >= 0".into());
     }
+    let (tag, step) = (args.model_tag.as_deref(), args.step);
+    match args.device_type {
+        Backend::Cpu => serve(args, |_| {
+            let (engine, card, notice) = load_engine(&base_dir(), &args.source, tag, step)?;
+            Ok((engine, card, notice, "cpu".to_string()))
+        }),
+        Backend::Cuda | Backend::Emu => serve(args, |i| {
+            let dev: Box<dyn Device> = match args.device_type {
+                Backend::Cuda => Box::new(CudaDevice::open(i as i32).map_err(|e| format!("GPU {i}: {e}"))?),
+                _ => Box::new(EmuDevice::new(Schedule::Forward)),
+            };
+            let name = dev.name();
+            let (engine, card, notice) = load_kernel_engine(dev, &base_dir(), &args.source, tag, step)?;
+            Ok((engine, card, notice, name))
+        }),
+        Backend::CpuBf16 => Err(format!(
+            "{}: inference runs on cpu (the fp32 reference), cuda or emu",
+            args.device_type.flag()
+        )),
+    }
+}
+
+/// Loaded engine `i`: the engine, its checkpoint, a notice, the device's name.
+type Loaded<M> = (Engine<M>, ModelCard, Option<String>, String);
+
+fn serve<M: InferModel + Sync + 'static>(
+    args: &Args,
+    load: impl Fn(usize) -> Result<Loaded<M>, String>,
+) -> Result<(), String> {
     let mut engines = Vec::new();
     let mut devices = Vec::new();
     let mut model = ModelInfo::default();
     for i in 0..args.num_gpus {
-        let (engine, card, notice) = load_engine(&base_dir(), &args.source, args.model_tag.as_deref(), args.step)?;
+        let (engine, card, notice, device) = load(i)?;
         if i == 0 {
             if let Some(n) = notice {
                 eprintln!("note: {n}");
@@ -107,7 +135,7 @@ fn run(args: &Args) -> Result<(), String> {
             };
         }
         engines.push(engine);
-        devices.push("cpu".to_string());
+        devices.push(device);
     }
     let opts = Options {
         defaults: Defaults {
@@ -129,8 +157,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if args.batch_rows > 0 {
         let cfg = engines[0].model.config();
-        // fp32 keys and values per position of every layer.
-        let bytes = args.batch_rows * cfg.sequence_len * cfg.n_layer * 2 * cfg.kv_dim() * 4;
+        // Keys and values per position of every layer: fp32 on the CPU reference, bf16 on the kernels.
+        let elem = if args.device_type.is_kernels() { 2 } else { 4 };
+        let bytes = args.batch_rows * cfg.sequence_len * cfg.n_layer * 2 * cfg.kv_dim() * elem;
         eprintln!(
             "continuous batching: {} rows of {} positions per worker, KV cache {:.1} MiB per worker",
             args.batch_rows,

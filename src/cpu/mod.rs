@@ -2,6 +2,7 @@
 //! specification, the oracle the kernels are tested against, and the device that trains tiny models without
 //! a GPU.
 
+pub mod decode;
 pub mod gemm;
 pub mod gpt;
 #[cfg(test)]

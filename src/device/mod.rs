@@ -17,6 +17,7 @@ pub mod cuda;
 pub mod emu;
 pub mod gemm;
 mod gpt;
+pub mod infer;
 pub mod kernels;
 pub mod memory;
 pub mod model;

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::Engine;
 use crate::checkpoint;
+use crate::config::ModelConfig;
 use crate::cpu::infer::CpuInfer;
-use crate::tokenizer::load_tokenizer;
+use crate::tokenizer::{load_tokenizer, Tokenizer};
 
 /// The checkpoint phase directory of a source.
 fn phase_dir_name(source: &str) -> Result<&'static str, String> {
@@ -52,6 +53,17 @@ pub fn load_engine(
     model_tag: Option<&str>,
     step: Option<usize>,
 ) -> Result<(Engine<CpuInfer>, ModelCard, Option<String>), String> {
+    let (cfg, params, tok, card, notice) = load_parts(base, source, model_tag, step)?;
+    let model = CpuInfer::new(&cfg, params)?;
+    Ok((Engine::new(model, tok), card, notice))
+}
+
+/// What [`load_engine`] loads, before a model is built from it: (configuration, parameters, tokenizer,
+/// checkpoint card, notice).
+pub type Parts = (ModelConfig, Vec<f32>, Tokenizer, ModelCard, Option<String>);
+
+/// The checkpoint and tokenizer [`load_engine`] builds its engine from.
+pub fn load_parts(base: &Path, source: &str, model_tag: Option<&str>, step: Option<usize>) -> Result<Parts, String> {
     let mut source = source;
     let mut notice = None;
     let mut phase = base.join(phase_dir_name(source)?);
@@ -93,6 +105,5 @@ pub fn load_engine(
         n_embd: cfg.n_embd,
         context: cfg.sequence_len,
     };
-    let model = CpuInfer::new(&cfg, loaded.params)?;
-    Ok((Engine::new(model, tok), card, notice))
+    Ok((cfg, loaded.params, tok, card, notice))
 }

@@ -8,6 +8,7 @@
 mod adamw;
 mod attention;
 mod cross_entropy;
+mod decode;
 mod elementwise;
 mod embedding;
 mod gemm;
@@ -108,6 +109,18 @@ pub fn all() -> Vec<Check> {
         Check {
             name: "attention naive fwd/bwd",
             run: attention::check_attention_naive,
+        },
+        Check {
+            name: "kv_rope_append (per-row positions into the KV cache)",
+            run: decode::check_kv_rope_append,
+        },
+        Check {
+            name: "decode_attention (KV cache, splits, combine)",
+            run: decode::check_decode_attention,
+        },
+        Check {
+            name: "decode_smear (from the cached previous embedding)",
+            run: decode::check_decode_smear,
         },
         Check {
             name: "rope_qknorm fwd/bwd (strided q, k)",

@@ -5,6 +5,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
 pub mod elementwise;
 pub mod embedding;
 pub mod model_ops;
