@@ -140,7 +140,8 @@ if [ "$dry" = 1 ]; then
     stage chat_eval "$bin/chat_eval" -i sft --model-tag d2 --task-name SpellingBee --max-problems 4 \
         --max-new-tokens 32
     if [ -x "$bin/chat_rl" ]; then
-        stage chat_rl "$bin/chat_rl" --model-tag d2 --device cpu --task keyword --num-iterations 2 --resume
+        stage chat_rl "$bin/chat_rl" --model-tag d2 --device cpu --task keyword --num-iterations 2 \
+            --examples-per-step 2 --num-samples 4 --device-batch-size 4 --max-new-tokens 16 --eval-examples 4 --resume
         stage chat_eval_rl "$bin/chat_eval" -i rl --model-tag d2 --task-name SpellingBee --max-problems 4 \
             --max-new-tokens 32
     else
