@@ -4,8 +4,8 @@
 
 use nanochat::config::ModelConfig;
 use nanochat::cpu::gpt::Gpt;
-use nanochat::cpu::profile;
 use nanochat::optim::{MuonAdamW, SetupArgs, StepSettings};
+use nanochat::profile;
 use nanochat::rng::Rng;
 use std::time::Instant;
 
@@ -62,7 +62,7 @@ fn bench(name: &str, cfg: ModelConfig, b: usize, t: usize, iters: usize) -> f64 
 
 /// GFLOP/s of `c (m, n) = a (m, k) · bᵀ` (the linear layers' forward shape), best of a few runs.
 fn gemm_rate(m: usize, n: usize, k: usize) {
-    use nanochat::cpu::gemm::{gemm, Trans};
+    use nanochat::gemm::{gemm, Trans};
     let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
     let b: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
     let mut c = vec![0.0f32; m * n];

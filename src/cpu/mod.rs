@@ -3,15 +3,16 @@
 //! a GPU.
 
 pub mod decode;
-pub mod gemm;
 pub mod gpt;
 #[cfg(test)]
 mod gradcheck;
 pub mod infer;
 pub mod model;
 pub mod ops;
-pub mod profile;
 pub mod simd;
+
+// The GEMM and the profile are shared with the optimizer, which the CPU model uses, so they live a layer below.
+pub use crate::{gemm, profile};
 
 /// Makes freed memory stay in the process heap instead of going back to the kernel, so the activation buffers a
 /// training step allocates are reused by the next step instead of being faulted in and zeroed page by page

@@ -179,10 +179,10 @@ impl Gemm {
                     opb[p * n + j] = rd(b, ob + idx);
                 }
             }
-            crate::cpu::gemm::gemm_view(
+            crate::gemm::gemm_view(
                 1.0,
-                crate::cpu::gemm::View::row_major(&opa, m, k),
-                crate::cpu::gemm::View::row_major(&opb, k, n),
+                crate::gemm::View::row_major(&opa, m, k),
+                crate::gemm::View::row_major(&opb, k, n),
                 0.0,
                 &mut acc,
             );

@@ -13,8 +13,8 @@ pub mod schedule;
 mod state;
 pub mod zero;
 
-use crate::cpu::profile::{self, PhaseGuard};
 use crate::params::{Group, ParamRef, ParamTable, Slot};
+use crate::profile::{self, PhaseGuard};
 use adamw::{adamw_update, AdamHyper};
 use muon::{lr_shape_factor, muon_update, second_moment_len, MuonHyper};
 use rayon::prelude::*;

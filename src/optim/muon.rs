@@ -6,7 +6,7 @@
 //! CPU reference updates one matrix at a time and parallelises over matrices (see `super::MuonAdamW::step`).
 //! Each piece is a public function so that device kernels can be checked against it piece by piece.
 
-use crate::cpu::gemm::{gemm_view, View};
+use crate::gemm::{gemm_view, View};
 use half::bf16;
 
 /// Polar Express (a, b, c) per iteration, computed for 5 iterations with safety factor 2e-2 and cushion 2

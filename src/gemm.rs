@@ -1,7 +1,8 @@
-//! fp32 GEMM for the CPU reference: `matrixmultiply`'s blocked SIMD kernel (it picks AVX-512, AVX2 or SSE at run
-//! time) on strided operands, split across the rayon pool by output rows or columns. Splitting here rather than
-//! with matrixmultiply's own threads keeps one pool: a GEMM called from inside a parallel task (attention tiles,
-//! one Muon matrix) just runs on that task's thread instead of oversubscribing the cores.
+//! fp32 GEMM on the host, for the CPU reference, the optimizer and the emulator's cuBLAS: `matrixmultiply`'s
+//! blocked SIMD kernel (it picks AVX-512, AVX2 or SSE at run time) on strided operands, split across the rayon
+//! pool by output rows or columns. Splitting here rather than with matrixmultiply's own threads keeps one pool:
+//! a GEMM called from inside a parallel task (attention tiles, one Muon matrix) just runs on that task's thread
+//! instead of oversubscribing the cores.
 
 /// Whether an operand is used as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
