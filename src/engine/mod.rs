@@ -66,6 +66,35 @@ pub trait InferModel: Send {
     }
 }
 
+/// A borrowed model runs as the model itself (e.g. the rollouts of a model in training, on its own device).
+impl<M: InferModel + Sync> InferModel for &M {
+    type Cache = M::Cache;
+    fn config(&self) -> &ModelConfig {
+        (**self).config()
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<M::Cache, String> {
+        (**self).new_cache(rows, t_max)
+    }
+    fn row_len(&self, cache: &M::Cache, row: usize) -> usize {
+        (**self).row_len(cache, row)
+    }
+    fn clear_row(&self, cache: &mut M::Cache, row: usize) -> Result<(), String> {
+        (**self).clear_row(cache, row)
+    }
+    fn copy_row(&self, cache: &mut M::Cache, src: usize, dst: usize) -> Result<(), String> {
+        (**self).copy_row(cache, src, dst)
+    }
+    fn forward_rows(
+        &self,
+        cache: &mut M::Cache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> Result<Vec<f32>, String> {
+        (**self).forward_rows(cache, rows, lens, ids)
+    }
+}
+
 impl InferModel for CpuInfer {
     type Cache = KvCache;
     fn config(&self) -> &ModelConfig {
@@ -124,7 +153,8 @@ impl Default for GenConfig {
 }
 
 /// Draws the next token from one row of logits: argmax at temperature 0, else softmax(logits / temperature)
-/// over all tokens or the top k.
+/// over all tokens or the top k (chosen by partial selection, O(V + k log k)). Runs on the host: see
+/// docs/engine.md (sampling on the host) for why and what it costs per token.
 pub fn sample_next_token(logits: &[f32], rng: &mut Rng, temperature: f64, top_k: Option<usize>) -> Result<u32, String> {
     if temperature.is_nan() || temperature < 0.0 {
         return Err(format!("temperature must be >= 0, got {temperature}"));
@@ -144,9 +174,13 @@ pub fn sample_next_token(logits: &[f32], rng: &mut Rng, temperature: f64, top_k:
     }
     let mut cand: Vec<usize> = (0..logits.len()).collect();
     if let Some(k) = top_k.filter(|&k| k > 0 && k < logits.len()) {
-        // Stable by id among equal logits, like a stable top-k.
-        cand.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        // The k largest, in decreasing order and by id among equal logits (a stable top-k): a partial
+        // selection (linear in the vocabulary) then a sort of the k, the same order as sorting all of them,
+        // since the order is total (ids are distinct).
+        let order = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+        cand.select_nth_unstable_by(k - 1, order);
         cand.truncate(k);
+        cand.sort_unstable_by(order);
     }
     let mx = cand.iter().map(|&i| logits[i] as f64).fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = cand
