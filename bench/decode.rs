@@ -1,7 +1,7 @@
 //! Decode speed of the engine on the CPU reference: time to first token (the batch-1 prefill of the prompt) and
 //! decode tokens/s with the KV cache, for 1 and several samples, at tiny depths; plus the speed-up over
 //! re-running the full forward per token (what generation costs without a cache); and the host sampling's cost
-//! per token at a 32768 vocabulary (greedy, top-k 50 by partial selection and by a full sort, all tokens).
+//! per token at a 32768 vocabulary (greedy, top-k 50 by a one-pass heap and by a full sort, all tokens).
 //! Run with `cargo bench --bench decode`.
 
 use std::time::Instant;
@@ -80,7 +80,7 @@ fn no_cache(depth: usize, prompt_len: usize, new_tokens: usize) {
     );
 }
 
-/// Host sampling per token and row at vocabulary `v`: greedy, top-k by partial selection (what the engine
+/// Host sampling per token and row at vocabulary `v`: greedy, top-k by a one-pass heap (what the engine
 /// runs), top-k by a full sort of the vocabulary (what it replaced), and softmax over all tokens; plus the
 /// bf16 logits a kernel device copies to the host for it.
 fn sampling(v: usize, k: usize) {
@@ -118,7 +118,7 @@ fn sampling(v: usize, k: usize) {
     });
     let all = time(&mut |r| sample_next_token(r, &mut rng, 1.0, None).expect("sample"));
     println!(
-        "sampling V={v}: greedy {greedy:.1} us, top-k {k} (partial selection) {topk:.1} us, top-k {k} (full sort) \
+        "sampling V={v}: greedy {greedy:.1} us, top-k {k} (one-pass heap) {topk:.1} us, top-k {k} (full sort) \
          {full_sort:.1} us, all tokens {all:.1} us per token; the logits copied from a device: {} KiB per row",
         v * 2 / 1024
     );

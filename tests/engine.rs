@@ -4,7 +4,7 @@ use nanochat::config::ModelConfig;
 use nanochat::cpu::gpt::Gpt;
 use nanochat::cpu::infer::{CpuInfer, KvCache};
 use nanochat::engine::batch::Job;
-use nanochat::engine::{sample_next_token, Engine, GenConfig, InferModel, TextStream};
+use nanochat::engine::{sample_next_token, top_k_ids, Engine, GenConfig, InferModel, TextStream};
 use nanochat::params::ParamTable;
 use nanochat::rng::Rng;
 use nanochat::tokenizer::Tokenizer;
@@ -239,9 +239,9 @@ fn sample_by_full_sort(logits: &[f32], rng: &mut Rng, temperature: f64, k: usize
 }
 
 #[test]
-fn top_k_by_partial_selection_draws_what_the_full_sort_draws_on_ties() {
+fn top_k_by_a_one_pass_heap_draws_what_the_full_sort_draws_on_ties() {
     // Logits of few distinct values (many ties at the k-th place), negative zeros and infinities, k from 1 to
-    // V - 1: the partial selection draws the same token as the full sort for every draw of the same RNG.
+    // V - 1: the one-pass top-k draws the same token as the full sort for every draw of the same RNG.
     let mut gen = Rng::new(11);
     let mut differs = 0;
     for case in 0..300 {
@@ -254,6 +254,9 @@ fn top_k_by_partial_selection_draws_what_the_full_sort_draws_on_ties() {
         }
         let k = [1, 2, 5, 50, v - 1][case % 5].clamp(1, v - 1);
         let t = [0.5, 1.0, 3.0][case % 3];
+        let mut sorted: Vec<usize> = (0..v).collect();
+        sorted.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        assert_eq!(top_k_ids(&logits, k), sorted[..k], "case {case}: V {v}, k {k}");
         let (mut a, mut b) = (Rng::new(case as u64), Rng::new(case as u64));
         for _ in 0..10 {
             let got = sample_next_token(&logits, &mut a, t, Some(k)).unwrap();

@@ -57,6 +57,23 @@ fn infer_bench_prints_its_sweep_and_one_json_line_on_the_emulator() {
         "1,3",
     ];
     let text = run(env!("CARGO_BIN_EXE_infer_bench"), &args);
+    // The printed report: the static card with the batch-1 ceiling, the prefill, the sweep.
+    for line in [
+        "device: emu",
+        "batch-1 decode ceiling - (unknown bandwidth)",
+        "prefill 12 tokens:",
+        "tok/s, MFU -",
+        "batch   TTFT ms   TPOT ms      tok/s     MBU   dMFU   steps",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    for b in ["1", "3"] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(b) && l.split_whitespace().count() >= 7),
+            "no sweep line for batch {b}:\n{text}"
+        );
+    }
     let last = text.lines().last().unwrap();
     let doc: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
     assert_eq!(doc["prefill"]["tokens"], 12);
