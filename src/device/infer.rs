@@ -18,7 +18,11 @@
 //! Sampling runs on the host (the engine's [`crate::engine::sample_next_token`]): it needs the logits of
 //! every row anyway for the tool state machine and the seeded RNG shared with the CPU reference, and
 //! the copy is `rows · vocab` bf16 per step (64 KiB per row at a 32768 vocabulary, a few microseconds over
-//! PCIe next to a decode step of milliseconds), plus a top-k over the vocabulary on one CPU core.
+//! PCIe), plus a one-pass top-k on one CPU core (about 50 µs per row at k = 50; docs/engine.md).
+//!
+//! [`Inference`] is the model every program opens for inference
+//! ([`crate::backend::Backend::open_inference`]): the CPU reference or [`KernelModel::for_inference`];
+//! [`infer_view`] generates with a model in training on its own device.
 
 use half::bf16;
 
