@@ -59,9 +59,10 @@ impl Backend {
     /// [`Backend::kernel_device`] on GPU `gpu` (one emulator per call on emu).
     pub fn kernel_device_at(self, gpu: usize, emu_schedule: Schedule) -> Result<Box<dyn Device>, String> {
         match self {
-            Backend::Cuda => Ok(Box::new(
-                CudaDevice::open(gpu as i32).map_err(|e| format!("{} (GPU {gpu}): {e}", self.flag()))?,
-            )),
+            Backend::Cuda => Ok(Box::new(CudaDevice::open(gpu as i32).map_err(|e| match gpu {
+                0 => format!("{}: {e}", self.flag()),
+                _ => format!("{}: GPU {gpu}: {e}", self.flag()),
+            })?)),
             Backend::Emu => Ok(Box::new(EmuDevice::new(emu_schedule))),
             Backend::Cpu | Backend::CpuBf16 => Err(format!(
                 "{}: this program runs the kernels: choose --device cuda or --device emu",
