@@ -1,6 +1,7 @@
 //! Decode speed of the engine on the CPU reference: time to first token (the batch-1 prefill of the prompt) and
 //! decode tokens/s with the KV cache, for 1 and several samples, at tiny depths; plus the speed-up over
-//! re-running the full forward per token (what generation costs without a cache).
+//! re-running the full forward per token (what generation costs without a cache); and the host sampling's cost
+//! per token at a 32768 vocabulary (greedy, top-k 50 by a one-pass heap and by a full sort, all tokens).
 //! Run with `cargo bench --bench decode`.
 
 use std::time::Instant;
@@ -79,8 +80,53 @@ fn no_cache(depth: usize, prompt_len: usize, new_tokens: usize) {
     );
 }
 
+/// Host sampling per token and row at vocabulary `v`: greedy, top-k by a one-pass heap (what the engine
+/// runs), top-k by a full sort of the vocabulary (what it replaced), and softmax over all tokens; plus the
+/// bf16 logits a kernel device copies to the host for it.
+fn sampling(v: usize, k: usize) {
+    let mut rng = Rng::new(3);
+    let rows: Vec<Vec<f32>> = (0..64).map(|_| (0..v).map(|_| rng.normal() * 3.0).collect()).collect();
+    let time = |f: &mut dyn FnMut(&[f32]) -> u32| {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let mut sum = 0u64;
+            for r in &rows {
+                sum += f(r) as u64;
+            }
+            std::hint::black_box(sum);
+            best = best.min(t0.elapsed().as_secs_f64() / rows.len() as f64);
+        }
+        best * 1e6
+    };
+    let greedy = time(&mut |r| sample_next_token(r, &mut rng, 0.0, None).expect("sample"));
+    let topk = time(&mut |r| sample_next_token(r, &mut rng, 1.0, Some(k)).expect("sample"));
+    let full_sort = time(&mut |r| {
+        let mut cand: Vec<usize> = (0..r.len()).collect();
+        cand.sort_by(|&a, &b| r[b].total_cmp(&r[a]).then(a.cmp(&b)));
+        cand.truncate(k);
+        let mx = r[cand[0]] as f64;
+        let w: Vec<f64> = cand.iter().map(|&i| (r[i] as f64 - mx).exp()).collect();
+        let mut u = rng.next_f64() * w.iter().sum::<f64>();
+        for (j, &wj) in w.iter().enumerate() {
+            if u < wj {
+                return cand[j] as u32;
+            }
+            u -= wj;
+        }
+        cand[k - 1] as u32
+    });
+    let all = time(&mut |r| sample_next_token(r, &mut rng, 1.0, None).expect("sample"));
+    println!(
+        "sampling V={v}: greedy {greedy:.1} us, top-k {k} (one-pass heap) {topk:.1} us, top-k {k} (full sort) \
+         {full_sort:.1} us, all tokens {all:.1} us per token; the logits copied from a device: {} KiB per row",
+        v * 2 / 1024
+    );
+}
+
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
+    sampling(32768, 50);
     bench(2, 64, 64, 1);
     bench(4, 64, 64, 1);
     bench(4, 256, 64, 1);

@@ -16,6 +16,9 @@
 #   4. kernel_bench, attention_bench, model_ops_bench
 #   5. parity          tests/fixtures/nanochat-ref-a on --device cuda
 #   6. step_d12, step_d26   step_bench at depths 12 and 26 with a small batch (STEP_BATCH, default 4)
+#   7. decode_bench    the decode kernels' checks and timings
+#   8. infer_d12       infer_bench on random weights of depth 12: prefill tok/s and MFU, decode TPOT, tok/s
+#                      and MBU at batch 1, 8, 32, 128, the batch-1 ceiling, one JSON line at the end
 # Every step ends with one line in summary.txt. Without a GPU (no nvidia-smi, no GPU listed, or no
 # libcuda) every step says "no GPU" and the script exits 0 at once.
 #
@@ -27,7 +30,7 @@ set -u
 BIN=${1:-target/release}
 OUT=${2:-gpu-report}
 SMI=${NVIDIA_SMI:-nvidia-smi}
-STEPS="driver selfcheck_debug selfcheck_cu12 kernel_bench attention_bench model_ops_bench parity step_d12 step_d26"
+STEPS="driver selfcheck_debug selfcheck_cu12 kernel_bench attention_bench model_ops_bench parity step_d12 step_d26 decode_bench infer_d12"
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
@@ -128,4 +131,8 @@ step parity "$BIN/parity" tests/fixtures/nanochat-ref-a --device cuda
 step step_d12 "$BIN/step_bench" --depth 12 --batch "${STEP_BATCH:-4}" --steps 5
 step step_d26 "$BIN/step_bench" --depth 26 --batch "${STEP_BATCH:-4}" --steps 5
 grep -h "mean over" "$OUT"/step_d*.log 2>/dev/null | tee -a "$OUT/summary.txt"
+# 7-8. Inference: the decode kernels, then KV-cached prefill and decode at depth 12.
+step decode_bench "$BIN/decode_bench" --device cuda
+step infer_d12 "$BIN/infer_bench" --device cuda --depth 12
+tail -n 1 "$OUT/infer_d12.log" 2>/dev/null | grep "^{" | tee -a "$OUT/summary.txt"
 exit 0

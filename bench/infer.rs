@@ -136,7 +136,8 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
     let numel = ParamTable::new(&cfg).numel;
-    let m = KernelModel::new(dev, &cfg, &params, &Default::default())?;
+    // The serving model: the weights, no gradients, no optimizer state.
+    let m = KernelModel::for_inference(dev, &cfg, &params)?;
     drop(params);
     let peaks = Peaks::of(m.device());
     let prompt_len = args

@@ -13,6 +13,11 @@ use std::collections::BTreeMap;
 /// A model with its parameters, gradients and optimizer, on some device.
 pub trait ModelDevice {
     fn config(&self) -> &ModelConfig;
+    /// The model as [`std::any::Any`], for the callers that run a device's own paths on it (the kernel
+    /// devices' KV-cached generation on the model in training); None where there are none.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
     /// The device's name as its driver reports it (looked up in the peak-FLOPs table for MFU).
     fn device_name(&self) -> String;
     fn table(&self) -> &ParamTable;

@@ -66,6 +66,8 @@ fn gpu_report_without_a_gpu_says_so_for_every_step() {
         "parity",
         "step_d12",
         "step_d26",
+        "decode_bench",
+        "infer_d12",
     ];
     let root = env!("CARGO_MANIFEST_DIR");
     for (smi, reason) in [

@@ -4,7 +4,7 @@ use nanochat::config::ModelConfig;
 use nanochat::cpu::gpt::Gpt;
 use nanochat::cpu::infer::{CpuInfer, KvCache};
 use nanochat::engine::batch::Job;
-use nanochat::engine::{sample_next_token, Engine, GenConfig, InferModel, TextStream};
+use nanochat::engine::{sample_next_token, top_k_ids, Engine, GenConfig, InferModel, TextStream};
 use nanochat::params::ParamTable;
 use nanochat::rng::Rng;
 use nanochat::tokenizer::Tokenizer;
@@ -215,6 +215,57 @@ fn sampling_rules() {
         seen[sample_next_token(&logits, &mut rng, 3.0, None).unwrap() as usize] = true;
     }
     assert!(seen.iter().all(|&s| s), "{seen:?}");
+}
+
+/// The top-k of sampling as it was first written: a full sort of the vocabulary (by logit, then id), the
+/// first k kept; then the same softmax walk.
+fn sample_by_full_sort(logits: &[f32], rng: &mut Rng, temperature: f64, k: usize) -> u32 {
+    let mut cand: Vec<usize> = (0..logits.len()).collect();
+    cand.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    cand.truncate(k);
+    let mx = cand.iter().map(|&i| logits[i] as f64).fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = cand
+        .iter()
+        .map(|&i| ((logits[i] as f64 - mx) / temperature).exp())
+        .collect();
+    let mut u = rng.next_f64() * w.iter().sum::<f64>();
+    for (j, &wj) in w.iter().enumerate() {
+        if u < wj {
+            return cand[j] as u32;
+        }
+        u -= wj;
+    }
+    cand[cand.len() - 1] as u32
+}
+
+#[test]
+fn top_k_by_a_one_pass_heap_draws_what_the_full_sort_draws_on_ties() {
+    // Logits of few distinct values (many ties at the k-th place), negative zeros and infinities, k from 1 to
+    // V - 1: the one-pass top-k draws the same token as the full sort for every draw of the same RNG.
+    let mut gen = Rng::new(11);
+    let mut differs = 0;
+    for case in 0..300 {
+        let v = 2 + gen.below(300) as usize;
+        let levels = 1 + gen.below(6);
+        let mut logits: Vec<f32> = (0..v).map(|_| gen.below(levels) as f32 * 0.5 - 1.0).collect();
+        if case % 7 == 0 {
+            logits[gen.below(v as u64) as usize] = -0.0;
+            logits[gen.below(v as u64) as usize] = f32::NEG_INFINITY;
+        }
+        let k = [1, 2, 5, 50, v - 1][case % 5].clamp(1, v - 1);
+        let t = [0.5, 1.0, 3.0][case % 3];
+        let mut sorted: Vec<usize> = (0..v).collect();
+        sorted.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        assert_eq!(top_k_ids(&logits, k), sorted[..k], "case {case}: V {v}, k {k}");
+        let (mut a, mut b) = (Rng::new(case as u64), Rng::new(case as u64));
+        for _ in 0..10 {
+            let got = sample_next_token(&logits, &mut a, t, Some(k)).unwrap();
+            let want = sample_by_full_sort(&logits, &mut b, t, k);
+            assert_eq!(got, want, "case {case}: V {v}, k {k}, logits {logits:?}");
+            differs += (got as usize != logits.len() - 1) as usize;
+        }
+    }
+    assert!(differs > 0);
 }
 
 fn tokenizer() -> Tokenizer {

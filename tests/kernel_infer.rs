@@ -38,7 +38,7 @@ fn params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
 fn models(cfg: &ModelConfig, schedule: Schedule) -> (CpuInfer, KernelModel) {
     let p = params(cfg, 7);
     let cpu = CpuInfer::new(cfg, p.clone()).unwrap();
-    let dev = KernelModel::new(Box::new(EmuDevice::new(schedule)), cfg, &p, &Default::default()).unwrap();
+    let dev = KernelModel::for_inference(Box::new(EmuDevice::new(schedule)), cfg, &p).unwrap();
     (cpu, dev)
 }
 
@@ -300,4 +300,166 @@ fn continuous_batching_jobs_on_the_kernels_equal_each_alone() {
             assert_eq!(seqs[i], cpu_seqs[i], "greedy job {i}: kernels vs the CPU engine");
         }
     }
+}
+
+#[test]
+fn the_inference_model_holds_weights_kv_cache_and_activations_only() {
+    // The device bytes of an inference model, counted by the emulator: after loading exactly the bf16
+    // weights, the fp32 copies of the parameters read as fp32 (gates and lambdas, each padded to the slot
+    // alignment), the lambda pairs, the RoPE tables and seven 4-byte placeholders (gradients, lambda
+    // gradients, loss log, four optimizer states); a cache adds its keys, values and smear rows; a step adds
+    // only its activations. The training model holds far more (fp32 masters, gradients, optimizer state).
+    use nanochat::engine::batch::Job;
+    use nanochat::engine::Engine;
+    use nanochat::model::ModelDevice;
+    use nanochat::params::{Slot, SLOT_ALIGN};
+    let cfg = config(4, 2, 64);
+    let table = ParamTable::new(&cfg);
+    let p = params(&cfg, 7);
+    let emu = EmuDevice::new(Schedule::Forward);
+    let meter = emu.alloc_meter();
+    let model = KernelModel::for_inference(Box::new(emu), &cfg, &p).unwrap();
+    let scalars: usize = [
+        Slot::ResidLambdas,
+        Slot::X0Lambdas,
+        Slot::SmearGate,
+        Slot::SmearLambda,
+        Slot::VeGate,
+        Slot::BackoutLambda,
+    ]
+    .iter()
+    .map(|&s| {
+        let spec = table.slot(s);
+        spec.count() * spec.numel_each().next_multiple_of(SLOT_ALIGN)
+    })
+    .sum();
+    let rope = 2 * 10 * cfg.sequence_len * cfg.head_dim() / 2 * 4;
+    let loaded = 2 * table.numel + 4 * scalars + 4 * 2 * cfg.n_layer + rope + 7 * 4;
+    assert_eq!(meter.live_bytes(), loaded, "buffers {:?}", meter.sizes());
+    assert!(
+        meter.sizes().iter().all(|&b| b <= 2 * table.numel),
+        "no fp32 copy of the weights"
+    );
+
+    let (rows, t_max) = (3, 40);
+    let mut cache = model.new_cache(rows, t_max).unwrap();
+    let kv = nanochat::device::infer::DeviceCache::kv_bytes(&cfg, rows, t_max) + rows * cfg.n_embd * 2;
+    assert_eq!(meter.live_bytes(), loaded + kv);
+    // A prefill of 3 rows of up to 10 tokens, then decode steps: the step scratch of up to 30 tokens.
+    let mut rng = Rng::new(3);
+    let ids = tokens(&mut rng, 30, cfg.vocab_size);
+    model.forward_rows(&mut cache, &[0, 1, 2], &[10, 10, 10], &ids).unwrap();
+    for _ in 0..3 {
+        model
+            .forward_rows(&mut cache, &[0, 1, 2], &[1, 1, 1], &ids[..3])
+            .unwrap();
+    }
+    let acts = meter.live_bytes() - loaded - kv;
+    // Per token: the residual stream and its copies (16 x C), q/k/v/y and their gathers (4 x (q + kv dims)),
+    // the MLP hidden and its activation (2 x 4C), the padded logits, in bf16; its row statistics in fp32
+    // (norm, heads' log-sum-exp, gates), the token table and ids; plus the split partials of the decode.
+    let (c, qd, kvd) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim());
+    let per_token =
+        2 * (16 * c + 4 * (qd + kvd) + 2 * cfg.mlp_dim() + cfg.padded_vocab()) + 4 * (1 + 2 * cfg.n_head) + 64;
+    let partials = 4 * cfg.n_head * 30 * nanochat::device::kernels::decode::MAX_SPLITS * (cfg.head_dim() + 2);
+    assert!(
+        acts > 0 && acts <= 30 * per_token + partials,
+        "activations {acts} bytes"
+    );
+    drop(cache);
+    assert_eq!(
+        meter.live_bytes(),
+        loaded,
+        "the cache and its scratch are freed with it"
+    );
+
+    // Generation through the engine allocates nothing that stays.
+    let tok = {
+        use nanochat::tokenizer::{files, pattern, SPECIAL_TOKENS};
+        let ranks = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+        let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+        files::import_tiktoken(&ranks, pattern::SPLIT_PATTERN, specials).unwrap()
+    };
+    let mut cfg2 = cfg.clone();
+    cfg2.vocab_size = tok.vocab_size();
+    let meter2;
+    let engine = {
+        let emu = EmuDevice::new(Schedule::Forward);
+        meter2 = emu.alloc_meter();
+        Engine::new(
+            KernelModel::for_inference(Box::new(emu), &cfg2, &params(&cfg2, 7)).unwrap(),
+            tok,
+        )
+    };
+    let before = meter2.live_bytes();
+    let job = Job {
+        prompt: vec![engine.tokenizer.bos_id(), 100, 101, 102],
+        max_tokens: 4,
+        temperature: 0.0,
+        top_k: None,
+        seed: 1,
+    };
+    engine.generate_jobs(&[job], 2).unwrap();
+    assert_eq!(meter2.live_bytes(), before);
+
+    // The training model of the same weights: fp32 masters, gradients and the optimizer state on top.
+    let emu = EmuDevice::new(Schedule::Forward);
+    let train_meter = emu.alloc_meter();
+    let mut train = KernelModel::new(Box::new(emu), &cfg, &p, &Default::default()).unwrap();
+    assert!(
+        train_meter.live_bytes() > loaded + 3 * 4 * table.numel,
+        "training model {} bytes, inference model {loaded}",
+        train_meter.live_bytes()
+    );
+    // Both compute the same logits; the inference model refuses the training methods.
+    let mut model = model;
+    let ids = tokens(&mut rng, 8, cfg.vocab_size);
+    let a = ModelDevice::logits(&mut model, &ids, 1, 8).unwrap();
+    let b = ModelDevice::logits(&mut train, &ids, 1, 8).unwrap();
+    assert_eq!(a, b, "the inference model and the training model give the same logits");
+    let e = model.forward_backward(&ids, &[1; 8], 1, 8, 1.0).unwrap_err();
+    assert!(e.contains("opened for inference"), "{e}");
+    let settings = nanochat::optim::StepSettings {
+        lr_multiplier: 1.0,
+        muon_momentum: 0.0,
+        muon_weight_decay: 0.0,
+    };
+    assert!(model.step(&settings).is_err());
+    assert!(model.optimizer_state().is_err());
+    let back = model.params().unwrap();
+    let r = table.range(Slot::SmearLambda, 0);
+    assert_eq!(back[r.clone()], p[r], "the fp32 parameters read back as given");
+}
+
+#[test]
+fn samples_and_rollouts_of_a_model_in_training_run_on_its_own_kv_cache() {
+    // train_gpt's samples and chat_rl's rollouts take a KV-cached view of the model in training: on a kernel
+    // device the training model itself (no copy of its weights), which generates as the inference model does.
+    use nanochat::device::infer::{infer_view, InferView};
+    use nanochat::tokenizer::{files, pattern, SPECIAL_TOKENS};
+    use nanochat::train::eval::{sample_model, sample_prompts};
+    let ranks =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/rustbpe_ranks.tiktoken");
+    let specials = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    let tok = files::import_tiktoken(&ranks, pattern::SPLIT_PATTERN, specials).unwrap();
+    let mut cfg = config(2, 1, 64);
+    cfg.n_layer = 1;
+    cfg.vocab_size = tok.vocab_size();
+    let p = params(&cfg, 5);
+    let train = KernelModel::new(
+        Box::new(EmuDevice::new(Schedule::Forward)),
+        &cfg,
+        &p,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(matches!(infer_view(&train).unwrap(), InferView::Kernel(_)));
+    let serving = KernelModel::for_inference(Box::new(EmuDevice::new(Schedule::Forward)), &cfg, &p).unwrap();
+    let got = sample_model(&train, &tok, 4).unwrap();
+    assert_eq!(
+        got,
+        sample_prompts(&nanochat::engine::Engine::new(serving, tok.clone()), 4).unwrap()
+    );
+    assert_eq!(got.len(), 7);
 }

@@ -7,40 +7,41 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nanochat::config::ModelConfig;
-use nanochat::cpu::infer::{CpuInfer, KvCache};
-use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
-use nanochat::serve::api::{parse_request, render_prompt};
+use nanochat::engine::{Engine, InferModel};
 use nanochat::serve::Options;
 use serde_json::{json, Value};
 
 mod common;
-use common::serve::{chat, cpu_engine, events, http, quiet, start, Slow};
+use common::serve::{
+    chat, cpu_engine, events, generate_recorded, http, noisy_engines, quiet, reply_text, request_settings,
+    same_or_near_tie, start, Recorded, Slow,
+};
 
-/// The CPU reference, recording the rows of every forward and slowed to 10 ms a step so that concurrent
-/// requests overlap even on a loaded machine.
-struct Counting {
-    inner: CpuInfer,
+/// A model recording the rows of every forward, slowed to 10 ms a step so that concurrent requests overlap
+/// even on a loaded machine.
+struct Counting<M> {
+    inner: M,
     rows: Arc<Mutex<Vec<usize>>>,
 }
 
-impl InferModel for Counting {
-    type Cache = KvCache;
+impl<M: InferModel> InferModel for Counting<M> {
+    type Cache = M::Cache;
     fn config(&self) -> &ModelConfig {
         self.inner.config()
     }
-    fn new_cache(&self, rows: usize, t_max: usize) -> Result<KvCache, String> {
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<M::Cache, String> {
         self.inner.new_cache(rows, t_max)
     }
-    fn row_len(&self, c: &KvCache, row: usize) -> usize {
+    fn row_len(&self, c: &M::Cache, row: usize) -> usize {
         self.inner.row_len(c, row)
     }
-    fn clear_row(&self, c: &mut KvCache, row: usize) -> Result<(), String> {
+    fn clear_row(&self, c: &mut M::Cache, row: usize) -> Result<(), String> {
         self.inner.clear_row(c, row)
     }
-    fn copy_row(&self, c: &mut KvCache, src: usize, dst: usize) -> Result<(), String> {
+    fn copy_row(&self, c: &mut M::Cache, src: usize, dst: usize) -> Result<(), String> {
         self.inner.copy_row(c, src, dst)
     }
-    fn forward_rows(&self, c: &mut KvCache, rows: &[usize], lens: &[usize], ids: &[u32]) -> Result<Vec<f32>, String> {
+    fn forward_rows(&self, c: &mut M::Cache, rows: &[usize], lens: &[usize], ids: &[u32]) -> Result<Vec<f32>, String> {
         self.rows.lock().unwrap().push(rows.len());
         std::thread::sleep(Duration::from_millis(10));
         InferModel::forward_rows(&self.inner, c, rows, lens, ids)
@@ -77,40 +78,19 @@ fn request(i: usize) -> (String, Value) {
     (path.to_string(), body)
 }
 
-/// What the engine writes for this request alone: (text as the server streams it, tokens, finish reason).
-fn alone(engine: &Engine<CpuInfer>, path: &str, body: &Value) -> (String, usize, &'static str) {
-    let defaults = Options::default().defaults;
-    let chat = parse_request(body.to_string().as_bytes(), defaults, path.starts_with("/v1/")).unwrap();
-    let context = engine.model.config().sequence_len;
-    let (prompt, _) = render_prompt(
-        &engine.tokenizer,
-        &chat.messages,
-        context,
-        chat.max_tokens.min(context / 2),
-    )
-    .unwrap();
-    let cfg = GenConfig {
-        num_samples: 1,
-        max_tokens: Some(chat.max_tokens.min(context - prompt.len())),
-        temperature: chat.temperature,
-        top_k: Some(chat.top_k),
-        seed: chat.seed.unwrap(),
-    };
+/// What the engine writes for this request alone: (text as the server streams it, tokens, finish reason),
+/// and the run's tokens and logits.
+fn alone<M: InferModel + Sync>(
+    engine: &Engine<M>,
+    path: &str,
+    body: &Value,
+) -> (String, usize, &'static str, Recorded) {
     let tok = &engine.tokenizer;
-    let end = tok.special_id("<|assistant_end|>").unwrap();
-    let (mut stream, mut text, mut n, mut finish) = (TextStream::new(), String::new(), 0, "length");
-    engine
-        .generate(&prompt, &cfg, &mut |col, _| {
-            if col[0] == end || col[0] == tok.bos_id() {
-                finish = "stop";
-                return false;
-            }
-            n += 1;
-            text.push_str(&stream.push(tok, col[0]));
-            true
-        })
-        .unwrap();
-    (text, n, finish)
+    let (prompt, cfg) = request_settings(tok, engine.model.config().sequence_len, path, body);
+    let run = generate_recorded(engine, &prompt, &cfg);
+    let (text, n) = reply_text(tok, &run.0);
+    let finish = if n < run.0.len() { "stop" } else { "length" };
+    (text, n, finish, run)
 }
 
 /// The reply text, its token count where the format says it, and the finish reason where it says it.
@@ -151,10 +131,14 @@ fn reply(path: &str, body: &Value, raw: &[u8]) -> (String, Option<usize>, Option
     (text, None, finish)
 }
 
-/// 16 clients at once against `batch_rows` rows; every reply equals the request's reply alone.
-fn sixteen_clients(batch_rows: usize) -> Vec<usize> {
+/// 16 clients at once against `batch_rows` rows of `engine`; every reply equals the request's reply alone on
+/// `reference` (the same model). Returns the rows of every forward and each request's run alone.
+fn sixteen_clients<M: InferModel + Sync + 'static>(
+    engine: Engine<M>,
+    reference: &Engine<M>,
+    batch_rows: usize,
+) -> (Vec<usize>, Vec<Recorded>) {
     let rows = Arc::new(Mutex::new(Vec::new()));
-    let engine = cpu_engine();
     let model = Counting {
         inner: engine.model,
         rows: rows.clone(),
@@ -162,7 +146,7 @@ fn sixteen_clients(batch_rows: usize) -> Vec<usize> {
     let opts = Options {
         batch_rows,
         max_queue: 16,
-        queue_timeout: Duration::from_secs(300),
+        queue_timeout: Duration::from_secs(600),
         ..quiet()
     };
     let srv = start(Engine::new(model, engine.tokenizer), opts);
@@ -183,15 +167,16 @@ fn sixteen_clients(batch_rows: usize) -> Vec<usize> {
     assert_eq!(stats["completions"], 16, "{stats}");
     srv.shutdown(Duration::from_secs(5));
 
-    let reference = cpu_engine();
     let mut tokens = 0;
+    let mut runs = Vec::new();
     for (i, (st, raw)) in results.iter().enumerate() {
         let (path, body) = request(i);
         assert_eq!(*st, 200, "client {i}: {}", String::from_utf8_lossy(raw));
-        let (want, n, finish) = alone(&reference, &path, &body);
+        let (want, n, finish, run) = alone(reference, &path, &body);
         let (got, count, fin) = reply(&path, &body, raw);
-        // The CPU reference's batched logits equal a row's alone bit for bit (engine test
-        // ragged_rows_equal_each_row_alone_and_the_full_forward), so no near-tie can flip a token here.
+        // A row's logits do not depend on the other rows of its step (the CPU reference: engine test
+        // ragged_rows_equal_each_row_alone_and_the_full_forward; the kernels: kernel_infer's
+        // continuous_batching_jobs_on_the_kernels_equal_each_alone), so no near-tie can flip a token here.
         assert_eq!(
             got, want,
             "client {i} ({path}, {body}): the batched reply differs from the reply alone"
@@ -203,6 +188,7 @@ fn sixteen_clients(batch_rows: usize) -> Vec<usize> {
             assert_eq!(f, finish, "client {i}: finish reason");
         }
         tokens += n;
+        runs.push(run);
     }
     let per_forward = rows.lock().unwrap().clone();
     assert!(
@@ -211,19 +197,38 @@ fn sixteen_clients(batch_rows: usize) -> Vec<usize> {
         per_forward.len()
     );
     assert!(per_forward.iter().all(|&r| r <= batch_rows));
-    per_forward
+    (per_forward, runs)
 }
 
 #[test]
 fn sixteen_concurrent_clients_get_the_tokens_they_get_alone() {
-    let per_forward = sixteen_clients(16);
+    let (per_forward, _) = sixteen_clients(cpu_engine(), &cpu_engine(), 16);
     assert!(per_forward.iter().any(|&r| r > 4), "rows per forward: {per_forward:?}");
 }
 
 #[test]
 fn with_fewer_rows_than_clients_requests_wait_and_join_as_rows_free_up() {
-    let per_forward = sixteen_clients(3);
+    let (per_forward, _) = sixteen_clients(cpu_engine(), &cpu_engine(), 3);
     assert!(per_forward.contains(&3), "rows per forward: {per_forward:?}");
+}
+
+#[test]
+fn sixteen_concurrent_clients_on_the_emulator_get_the_tokens_they_get_alone() {
+    // The same 16 clients on the kernels (an inference model on the emulator), 8 rows: each reply equals the
+    // request alone on the emulator, and each request's tokens alone equal the CPU reference's, or where a
+    // bf16 near-tie flips one, the logits of that draw agree within tolerance.
+    let (cpu, emu) = noisy_engines();
+    let (_, reference) = noisy_engines();
+    let (per_forward, runs) = sixteen_clients(emu, &reference, 8);
+    assert!(per_forward.iter().any(|&r| r > 2), "rows per forward: {per_forward:?}");
+    let mut same = 0;
+    for (i, run) in runs.iter().enumerate() {
+        let (path, body) = request(i);
+        let (_, _, _, want) = alone(&cpu, &path, &body);
+        same += same_or_near_tie(&want, run, &format!("client {i}")) as usize;
+    }
+    eprintln!("{same} of 16 requests drew the CPU reference's tokens exactly");
+    assert!(same >= 4, "only {same} of 16 requests match the CPU reference");
 }
 
 #[test]
@@ -296,5 +301,85 @@ fn a_seed_repeats_a_sampled_reply_and_a_bad_seed_is_400() {
     assert_eq!(st, 400);
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["error"]["param"], "seed");
+    srv.shutdown(Duration::from_secs(5));
+}
+
+/// A model whose forwards wait while `closed` is set: a request holds its row for as long as a test wants.
+struct Gated<M> {
+    inner: M,
+    closed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<M: InferModel> InferModel for Gated<M> {
+    type Cache = M::Cache;
+    fn config(&self) -> &ModelConfig {
+        self.inner.config()
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<M::Cache, String> {
+        self.inner.new_cache(rows, t_max)
+    }
+    fn row_len(&self, c: &M::Cache, row: usize) -> usize {
+        self.inner.row_len(c, row)
+    }
+    fn clear_row(&self, c: &mut M::Cache, row: usize) -> Result<(), String> {
+        self.inner.clear_row(c, row)
+    }
+    fn copy_row(&self, c: &mut M::Cache, src: usize, dst: usize) -> Result<(), String> {
+        self.inner.copy_row(c, src, dst)
+    }
+    fn forward_rows(&self, c: &mut M::Cache, rows: &[usize], lens: &[usize], ids: &[u32]) -> Result<Vec<f32>, String> {
+        while self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.inner.forward_rows(c, rows, lens, ids)
+    }
+}
+
+#[test]
+fn a_full_kv_cache_on_the_emulator_answers_503() {
+    // One row and no queue on the kernels (the emulator): while a request holds the row (its forward held
+    // back), the next one gets 503 at once with the KV-cache message; once it finishes, a request runs again.
+    let (_, emu) = noisy_engines();
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let model = Gated {
+        inner: emu.model,
+        closed: closed.clone(),
+    };
+    let opts = Options {
+        batch_rows: 1,
+        max_queue: 0,
+        ..quiet()
+    };
+    let srv = start(Engine::new(model, emu.tokenizer), opts);
+    let a = srv.addr();
+    let long = std::thread::spawn(move || {
+        http(
+            a,
+            "POST",
+            "/v1/chat/completions",
+            &chat("hello", json!({"max_tokens": 8})),
+        )
+    });
+    loop {
+        let stats: Value = serde_json::from_slice(&http(a, "GET", "/stats", b"").2).unwrap();
+        if stats["active_rows"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for path in ["/v1/chat/completions", "/chat/completions"] {
+        let (st, _, body) = http(a, "POST", path, &chat("hi", json!({"max_tokens": 4})));
+        assert_eq!(st, 503, "{}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let msg = v["error"]["message"].as_str().or(v["error"].as_str()).unwrap();
+        assert!(msg.contains("KV cache is full (1 of 1 rows"), "{msg}");
+    }
+    closed.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (st, _, body) = long.join().unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let (st, _, _) = http(a, "POST", "/v1/chat/completions", &chat("hi", json!({"max_tokens": 4})));
+    assert_eq!(st, 200, "the row is free again");
+    let stats: Value = serde_json::from_slice(&http(a, "GET", "/stats", b"").2).unwrap();
+    assert_eq!(stats["rejected_busy"], 2);
     srv.shutdown(Duration::from_secs(5));
 }

@@ -333,7 +333,8 @@ fn the_kernel_device_trains_like_the_cpu_reference() {
     let common = ["--num-iterations", "4", "--eval-every", "0", "--head-dim", "64"];
     let run = |device: &str| {
         let mut a = common.to_vec();
-        a.extend(["--device", device, "--model-tag", device]);
+        // The samples at the last step: the KV-cached engine on the model in training.
+        a.extend(["--device", device, "--model-tag", device, "--sample-every", "4"]);
         train(&parse(&a), base).unwrap();
         logged_losses(&base.join("base_checkpoints").join(device))
     };

@@ -11,10 +11,11 @@ use nanochat::core_eval::{self, Bundle};
 use nanochat::data::loader::{open_split, LoaderConfig};
 use nanochat::data::shards::TokenizerId;
 use nanochat::data::Split;
-use nanochat::engine::sample_next_token;
-use nanochat::rng::Rng;
+use nanochat::device::infer::{infer_view, Inference};
+use nanochat::engine::{Engine, GenConfig};
+use nanochat::model::ModelDevice;
 use nanochat::tokenizer::load_tokenizer;
-use nanochat::train::eval::{evaluate_bpb, sample_greedy, SAMPLE_PROMPTS};
+use nanochat::train::eval::{evaluate_bpb, sample_prompts};
 use nanochat::train::ranks::{self, Ranks};
 use nanochat::train::stage::open_model;
 
@@ -82,14 +83,22 @@ fn run(args: &Args) -> Result<(), String> {
         loaded.params.len()
     );
     let t = loaded.meta.max_seq_len.min(cfg.sequence_len);
-    let mut model = open_model(
-        args.device,
-        &cfg,
-        loaded.params,
-        &Default::default(),
-        args.device_batch_size,
-        t,
-    )?;
+    // Evaluation only: on the kernels an inference model (the weights, no gradients, no optimizer state).
+    let mut model: Box<dyn ModelDevice + Send> = if args.device.is_kernels() {
+        match args.device.open_inference(&cfg, loaded.params, 0)? {
+            Inference::Kernel(m) => Box::new(m),
+            Inference::Cpu(_) => unreachable!("a kernel device opens a kernel model"),
+        }
+    } else {
+        open_model(
+            args.device,
+            &cfg,
+            loaded.params,
+            &Default::default(),
+            args.device_batch_size,
+            t,
+        )?
+    };
     let info = nanochat::dist::env::from_env()?;
     let user_config = serde_json::json!({"eval": eval, "model_tag": tag, "step": loaded.meta.step,
         "max_per_task": args.max_per_task, "device": args.device.flag()});
@@ -177,24 +186,24 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     if parts.contains(&"sample") {
-        let mut samples = Vec::new();
-        for prompt in SAMPLE_PROMPTS {
-            let text = format!("{prompt}{}", sample_greedy(model.as_mut(), &tok, prompt, 16)?);
+        // Both through the KV-cached engine on the model's device (upstream's generate_batch).
+        let engine = Engine::new(infer_view(model.as_ref())?, tok.clone());
+        let samples = sample_prompts(&engine, 16)?;
+        for text in &samples {
             println!("{text}");
-            samples.push(text);
         }
         record["samples"] = serde_json::json!(samples);
         println!("-- unconditioned samples (temperature 1.0, 128 tokens)");
-        let mut rng = Rng::new(args.seed);
-        for _ in 0..8 {
-            let mut ids = vec![tok.bos_id()];
-            for _ in 0..128 {
-                let ctx = &ids[ids.len().saturating_sub(cfg.sequence_len)..];
-                let logits = model.last_logits(ctx, 1, ctx.len())?;
-                let next = sample_next_token(&logits, &mut rng, 1.0, None)?;
-                ids.push(next);
-            }
-            println!("{}\n--", tok.decode_lossy(&ids[1..]));
+        let unconditioned = GenConfig {
+            num_samples: 8,
+            max_tokens: Some(128),
+            temperature: 1.0,
+            top_k: None,
+            seed: args.seed,
+        };
+        let (seqs, _) = engine.generate_batch(&[tok.bos_id()], &unconditioned)?;
+        for s in &seqs {
+            println!("{}\n--", tok.decode_lossy(&s[1..]));
         }
     }
     // The record the report card reads.

@@ -7,9 +7,6 @@ use std::io::{BufRead, Write};
 use clap::Parser;
 use nanochat::backend::Backend;
 use nanochat::common::base_dir;
-use nanochat::device::infer::load_kernel_engine;
-use nanochat::device::Schedule;
-use nanochat::engine::load::load_engine;
 use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
 
 #[derive(Parser)]
@@ -131,31 +128,9 @@ fn run(args: &Args) -> Result<(), String> {
         return Err(format!("--temperature must be >= 0, got {}", args.temperature));
     }
     let (tag, step) = (args.model_tag.as_deref(), args.step);
-    match args.device_type {
-        Backend::Cpu => {
-            let (engine, desc, notice) = load_engine(&base_dir(), &args.source, tag, step)?;
-            chat_with(args, &engine, &desc.to_string(), notice)
-        }
-        Backend::Cuda | Backend::Emu => {
-            let (engine, desc, notice) = load_kernel_engine(
-                args.device_type.kernel_device(Schedule::Forward)?,
-                &base_dir(),
-                &args.source,
-                tag,
-                step,
-            )?;
-            chat_with(
-                args,
-                &engine,
-                &format!("{desc} on {}", engine.model.device().name()),
-                notice,
-            )
-        }
-        Backend::CpuBf16 => Err(format!(
-            "{}: inference runs on cpu (the fp32 reference), cuda or emu",
-            args.device_type.flag()
-        )),
-    }
+    let (engine, card, notice) = args.device_type.load_engine(0, &base_dir(), &args.source, tag, step)?;
+    let desc = format!("{card} on {}", engine.model.device_name());
+    chat_with(args, &engine, &desc, notice)
 }
 
 fn chat_with<M: InferModel>(args: &Args, engine: &Engine<M>, desc: &str, notice: Option<String>) -> Result<(), String> {

@@ -17,10 +17,8 @@ use nanochat::backend::Backend;
 use nanochat::checkpoint;
 use nanochat::common::base_dir;
 use nanochat::cpu::gpt::Storage;
-use nanochat::cpu::infer::CpuInfer;
 use nanochat::cpu::model::CpuModel;
-use nanochat::device::model::KernelModel;
-use nanochat::device::Schedule;
+use nanochat::device::infer::Inference;
 use nanochat::engine::full::FullForward;
 use nanochat::engine::Engine;
 use nanochat::tasks::chat_eval::{chatcore, eval_categorical, eval_generative, table, EvalSettings, TaskResult};
@@ -87,11 +85,12 @@ fn phase_dir(base: &Path, source: &str) -> Result<PathBuf, String> {
 // One value per run: the size difference between the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Models {
-    Cpu(CpuModel, Engine<CpuInfer>),
+    Cpu(CpuModel, Engine<Inference>),
     /// The CPU reference in bf16 storage: generation re-runs the full forward.
     Device(Engine<FullForward<'static>>),
-    /// The kernels: full forwards for the categorical tasks, the KV-cached engine for generation.
-    Kernel(Engine<KernelModel>),
+    /// The kernels (an inference model: no gradients, no optimizer state): full forwards for the categorical
+    /// tasks, the KV-cached engine for generation.
+    Kernel(Engine<Inference>),
 }
 
 fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<TaskResult, String> {
@@ -122,9 +121,10 @@ fn run_task(models: &mut Models, task: &TaskSlice, s: &EvalSettings) -> Result<T
             .model
             .with_model(|m| eval_categorical(m, &e.tokenizer, task, s, &mut progress))?,
         (Models::Device(e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
-        (Models::Kernel(e), EvalType::Categorical) => {
-            eval_categorical(&mut e.model, &e.tokenizer, task, s, &mut progress)
-        }
+        (Models::Kernel(e), EvalType::Categorical) => match &mut e.model {
+            Inference::Kernel(m) => eval_categorical(m, &e.tokenizer, task, s, &mut progress),
+            Inference::Cpu(_) => unreachable!("the kernel variant holds a kernel model"),
+        },
         (Models::Kernel(e), EvalType::Generative) => eval_generative(e, task, s, &mut progress),
     };
     if tty {
@@ -164,7 +164,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut models = match args.device.cpu_storage() {
         Some(Storage::F32) => Models::Cpu(
             CpuModel::new(&cfg, loaded.params.clone(), &Default::default())?,
-            Engine::new(CpuInfer::new(&cfg, loaded.params)?, tok.clone()),
+            Engine::new(args.device.open_inference(&cfg, loaded.params, 0)?, tok.clone()),
         ),
         Some(storage) => Models::Device(Engine::new(
             FullForward::new(Box::new(
@@ -172,11 +172,10 @@ fn run(args: Args) -> Result<(), String> {
             )),
             tok.clone(),
         )),
-        None => {
-            let dev = args.device.kernel_device(Schedule::Forward)?;
-            let m = KernelModel::new(dev, &cfg, &loaded.params, &Default::default())?;
-            Models::Kernel(Engine::new(m, tok.clone()))
-        }
+        None => Models::Kernel(Engine::new(
+            args.device.open_inference(&cfg, loaded.params, 0)?,
+            tok.clone(),
+        )),
     };
 
     let names: Vec<String> = match &args.task_name {

@@ -9,11 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use nanochat::backend::Backend;
 use nanochat::common::base_dir;
-use nanochat::device::cuda::CudaDevice;
-use nanochat::device::emu::EmuDevice;
-use nanochat::device::infer::load_kernel_engine;
-use nanochat::device::{Device, Schedule};
-use nanochat::engine::load::{load_engine, ModelCard};
+use nanochat::device::infer::Inference;
+use nanochat::engine::load::ModelCard;
 use nanochat::engine::{Engine, InferModel};
 use nanochat::serve::api::Defaults;
 use nanochat::serve::{ModelInfo, Options, Server};
@@ -83,34 +80,17 @@ fn run(args: &Args) -> Result<(), String> {
         return Err("--queue-timeout and --grace must be >= 0".into());
     }
     let (tag, step) = (args.model_tag.as_deref(), args.step);
-    match args.device_type {
-        Backend::Cpu => serve(args, |_| {
-            let (engine, card, notice) = load_engine(&base_dir(), &args.source, tag, step)?;
-            Ok((engine, card, notice, "cpu".to_string()))
-        }),
-        Backend::Cuda | Backend::Emu => serve(args, |i| {
-            let dev: Box<dyn Device> = match args.device_type {
-                Backend::Cuda => Box::new(CudaDevice::open(i as i32).map_err(|e| format!("GPU {i}: {e}"))?),
-                _ => Box::new(EmuDevice::new(Schedule::Forward)),
-            };
-            let name = dev.name();
-            let (engine, card, notice) = load_kernel_engine(dev, &base_dir(), &args.source, tag, step)?;
-            Ok((engine, card, notice, name))
-        }),
-        Backend::CpuBf16 => Err(format!(
-            "{}: inference runs on cpu (the fp32 reference), cuda or emu",
-            args.device_type.flag()
-        )),
-    }
+    serve(args, |i| {
+        let (engine, card, notice) = args.device_type.load_engine(i, &base_dir(), &args.source, tag, step)?;
+        let name = engine.model.device_name();
+        Ok((engine, card, notice, name))
+    })
 }
 
 /// Loaded engine `i`: the engine, its checkpoint, a notice, the device's name.
-type Loaded<M> = (Engine<M>, ModelCard, Option<String>, String);
+type Loaded = (Engine<Inference>, ModelCard, Option<String>, String);
 
-fn serve<M: InferModel + Sync + 'static>(
-    args: &Args,
-    load: impl Fn(usize) -> Result<Loaded<M>, String>,
-) -> Result<(), String> {
+fn serve(args: &Args, load: impl Fn(usize) -> Result<Loaded, String>) -> Result<(), String> {
     let mut engines = Vec::new();
     let mut devices = Vec::new();
     let mut model = ModelInfo::default();
@@ -158,8 +138,7 @@ fn serve<M: InferModel + Sync + 'static>(
     if args.batch_rows > 0 {
         let cfg = engines[0].model.config();
         // Keys and values per position of every layer: fp32 on the CPU reference, bf16 on the kernels.
-        let elem = if args.device_type.is_kernels() { 2 } else { 4 };
-        let bytes = args.batch_rows * cfg.sequence_len * cfg.n_layer * 2 * cfg.kv_dim() * elem;
+        let bytes = engines[0].model.kv_bytes(args.batch_rows, cfg.sequence_len);
         eprintln!(
             "continuous batching: {} rows of {} positions per worker, KV cache {:.1} MiB per worker",
             args.batch_rows,

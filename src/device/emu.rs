@@ -81,6 +81,22 @@ impl SyncLog {
     }
 }
 
+/// The live allocations of an [`EmuDevice`], shared with whoever holds a handle (the device itself may be
+/// owned by a model): how tests count the device memory a model holds.
+#[derive(Clone)]
+pub struct AllocMeter(Allocs);
+
+impl AllocMeter {
+    /// The sizes of the live buffers, in bytes (in address order).
+    pub fn sizes(&self) -> Vec<usize> {
+        self.0.lock().map(|a| a.values().copied().collect()).unwrap_or_default()
+    }
+    /// Bytes allocated and not freed.
+    pub fn live_bytes(&self) -> usize {
+        self.sizes().iter().sum()
+    }
+}
+
 pub struct EmuDevice {
     schedule: Schedule,
     allocs: Allocs,
@@ -94,6 +110,11 @@ impl EmuDevice {
             allocs: Arc::new(Mutex::new(BTreeMap::new())),
             syncs: SyncLog::default(),
         }
+    }
+
+    /// A handle on this device's live allocations.
+    pub fn alloc_meter(&self) -> AllocMeter {
+        AllocMeter(self.allocs.clone())
     }
 
     /// A handle on this device's synchronisation points.

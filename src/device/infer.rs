@@ -18,7 +18,11 @@
 //! Sampling runs on the host (the engine's [`crate::engine::sample_next_token`]): it needs the logits of
 //! every row anyway for the tool state machine and the seeded RNG shared with the CPU reference, and
 //! the copy is `rows · vocab` bf16 per step (64 KiB per row at a 32768 vocabulary, a few microseconds over
-//! PCIe next to a decode step of milliseconds), plus a top-k over the vocabulary on one CPU core.
+//! PCIe), plus a one-pass top-k on one CPU core (about 50 µs per row at k = 50; docs/engine.md).
+//!
+//! [`Inference`] is the model every program opens for inference
+//! ([`crate::backend::Backend::open_inference`]): the CPU reference or [`KernelModel::for_inference`];
+//! [`infer_view`] generates with a model in training on its own device.
 
 use half::bf16;
 
@@ -32,6 +36,7 @@ use super::memory::{gate_shape, BF16, F32};
 use super::model::KernelModel;
 use super::{Buffer, DevPtr, Device, Dtype, Gemm, Result};
 use crate::config::{softcap, ModelConfig, SMEAR_CHANNELS};
+use crate::cpu::infer::{CpuInfer, KvCache};
 use crate::engine::InferModel;
 use crate::params::Slot;
 
@@ -515,31 +520,176 @@ impl InferModel for KernelModel {
     }
 }
 
-/// A kernel engine, its checkpoint and a notice (see [`load_kernel_engine`]).
-pub type KernelEngine = (
-    crate::engine::Engine<KernelModel>,
-    crate::engine::load::ModelCard,
-    Option<String>,
-);
+/// A model opened for inference on any device ([`crate::backend::Backend::open_inference`]): the CPU
+/// reference's KV-cached [`CpuInfer`] or a kernel device's [`KernelModel::for_inference`]. One type, so that
+/// every program (chat_cli, chat_web, chat_eval, base_eval, the samples of train_gpt, the rollouts of chat_rl)
+/// runs one code path whatever the device.
+// One value per model or cache: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Inference {
+    Cpu(CpuInfer),
+    Kernel(KernelModel),
+}
 
-/// [`crate::engine::load::load_engine`] on a kernel device: the checkpoint's model on `dev`, KV-cached.
-pub fn load_kernel_engine(
-    dev: Box<dyn Device>,
-    base: &std::path::Path,
-    source: &str,
-    model_tag: Option<&str>,
-    step: Option<usize>,
-) -> std::result::Result<
-    (
-        crate::engine::Engine<KernelModel>,
-        crate::engine::load::ModelCard,
-        Option<String>,
-    ),
-    String,
-> {
-    let (cfg, params, tok, card, notice) = crate::engine::load::load_parts(base, source, model_tag, step)?;
-    let model = KernelModel::new(dev, &cfg, &params, &Default::default())?;
-    Ok((crate::engine::Engine::new(model, tok), card, notice))
+/// The KV cache of an [`Inference`] model.
+// One value per model or cache: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum InferenceCache {
+    Cpu(KvCache),
+    Kernel(DeviceCache),
+}
+
+impl Inference {
+    /// The device's name ("cpu", or the kernel device's).
+    pub fn device_name(&self) -> String {
+        match self {
+            Inference::Cpu(_) => "cpu".into(),
+            Inference::Kernel(m) => m.device().name(),
+        }
+    }
+
+    /// Bytes of keys and values a cache of `rows` x `t_max` positions holds: fp32 on the CPU reference, bf16
+    /// on the kernels.
+    pub fn kv_bytes(&self, rows: usize, t_max: usize) -> usize {
+        match self {
+            Inference::Cpu(m) => 2 * DeviceCache::kv_bytes(&m.config, rows, t_max),
+            Inference::Kernel(m) => DeviceCache::kv_bytes(&m.config, rows, t_max),
+        }
+    }
+}
+
+fn mismatch() -> String {
+    "the KV cache belongs to a model on another device".to_string()
+}
+
+impl InferModel for Inference {
+    type Cache = InferenceCache;
+    fn config(&self) -> &ModelConfig {
+        match self {
+            Inference::Cpu(m) => InferModel::config(m),
+            Inference::Kernel(m) => InferModel::config(m),
+        }
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> std::result::Result<InferenceCache, String> {
+        Ok(match self {
+            Inference::Cpu(m) => InferenceCache::Cpu(m.new_cache(rows, t_max)?),
+            Inference::Kernel(m) => InferenceCache::Kernel(m.new_cache(rows, t_max)?),
+        })
+    }
+    fn row_len(&self, cache: &InferenceCache, row: usize) -> usize {
+        match (self, cache) {
+            (Inference::Cpu(m), InferenceCache::Cpu(c)) => m.row_len(c, row),
+            (Inference::Kernel(m), InferenceCache::Kernel(c)) => m.row_len(c, row),
+            _ => 0,
+        }
+    }
+    fn clear_row(&self, cache: &mut InferenceCache, row: usize) -> std::result::Result<(), String> {
+        match (self, cache) {
+            (Inference::Cpu(m), InferenceCache::Cpu(c)) => m.clear_row(c, row),
+            (Inference::Kernel(m), InferenceCache::Kernel(c)) => m.clear_row(c, row),
+            _ => Err(mismatch()),
+        }
+    }
+    fn copy_row(&self, cache: &mut InferenceCache, src: usize, dst: usize) -> std::result::Result<(), String> {
+        match (self, cache) {
+            (Inference::Cpu(m), InferenceCache::Cpu(c)) => m.copy_row(c, src, dst),
+            (Inference::Kernel(m), InferenceCache::Kernel(c)) => m.copy_row(c, src, dst),
+            _ => Err(mismatch()),
+        }
+    }
+    fn forward_rows(
+        &self,
+        cache: &mut InferenceCache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> std::result::Result<Vec<f32>, String> {
+        match (self, cache) {
+            (Inference::Cpu(m), InferenceCache::Cpu(c)) => m.forward_rows(c, rows, lens, ids),
+            (Inference::Kernel(m), InferenceCache::Kernel(c)) => m.forward_rows(c, rows, lens, ids),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl Inference {
+    /// The kernel model (None on the CPU reference).
+    pub fn kernel(&mut self) -> Option<&mut KernelModel> {
+        match self {
+            Inference::Kernel(m) => Some(m),
+            Inference::Cpu(_) => None,
+        }
+    }
+}
+
+/// KV-cached generation on the current weights of a model that may be in training ([`infer_view`]).
+// One value per model or cache: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum InferView<'a> {
+    /// The CPU reference's engine model over a copy of the parameters.
+    Cpu(CpuInfer),
+    /// A kernel model itself: its own weights and device, a KV cache next to them.
+    Kernel(&'a KernelModel),
+}
+
+/// A KV-cached view of `model` for generation (train_gpt's samples, chat_rl's rollouts, base_eval's
+/// samples): the model itself on a kernel device (no copy of the weights), the CPU reference's
+/// [`CpuInfer`] over its parameters otherwise.
+pub fn infer_view(model: &dyn crate::model::ModelDevice) -> std::result::Result<InferView<'_>, String> {
+    match model.as_any().and_then(|a| a.downcast_ref::<KernelModel>()) {
+        Some(k) => Ok(InferView::Kernel(k)),
+        None => Ok(InferView::Cpu(CpuInfer::new(model.config(), model.params()?)?)),
+    }
+}
+
+impl InferModel for InferView<'_> {
+    type Cache = InferenceCache;
+    fn config(&self) -> &ModelConfig {
+        match self {
+            InferView::Cpu(m) => InferModel::config(m),
+            InferView::Kernel(m) => InferModel::config(*m),
+        }
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> std::result::Result<InferenceCache, String> {
+        Ok(match self {
+            InferView::Cpu(m) => InferenceCache::Cpu(m.new_cache(rows, t_max)?),
+            InferView::Kernel(m) => InferenceCache::Kernel(m.new_cache(rows, t_max)?),
+        })
+    }
+    fn row_len(&self, cache: &InferenceCache, row: usize) -> usize {
+        match (self, cache) {
+            (InferView::Cpu(m), InferenceCache::Cpu(c)) => m.row_len(c, row),
+            (InferView::Kernel(m), InferenceCache::Kernel(c)) => m.row_len(c, row),
+            _ => 0,
+        }
+    }
+    fn clear_row(&self, cache: &mut InferenceCache, row: usize) -> std::result::Result<(), String> {
+        match (self, cache) {
+            (InferView::Cpu(m), InferenceCache::Cpu(c)) => m.clear_row(c, row),
+            (InferView::Kernel(m), InferenceCache::Kernel(c)) => m.clear_row(c, row),
+            _ => Err(mismatch()),
+        }
+    }
+    fn copy_row(&self, cache: &mut InferenceCache, src: usize, dst: usize) -> std::result::Result<(), String> {
+        match (self, cache) {
+            (InferView::Cpu(m), InferenceCache::Cpu(c)) => m.copy_row(c, src, dst),
+            (InferView::Kernel(m), InferenceCache::Kernel(c)) => m.copy_row(c, src, dst),
+            _ => Err(mismatch()),
+        }
+    }
+    fn forward_rows(
+        &self,
+        cache: &mut InferenceCache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> std::result::Result<Vec<f32>, String> {
+        match (self, cache) {
+            (InferView::Cpu(m), InferenceCache::Cpu(c)) => m.forward_rows(c, rows, lens, ids),
+            (InferView::Kernel(m), InferenceCache::Kernel(c)) => m.forward_rows(c, rows, lens, ids),
+            _ => Err(mismatch()),
+        }
+    }
 }
 
 /// `n` tokens continuing `prompt` through the KV cache of any [`InferModel`] (greedy at temperature 0, else

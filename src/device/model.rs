@@ -64,7 +64,22 @@ pub struct KernelModel {
     /// One rank of several with the optimizer sharded (ZeRO-2, [`super::zero`]): then `state` and
     /// `muon_scratch` hold this rank's share only, and `opt` just the layout of the whole.
     pub(super) zero: Option<super::zero::DeviceZero>,
+    /// An inference model ([`KernelModel::for_inference`]): `params` holds only the fp32 copies of the
+    /// parameters read as fp32 (each at the offset given here), and there are no gradients, no optimizer
+    /// state and no loss log (one-element placeholders).
+    pub(super) inference: Option<Vec<(Slot, usize, usize)>>,
 }
+
+/// The parameters the kernels read from the fp32 master copy (the scalar gates and lambdas); the rest are
+/// read from the bf16 mirror.
+const MASTER_SLOTS: [Slot; 6] = [
+    Slot::ResidLambdas,
+    Slot::X0Lambdas,
+    Slot::SmearGate,
+    Slot::SmearLambda,
+    Slot::VeGate,
+    Slot::BackoutLambda,
+];
 
 /// Micro-batches whose losses wait on the device before the log is read back (and started anew).
 const LOSS_LOG_LEN: usize = 1024;
@@ -156,10 +171,115 @@ impl KernelModel {
             queued: Vec::new(),
             taken: Vec::new(),
             zero: None,
+            inference: None,
             dev,
         };
         model.refresh_lambda_pairs().map_err(dev_err)?;
         Ok(model)
+    }
+
+    /// The model for inference only (serving, sampling, evaluation): the bf16 weights (converted on the
+    /// host, so the fp32 weights never reach the device), fp32 copies of the few parameters the kernels read
+    /// as fp32, and the RoPE tables; no gradients, no optimizer state (neither on the device nor on the host).
+    /// The forwards ([`ModelDevice::logits`], [`ModelDevice::last_logits`], [`ModelDevice::token_losses`]) and
+    /// the KV-cached [`crate::engine::InferModel`] work as on a training model; the training methods are errors.
+    pub fn for_inference(dev: Box<dyn Device>, config: &ModelConfig, params: &[f32]) -> Result<KernelModel, String> {
+        config.validate()?;
+        let table = ParamTable::new(config);
+        if params.len() != table.numel {
+            return Err(format!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                table.numel
+            ));
+        }
+        let d = config.head_dim();
+        let attn = if d == 64 || d == 128 {
+            AttnImpl::Flash
+        } else {
+            AttnImpl::Naive
+        };
+        // The host optimizer object keeps only the layout: its state vectors are dropped.
+        let mut opt = MuonAdamW::new(&table, &Default::default());
+        opt.release_state();
+        let positions = 10 * config.sequence_len;
+        let (cos, sin) = crate::cpu::ops::rope_tables(positions, d, ROPE_BASE);
+        let l = config.n_layer;
+        // The fp32 parameters, each aligned as in the flat buffer.
+        let (mut master, mut at) = (Vec::new(), Vec::new());
+        for slot in MASTER_SLOTS {
+            for k in 0..table.slot(slot).count() {
+                let r = table.range(slot, k);
+                at.push((slot, k, master.len()));
+                master.extend_from_slice(&params[r]);
+                master.resize(master.len().next_multiple_of(crate::params::SLOT_ALIGN), 0.0);
+            }
+        }
+        let weights: Vec<bf16> = params.iter().map(|&p| bf16::from_f32(p)).collect();
+        let d_ = dev.as_ref();
+        let mk = || -> super::Result<_> {
+            let one = || -> super::Result<Buffer> {
+                let b = d_.alloc(F32)?;
+                d_.zero(b.ptr(), F32)?;
+                Ok(b)
+            };
+            Ok((
+                d_.upload_new(&master)?,
+                d_.upload_new(&weights)?,
+                one()?,
+                d_.alloc(2 * l * F32)?,
+                one()?,
+                [one()?, one()?, one()?, one()?],
+                d_.upload_new(&cos)?,
+                d_.upload_new(&sin)?,
+                one()?,
+            ))
+        };
+        let (params_buf, params_bf16, grads, lambda_pairs, dlambda_pairs, state, cos, sin, loss_log) =
+            mk().map_err(|e| format!("{}: {e}", dev.name()))?;
+        drop(weights);
+        let model = KernelModel {
+            windows: config.window_sizes(),
+            config: config.clone(),
+            table,
+            attn,
+            opt,
+            params: params_buf,
+            params_bf16,
+            grads,
+            lambda_pairs,
+            dlambda_pairs,
+            state,
+            muon_scratch: Vec::new(),
+            cos,
+            sin,
+            positions,
+            arena: None,
+            loss_log,
+            queued: Vec::new(),
+            taken: Vec::new(),
+            zero: None,
+            inference: Some(at),
+            dev,
+        };
+        model.refresh_lambda_pairs().map_err(dev_err)?;
+        Ok(model)
+    }
+
+    /// Whether this is an inference model ([`KernelModel::for_inference`]).
+    pub fn is_inference(&self) -> bool {
+        self.inference.is_some()
+    }
+
+    /// An error for a training method called on an inference model.
+    pub(super) fn trainable(&self, what: &str) -> Result<(), String> {
+        match self.inference {
+            Some(_) => Err(format!(
+                "{}: {what}: this model was opened for inference (no gradients, no optimizer state)",
+                self.dev.name()
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Chooses the attention kernels (flash needs head_dim 64 or 128; naive is the slow second oracle).
@@ -198,7 +318,16 @@ impl KernelModel {
 
     /// The fp32 master copy of parameter `slot` (`k`): what the scalar-parameter kernels read.
     pub(super) fn master(&self, slot: Slot, k: usize) -> DevPtr {
-        self.params.at::<f32>(self.table.range(slot, k).start)
+        match &self.inference {
+            None => self.params.at::<f32>(self.table.range(slot, k).start),
+            Some(at) => {
+                let &(_, _, off) = at
+                    .iter()
+                    .find(|&&(s, j, _)| s == slot && j == k)
+                    .expect("every parameter read as fp32 has its copy");
+                self.params.at::<f32>(off)
+            }
+        }
     }
 
     /// The fp32 gradient of parameter `slot` (`k`).
@@ -347,6 +476,10 @@ impl ModelDevice for KernelModel {
         &self.config
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn device_name(&self) -> String {
         self.dev.name()
     }
@@ -378,6 +511,7 @@ impl ModelDevice for KernelModel {
         t: usize,
         scale: f32,
     ) -> Result<Option<f32>, String> {
+        self.trainable("forward_backward")?;
         if self.queued.len() == LOSS_LOG_LEN {
             let read = self.read_loss_log()?;
             self.taken.extend(read);
@@ -406,6 +540,7 @@ impl ModelDevice for KernelModel {
     }
 
     fn grads(&mut self) -> Result<Vec<f32>, String> {
+        self.trainable("grads")?;
         self.flush_lambda_grads().map_err(dev_err)?;
         self.dev
             .download_vec::<f32>(self.grads.ptr(), self.table.numel)
@@ -413,6 +548,7 @@ impl ModelDevice for KernelModel {
     }
 
     fn set_grads(&mut self, grads: &[f32]) -> Result<(), String> {
+        self.trainable("set_grads")?;
         if grads.len() != self.table.numel {
             return Err(format!(
                 "{} gradients given, the model has {}",
@@ -462,6 +598,7 @@ impl ModelDevice for KernelModel {
     }
 
     fn step(&mut self, settings: &StepSettings) -> Result<(), String> {
+        self.trainable("optimizer step")?;
         if self.zero.is_some() {
             return self.run_sharded_step(settings);
         }
@@ -470,12 +607,31 @@ impl ModelDevice for KernelModel {
     }
 
     fn params(&self) -> Result<Vec<f32>, String> {
+        if self.inference.is_some() {
+            // The bf16 weights: what this model computes with.
+            let w: Vec<bf16> = self
+                .dev
+                .download_vec(self.params_bf16.ptr(), self.table.numel)
+                .map_err(dev_err)?;
+            let mut p: Vec<f32> = w.iter().map(|x| x.to_f32()).collect();
+            let master: Vec<f32> = self
+                .dev
+                .download_vec(self.params.ptr(), self.params.bytes() / F32)
+                .map_err(dev_err)?;
+            for &(slot, k, off) in self.inference.iter().flatten() {
+                let r = self.table.range(slot, k);
+                let n = r.len();
+                p[r].copy_from_slice(&master[off..off + n]);
+            }
+            return Ok(p);
+        }
         self.dev
             .download_vec::<f32>(self.params.ptr(), self.table.numel)
             .map_err(dev_err)
     }
 
     fn optimizer_state(&mut self) -> Result<BTreeMap<String, Tensor>, String> {
+        self.trainable("optimizer state")?;
         if self.zero.is_some() {
             return self.sharded_state();
         }
@@ -484,6 +640,7 @@ impl ModelDevice for KernelModel {
     }
 
     fn load_optimizer_state(&mut self, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        self.trainable("optimizer state")?;
         if self.zero.is_some() {
             return self.load_sharded_state(state);
         }

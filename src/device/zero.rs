@@ -63,6 +63,7 @@ impl KernelModel {
         rank: usize,
         world: usize,
     ) -> Result<KernelModel, String> {
+        self.trainable("data parallel")?;
         let mut opt = ShardedMuonAdamW::new(&self.table, optimizer, rank, world);
         opt.inner_mut().bf16_orthogonalization = true;
         let dev = self.dev.as_ref();

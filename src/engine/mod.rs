@@ -66,6 +66,35 @@ pub trait InferModel: Send {
     }
 }
 
+/// A borrowed model runs as the model itself (e.g. the rollouts of a model in training, on its own device).
+impl<M: InferModel + Sync> InferModel for &M {
+    type Cache = M::Cache;
+    fn config(&self) -> &ModelConfig {
+        (**self).config()
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<M::Cache, String> {
+        (**self).new_cache(rows, t_max)
+    }
+    fn row_len(&self, cache: &M::Cache, row: usize) -> usize {
+        (**self).row_len(cache, row)
+    }
+    fn clear_row(&self, cache: &mut M::Cache, row: usize) -> Result<(), String> {
+        (**self).clear_row(cache, row)
+    }
+    fn copy_row(&self, cache: &mut M::Cache, src: usize, dst: usize) -> Result<(), String> {
+        (**self).copy_row(cache, src, dst)
+    }
+    fn forward_rows(
+        &self,
+        cache: &mut M::Cache,
+        rows: &[usize],
+        lens: &[usize],
+        ids: &[u32],
+    ) -> Result<Vec<f32>, String> {
+        (**self).forward_rows(cache, rows, lens, ids)
+    }
+}
+
 impl InferModel for CpuInfer {
     type Cache = KvCache;
     fn config(&self) -> &ModelConfig {
@@ -124,7 +153,8 @@ impl Default for GenConfig {
 }
 
 /// Draws the next token from one row of logits: argmax at temperature 0, else softmax(logits / temperature)
-/// over all tokens or the top k.
+/// over all tokens or the top k ([`top_k_ids`]: one pass over the vocabulary). Runs on the host: see
+/// docs/engine.md (sampling on the host) for why and what it costs per token.
 pub fn sample_next_token(logits: &[f32], rng: &mut Rng, temperature: f64, top_k: Option<usize>) -> Result<u32, String> {
     if temperature.is_nan() || temperature < 0.0 {
         return Err(format!("temperature must be >= 0, got {temperature}"));
@@ -142,12 +172,10 @@ pub fn sample_next_token(logits: &[f32], rng: &mut Rng, temperature: f64, top_k:
     if temperature == 0.0 {
         return Ok(argmax(&mut (0..logits.len())));
     }
-    let mut cand: Vec<usize> = (0..logits.len()).collect();
-    if let Some(k) = top_k.filter(|&k| k > 0 && k < logits.len()) {
-        // Stable by id among equal logits, like a stable top-k.
-        cand.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-        cand.truncate(k);
-    }
+    let cand: Vec<usize> = match top_k.filter(|&k| k > 0 && k < logits.len()) {
+        Some(k) => top_k_ids(logits, k),
+        None => (0..logits.len()).collect(),
+    };
     let mx = cand.iter().map(|&i| logits[i] as f64).fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = cand
         .iter()
@@ -165,6 +193,51 @@ pub fn sample_next_token(logits: &[f32], rng: &mut Rng, temperature: f64, top_k:
         u -= wj;
     }
     Ok(cand[cand.len() - 1] as u32)
+}
+
+/// A candidate of [`top_k_ids`], ordered worst first: a smaller logit (in `total_cmp`'s order), or an equal
+/// logit and a larger id.
+#[derive(Clone, Copy)]
+struct Cand {
+    logit: f32,
+    id: usize,
+}
+
+impl Ord for Cand {
+    fn cmp(&self, o: &Cand) -> std::cmp::Ordering {
+        o.logit.total_cmp(&self.logit).then(self.id.cmp(&o.id))
+    }
+}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Cand) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl PartialEq for Cand {
+    fn eq(&self, o: &Cand) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl Eq for Cand {}
+
+/// The ids of the `k` (< V) largest logits, largest first and by id among equal logits (a stable top-k):
+/// one pass over the vocabulary keeping the k best in a heap whose top is the worst of them (a logit enters
+/// only when it beats that one: rarely, after the first few thousand), then a sort of the k. The same ids in
+/// the same order as sorting the whole vocabulary, in O(V + k log k · entries) instead of O(V log V).
+pub fn top_k_ids(logits: &[f32], k: usize) -> Vec<usize> {
+    let mut heap = std::collections::BinaryHeap::with_capacity(k);
+    for (id, &logit) in logits.iter().enumerate() {
+        let c = Cand { logit, id };
+        if heap.len() < k {
+            heap.push(c);
+        } else if let Some(mut worst) = heap.peek_mut() {
+            // Ids rise through the scan, so an equal logit never beats the worst kept.
+            if logit.total_cmp(&worst.logit).is_gt() {
+                *worst = c;
+            }
+        }
+    }
+    heap.into_sorted_vec().into_iter().map(|c| c.id).collect()
 }
 
 /// Special token ids the engine reacts to.

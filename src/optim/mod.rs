@@ -335,6 +335,18 @@ impl MuonAdamW {
         [&self.exp_avg, &self.exp_avg_sq, &self.momentum, &self.second_moment]
     }
 
+    /// Drops the state vectors (an optimizer kept for its layout only, e.g. by an inference model).
+    pub fn release_state(&mut self) {
+        for v in [
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+            &mut self.momentum,
+            &mut self.second_moment,
+        ] {
+            *v = Vec::new();
+        }
+    }
+
     /// Mutable [`MuonAdamW::state_buffers`] (for a device that keeps the state and syncs it back).
     pub fn state_buffers_mut(&mut self) -> [&mut [f32]; 4] {
         [

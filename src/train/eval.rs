@@ -1,8 +1,10 @@
 //! Evaluation during and after training: validation bits per byte (spec §8.1) and greedy samples of upstream's
-//! fixed prompts, on any [`ModelDevice`].
+//! fixed prompts through the KV-cached engine, on any [`ModelDevice`].
 
 use crate::data::loader::{DataLoader, LoaderConfig};
 use crate::data::shards::TokenShard;
+use crate::device::infer::infer_view;
+use crate::engine::{Engine, GenConfig, InferModel};
 use crate::model::ModelDevice;
 use crate::tokenizer::Tokenizer;
 use std::sync::Arc;
@@ -60,28 +62,33 @@ pub fn bpb_sums(
     Ok((nats, bytes))
 }
 
-/// Greedy continuation of `prompt` (BOS prepended) by `max_tokens` tokens, re-running the full forward.
-pub fn sample_greedy(
-    model: &mut dyn ModelDevice,
-    tok: &Tokenizer,
-    prompt: &str,
-    max_tokens: usize,
-) -> Result<String, String> {
-    let mut ids = vec![tok.bos_id()];
-    ids.extend(tok.encode_ordinary(prompt));
-    let start = ids.len();
-    let window = model.config().sequence_len;
-    for _ in 0..max_tokens {
-        let ctx = &ids[ids.len().saturating_sub(window)..];
-        let logits = model.last_logits(ctx, 1, ctx.len())?;
-        let next = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-            .0;
-        ids.push(next as u32);
-    }
-    Ok(tok.decode_lossy(&ids[start..]))
+/// Greedy continuations of `max_tokens` tokens of [`SAMPLE_PROMPTS`] (after `<|bos|>`) through the KV-cached
+/// engine, each prompt followed by its continuation (upstream's `generate_batch` at temperature 0: a
+/// continuation ends early at `<|bos|>` or `<|assistant_end|>`).
+pub fn sample_prompts<M: InferModel>(engine: &Engine<M>, max_tokens: usize) -> Result<Vec<String>, String> {
+    let tok = &engine.tokenizer;
+    let greedy = GenConfig {
+        num_samples: 1,
+        max_tokens: Some(max_tokens),
+        temperature: 0.0,
+        top_k: None,
+        seed: 42,
+    };
+    SAMPLE_PROMPTS
+        .iter()
+        .map(|prompt| {
+            let mut ids = vec![tok.bos_id()];
+            ids.extend(tok.encode_ordinary(prompt));
+            let start = ids.len();
+            let (seqs, _) = engine.generate_batch(&ids, &greedy)?;
+            Ok(format!("{prompt}{}", tok.decode_lossy(&seqs[0][start..])))
+        })
+        .collect()
+}
+
+/// [`sample_prompts`] on the current weights of `model` ([`infer_view`]: KV-cached on every device).
+pub fn sample_model(model: &dyn ModelDevice, tok: &Tokenizer, max_tokens: usize) -> Result<Vec<String>, String> {
+    sample_prompts(&Engine::new(infer_view(model)?, tok.clone()), max_tokens)
 }
 
 #[cfg(test)]

@@ -19,15 +19,14 @@ use super::stage::{fmt_duration, open_model, save_checked};
 use crate::backend::Backend;
 use crate::checkpoint::{self, LoopState, Meta};
 use crate::common::base_dir;
-use crate::cpu::infer::CpuInfer;
-use crate::engine::full::FullForward;
+use crate::device::infer::infer_view;
 use crate::engine::{Batch, Engine, GenConfig, InferModel};
 use crate::model::ModelDevice;
 use crate::optim::{SetupArgs, StepSettings};
 use crate::tasks::gsm8k::Gsm8k;
 use crate::tasks::keyword::Keyword;
 use crate::tasks::Task;
-use crate::tokenizer::load_tokenizer;
+use crate::tokenizer::{load_tokenizer, Tokenizer};
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -274,21 +273,10 @@ fn run_jobs<M: InferModel>(engine: &Engine<M>, jobs: &[Job]) -> Result<Vec<Batch
     jobs.iter().map(|(p, cfg)| engine.generate_batch(p, cfg)).collect()
 }
 
-/// Runs the generation jobs on the current parameters: the CPU reference's KV-cache engine for the CPU
-/// devices, full forwards on the kernel devices.
-fn generate(
-    model: &mut (dyn ModelDevice + Send),
-    device: Backend,
-    cpu_engine: &mut Engine<CpuInfer>,
-    jobs: &[Job],
-) -> Result<Vec<Batch>, String> {
-    if device.is_kernels() {
-        let engine = Engine::new(FullForward::borrowed(model), cpu_engine.tokenizer.clone());
-        run_jobs(&engine, jobs)
-    } else {
-        cpu_engine.model = CpuInfer::new(model.config(), model.params()?)?;
-        run_jobs(cpu_engine, jobs)
-    }
+/// Runs the generation jobs on the current parameters, KV-cached on every device ([`infer_view`]: on a kernel
+/// device the model in training itself, with a KV cache next to its weights).
+fn generate(model: &(dyn ModelDevice + Send), tok: &Tokenizer, jobs: &[Job]) -> Result<Vec<Batch>, String> {
+    run_jobs(&Engine::new(infer_view(model)?, tok.clone()), jobs)
 }
 
 /// pass@k for k = 1..samples: the share of problems with a correct answer among their first k samples.
@@ -441,7 +429,6 @@ pub fn chat_rl(args: &RlArgs, base: &Path) -> Result<RlSummary, String> {
     );
     let user_config = serde_json::to_value(args).map_err(|e| e.to_string())?;
     let mut metrics = Metrics::open(&out_dir, Some(start))?;
-    let mut cpu_engine = Engine::new(CpuInfer::new(&model_config, vec![0.0; model.table().numel])?, tok);
     let top_k = (args.top_k > 0).then_some(args.top_k);
     let gen = |seed| GenConfig {
         num_samples: dbs,
@@ -471,19 +458,18 @@ pub fn chat_rl(args: &RlArgs, base: &Path) -> Result<RlSummary, String> {
             let mut examples = Vec::with_capacity(n);
             for i in 0..n {
                 let ex = val.get_example(i)?;
-                let prompt = cpu_engine
-                    .tokenizer
+                let prompt = tok
                     .render_for_completion(&ex.conversation)
                     .map_err(|e| format!("{} test problem {i}: {e}", val.name()))?;
                 jobs.push((prompt, gen(42)));
                 examples.push(ex);
             }
-            let batches = generate(model.as_mut(), args.device, &mut cpu_engine, &jobs)?;
+            let batches = generate(model.as_ref(), &tok, &jobs)?;
             let mut outcomes = Vec::with_capacity(n);
             for ((ex, (prompt, _)), (seqs, _)) in examples.iter().zip(&jobs).zip(&batches) {
                 let mut o = Vec::with_capacity(seqs.len());
                 for s in seqs {
-                    o.push(val.evaluate(ex, &cpu_engine.tokenizer.decode_lossy(&s[prompt.len()..]))?);
+                    o.push(val.evaluate(ex, &tok.decode_lossy(&s[prompt.len()..]))?);
                 }
                 outcomes.push(o);
             }
@@ -527,8 +513,7 @@ pub fn chat_rl(args: &RlArgs, base: &Path) -> Result<RlSummary, String> {
         for k in 0..eps {
             let idx = (step * eps + k) % train.num_examples();
             let ex = train.get_example(idx)?;
-            let prompt = cpu_engine
-                .tokenizer
+            let prompt = tok
                 .render_for_completion(&ex.conversation)
                 .map_err(|e| format!("{} training question {idx}: {e}", train.name()))?;
             for b in 0..passes {
@@ -536,7 +521,7 @@ pub fn chat_rl(args: &RlArgs, base: &Path) -> Result<RlSummary, String> {
             }
             questions.push((ex, prompt.len()));
         }
-        let batches = generate(model.as_mut(), args.device, &mut cpu_engine, &jobs)?;
+        let batches = generate(model.as_ref(), &tok, &jobs)?;
         let t_rollout = t0.elapsed().as_secs_f64();
 
         // Rewards, advantages and the policy-gradient backward, question by question.
@@ -549,7 +534,7 @@ pub fn chat_rl(args: &RlArgs, base: &Path) -> Result<RlSummary, String> {
             }
             let mut rewards = Vec::with_capacity(seqs.len());
             for s in &seqs {
-                rewards.push(train.reward(ex, &cpu_engine.tokenizer.decode_lossy(&s[*prompt_len..]))?);
+                rewards.push(train.reward(ex, &tok.decode_lossy(&s[*prompt_len..]))?);
             }
             seq_len += seqs.iter().map(Vec::len).sum::<usize>();
             reward_sum += rewards.iter().sum::<f64>() / rewards.len() as f64;

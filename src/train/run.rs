@@ -2,7 +2,7 @@
 //! and token shards, build (or resume) the model and optimizer, then loop: evaluate, sample, checkpoint,
 //! train one step of `grad_accum` micro-batches, log.
 
-use super::eval::{bpb_sums, sample_greedy, SAMPLE_PROMPTS};
+use super::eval::{bpb_sums, sample_model};
 use super::metrics::Metrics;
 use super::plan::{Plan, PlanArgs};
 use super::ranks::{self, Ranks};
@@ -496,8 +496,8 @@ fn train_ranked(
             }
         }
         if main && args.sample_every > 0 && (last_step || (step > 0 && step % args.sample_every == 0)) {
-            for prompt in SAMPLE_PROMPTS {
-                println!("sample | {prompt}{}", sample_greedy(model.as_mut(), tok, prompt, 16)?);
+            for text in sample_model(model.as_ref(), tok, 16)? {
+                println!("sample | {text}");
             }
         }
         let periodic = args.save_every > 0 && step > 0 && step != start && step % args.save_every as usize == 0;

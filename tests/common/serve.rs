@@ -5,10 +5,17 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use nanochat::config::ModelConfig;
 use nanochat::cpu::infer::CpuInfer;
-use nanochat::engine::{Engine, InferModel};
+use nanochat::device::emu::EmuDevice;
+use nanochat::device::model::KernelModel;
+use nanochat::device::Schedule;
+use nanochat::engine::{Engine, GenConfig, InferModel, TextStream};
 use nanochat::params::ParamTable;
+use nanochat::rng::Rng;
+use nanochat::serve::api::{parse_request, render_prompt};
 use nanochat::serve::{Options, Server};
 use nanochat::tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -34,6 +41,125 @@ pub fn cpu_engine() -> Engine<CpuInfer> {
     let mut p = vec![0.0; table.numel];
     table.init(&mut p, 9);
     Engine::new(CpuInfer::new(&cfg, p).unwrap(), tok)
+}
+
+/// The model of [`cpu_engine`] with noise on every parameter (so that zero-initialized projections matter
+/// and the logits are spread out) on the CPU reference and as an inference model on the emulator.
+pub fn noisy_engines() -> (Engine<CpuInfer>, Engine<KernelModel>) {
+    let engine = cpu_engine();
+    let cfg = engine.model.config.clone();
+    let table = ParamTable::new(&cfg);
+    let mut p = vec![0.0; table.numel];
+    table.init(&mut p, 9);
+    let mut rng = Rng::new(10);
+    p.iter_mut().for_each(|x| *x += 0.1 * rng.normal());
+    let emu = KernelModel::for_inference(Box::new(EmuDevice::new(Schedule::Forward)), &cfg, &p).unwrap();
+    (
+        Engine::new(CpuInfer::new(&cfg, p).unwrap(), engine.tokenizer.clone()),
+        Engine::new(emu, engine.tokenizer),
+    )
+}
+
+/// A model that records the logits of its every forward.
+pub struct Recording<M> {
+    pub inner: M,
+    pub logits: Mutex<Vec<Vec<f32>>>,
+}
+
+impl<M: InferModel> InferModel for Recording<M> {
+    type Cache = M::Cache;
+    fn config(&self) -> &ModelConfig {
+        self.inner.config()
+    }
+    fn new_cache(&self, rows: usize, t_max: usize) -> Result<M::Cache, String> {
+        self.inner.new_cache(rows, t_max)
+    }
+    fn row_len(&self, c: &M::Cache, row: usize) -> usize {
+        self.inner.row_len(c, row)
+    }
+    fn clear_row(&self, c: &mut M::Cache, row: usize) -> Result<(), String> {
+        self.inner.clear_row(c, row)
+    }
+    fn copy_row(&self, c: &mut M::Cache, src: usize, dst: usize) -> Result<(), String> {
+        self.inner.copy_row(c, src, dst)
+    }
+    fn forward_rows(&self, c: &mut M::Cache, rows: &[usize], lens: &[usize], ids: &[u32]) -> Result<Vec<f32>, String> {
+        let l = self.inner.forward_rows(c, rows, lens, ids)?;
+        self.logits.lock().unwrap().push(l.clone());
+        Ok(l)
+    }
+}
+
+/// One generation alone (one sample): every token the engine emits (the end token included) and the
+/// logits each was drawn from.
+pub type Recorded = (Vec<u32>, Vec<Vec<f32>>);
+
+pub fn generate_recorded<M: InferModel + Sync>(engine: &Engine<M>, prompt: &[u32], cfg: &GenConfig) -> Recorded {
+    let rec = Engine::new(
+        Recording {
+            inner: &engine.model,
+            logits: Mutex::new(Vec::new()),
+        },
+        engine.tokenizer.clone(),
+    );
+    let mut tokens = Vec::new();
+    rec.generate(prompt, cfg, &mut |col, _| {
+        tokens.push(col[0]);
+        true
+    })
+    .unwrap();
+    let logits = rec.model.logits.into_inner().unwrap();
+    (tokens, logits)
+}
+
+/// bf16 tolerance on the softcapped logits of the tiny models (bf16 weights and activations, two layers).
+pub const LOGIT_TOL: f32 = 0.1;
+
+/// Whether the kernel run `dev` drew the CPU run's tokens. Where it did not, a bf16 near-tie flipped a draw:
+/// this asserts that the logits of the first differing draw agree within [`LOGIT_TOL`] and says so.
+pub fn same_or_near_tie(cpu: &Recorded, dev: &Recorded, what: &str) -> bool {
+    let Some(i) = cpu.0.iter().zip(&dev.0).position(|(a, b)| a != b) else {
+        assert_eq!(cpu.0.len(), dev.0.len(), "{what}: the same tokens, but not as many");
+        return true;
+    };
+    let (a, b) = (&cpu.1[i], &dev.1[i]);
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let (ct, dt) = (cpu.0[i] as usize, dev.0[i] as usize);
+    eprintln!(
+        "{what}: token {i} differs (cpu {ct}, kernels {dt}): a near-tie, the cpu logits of the two are {} and {}, the logits agree within {d}",
+        a[ct], a[dt]
+    );
+    assert!(d <= LOGIT_TOL, "{what}: token {i}: the logits differ by {d}");
+    false
+}
+
+/// The reply text a request's tokens stream as (up to the end token), and the token count.
+pub fn reply_text(engine_tok: &Tokenizer, tokens: &[u32]) -> (String, usize) {
+    let end = engine_tok.special_id("<|assistant_end|>").unwrap();
+    let (mut stream, mut text, mut n) = (TextStream::new(), String::new(), 0);
+    for &t in tokens {
+        if t == end || t == engine_tok.bos_id() {
+            break;
+        }
+        n += 1;
+        text.push_str(&stream.push(engine_tok, t));
+    }
+    (text, n)
+}
+
+/// The prompt and sampling settings the server runs a request `body` to `path` with.
+pub fn request_settings(engine_tok: &Tokenizer, context: usize, path: &str, body: &Value) -> (Vec<u32>, GenConfig) {
+    let defaults = Options::default().defaults;
+    let chat = parse_request(body.to_string().as_bytes(), defaults, path.starts_with("/v1/")).unwrap();
+    let (prompt, _) = render_prompt(engine_tok, &chat.messages, context, chat.max_tokens.min(context / 2)).unwrap();
+    let cfg = GenConfig {
+        num_samples: 1,
+        max_tokens: Some(chat.max_tokens.min(context - prompt.len())),
+        temperature: chat.temperature,
+        top_k: Some(chat.top_k),
+        seed: chat.seed.expect("the request sets its seed"),
+    };
+    (prompt, cfg)
 }
 
 /// No request log, a 64 KiB body cap.
