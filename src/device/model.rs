@@ -67,7 +67,7 @@ pub struct KernelModel {
 }
 
 /// Micro-batches whose losses wait on the device before the log is read back (and started anew).
-const LOSS_LOG_LEN: usize = 1024;
+pub(super) const LOSS_LOG_LEN: usize = 1024;
 
 impl KernelModel {
     /// Uploads `params` (fp32, the table's layout) and fresh optimizer state to `dev`.
