@@ -529,6 +529,58 @@ fn launch_cost(name: &str, grid: Dim3, args: &[Arg], tokens: f64) -> Result<(Kin
             let bytes = (12.0 * m * n + 8.0 * stats) * blocks;
             (Cuda, 4.0 * m * n * blocks, 0.0, bytes, format!("{blocks}x({m},{n})"))
         }
+        // The wide per-matrix stages: statistics over the stack, per-matrix sums, elementwise rescales.
+        "muon_rows_sumsq" => {
+            let (rows, n) = (a(2)?, a(3)?);
+            (
+                Cuda,
+                2.0 * rows * n,
+                0.0,
+                4.0 * rows * n + 4.0 * rows,
+                format!("{rows} rows of {n}"),
+            )
+        }
+        "muon_cols_sumsq" => {
+            let (m, n) = (a(2)?, a(3)?);
+            let k = grid.y as f64;
+            (
+                Cuda,
+                2.0 * k * m * n,
+                0.0,
+                4.0 * k * m * n + 4.0 * k * n,
+                format!("{k}x({m},{n})"),
+            )
+        }
+        "muon_stack_sums" => {
+            let len = a(2)?;
+            (Cuda, blocks * len, 0.0, 4.0 * blocks * len, format!("{blocks}x{len}"))
+        }
+        "muon_normuon_stats" => {
+            let (m, n) = (a(3)?, a(4)?);
+            let len = m.max(n);
+            (
+                Cuda,
+                10.0 * blocks * len,
+                0.0,
+                16.0 * blocks * len,
+                format!("{blocks}x({m},{n})"),
+            )
+        }
+        "muon_eq_apply" | "muon_normuon_apply" => {
+            let (m, n, total) = (a(3)?, a(4)?, a(5)?);
+            let stats = total / n;
+            (
+                Cuda,
+                3.0 * total,
+                0.0,
+                8.0 * total + 4.0 * stats,
+                format!("n={total} ({m},{n})"),
+            )
+        }
+        "muon_frobenius_apply" | "muon_plus_apply" => {
+            let total = a(3)?;
+            (Cuda, 3.0 * total, 0.0, 8.0 * total, format!("n={total}"))
+        }
         other => return Err(format!("no cost model for kernel {other}")),
     };
     Ok(r)
@@ -907,7 +959,18 @@ impl Family {
 /// The group a family's gap is ranked in: the families one change closes together.
 pub fn gap_group(family: &str) -> &str {
     match family {
-        "muon_eq" | "muon_frobenius_norm" | "muon_plus" | "muon_normuon" => "Muon per-matrix stages",
+        "muon_eq"
+        | "muon_frobenius_norm"
+        | "muon_plus"
+        | "muon_normuon"
+        | "muon_rows_sumsq"
+        | "muon_cols_sumsq"
+        | "muon_stack_sums"
+        | "muon_normuon_stats"
+        | "muon_eq_apply"
+        | "muon_frobenius_apply"
+        | "muon_plus_apply"
+        | "muon_normuon_apply" => "Muon per-matrix stages",
         "host transfers" | "upload" | "download" => "host transfers",
         "reduce_scatter" | "all_gather" | "all_reduce" => "collectives",
         "gemm forward" | "gemm backward dX" | "gemm backward dW" => "model GEMMs",
@@ -949,6 +1012,17 @@ pub fn remedy(f: &Family) -> String {
     let name = f.name.as_str();
     let fill = f.fill_min;
     match name {
+        "Muon per-matrix stages"
+            if !matches!(
+                f.sample.cost.family.as_str(),
+                "muon_eq" | "muon_frobenius_norm" | "muon_plus" | "muon_normuon"
+            ) =>
+        {
+            "the wide stages read each matrix four times (MuonEq, Frobenius, Muon+ and NorMuon statistics) and \
+             write it four times: fuse each statistics pass into the previous stage's rescale, and the Frobenius \
+             rescale into the bf16 cast before Polar Express"
+                .into()
+        }
         "Muon per-matrix stages" | "muon_eq" | "muon_frobenius_norm" | "muon_plus" | "muon_normuon" => format!(
             "one block per matrix fills {:.0}% of the GPU: split each matrix's reduction over many blocks \
              (fixed-order partial sums, then a scale pass over the whole stack on an elementwise grid)",
