@@ -971,7 +971,8 @@ pub fn gap_group(family: &str) -> &str {
         | "muon_frobenius_apply"
         | "muon_plus_apply"
         | "muon_normuon_apply" => "Muon per-matrix stages",
-        "host transfers" | "upload" | "download" => "host transfers",
+        "upload" | "download" => "host transfers",
+        "relu2_forward" | "relu2_backward" => "relu²",
         "reduce_scatter" | "all_gather" | "all_reduce" => "collectives",
         "gemm forward" | "gemm backward dX" | "gemm backward dW" => "model GEMMs",
         f if f.starts_with("attention_flash_backward") => "flash attention backward",
@@ -1068,15 +1069,26 @@ pub fn remedy(f: &Family) -> String {
         "memset" => "zeroing of whole gradient buffers: write the first micro-batch's gradients with beta = 0 \
              instead"
             .into(),
+        "relu²" | "relu2_forward" | "relu2_backward" => {
+            "relu² is a separate pass over the (n, 4c) activation three times per \
+             layer (forward, recomputed in the backward for the c_proj dW GEMM, and its backward): compute it in \
+             the c_fc GEMM's epilogue (saving h and relu²(h) together) and fold its backward into the dX GEMM's \
+             epilogue"
+                .into()
+        }
         _ if fill < 0.5 => format!(
             "the grid fills {:.0}% of the GPU: more blocks (or fewer threads per block and more rows per thread)",
             100.0 * fill
         ),
-        _ => format!(
-            "launch-bound or memory-bound small kernel ({} launches): fuse into its neighbour or capture the \
-             step in a CUDA graph",
-            f.count
+        _ if f.projected_s[0] > 4.0 * f.roofline_s[0] => format!(
+            "launch-bound ({} launches of {:.1} µs roofline each): fuse into a neighbour or capture the step in \
+             a CUDA graph",
+            f.count,
+            1e6 * f.roofline_s[0] / f.count.max(1) as f64
         ),
+        _ => "memory-bound near its roofline: only fusing it into its producer or consumer (keeping its bytes \
+             on chip) makes it faster"
+            .into(),
     }
 }
 
