@@ -21,6 +21,8 @@ pub mod infer;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod projection;
+pub mod record;
 pub mod reference;
 pub mod roofline;
 mod zero;

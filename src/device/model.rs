@@ -82,7 +82,7 @@ const MASTER_SLOTS: [Slot; 6] = [
 ];
 
 /// Micro-batches whose losses wait on the device before the log is read back (and started anew).
-const LOSS_LOG_LEN: usize = 1024;
+pub(super) const LOSS_LOG_LEN: usize = 1024;
 
 impl KernelModel {
     /// Uploads `params` (fp32, the table's layout) and fresh optimizer state to `dev`.

@@ -172,12 +172,14 @@ fn per_matrix(x: &mut [f32], s: Stack, f: impl FnMut(&mut [f32])) {
 /// Each per-matrix stage kernel against its CPU function applied matrix by matrix: Nesterov momentum and
 /// the Frobenius normalisation with and without bf16 rounding, MuonEq (with an all-zero row, whose norm
 /// is clamped and which stays zero), Muon+, three NorMuon steps from a zero second moment, and the
-/// cautious update with its bf16 copy.
+/// cautious update with its bf16 copy. The Frobenius normalisation, MuonEq, Muon+ and NorMuon run twice, as
+/// the one-block-per-matrix kernels and as the wide stages `muon_step` uses.
 pub(super) fn check_muon_stages(dev: &dyn Device, scale: Scale) -> Result<String> {
     let mut rng = Rng::new(28);
     let mut worst = 0f32;
     for s in stage_stacks(scale) {
         let (t, what) = (s.total(), |k: &str| format!("{k} {}x({}, {})", s.k, s.m, s.n));
+        let stats = dev.alloc(4 * muon::wide_scratch_len(s))?;
         let down = |p: &crate::device::Buffer, n: usize| dev.download_vec::<f32>(p.ptr(), n);
         for rounded in [false, true] {
             // bf16 rounding of the result: one bf16 step of error where the accumulation order flips it.
@@ -196,39 +198,54 @@ pub(super) fn check_muon_stages(dev: &dyn Device, scale: Scale) -> Result<String
             worst = worst.max(compare(&format!("{w} momentum"), &down(&bm, t)?, &mom, 1e-5, 1e-7)?);
 
             let mut x = uniform(&mut rng, t, -3.0, 3.0);
-            let bx = dev.upload_new(&x)?;
+            let (bx, bw) = (dev.upload_new(&x)?, dev.upload_new(&x)?);
             muon::muon_frobenius_norm(dev, bx.ptr(), s, rounded)?;
+            muon::muon_frobenius_norm_wide(dev, bw.ptr(), stats.ptr(), s, rounded)?;
             per_matrix(&mut x, s, |x| cpu::frobenius_normalize(x, rounded));
             let w = what(&format!("muon_frobenius_norm bf16={rounded}"));
             worst = worst.max(compare(&w, &down(&bx, t)?, &x, rel, 1e-7)?);
+            worst = worst.max(compare(&format!("{w} wide"), &down(&bw, t)?, &x, rel, 1e-7)?);
         }
 
         let mut x = uniform(&mut rng, t, -1.0, 1.0);
         x[..s.n].iter_mut().for_each(|v| *v = 0.0);
-        let bx = dev.upload_new(&x)?;
+        let (bx, bw) = (dev.upload_new(&x)?, dev.upload_new(&x)?);
         muon::muon_eq(dev, bx.ptr(), s, false)?;
+        muon::muon_eq_wide(dev, bw.ptr(), stats.ptr(), s, false)?;
         per_matrix(&mut x, s, |x| cpu::muon_eq(x, (s.m, s.n)));
         worst = worst.max(compare(&what("muon_eq"), &down(&bx, t)?, &x, 1e-5, 1e-7)?);
+        worst = worst.max(compare(&what("muon_eq wide"), &down(&bw, t)?, &x, 1e-5, 1e-7)?);
 
         let mut o = uniform(&mut rng, t, -0.5, 0.5);
-        let bo = dev.upload_new(&o)?;
+        let (bo, bw) = (dev.upload_new(&o)?, dev.upload_new(&o)?);
         muon::muon_plus(dev, bo.ptr(), s)?;
+        muon::muon_plus_wide(dev, bw.ptr(), stats.ptr(), s)?;
         per_matrix(&mut o, s, |o| cpu::muon_plus(o, (s.m, s.n)));
         worst = worst.max(compare(&what("muon_plus"), &down(&bo, t)?, &o, 1e-5, 1e-7)?);
+        worst = worst.max(compare(&what("muon_plus wide"), &down(&bw, t)?, &o, 1e-5, 1e-7)?);
 
         // Step 1 from zero state (upstream's initial value), then from the state the kernel left.
         let slen = second_moment_len(s.m, s.n);
         let mut second = vec![0f32; s.k * slen];
-        let bs = dev.upload_new(&second)?;
+        let (bs, bsw) = (dev.upload_new(&second)?, dev.upload_new(&second)?);
         for step in 0..3 {
             let mut o = uniform(&mut rng, t, -1.0, 1.0);
-            let bo = dev.upload_new(&o)?;
+            let (bo, bw) = (dev.upload_new(&o)?, dev.upload_new(&o)?);
             muon::muon_normuon(dev, bo.ptr(), bs.ptr(), s, 0.9)?;
+            muon::muon_normuon_wide(dev, bw.ptr(), bsw.ptr(), stats.ptr(), s, 0.9)?;
             for (o, sec) in o.chunks_exact_mut(s.len()).zip(second.chunks_exact_mut(slen)) {
                 cpu::normuon(o, sec, (s.m, s.n), 0.9);
             }
             let w = what(&format!("muon_normuon step {step}"));
             worst = worst.max(compare(&format!("{w} o"), &down(&bo, t)?, &o, 2e-5, 1e-7)?);
+            worst = worst.max(compare(&format!("{w} o wide"), &down(&bw, t)?, &o, 2e-5, 1e-7)?);
+            worst = worst.max(compare(
+                &format!("{w} second moment wide"),
+                &down(&bsw, s.k * slen)?,
+                &second,
+                1e-5,
+                1e-9,
+            )?);
             worst = worst.max(compare(
                 &format!("{w} second moment"),
                 &down(&bs, s.k * slen)?,

@@ -1,7 +1,11 @@
 //! `cuda/muon.cu`: the stages of the Muon update around Polar Express, over a stack of `k` same-shaped
 //! (m, n) fp32 matrices stored back to back. Each launcher matches one function of `optim::muon`, applied
-//! to every matrix of the stack; the per-matrix kernels run one block per matrix. `polar_express` runs the
-//! orthogonalisation as batched bf16 GEMMs and `muon_step` chains every stage into one update.
+//! to every matrix of the stack. The per-matrix stages come twice: one block per matrix (`muon_eq`,
+//! `muon_frobenius_norm`, `muon_plus`, `muon_normuon`: one launch each, a grid of only k blocks) and wide
+//! (`*_wide`: statistics, per-matrix sums and the rescale as three launches over grids of many blocks, with a
+//! statistics scratch of [`wide_scratch_len`] floats; MuonEq and NorMuon give the one-block kernels' bits).
+//! `polar_express` runs the orthogonalisation as batched bf16 GEMMs and `muon_step` chains every stage, the
+//! wide ones, into one update.
 
 use super::elementwise::{cast_bf16_to_f32, cast_f32_to_bf16};
 use super::{as_i32, blocks_for, one_block_each, ELEMENTWISE_BLOCK, ROW_BLOCK};
@@ -141,6 +145,181 @@ pub fn muon_normuon(dev: &dyn Device, o: DevPtr, second: DevPtr, s: Stack, beta2
     dev.launch("muon_normuon", s.grid("muon_normuon")?, Dim3::x(ROW_BLOCK), smem, &args)
 }
 
+/// Floats of the statistics scratch of the wide stages for `s`: a row or column statistic per row or column
+/// of every matrix, then one scalar per matrix.
+pub fn wide_scratch_len(s: Stack) -> usize {
+    s.k * (s.m.max(s.n) + 1)
+}
+
+/// Grid of the one-element-per-thread kernels over the whole stack.
+fn stack_grid(s: Stack, what: &str) -> Result<Dim3> {
+    Ok(Dim3::x(blocks_for(s.total(), ELEMENTWISE_BLOCK, what)?))
+}
+
+/// The per-matrix scalars at the end of the wide stages' scratch.
+fn wide_scalars(stats: DevPtr, s: Stack) -> DevPtr {
+    stats.at::<f32>(s.k * s.m.max(s.n))
+}
+
+/// `stats[r] = Σ_j x[r, j]²` for every row of the stack (one warp per row), then the per-matrix sums of
+/// those (`muon_eq`'s order) into the scalars; returns the scalars' address.
+fn wide_row_sums(dev: &dyn Device, x: DevPtr, stats: DevPtr, s: Stack) -> Result<DevPtr> {
+    let rows = s.k * s.m;
+    let totals = wide_scalars(stats, s);
+    dev.launch(
+        "muon_rows_sumsq",
+        Dim3::x(blocks_for(rows, ROW_BLOCK / 32, "muon_rows_sumsq")?),
+        Dim3::x(ROW_BLOCK),
+        0,
+        &[
+            Arg::Ptr(stats),
+            Arg::Ptr(x),
+            Arg::I64(rows as i64),
+            Arg::I32(as_i32(s.n, "muon columns")?),
+        ],
+    )?;
+    dev.launch(
+        "muon_stack_sums",
+        s.grid("muon_stack_sums")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &[Arg::Ptr(totals), Arg::Ptr(stats), Arg::I32(as_i32(s.m, "muon rows")?)],
+    )?;
+    Ok(totals)
+}
+
+/// [`muon_eq`] over grids of many blocks; `stats` is scratch of [`wide_scratch_len`] floats. Same bits.
+pub fn muon_eq_wide(dev: &dyn Device, x: DevPtr, stats: DevPtr, s: Stack, round_bf16: bool) -> Result<()> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    let totals = wide_row_sums(dev, x, stats, s)?;
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(stats),
+        Arg::Ptr(totals),
+        Arg::I32(as_i32(s.m, "muon_eq rows")?),
+        Arg::I32(as_i32(s.n, "muon_eq columns")?),
+        Arg::I64(s.total() as i64),
+        Arg::I32(round_bf16 as i32),
+    ];
+    dev.launch(
+        "muon_eq_apply",
+        stack_grid(s, "muon_eq_apply")?,
+        Dim3::x(ELEMENTWISE_BLOCK),
+        0,
+        &args,
+    )
+}
+
+/// [`muon_frobenius_norm`] over grids of many blocks (the norm summed row by row: not the same bits).
+pub fn muon_frobenius_norm_wide(dev: &dyn Device, x: DevPtr, stats: DevPtr, s: Stack, round_bf16: bool) -> Result<()> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    let totals = wide_row_sums(dev, x, stats, s)?;
+    let args = [
+        Arg::Ptr(x),
+        Arg::Ptr(totals),
+        Arg::I64(s.len() as i64),
+        Arg::I64(s.total() as i64),
+        Arg::I32(round_bf16 as i32),
+    ];
+    dev.launch(
+        "muon_frobenius_apply",
+        stack_grid(s, "muon_frobenius_apply")?,
+        Dim3::x(ELEMENTWISE_BLOCK),
+        0,
+        &args,
+    )
+}
+
+/// [`muon_plus`] over grids of many blocks (the norm summed row by row: not the same bits).
+pub fn muon_plus_wide(dev: &dyn Device, o: DevPtr, stats: DevPtr, s: Stack) -> Result<()> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    let totals = wide_row_sums(dev, o, stats, s)?;
+    let args = [
+        Arg::Ptr(o),
+        Arg::Ptr(totals),
+        Arg::I64(s.len() as i64),
+        Arg::I64(s.total() as i64),
+        Arg::F32((s.m.min(s.n) as f32).sqrt()),
+    ];
+    dev.launch(
+        "muon_plus_apply",
+        stack_grid(s, "muon_plus_apply")?,
+        Dim3::x(ELEMENTWISE_BLOCK),
+        0,
+        &args,
+    )
+}
+
+/// [`muon_normuon`] over grids of many blocks; `stats` is scratch of [`wide_scratch_len`] floats. Same bits.
+pub fn muon_normuon_wide(
+    dev: &dyn Device,
+    o: DevPtr,
+    second: DevPtr,
+    stats: DevPtr,
+    s: Stack,
+    beta2: f32,
+) -> Result<()> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    let (m, n) = (as_i32(s.m, "muon_normuon rows")?, as_i32(s.n, "muon_normuon columns")?);
+    if s.m >= s.n {
+        let rows = s.k * s.m;
+        dev.launch(
+            "muon_rows_sumsq",
+            Dim3::x(blocks_for(rows, ROW_BLOCK / 32, "muon_rows_sumsq")?),
+            Dim3::x(ROW_BLOCK),
+            0,
+            &[Arg::Ptr(stats), Arg::Ptr(o), Arg::I64(rows as i64), Arg::I32(n)],
+        )?;
+    } else {
+        let k = u32::try_from(s.k).or_else(|_| err(format!("muon_cols_sumsq: {} matrices", s.k)))?;
+        dev.launch(
+            "muon_cols_sumsq",
+            Dim3::xy(blocks_for(s.n, ROW_BLOCK, "muon_cols_sumsq")?, k),
+            Dim3::x(ROW_BLOCK),
+            0,
+            &[Arg::Ptr(stats), Arg::Ptr(o), Arg::I32(m), Arg::I32(n)],
+        )?;
+    }
+    let ratio = wide_scalars(stats, s);
+    dev.launch(
+        "muon_normuon_stats",
+        s.grid("muon_normuon_stats")?,
+        Dim3::x(ROW_BLOCK),
+        0,
+        &[
+            Arg::Ptr(stats),
+            Arg::Ptr(ratio),
+            Arg::Ptr(second),
+            Arg::I32(m),
+            Arg::I32(n),
+            Arg::F32(beta2),
+        ],
+    )?;
+    let args = [
+        Arg::Ptr(o),
+        Arg::Ptr(stats),
+        Arg::Ptr(ratio),
+        Arg::I32(m),
+        Arg::I32(n),
+        Arg::I64(s.total() as i64),
+    ];
+    dev.launch(
+        "muon_normuon_apply",
+        stack_grid(s, "muon_normuon_apply")?,
+        Dim3::x(ELEMENTWISE_BLOCK),
+        0,
+        &args,
+    )
+}
+
 /// Cautious weight decay and the update over the whole stack (`optim::muon::cautious_update`); `p_bf16`
 /// (the bf16 copy of `p`, or `None`) is rewritten.
 pub fn muon_cautious_update(
@@ -258,7 +437,8 @@ pub fn polar_express(
     Ok(())
 }
 
-/// Device scratch of one Muon step on a stack: the fp32 working matrix and the bf16 Polar Express buffers.
+/// Device scratch of one Muon step on a stack: the fp32 working matrix, the bf16 Polar Express buffers and
+/// the wide stages' statistics.
 pub struct MuonScratch {
     stack: Stack,
     u: Buffer,
@@ -266,12 +446,13 @@ pub struct MuonScratch {
     yb: Buffer,
     a: Buffer,
     b: Buffer,
+    stats: Buffer,
 }
 
 impl MuonScratch {
     /// Allocates the scratch of `s` (about 8 bytes per element plus two Gram matrices per matrix).
     pub fn new(dev: &dyn Device, s: Stack) -> Result<MuonScratch> {
-        let [u, xb, yb, a, b] = MuonScratch::sizes(s);
+        let [u, xb, yb, a, b, stats] = MuonScratch::sizes(s);
         Ok(MuonScratch {
             stack: s,
             u: dev.alloc(u)?,
@@ -279,11 +460,13 @@ impl MuonScratch {
             yb: dev.alloc(yb)?,
             a: dev.alloc(a)?,
             b: dev.alloc(b)?,
+            stats: dev.alloc(stats)?,
         })
     }
 
-    /// Bytes of the five buffers (u, xb, yb, a, b) for `s`; never zero, so an empty stack allocates cleanly.
-    pub fn sizes(s: Stack) -> [usize; 5] {
+    /// Bytes of the six buffers (u, xb, yb, a, b, stats) for `s`; never zero, so an empty stack allocates
+    /// cleanly.
+    pub fn sizes(s: Stack) -> [usize; 6] {
         let kk = s.m.min(s.n);
         [
             4 * s.total(),
@@ -291,6 +474,7 @@ impl MuonScratch {
             2 * s.total(),
             2 * s.k * kk * kk,
             2 * s.k * kk * kk,
+            4 * wide_scratch_len(s),
         ]
         .map(|n| n.max(1))
     }
@@ -317,10 +501,10 @@ pub fn muon_step(
     if s.is_empty() {
         return Ok(());
     }
-    let u = scratch.u.ptr();
+    let (u, stats) = (scratch.u.ptr(), scratch.stats.ptr());
     muon_nesterov(dev, u, mom, g, s, h.momentum, true)?;
-    muon_eq(dev, u, s, true)?;
-    muon_frobenius_norm(dev, u, s, true)?;
+    muon_eq_wide(dev, u, stats, s, true)?;
+    muon_frobenius_norm_wide(dev, u, stats, s, true)?;
     cast_f32_to_bf16(dev, scratch.xb.ptr(), u, s.total())?;
     polar_express(
         dev,
@@ -332,7 +516,7 @@ pub fn muon_step(
         h.ns_steps,
     )?;
     cast_bf16_to_f32(dev, u, scratch.xb.ptr(), s.total())?;
-    muon_plus(dev, u, s)?;
-    muon_normuon(dev, u, second, s, h.beta2)?;
+    muon_plus_wide(dev, u, stats, s)?;
+    muon_normuon_wide(dev, u, second, stats, s, h.beta2)?;
     muon_cautious_update(dev, p, p_bf16, u, s, h.lr, h.weight_decay)
 }
