@@ -21,6 +21,7 @@ pub mod infer;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod profile;
 pub mod reference;
 pub mod roofline;
 mod zero;
