@@ -35,6 +35,12 @@ fn main() {
             .flag("--param=asan-instrumentation-with-call-threshold=0")
             .flag("--param=asan-stack=0")
             .flag("--param=asan-globals=0")
+            // keep each access of the source one access, as nvcc emits it: no splitting of vector
+            // types into scalars (SRA), no merging of scalars into vectors or wider stores
+            .flag("-fno-tree-sra")
+            .flag("-fno-tree-vectorize")
+            .flag("-fno-tree-slp-vectorize")
+            .flag("-fno-store-merging")
             // line tables and inlining records, to name each access's source line
             .flag("-g");
     }
