@@ -8,7 +8,7 @@
 //!                                 emulator's self-test kernels GPU vs emulator; a report, exit 1 on failure
 //! kernel_bench --device emu       the correctness half on the kernel emulator, CI-sized (no timings);
 //!                                 with --selfcheck also reverse vs forward schedule on the self-test kernels
-//! kernel_bench --profile --device emu [--json FILE] [--doc bench/PROFILE.md]
+//! kernel_bench --profile --device emu [--json FILE] [--doc bench/KERNEL_PROFILE.md]
 //!                                 the emulator's counters (sectors per request, bank conflicts, active
 //!                                 lanes, instruction counts) for every kernel of the d12 and d26 training
 //!                                 steps, with registers, shared memory and sm_90 occupancy (needs
