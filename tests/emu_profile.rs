@@ -168,6 +168,65 @@ mod planted {
         assert_eq!(full[0].totals().active_lanes(), 16.0);
     }
 
+    /// The warp-level helpers report themselves: ptx_mma_pipeline (cuda/tests/ptx_check.cu) on one warp,
+    /// two k-steps. Its A tile has 32-byte rows, so the 8 rows of each ldmatrix.x4 matrix fall on 4 banks
+    /// twice over (degree 2); the B tile's 16-byte rows are contiguous (degree 1).
+    #[test]
+    fn ptx_helpers_report_mma_ldmatrix_and_cp_async() {
+        let (m, n, k) = (16usize, 8usize, 32usize);
+        let l = profiled(|dev| {
+            let a: Vec<u16> = (0..m * k)
+                .map(|i| half::bf16::from_f32((i % 5) as f32).to_bits())
+                .collect();
+            let b: Vec<u16> = (0..k * n)
+                .map(|i| half::bf16::from_f32((i % 3) as f32).to_bits())
+                .collect();
+            let (da, db, dc) = (
+                dev.upload_new(&a).unwrap(),
+                dev.upload_new(&b).unwrap(),
+                dev.alloc(4 * m * n).unwrap(),
+            );
+            dev.launch(
+                "ptx_mma_pipeline",
+                Dim3::xy(1, 1),
+                Dim3::x(32),
+                0,
+                &[
+                    (&dc).into(),
+                    (&da).into(),
+                    (&db).into(),
+                    Arg::I32(k as i32),
+                    Arg::I32(1),
+                ],
+            )
+            .unwrap();
+        });
+        let l = &l[0];
+        let count = |name: &str| l.instructions.get(name).copied().unwrap_or(0);
+        assert_eq!(count("mma.m16n8k16"), 2);
+        assert_eq!(count("ldmatrix.x4"), 2);
+        assert_eq!(count("ldmatrix.x2.trans"), 2);
+        assert_eq!(count("cp.async"), 4, "{:?}", l.instructions);
+        let mut ldm = sites(l, "ldmatrix");
+        ldm.sort_by_key(|s| s.line);
+        assert_eq!(ldm.len(), 2);
+        for s in &ldm {
+            assert!(s.location().starts_with("ptx_check.cu:"), "{}", s.location());
+        }
+        let degree = |s: &SiteCounters| s.wavefronts as f64 / s.ideal_wavefronts as f64;
+        // x4: 4 matrices = 4 phases per request, 2 requests
+        assert_eq!(ldm[0].ideal_wavefronts, 8);
+        assert_eq!(degree(ldm[0]), 2.0);
+        assert_eq!(ldm[1].ideal_wavefronts, 4);
+        assert_eq!(degree(ldm[1]), 1.0);
+        let cp_st = sites(l, "cp.async.st.shared");
+        assert_eq!(cp_st.iter().map(|s| s.requests).sum::<u64>(), 4);
+        assert!(cp_st.iter().all(|s| s.wavefronts == s.ideal_wavefronts));
+        let cp_ld = sites(l, "cp.async.ld.global");
+        assert_eq!(cp_ld.iter().map(|s| s.lanes).sum::<u64>(), 2 * (32 + 16));
+        assert!(cp_ld.iter().all(|s| s.sectors == s.ideal_sectors));
+    }
+
     #[test]
     fn block_sampling_keeps_the_first_and_last_block() {
         let n = 128 * 40usize;

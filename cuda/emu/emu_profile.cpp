@@ -287,7 +287,11 @@ void flush(Active* A) {
                 s.ideal_wavefronts += ideal;
             }
             // ldmatrix is counted by its warp collective; cp.async once, by its shared-memory side
-            if (!(s.flags & kProfLdmatrix) && !((s.flags & kProfCpAsync) && s.space == 0)) R->instr[op_name(s)]++;
+            if (s.flags & kProfCpAsync) {
+                if (s.space == 1) R->instr["cp.async"]++;
+            } else if (!(s.flags & kProfLdmatrix)) {
+                R->instr[op_name(s)]++;
+            }
         }
         warp.clear();
     }
