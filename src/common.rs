@@ -13,8 +13,21 @@ pub fn base_dir() -> PathBuf {
     home.join(".cache").join("nanochat")
 }
 
+/// The speed field of a training log line: MFU (percent of the device's peak, `mfu: 41.20`) when the peak is
+/// known, else the achieved rate (`gflop/s: 75.3`): the CPU reference has no meaningful bf16 peak, and an MFU of
+/// 0.00 says nothing. Returns the text and the MFU for the metrics log (`None` without a peak).
+pub fn speed_field(flops_per_s: f64, peak_flops: Option<f64>) -> (String, Option<f64>) {
+    match peak_flops {
+        Some(p) => {
+            let mfu = 100.0 * flops_per_s / p;
+            (format!("mfu: {mfu:.2}"), Some(mfu))
+        }
+        None => (format!("gflop/s: {:.1}", flops_per_s / 1e9), None),
+    }
+}
+
 /// Peak dense bf16 FLOP/s of a device from its name (upstream `get_peak_flops`: case-insensitive substring
-/// match, first hit in this order); `None` for unknown devices (MFU is then reported as 0).
+/// match, first hit in this order); `None` for unknown devices and the CPU (logs then show GFLOP/s, not MFU).
 pub fn peak_bf16_flops(device_name: &str) -> Option<f64> {
     let name = device_name.to_lowercase();
     let has = |s: &str| name.contains(s);
@@ -80,6 +93,15 @@ pub fn peak_bandwidth(device_name: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn speed_is_mfu_with_a_peak_and_gflops_without() {
+        let h100 = peak_bf16_flops("NVIDIA H100 80GB HBM3");
+        let (text, mfu) = speed_field(0.5 * h100.unwrap(), h100);
+        assert_eq!((text.as_str(), mfu), ("mfu: 50.00", Some(50.0)));
+        assert_eq!(peak_bf16_flops("cpu"), None);
+        assert_eq!(speed_field(75.3e9, None), ("gflop/s: 75.3".to_string(), None));
+    }
     use super::*;
 
     #[test]

@@ -14,6 +14,7 @@
 //! kernels can reach at best, used to tell expected bf16 error from a kernel bug (`parity --device cpu-bf16`).
 
 use super::ops::{self, AttnShape};
+use super::profile::{self, PhaseGuard};
 use crate::config::{ModelConfig, ROPE_BASE};
 use crate::model::check_batch;
 use crate::params::{ParamTable, Slot};
@@ -112,6 +113,7 @@ impl Forward {
 impl Gpt {
     pub fn new(config: &ModelConfig) -> Result<Gpt, String> {
         config.validate()?;
+        super::keep_freed_memory();
         let table = ParamTable::new(config);
         // Upstream precomputes 10x the sequence length of RoPE positions.
         let (cos, sin) = ops::rope_tables(10 * config.sequence_len, config.head_dim(), ROPE_BASE);
@@ -203,6 +205,7 @@ impl Gpt {
             ));
         }
         check_batch(cfg, self.cos.len() / (d / 2), ids, targets, b, t)?;
+        let _phase = PhaseGuard::enter("forward");
         let params = &*self.stored_params(params);
 
         // Embedding, norm, smear.
@@ -317,7 +320,10 @@ impl Gpt {
         ops::rmsnorm_forward(&mut xnf, &mut rstd_f, &xf, c);
         self.store(&mut xnf);
         let mut logits = vec![0.0; n * vp];
-        ops::linear_forward(&mut logits, &xnf, self.p(params, Slot::LmHead, 0), n, c, vp);
+        {
+            let _prof = profile::span("lm_head");
+            ops::linear_forward(&mut logits, &xnf, self.p(params, Slot::LmHead, 0), n, c, vp);
+        }
         self.store(&mut logits);
 
         let (mut losses, mut loss, tg) = (Vec::new(), f32::NAN, targets.map(<[i32]>::to_vec).unwrap_or_default());
@@ -394,6 +400,7 @@ impl Gpt {
             "backward needs a forward with targets"
         );
         assert_eq!(grads.len(), self.table.numel);
+        let _phase = PhaseGuard::enter("backward");
         let params = &*self.stored_params(params);
         let r = |slot, k| self.table.range(slot, k);
         let at = |slot: Slot, i: usize| self.table.slot(slot).offset + i;
@@ -404,6 +411,7 @@ impl Gpt {
         self.store(&mut dlogits);
         let mut dxnf = vec![0.0; n * c];
         let wlm = self.p(params, Slot::LmHead, 0);
+        let lm_prof = profile::span("lm_head");
         ops::linear_backward(
             Some(&mut dxnf),
             &mut grads[r(Slot::LmHead, 0)],
@@ -414,7 +422,7 @@ impl Gpt {
             c,
             vp,
         );
-        drop(dlogits);
+        drop((lm_prof, dlogits));
         ready(Slot::LmHead, 0, &grads[r(Slot::LmHead, 0)]);
         self.store(&mut dxnf);
         let mut dxf = vec![0.0; n * c];

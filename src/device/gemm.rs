@@ -179,25 +179,13 @@ impl Gemm {
                     opb[p * n + j] = rd(b, ob + idx);
                 }
             }
-            // SAFETY: opa is (m, k), opb (k, n) and acc (m, n), dense row-major, as the strides say.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    opa.as_ptr(),
-                    k as isize,
-                    1,
-                    opb.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    acc.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
+            crate::cpu::gemm::gemm_view(
+                1.0,
+                crate::cpu::gemm::View::row_major(&opa, m, k),
+                crate::cpu::gemm::View::row_major(&opb, k, n),
+                0.0,
+                &mut acc,
+            );
             for i in 0..m {
                 for j in 0..n {
                     let at = oc + i * self.ldc + j;

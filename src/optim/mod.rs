@@ -13,6 +13,7 @@ pub mod schedule;
 mod state;
 pub mod zero;
 
+use crate::cpu::profile::{self, PhaseGuard};
 use crate::params::{Group, ParamRef, ParamTable, Slot};
 use adamw::{adamw_update, AdamHyper};
 use muon::{lr_shape_factor, muon_update, second_moment_len, MuonHyper};
@@ -353,10 +354,12 @@ impl MuonAdamW {
             grads.len(),
             self.numel
         );
+        let _phase = PhaseGuard::enter("optimizer");
         let mut muon_jobs = Vec::new();
         for job in self.begin_step(s) {
             match job {
                 StepJob::AdamW { range, state, hyper } => {
+                    let _prof = profile::span("adamw");
                     let st = state..state + range.len();
                     adamw_update(
                         &mut params[range.clone()],
@@ -369,6 +372,7 @@ impl MuonAdamW {
                 muon => muon_jobs.push(muon),
             }
         }
+        let _prof = profile::span("muon");
         self.step_muon(params, grads, muon_jobs);
     }
 

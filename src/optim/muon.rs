@@ -6,6 +6,7 @@
 //! CPU reference updates one matrix at a time and parallelises over matrices (see `super::MuonAdamW::step`).
 //! Each piece is a public function so that device kernels can be checked against it piece by piece.
 
+use crate::cpu::gemm::{gemm_view, View};
 use half::bf16;
 
 /// Polar Express (a, b, c) per iteration, computed for 5 iterations with safety factor 2e-2 and cushion 2
@@ -248,45 +249,18 @@ impl Mat {
             cs: self.rs,
         }
     }
-    /// Largest element index the view touches, plus one.
-    fn extent(self) -> usize {
-        if self.rows == 0 || self.cols == 0 {
-            0
-        } else {
-            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
-        }
-    }
 }
 
-/// `C (m, n, row-major) = alpha · A · B + beta · C` through matrixmultiply's strided sgemm.
+/// `C (m, n, row-major) = alpha · A · B + beta · C` through the CPU reference's strided GEMM.
 fn gemm(alpha: f32, (a, am): (&[f32], Mat), (b, bm): (&[f32], Mat), beta: f32, c: &mut [f32], m: usize, n: usize) {
     assert!(
-        am.rows == m && bm.cols == n && am.cols == bm.rows,
+        am.rows == m && bm.cols == n,
         "gemm: ({}, {}) · ({}, {}) into ({m}, {n})",
         am.rows,
         am.cols,
         bm.rows,
         bm.cols
     );
-    assert!(a.len() >= am.extent() && b.len() >= bm.extent() && c.len() == m * n);
-    // SAFETY: the asserts above bound every index sgemm reads from `a` and `b` (row/col strides of the views)
-    // and writes to `c` (row-major m × n); `c` is a distinct `&mut` borrow, so it cannot alias the inputs.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            am.cols,
-            n,
-            alpha,
-            a.as_ptr(),
-            am.rs as isize,
-            am.cs as isize,
-            b.as_ptr(),
-            bm.rs as isize,
-            bm.cs as isize,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    let view = |d, v: Mat| View::new(d, v.rows, v.cols, v.rs, v.cs);
+    gemm_view(alpha, view(a, am), view(b, bm), beta, c);
 }

@@ -431,7 +431,7 @@ fn train_ranked(
     };
     let mut val_bpb = None;
     let stop_at = args.max_steps_this_run.map(|k| start + k);
-    let peak_flops = crate::common::peak_bf16_flops(&model.device_name()).unwrap_or(f64::INFINITY);
+    let peak_flops = crate::common::peak_bf16_flops(&model.device_name());
 
     for step in start..=n_iter {
         let last_step = step == n_iter;
@@ -601,7 +601,8 @@ fn train_ranked(
             loop_state.total_training_time += dt;
         }
         let done = step + 1 - start;
-        let mfu = 100.0 * plan.flops_per_token * tokens_per_step / dt / peak_flops / world as f64;
+        let (speed, mfu) =
+            crate::common::speed_field(plan.flops_per_token * tokens_per_step / dt / world as f64, peak_flops);
         let avg = if step > 10 {
             loop_state.total_training_time / (step - 10) as f64
         } else {
@@ -609,7 +610,7 @@ fn train_ranked(
         };
         let eta = avg * (n_iter - step - 1) as f64;
         say(format!(
-            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: {mfu:.2} | epoch: {} | eta: {}",
+            "step {step:05}/{n_iter:05} ({:.2}%) | loss: {smooth:.6} | lrm: {:.2} | dt: {:.0}ms | tok/sec: {:.0} | {speed} | epoch: {} | eta: {}",
             100.0 * (step + 1) as f64 / n_iter as f64,
             settings.lr_multiplier,
             dt * 1e3,
@@ -637,12 +638,14 @@ fn train_ranked(
     if main {
         // The run's summary for the report card (upstream's "Base model training" section).
         let timed = summary.last_step.saturating_sub(11);
-        let mfu = (timed > 0 && loop_state.total_training_time > 0.0).then(|| {
-            100.0 * plan.flops_per_token * tokens_per_step * timed as f64
-                / loop_state.total_training_time
-                / peak_flops
-                / world as f64
-        });
+        let mfu = peak_flops
+            .filter(|_| timed > 0 && loop_state.total_training_time > 0.0)
+            .map(|peak| {
+                100.0 * plan.flops_per_token * tokens_per_step * timed as f64
+                    / loop_state.total_training_time
+                    / peak
+                    / world as f64
+            });
         let tokens = tokens_per_step * summary.last_step as f64;
         let record = json!({
             "depth": args.depth, "model_config": plan.model, "num_params": model.table().numel,

@@ -287,7 +287,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
     };
     let mut metrics = Metrics::open(&s.out_dir, Some(start))?;
     let eval_steps = (s.eval_tokens / per_fwdbwd).max(1);
-    let peak_flops = crate::common::peak_bf16_flops(&model.device_name()).unwrap_or(f64::INFINITY);
+    let peak_flops = crate::common::peak_bf16_flops(&model.device_name());
     let flops_per_token = s.model_config.flops_per_token();
     let tokens_per_step = s.total_batch_size as f64;
     let stop_at = s.max_steps_this_run.map(|k| start + k);
@@ -392,7 +392,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
         if step > 10 {
             loop_state.total_training_time += dt;
         }
-        let mfu = 100.0 * flops_per_token * tokens_per_step / dt / peak_flops;
+        let (speed, mfu) = crate::common::speed_field(flops_per_token * tokens_per_step / dt, peak_flops);
         // Steps left: exact with --num-iterations, else from the progress made per step so far.
         let left = match n_iter {
             Some(n) => n.saturating_sub(step) as f64,
@@ -401,7 +401,7 @@ pub fn run(mut s: Stage) -> Result<StageSummary, String> {
         let eta = train_time / (step - start) as f64 * left;
         let stats = loader.stats();
         println!(
-            "step {step:05} ({:.2}%) | loss: {smooth:.6} | lrm: {lrm:.2} | dt: {:.0}ms | tok/sec: {:.0} | mfu: {mfu:.2} | epoch: {} | all-masked rows: {} | eta: {}",
+            "step {step:05} ({:.2}%) | loss: {smooth:.6} | lrm: {lrm:.2} | dt: {:.0}ms | tok/sec: {:.0} | {speed} | epoch: {} | all-masked rows: {} | eta: {}",
             100.0 * progress,
             dt * 1e3,
             tokens_per_step / dt,
