@@ -23,7 +23,27 @@ fn main() {
     }
     let tu = out.join("emu_all.cpp");
     fs::write(&tu, unity).expect("writing the emulator's unity translation unit");
+    // The `emu-profile` feature: the kernels' loads and stores call the profiler's hooks (GCC's outline
+    // address-sanitizer checks, defined by cuda/emu/emu_profile.cpp, which is built uninstrumented).
+    let profile = std::env::var_os("CARGO_FEATURE_EMU_PROFILE").is_some();
     let mut build = cc::Build::new();
+    if profile {
+        build
+            .define("EMU_PROFILE", None)
+            .flag("-fsanitize=kernel-address")
+            .flag("-fno-sanitize-address-use-after-scope")
+            .flag("--param=asan-instrumentation-with-call-threshold=0")
+            .flag("--param=asan-stack=0")
+            .flag("--param=asan-globals=0")
+            // keep each access of the source one access, as nvcc emits it: no splitting of vector
+            // types into scalars (SRA), no merging of scalars into vectors or wider stores
+            .flag("-fno-tree-sra")
+            .flag("-fno-tree-vectorize")
+            .flag("-fno-tree-slp-vectorize")
+            .flag("-fno-store-merging")
+            // line tables and inlining records, to name each access's source line
+            .flag("-g");
+    }
     // EMU_USE_UCONTEXT=1: glibc's ucontext instead of the x86-64 context switch (portable, slower).
     println!("cargo:rerun-if-env-changed=EMU_USE_UCONTEXT");
     if std::env::var_os("EMU_USE_UCONTEXT").is_some_and(|v| v != "0") {
@@ -45,6 +65,20 @@ fn main() {
         .flag("-Wno-unknown-pragmas")
         .flag("-Wno-unused-parameter")
         .compile("nanochat_emu");
+    if profile {
+        cc::Build::new()
+            .cpp(true)
+            .file(cuda.join("emu/emu_profile.cpp"))
+            .include(&cuda)
+            .define("EMU_PROFILE", None)
+            .flag("-std=c++17")
+            .opt_level(2)
+            .debug(false)
+            .flag("-ftls-model=initial-exec")
+            .flag("-Wno-unknown-pragmas")
+            .flag("-Wno-unused-parameter")
+            .compile("nanochat_emu_profile");
+    }
     println!("cargo:rerun-if-changed=cuda");
     for f in cu_files(&cuda).into_iter().chain(cu_files(&cuda.join("tests"))) {
         println!("cargo:rerun-if-changed={}", f.display());
@@ -54,6 +88,7 @@ fn main() {
         "emu/emu_bf16.h",
         "emu/emu_registry.h",
         "emu/emu_runtime.cpp",
+        "emu/emu_profile.cpp",
         "kernel_common.cuh",
         "ptx_helpers.cuh",
     ] {

@@ -8,6 +8,11 @@
 //!                                 emulator's self-test kernels GPU vs emulator; a report, exit 1 on failure
 //! kernel_bench --device emu       the correctness half on the kernel emulator, CI-sized (no timings);
 //!                                 with --selfcheck also reverse vs forward schedule on the self-test kernels
+//! kernel_bench --profile --device emu [--json FILE] [--doc bench/KERNEL_PROFILE.md]
+//!                                 the emulator's counters (sectors per request, bank conflicts, active
+//!                                 lanes, instruction counts) for every kernel of the d12 and d26 training
+//!                                 steps, with registers, shared memory and sm_90 occupancy (needs
+//!                                 `--features emu-profile`; see bench/kernel_profile.rs)
 //! ```
 //! Build it here (`cargo build --release --bin kernel_bench`) and carry the binary to a GPU machine: the
 //! kernels are embedded. cuBLASLt must be on `LD_LIBRARY_PATH` there for the GEMM rows.
@@ -35,6 +40,67 @@ struct Args {
     /// Timed iterations per configuration (after 3 warm-up launches).
     #[arg(long, default_value_t = 20)]
     iters: usize,
+    /// Print the emulator's counters for the kernels of the training steps instead (needs --device emu and
+    /// a build with --features emu-profile).
+    #[arg(long)]
+    profile: bool,
+    /// With --profile: also write one JSON object per kernel and launch shape to this file (a JSON array).
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    json: Option<std::path::PathBuf>,
+    /// With --profile: write the tables into this Markdown file, between its "kernel counters" markers
+    /// (appended when it has none).
+    #[arg(long, value_name = "FILE", requires = "profile")]
+    doc: Option<std::path::PathBuf>,
+    /// With --profile: the depths whose training steps are profiled.
+    #[arg(long, value_delimiter = ',', default_values_t = [12usize, 26])]
+    profile_depths: Vec<usize>,
+    /// With --profile: tokens of the profiled micro-batch (one row; the real step has 32 x 2048).
+    #[arg(long, default_value_t = 256)]
+    profile_seq: usize,
+    /// With --profile: layers of the profiled model (each layer launches the same kernels).
+    #[arg(long, default_value_t = 2)]
+    profile_layers: usize,
+    /// With --profile: run at most this many blocks of each launch (an even sample; 0 = all).
+    #[arg(long, default_value_t = 16)]
+    profile_blocks: usize,
+    /// With --profile: vocabulary size.
+    #[arg(long, default_value_t = 32768)]
+    profile_vocab: usize,
+}
+
+mod kernel_profile;
+
+/// `--profile`: the counters' tables on stdout, and the JSON and document files asked for.
+fn run_profile(args: &Args) -> std::result::Result<(), String> {
+    if args.device != Backend::Emu {
+        return Err("--profile runs on the kernel emulator: add --device emu".into());
+    }
+    if args.profile_seq == 0 || args.profile_layers == 0 || args.profile_depths.is_empty() {
+        return Err("--profile-seq, --profile-layers and --profile-depths must be positive".into());
+    }
+    let pa = kernel_profile::ProfileArgs {
+        depths: args.profile_depths.clone(),
+        seq: args.profile_seq,
+        layers: args.profile_layers,
+        max_blocks: args.profile_blocks,
+        vocab: args.profile_vocab,
+    };
+    let resources = nanochat::device::profile::parse_resources(include_str!("../ptx/resources.txt"), "sm_90a");
+    let rows = kernel_profile::rows(&pa, &resources)?;
+    let table = kernel_profile::markdown(&rows, &pa);
+    print!("{table}");
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&kernel_profile::json(&rows, &pa)).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.doc {
+        let doc = std::fs::read_to_string(path).unwrap_or_default();
+        std::fs::write(path, kernel_profile::splice(&doc, &table))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("updated {}", path.display());
+    }
+    Ok(())
 }
 
 /// Launches one benchmark configuration with the given block size.
@@ -426,6 +492,15 @@ fn cross_check(gpu: &dyn Device) -> Result<usize> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.profile {
+        return match run_profile(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kernel_bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Reverse, so that the self-check's comparison with the (forward) emulator means something.
     let dev = match args.device.kernel_device(Schedule::Reverse) {
         Ok(d) => d,

@@ -23,8 +23,9 @@ profile=${CARGO_PROFILE:-dev}
 out=${OUT:-bench/PROFILE.md}
 dir=target/profile
 mkdir -p "$dir"
-echo "building kernel_bench and step_projection ($profile profile)" >&2
-CARGO_INCREMENTAL=0 cargo build --quiet --profile "$profile" --bin kernel_bench --bin step_projection
+echo "building step_projection, and kernel_bench with the emulator's profiler ($profile profile)" >&2
+CARGO_INCREMENTAL=0 cargo build --quiet --profile "$profile" --bin step_projection
+CARGO_INCREMENTAL=0 cargo build --quiet --profile "$profile" --features emu-profile --bin kernel_bench
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 counters=()

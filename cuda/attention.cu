@@ -236,6 +236,10 @@ __device__ __forceinline__ void zero(float c[N / 8][4]) {
 
 // Stores rows r0 + g and r0 + g + 8 (those < t) of a 16 x D accumulator times `mul` into head hh of a
 // (b, t, heads, D) bf16 tensor. mul[0] applies to row g, mul[1] to row g + 8.
+// The mma layout leaves each lane two columns of every 8-column tile; a 4 x 4 transpose of the packed pairs
+// within each quad (the 4 lanes of a row, by shuffles) gives each lane one whole tile row, stored as one
+// 16-byte vector, so that a warp's store covers 64-byte row segments instead of 16-byte ones (half the
+// sectors per byte).
 template <int D>
 __device__ __forceinline__ void store_rows(bf16* dst, const float c[D / 8][4], const float mul[2], int bi, int r0,
                                            int hh, int t, int heads) {
@@ -243,12 +247,28 @@ __device__ __forceinline__ void store_rows(bf16* dst, const float c[D / 8][4], c
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         int row = r0 + g + 8 * r;
-        if (row < t) {
-            bf16* p = dst + (((int64_t)bi * t + row) * heads + hh) * D + 2 * tq;
+        bf16* p = dst + (((int64_t)bi * t + row) * heads + hh) * D;
 #pragma unroll
-            for (int nt = 0; nt < D / 8; ++nt)
-                *reinterpret_cast<__nv_bfloat162*>(p + nt * 8) =
-                    __floats2bfloat162_rn(c[nt][2 * r] * mul[r], c[nt][2 * r + 1] * mul[r]);
+        for (int j = 0; j < D / 32; ++j) {
+            // v[q]: this lane's two columns of tile 4j + q; w[s]: lane s's two columns of tile 4j + tq.
+            uint32_t v[4], w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                __nv_bfloat162 h2 = __floats2bfloat162_rn(c[4 * j + q][2 * r] * mul[r], c[4 * j + q][2 * r + 1] * mul[r]);
+                v[q] = *reinterpret_cast<const uint32_t*>(&h2);
+            }
+            // Round k: send v[tq - k] to lane tq - k, receive w[tq + k] from lane tq + k (mod 4, in the quad).
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                int send = (tq + 4 - k) & 3, from = (tq + k) & 3;
+                uint32_t x = send == 0 ? v[0] : send == 1 ? v[1] : send == 2 ? v[2] : v[3];
+                uint32_t y = __shfl_sync(0xffffffffu, x, (l & ~3) | from);
+                w[0] = from == 0 ? y : w[0];
+                w[1] = from == 1 ? y : w[1];
+                w[2] = from == 2 ? y : w[2];
+                w[3] = from == 3 ? y : w[3];
+            }
+            if (row < t) *reinterpret_cast<uint4*>(p + (4 * j + tq) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
         }
     }
 }

@@ -4,8 +4,9 @@
 //   cast_f32_to_bf16 / cast_bf16_to_f32              round to nearest even / exact widening
 //   add_bf16        out += a                         (in place, bf16 + bf16)
 //   add_f32_bf16    out = a + b                      (a fp32, b bf16; out may alias b)
-// Each thread handles ELEMS_PER_THREAD consecutive elements with 16-byte loads and stores when all its
-// pointers are 16-byte aligned (the usual case: buffers are), so that enough bytes are in flight to
+// Each thread handles ELEMS_PER_THREAD elements (bf16-only kernels: consecutive ones, with 16-byte loads and
+// stores; kernels with an fp32 side: two pieces of 4, see ew_piece_start) when all its pointers are 16-byte
+// aligned (the usual case: buffers are), so that enough bytes are in flight to
 // saturate HBM; the last partial chunk and unaligned views take a scalar path. Every thread reads its own
 // elements before writing them, so an output may alias an input of the same type (no __restrict__).
 // Launcher: src/device/kernels/elementwise.rs. CPU reference: src/cpu/ops.rs (relu2_*), src/device/reference.rs (casts, adds). Check: src/device/check/elementwise.rs.
@@ -57,35 +58,44 @@ extern "C" __global__ void relu2_backward(bf16* dx, const bf16* dout, const bf16
 }
 KERNEL_REGISTER("relu2_backward", relu2_backward);
 
+// The kernels with an fp32 side move, per thread, two pieces of 4 elements 128 apart, so that each warp
+// covers 256 consecutive elements and every warp-wide access is contiguous: 16-byte fp32 and 8-byte bf16
+// vectors. (One 8-element chunk per thread would read its 32 fp32 bytes as two 16-byte halves, each
+// warp-wide access touching twice the sectors it uses.) The grid is the same; blockDim.x is a multiple of 32.
+#define EW_PIECE 4
+__device__ __forceinline__ int64_t ew_piece_start(int p) {
+    int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    return (t >> 5) * (32 * ELEMS_PER_THREAD) + p * (32 * EW_PIECE) + (t & 31) * EW_PIECE;
+}
+
 extern "C" __global__ void cast_f32_to_bf16(bf16* out, const float* x, int64_t n) {
-    bool vec;
-    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
-    if (vec) {
-        float4 a = *reinterpret_cast<const float4*>(x + i0);
-        float4 b = *reinterpret_cast<const float4*>(x + i0 + 4);
-        uint4 ov;
-        __nv_bfloat162* os = reinterpret_cast<__nv_bfloat162*>(&ov);
-        os[0] = __floats2bfloat162_rn(a.x, a.y);
-        os[1] = __floats2bfloat162_rn(a.z, a.w);
-        os[2] = __floats2bfloat162_rn(b.x, b.y);
-        os[3] = __floats2bfloat162_rn(b.z, b.w);
-        *reinterpret_cast<uint4*>(out + i0) = ov;
-    } else {
-        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(x[i]);
+    bool aligned = aligned16(out) && aligned16(x);
+#pragma unroll
+    for (int p = 0; p < ELEMS_PER_THREAD / EW_PIECE; ++p) {
+        int64_t i0 = ew_piece_start(p);
+        if (aligned && i0 + EW_PIECE <= n) {
+            float4 a = *reinterpret_cast<const float4*>(x + i0);
+            float f[EW_PIECE] = {a.x, a.y, a.z, a.w};
+            store_bf16<EW_PIECE>(out + i0, f);
+        } else {
+            for (int64_t i = i0; i < n && i < i0 + EW_PIECE; ++i) out[i] = __float2bfloat16(x[i]);
+        }
     }
 }
 KERNEL_REGISTER("cast_f32_to_bf16", cast_f32_to_bf16);
 
 extern "C" __global__ void cast_bf16_to_f32(float* out, const bf16* x, int64_t n) {
-    bool vec;
-    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(x), &vec);
-    if (vec) {
-        float f[ELEMS_PER_THREAD];
-        load_bf16<ELEMS_PER_THREAD>(f, x + i0);
-        *reinterpret_cast<float4*>(out + i0) = make_float4(f[0], f[1], f[2], f[3]);
-        *reinterpret_cast<float4*>(out + i0 + 4) = make_float4(f[4], f[5], f[6], f[7]);
-    } else {
-        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __bfloat162float(x[i]);
+    bool aligned = aligned16(out) && aligned16(x);
+#pragma unroll
+    for (int p = 0; p < ELEMS_PER_THREAD / EW_PIECE; ++p) {
+        int64_t i0 = ew_piece_start(p);
+        if (aligned && i0 + EW_PIECE <= n) {
+            float f[EW_PIECE];
+            load_bf16<EW_PIECE>(f, x + i0);
+            *reinterpret_cast<float4*>(out + i0) = make_float4(f[0], f[1], f[2], f[3]);
+        } else {
+            for (int64_t i = i0; i < n && i < i0 + EW_PIECE; ++i) out[i] = __bfloat162float(x[i]);
+        }
     }
 }
 KERNEL_REGISTER("cast_bf16_to_f32", cast_bf16_to_f32);
@@ -109,18 +119,19 @@ extern "C" __global__ void add_bf16(bf16* out, const bf16* a, int64_t n) {
 KERNEL_REGISTER("add_bf16", add_bf16);
 
 extern "C" __global__ void add_f32_bf16(bf16* out, const float* a, const bf16* b, int64_t n) {
-    bool vec;
-    int64_t i0 = chunk_start(n, aligned16(out) && aligned16(a) && aligned16(b), &vec);
-    if (vec) {
-        float4 a0 = *reinterpret_cast<const float4*>(a + i0);
-        float4 a1 = *reinterpret_cast<const float4*>(a + i0 + 4);
-        float f[ELEMS_PER_THREAD];
-        load_bf16<ELEMS_PER_THREAD>(f, b + i0);
-        f[0] += a0.x, f[1] += a0.y, f[2] += a0.z, f[3] += a0.w;
-        f[4] += a1.x, f[5] += a1.y, f[6] += a1.z, f[7] += a1.w;
-        store_bf16<ELEMS_PER_THREAD>(out + i0, f);
-    } else {
-        for (int64_t i = i0; i < n && i < i0 + ELEMS_PER_THREAD; ++i) out[i] = __float2bfloat16(a[i] + __bfloat162float(b[i]));
+    bool aligned = aligned16(out) && aligned16(a) && aligned16(b);
+#pragma unroll
+    for (int p = 0; p < ELEMS_PER_THREAD / EW_PIECE; ++p) {
+        int64_t i0 = ew_piece_start(p);
+        if (aligned && i0 + EW_PIECE <= n) {
+            float4 a0 = *reinterpret_cast<const float4*>(a + i0);
+            float f[EW_PIECE];
+            load_bf16<EW_PIECE>(f, b + i0);
+            f[0] += a0.x, f[1] += a0.y, f[2] += a0.z, f[3] += a0.w;
+            store_bf16<EW_PIECE>(out + i0, f);
+        } else {
+            for (int64_t i = i0; i < n && i < i0 + EW_PIECE; ++i) out[i] = __float2bfloat16(a[i] + __bfloat162float(b[i]));
+        }
     }
 }
 KERNEL_REGISTER("add_f32_bf16", add_f32_bf16);

@@ -60,8 +60,8 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return t;
 }
 
-// W bf16 values at p as floats, and back: W = 8 is one 16-byte vector access (p 16-byte aligned), W = 1 one
-// element.
+// W bf16 values at p as floats, and back: W = 8 is one 16-byte vector access (p 16-byte aligned), W = 4 one
+// 8-byte access (p 8-byte aligned), W = 1 one element.
 template <int W>
 __device__ __forceinline__ void load_bf16(float* f, const bf16* p) {
     if (W == 8) {
@@ -69,6 +69,11 @@ __device__ __forceinline__ void load_bf16(float* f, const bf16* p) {
         const bf16* s = reinterpret_cast<const bf16*>(&v);
 #pragma unroll
         for (int k = 0; k < 8; ++k) f[k] = __bfloat162float(s[k]);
+    } else if (W == 4) {
+        uint2 v = *reinterpret_cast<const uint2*>(p);
+        const bf16* s = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) f[k] = __bfloat162float(s[k]);
     } else {
         f[0] = __bfloat162float(p[0]);
     }
@@ -81,6 +86,12 @@ __device__ __forceinline__ void store_bf16(bf16* p, const float* f) {
 #pragma unroll
         for (int k = 0; k < 8; ++k) s[k] = __float2bfloat16(f[k]);
         *reinterpret_cast<uint4*>(p) = v;
+    } else if (W == 4) {
+        uint2 v;
+        bf16* s = reinterpret_cast<bf16*>(&v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) s[k] = __float2bfloat16(f[k]);
+        *reinterpret_cast<uint2*>(p) = v;
     } else {
         p[0] = __float2bfloat16(f[0]);
     }

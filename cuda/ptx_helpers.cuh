@@ -67,7 +67,7 @@ inline void combine_mma(Fiber* const* lanes, unsigned) {
 // ldmatrix: lane 8*i + r gives the address of row r of matrix i; every lane receives, from each matrix,
 // two consecutive b16 of row lane/4 (or, transposed, of column lane/4).
 template <int N, bool Trans>
-void combine_ldmatrix(Fiber* const* lanes, unsigned) {
+EMU_NOPROF void combine_ldmatrix(Fiber* const* lanes, unsigned) {
     for (int l = 0; l < 32; ++l) {
         uint32_t r[4];
         for (int i = 0; i < N; ++i) {
@@ -97,7 +97,10 @@ void ldmatrix_emu(Site site, uint32_t* r, const void* row) {
     static const char* names[2][5] = {{"", "ldmatrix.x1", "ldmatrix.x2", "", "ldmatrix.x4"},
                                       {"", "ldmatrix.x1.trans", "ldmatrix.x2.trans", "", "ldmatrix.x4.trans"}};
     int lane = tl_cur->linear & 31;
-    if (lane < 8 * N) check_aligned(row, names[Trans][N]);
+    if (lane < 8 * N) {
+        check_aligned(row, names[Trans][N]);
+        prof::access(site, row, 16, kProfLdmatrix);
+    }
     tl_cur->aux = row;
     int kind = (N == 1 ? kLdm1 : N == 2 ? kLdm2 : kLdm4) + (Trans ? 3 : 0);
     warp_collective(site, 0xffffffffu, kind, names[Trans][N], combine_ldmatrix<N, Trans>);
@@ -190,7 +193,11 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 #else
-inline void cp_async_16(void* smem, const void* gmem, int src_bytes = 16) {
+#define cp_async_16(...) ::emu::cp_async_emu(EMU_SITE, __VA_ARGS__)
+namespace emu {
+EMU_NOPROF inline void cp_async_emu(Site site, void* smem, const void* gmem, int src_bytes = 16) {
+    if (src_bytes > 0) prof::access(site, gmem, src_bytes, kProfCpAsync);
+    prof::access(site, smem, 16, kProfCpAsync | kProfStore);
     emu::check_aligned(smem, "cp.async (shared address)");
     if (src_bytes > 0) emu::check_aligned(gmem, "cp.async (global address)");
     if (src_bytes < 0 || src_bytes > 16) emu::fail("cp.async: src_bytes must be in 0..16");
@@ -202,9 +209,10 @@ inline void cp_async_16(void* smem, const void* gmem, int src_bytes = 16) {
     if (src_bytes > 0) std::memcpy(c.bytes, gmem, src_bytes);
     emu::tl_cur->copies.push_back(c);
 }
+}  // namespace emu
 inline void cp_async_commit() { emu::tl_cur->cp_group++; }
 template <int N>
-inline void cp_async_wait() {
+EMU_NOPROF inline void cp_async_wait() {
     emu::Fiber* f = emu::tl_cur;
     auto& q = f->copies;
     size_t keep = 0;

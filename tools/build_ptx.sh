@@ -11,7 +11,7 @@
 #   tools/build_ptx.sh --check   rebuild into a scratch folder; fail if it differs from ptx/ or if any
 #                                kernel spills registers (what CI runs)
 #
-# Input: every cuda/*.cu, plus the helper checks of cuda/tests/ (not the emulator's planted-bug kernels),
+# Input: every cuda/*.cu, plus the helper checks of cuda/tests/ (not the emulator's planted-bug and profiler kernels),
 # compiled as one translation unit so that the fatbin is one module.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -114,6 +114,32 @@ inline thread_local uint3 tl_block_idx;
 inline thread_local dim3 tl_block_dim;
 inline thread_local dim3 tl_grid_dim;
 
+// Profiler (the `emu-profile` build, emu_profile.cpp): the PTX helpers report their accesses, the runtime
+// its launches, blocks, barriers and warp collectives. Without EMU_PROFILE these are empty.
+enum ProfFlags : int { kProfStore = 1, kProfLdmatrix = 2, kProfCpAsync = 4 };
+namespace prof {
+#if defined(EMU_PROFILE)
+void access(Site site, const void* p, int size, int flags);
+bool launch_begin(const char* kernel, dim3 grid, dim3 block, unsigned smem, const void* smem_ptr,
+                  const uintptr_t* allocs, const size_t* sizes, size_t nallocs);
+bool run_block(unsigned long linear, unsigned long total);
+void block_begin();
+void block_sync();
+void collective(const char* name);
+void barrier_done(int nthreads);
+void launch_end();
+#else
+inline void access(Site, const void*, int, int) {}
+#endif
+}  // namespace prof
+// Emulator code that runs in a fiber and touches device or shared memory on behalf of a warp-level
+// instruction (which reports its own accesses) is kept out of the profiler's load/store hooks.
+#if defined(EMU_PROFILE)
+#define EMU_NOPROF __attribute__((no_sanitize_address, noinline))
+#else
+#define EMU_NOPROF
+#endif
+
 [[noreturn]] void fail(const std::string& msg);
 void barrier(Site site, int kind, int pred);
 void warp_collective(Site site, unsigned mask, int kind, const char* name, Combine combine);

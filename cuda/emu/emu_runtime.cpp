@@ -301,6 +301,10 @@ void barrier(Site site, int kind, int pred) {
     if (kind == 2) L->bar_acc &= pred;
     if (kind == 3) L->bar_acc |= pred;
     if (++L->bar_count == L->nthreads) {
+#if defined(EMU_PROFILE)
+        prof::block_sync();
+        prof::barrier_done(L->nthreads);
+#endif
         for (Fiber& o : L->fibers) {
             if (o.wait == Wait::Barrier) {
                 o.wait = Wait::None;
@@ -366,6 +370,9 @@ void warp_collective(Site site, unsigned mask, int kind, const char* name, Combi
         for (int l = 0; l < 32 && base + l < L->nthreads; ++l) lanes[l] = &L->fibers[base + l];
         g->mask = 0;
         g->arrived = 0;
+#if defined(EMU_PROFILE)
+        prof::collective(name);
+#endif
         combine(lanes, mask);
         for (int l = 0; l < 32; ++l) {
             if ((mask >> l & 1) && l != lane) {
@@ -645,11 +652,22 @@ static void set_err(char* err, size_t errlen, const std::string& s) {
 // siglongjmp out of a faulting kernel.
 static __attribute__((noinline)) void run_grid(Launch* L) {
     std::mt19937_64 rng(L->seed);
+#if defined(EMU_PROFILE)
+    unsigned long total = (unsigned long)L->grid.x * L->grid.y * L->grid.z, linear = 0;
+#endif
     for (unsigned z = 0; z < L->grid.z; ++z)
         for (unsigned y = 0; y < L->grid.y; ++y)
             for (unsigned x = 0; x < L->grid.x; ++x) {
+#if defined(EMU_PROFILE)
+                // the profiler may run only a sample of the blocks
+                if (!prof::run_block(linear++, total)) continue;
+                prof::block_begin();
+#endif
                 tl_block_idx = uint3{x, y, z};
                 if (!run_block(L, rng)) return;
+#if defined(EMU_PROFILE)
+                prof::block_sync();
+#endif
             }
 }
 
@@ -764,7 +782,24 @@ int emu_launch(const char* name, const unsigned* grid, const unsigned* block, un
     tl_launch = L.get();
     tl_block_dim = L->block;
     tl_grid_dim = L->grid;
+#if defined(EMU_PROFILE)
+    {
+        std::vector<uintptr_t> lo;
+        std::vector<size_t> len;
+        {
+            std::lock_guard<std::mutex> g(g_alloc_mu);
+            for (auto& [user, al] : allocs()) {
+                lo.push_back(user);
+                len.push_back(al.bytes);
+            }
+        }
+        prof::launch_begin(name, L->grid, L->block, smem, L->smem_ptr, lo.data(), len.data(), lo.size());
+    }
+#endif
     if (sigsetjmp(L->jb, 1) == 0) run_grid(L.get());
+#if defined(EMU_PROFILE)
+    prof::launch_end();
+#endif
     tl_launch = nullptr;
     tl_cur = nullptr;
     release_stacks(L.get());
@@ -775,5 +810,12 @@ int emu_launch(const char* name, const unsigned* grid, const unsigned* block, un
     }
     return 0;
 }
+
+#if !defined(EMU_PROFILE)
+// The profiler's C API in a build without it (see emu_profile.cpp).
+int emu_profile_available() { return 0; }
+void emu_profile_start(long) {}
+const char* emu_profile_stop() { return "[]"; }
+#endif
 
 }  // extern "C"

@@ -21,6 +21,7 @@ pub mod infer;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod profile;
 pub mod projection;
 pub mod record;
 pub mod reference;
