@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates bench/PROFILE.md: the emulator's kernel profile (when this build's kernel_bench has
-# `--profile`) and the roofline projection of the d12, d20 and d26 training steps (step_projection), whose
-# sector, bank-conflict, divergence and occupancy deratings come from that profile's counters.
+# Regenerates bench/PROFILE.md, bench/KERNEL_PROFILE.md and bench/kernel_counters.json: the emulator's
+# kernel profile (kernel_bench --profile, built with --features emu-profile) and the roofline projection
+# of the d12, d20 and d26 training steps (step_projection), whose sector, bank-conflict, divergence and
+# occupancy deratings come from that profile's counters.
 #
 #   bench/profile.sh            build, profile, project, write bench/PROFILE.md
 #   bench/profile.sh --shapes   also list every launch shape of each step
@@ -35,12 +36,13 @@ if "$bin/kernel_bench" --help 2>/dev/null | grep -q -- '--profile'; then
     {
         echo "## Kernel profile"
         echo
-        echo '`kernel_bench --profile --device emu --json target/profile/counters.json`:'
+        echo '`kernel_bench --profile --device emu --json bench/kernel_counters.json --doc bench/KERNEL_PROFILE.md`'
+        echo '(how the counters are taken, and what each column means: [KERNEL_PROFILE.md](KERNEL_PROFILE.md)):'
         echo
-        "$bin/kernel_bench" --profile --device emu --json "$dir/counters.json"
+        "$bin/kernel_bench" --profile --device emu --json bench/kernel_counters.json --doc bench/KERNEL_PROFILE.md
         echo
     } > "$kernel_section"
-    counters=(--counters "$dir/counters.json")
+    counters=(--counters bench/kernel_counters.json)
 else
     echo "profile.sh: this kernel_bench has no --profile: the projection runs without counters" >&2
     {
