@@ -367,6 +367,14 @@ fn check_bf16_rows(dir: &Path) -> Vec<parity::Row> {
         // cancellation: their bf16 error is noise whose size depends on the rounding order, so one run's value
         // is no floor for another's; those rows (and the steps they drive) face the tolerance only.
         let cancelling = k.name.contains("lambda");
+        // Muon's steps of the tiny (Hkv, 12) value-embedding gates turn any bf16 error upstream of them (their
+        // gradient's, and at step 2 every parameter's step 1) into a 10-17% update error (README,
+        // "Precision"): whether a rounding order lands low or high is luck, so the CPU's value is no floor for
+        // the kernels' either. They face twice the tolerance: a wrong update is off by order one.
+        if k.name.starts_with("step") && k.name.contains("ve_gate") {
+            assert!(k.value <= 2.0 * k.tolerance, "kernels {k:?} (bf16 storage {f:?})");
+            continue;
+        }
         assert!(
             cancelling || k.value <= 1.5 * f.value + 0.25 * k.tolerance,
             "kernels {k:?} against bf16 storage {f:?}"
