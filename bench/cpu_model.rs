@@ -18,11 +18,7 @@ fn bench(name: &str, cfg: ModelConfig, b: usize, t: usize, iters: usize) -> f64 
     let ids: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
     let targets: Vec<i32> = (0..b * t).map(|_| rng.below(v) as i32).collect();
     let mut opt = MuonAdamW::new(&gpt.table, &SetupArgs::default());
-    let settings = StepSettings {
-        lr_multiplier: 1.0,
-        muon_momentum: 0.95,
-        muon_weight_decay: 0.0,
-    };
+    let settings = StepSettings::BENCH;
     let mut grads = vec![0.0; gpt.table.numel];
     // Best step (forward + backward + optimizer) and, over all iterations, the mean time of each phase.
     let (mut best, mut best_fb, mut best_opt) = (f64::MAX, f64::MAX, f64::MAX);

@@ -72,13 +72,8 @@ fn profile_step(depth: usize, a: &ProfileArgs) -> Result<Vec<LaunchCounters>, St
     drop(params);
     let (b, t) = (1, a.seq);
     let mut rng = Rng::new(7);
-    let ids: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).chain([ids[0] as i32]).collect();
-    let settings = StepSettings {
-        lr_multiplier: 1.0,
-        muon_momentum: 0.95,
-        muon_weight_decay: 0.0,
-    };
+    let (ids, targets) = rng.token_batch(cfg.vocab_size, b * t);
+    let settings = StepSettings::BENCH;
     eprintln!(
         "profiling d{depth}: n_embd {}, {} heads, vocab {}, {} layers, 1 x {t} tokens",
         cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.n_layer

@@ -65,11 +65,7 @@ fn config(a: &Args) -> ModelConfig {
     }
 }
 
-const S: StepSettings = StepSettings {
-    lr_multiplier: 1.0,
-    muon_momentum: 0.95,
-    muon_weight_decay: 0.0,
-};
+const S: StepSettings = StepSettings::BENCH;
 
 /// Runs `world` ranks for 1 + `steps` steps; returns (per-step slowest-rank seconds, rank 0's parameters).
 fn run(a: &Args, world: usize, overlap: bool) -> (Vec<f64>, Vec<f32>) {

@@ -110,13 +110,8 @@ fn run(args: &Args) -> Result<(), String> {
     println!("{}", model.memory_report(b, t));
 
     let mut rng = Rng::new(7);
-    let ids: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).chain([ids[0] as i32]).collect();
-    let settings = StepSettings {
-        lr_multiplier: 1.0,
-        muon_momentum: 0.95,
-        muon_weight_decay: 0.0,
-    };
+    let (ids, targets) = rng.token_batch(cfg.vocab_size, b * t);
+    let settings = StepSettings::BENCH;
     let tokens = (b * t) as f64;
     let peak = peak_bf16_flops(&name);
     let (mut fb_total, mut opt_total) = (0.0, 0.0);

@@ -65,6 +65,14 @@ impl Rng {
     }
 
     /// Uniform integer in [0, n).
+    /// `n` random token ids below `vocab`, and their targets: each one's next id, the last wrapping to the
+    /// first. The stand-in for real data of the step benchmarks, the profiled and the recorded step.
+    pub fn token_batch(&mut self, vocab: usize, n: usize) -> (Vec<u32>, Vec<i32>) {
+        let ids: Vec<u32> = (0..n).map(|_| self.below(vocab as u64) as u32).collect();
+        let targets = ids[1..].iter().chain(&ids[..1]).map(|&x| x as i32).collect();
+        (ids, targets)
+    }
+
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "Rng::below(0)");
         // Lemire's multiply-shift; the tiny bias is irrelevant for sampling and shuffles here.

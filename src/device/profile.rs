@@ -325,13 +325,13 @@ pub mod sm90 {
     pub const SMEM_RESERVED: u32 = 1024;
 }
 
-/// Resident blocks per SM and theoretical occupancy (resident warps / 64) on sm_90 for a block of
-/// `threads` threads using `regs` registers per thread and `smem` bytes of shared memory (static +
-/// dynamic). 0 blocks when the block does not fit at all.
-pub fn occupancy_sm90(threads: u32, regs: u32, smem: u32) -> (u32, f64) {
+/// Resident blocks per SM on sm_90 for a block of `threads` threads using `regs` registers per thread and
+/// `smem` bytes of shared memory (static + dynamic), and what limits them ("threads", "registers",
+/// "shared memory" or "blocks"). 0 blocks when the block does not fit at all.
+pub fn blocks_per_sm90(threads: u32, regs: u32, smem: u32) -> (u32, &'static str) {
     use sm90::*;
     if threads == 0 {
-        return (0, 0.0);
+        return (0, "threads");
     }
     let warps = threads.div_ceil(32);
     let by_threads = THREADS / (warps * 32);
@@ -342,8 +342,23 @@ pub fn occupancy_sm90(threads: u32, regs: u32, smem: u32) -> (u32, f64) {
         (REGS / per_warp) / warps
     };
     let by_smem = SMEM / (smem.div_ceil(SMEM_UNIT) * SMEM_UNIT + SMEM_RESERVED);
-    let blocks = by_threads.min(by_regs).min(by_smem).min(BLOCKS);
-    (blocks, (blocks * warps) as f64 / WARPS as f64)
+    let mut best = (BLOCKS, "blocks");
+    for (n, why) in [
+        (by_threads, "threads"),
+        (by_regs, "registers"),
+        (by_smem, "shared memory"),
+    ] {
+        if n < best.0 {
+            best = (n, why);
+        }
+    }
+    best
+}
+
+/// Resident blocks per SM ([`blocks_per_sm90`]) and theoretical occupancy (resident warps / 64) on sm_90.
+pub fn occupancy_sm90(threads: u32, regs: u32, smem: u32) -> (u32, f64) {
+    let (blocks, _) = blocks_per_sm90(threads, regs, smem);
+    (blocks, (blocks * threads.div_ceil(32)) as f64 / sm90::WARPS as f64)
 }
 
 #[cfg(test)]
@@ -360,6 +375,12 @@ mod tests {
         assert_eq!(occupancy_sm90(128, 32, 100 * 1024), (2, 0.125));
         // tiny blocks are capped at 32 per SM
         assert_eq!(occupancy_sm90(32, 16, 0), (32, 0.5));
+        // and what limits each
+        assert_eq!(blocks_per_sm90(256, 32, 0), (8, "threads"));
+        // 128 threads at 230 registers (232 allocated): 8 warps' worth of registers, 2 blocks.
+        assert_eq!(blocks_per_sm90(128, 230, 0), (2, "registers"));
+        assert_eq!(blocks_per_sm90(128, 32, 96 * 1024), (2, "shared memory"));
+        assert_eq!(blocks_per_sm90(32, 16, 0), (32, "blocks"));
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! The step is one stream: the projected step time is the sum over its ops (no overlap of collectives with
 //! compute). MFU is upstream's: `flops_per_token · tokens / time / peak`.
 
+use super::profile;
 use super::record::{Op, Recorded, StepPlan};
 use super::{Arg, Dim3, Dtype, Gemm};
 use crate::common::{peak_bandwidth, peak_bf16_flops};
@@ -76,13 +77,8 @@ pub fn gpus() -> [Gpu; 2] {
     [mk("H100 SXM", "NVIDIA H100 80GB HBM3"), mk("H200", "NVIDIA H200")]
 }
 
-/// sm_90 per-SM limits.
-const SM_WARPS: u32 = 64;
-const SM_REGS: u32 = 65536;
-const SM_SMEM: u32 = 228 * 1024;
-const SM_BLOCKS: u32 = 32;
-/// Shared memory the driver reserves per block.
-const SMEM_RESERVED: u32 = 1024;
+/// Warps an sm_90 SM holds.
+const SM_WARPS: u32 = profile::sm90::WARPS;
 
 /// Registers per thread and static shared memory of each kernel, from a ptxas report (`ptx/resources.txt`).
 #[derive(Clone, Debug, Default)]
@@ -91,26 +87,10 @@ pub struct Resources(BTreeMap<String, (u32, u32)>);
 impl Resources {
     /// The sm_90a entries of a ptxas report.
     pub fn parse(report: &str) -> Resources {
-        let mut map = BTreeMap::new();
-        let mut current: Option<String> = None;
-        for line in report.lines() {
-            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                current = match rest.split_once("' for '") {
-                    Some((name, arch)) if arch.starts_with("sm_90") => Some(name.to_string()),
-                    _ => None,
-                };
-            } else if let (Some(name), Some(used)) = (&current, line.split("Used ").nth(1)) {
-                let regs = used.split_whitespace().next().and_then(|r| r.parse().ok()).unwrap_or(0);
-                let smem = used
-                    .split(", ")
-                    .find(|p| p.ends_with("bytes smem"))
-                    .and_then(|p| p.split_whitespace().next())
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                map.insert(name.clone(), (regs, smem));
-                current = None;
-            }
-        }
+        let map = profile::parse_resources(report, "sm_90a")
+            .into_iter()
+            .map(|(name, r)| (name, (r.regs, r.static_smem)))
+            .collect();
         Resources(map)
     }
 
@@ -131,32 +111,6 @@ impl Resources {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-/// Resident blocks per SM on sm_90 for blocks of `threads` threads using `regs` registers per thread and
-/// `smem` bytes of shared memory (static + dynamic), and what limits them.
-pub fn blocks_per_sm(threads: u32, regs: u32, smem: u32) -> (u32, &'static str) {
-    let warps = threads.div_ceil(32).max(1);
-    let by_threads = SM_WARPS / warps;
-    // Registers are allocated per warp in units of 256 (8 per thread).
-    let per_warp = (regs.max(1).div_ceil(8) * 8) * 32;
-    let by_regs = (SM_REGS / per_warp) / warps;
-    let by_smem = if smem == 0 {
-        SM_BLOCKS
-    } else {
-        SM_SMEM / (smem + SMEM_RESERVED)
-    };
-    let mut best = (SM_BLOCKS, "blocks");
-    for (n, why) in [
-        (by_threads, "threads"),
-        (by_regs, "registers"),
-        (by_smem, "shared memory"),
-    ] {
-        if n < best.0 {
-            best = (n, why);
-        }
-    }
-    best
 }
 
 /// Measured counters of one kernel (`kernel_bench --profile --device emu --json`), averaged over its shapes.
@@ -764,7 +718,7 @@ pub fn time_on(gpu: &Gpu, r: &Recorded, c: &Cost, res: &Resources, counters: &Co
             let threads = block.x * block.y * block.z;
             let warps = threads.div_ceil(32) as f64;
             let (regs, static_smem) = res.get(name).unwrap_or((32, 0));
-            let (mut bps, why) = blocks_per_sm(threads, regs, static_smem + c.smem);
+            let (mut bps, why) = profile::blocks_per_sm90(threads, regs, static_smem + c.smem);
             let kc = counters.get(name);
             if let Some(occ) = kc.and_then(|k| k.occupancy) {
                 bps = ((occ * SM_WARPS as f64 / warps).round() as u32).max(1);
@@ -1326,16 +1280,6 @@ pub fn speedrun(depth: usize, world: usize) -> Result<(ModelConfig, StepPlan), S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn occupancy_follows_the_sm90_limits() {
-        // 256 threads, 32 registers, no shared memory: 8 blocks by threads, full occupancy.
-        assert_eq!(blocks_per_sm(256, 32, 0), (8, "threads"));
-        // 128 threads at 230 registers (232 allocated): 8 warps' worth of registers, 2 blocks.
-        assert_eq!(blocks_per_sm(128, 230, 0), (2, "registers"));
-        // 96 KiB of shared memory: 2 blocks.
-        assert_eq!(blocks_per_sm(128, 32, 96 * 1024), (2, "shared memory"));
-    }
 
     #[test]
     fn small_grids_are_derated_and_full_ones_are_not() {

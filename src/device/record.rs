@@ -321,8 +321,7 @@ pub fn record_step(
     }
     let (b, t) = (plan.device_batch, plan.seq);
     let mut rng = Rng::new(11);
-    let ids: Vec<u32> = (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let targets: Vec<i32> = ids[1..].iter().map(|&x| x as i32).chain([ids[0] as i32]).collect();
+    let (ids, targets) = rng.token_batch(cfg.vocab_size, b * t);
     model.ensure_arena(b, t)?;
     log.clear();
     let scale = 1.0 / plan.grad_accum as f32;
@@ -341,11 +340,6 @@ pub fn record_step(
     log.set_phase("loss read-back");
     model.take_losses()?;
     log.set_phase("optimizer");
-    let settings = StepSettings {
-        lr_multiplier: 1.0,
-        muon_momentum: 0.95,
-        muon_weight_decay: 0.0,
-    };
-    model.step(&settings)?;
+    model.step(&StepSettings::BENCH)?;
     Ok(log.ops())
 }

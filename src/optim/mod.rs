@@ -66,6 +66,16 @@ pub struct StepSettings {
     pub muon_weight_decay: f64,
 }
 
+impl StepSettings {
+    /// A step at the peak learning rate with Muon's final momentum and no weight decay: the settings of the
+    /// step benchmarks and of the profiled and recorded steps.
+    pub const BENCH: StepSettings = StepSettings {
+        lr_multiplier: 1.0,
+        muon_momentum: 0.95,
+        muon_weight_decay: 0.0,
+    };
+}
+
 /// The kind and fixed hyperparameters of a group.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum GroupKind {
